@@ -1,0 +1,64 @@
+/*
+ * flotilla/runtime.h — "flotilla.runtime/1": run and supervise containers.
+ *
+ * The core's node reconciler drives each allocation's task through this
+ * interface. Task specs cross as JSON (schema: docs/abi-json.md, "task").
+ * Containers must outlive the daemon: after a restart, list() finds them
+ * again and state() reports exits that happened while the daemon was down.
+ *
+ * All calls [loop-thread], asynchronous; callbacks run later on the loop
+ * thread with borrowed arguments.
+ */
+#ifndef FLOTILLA_RUNTIME_H
+#define FLOTILLA_RUNTIME_H
+
+#include "types.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FLOTILLA_RUNTIME_INTERFACE_ID "flotilla.runtime/1"
+
+/* state_json: {"id":..., "status":"created|running|stopped", "pid":N,
+ * "exit_code":N, "started_at":..., "finished_at":...} */
+typedef void (*flotilla_runtime_state_cb)(void *user, flotilla_status status,
+                                          const char *state_json);
+/* list_json: a JSON array of state objects, one per container this runtime
+ * instance owns (including ones started before a daemon restart). */
+typedef void (*flotilla_runtime_list_cb)(void *user, flotilla_status status,
+                                         const char *list_json);
+
+typedef struct flotilla_runtime_v1 {
+  uint32_t struct_size;
+
+  /* ---- since 1.0 ---------------------------------------------------- */
+
+  /* Prepare a container (bundle, rootfs, log files) without starting it.
+   * task_json carries the task, its image's rootfs and the OCI fragments
+   * produced by the security and network plugins. */
+  flotilla_status (*create)(void *self, const char *container_id, const char *task_json,
+                            flotilla_runtime_state_cb cb, void *user);
+  flotilla_status (*start)(void *self, const char *container_id, flotilla_runtime_state_cb cb,
+                           void *user);
+  flotilla_status (*state)(void *self, const char *container_id, flotilla_runtime_state_cb cb,
+                           void *user);
+  flotilla_status (*signal)(void *self, const char *container_id, int signo,
+                            flotilla_done_cb cb, void *user);
+  /* SIGTERM, then SIGKILL after timeout_ms. */
+  flotilla_status (*stop)(void *self, const char *container_id, uint64_t timeout_ms,
+                          flotilla_runtime_state_cb cb, void *user);
+  /* Remove everything create made: mounts, cgroups, runtime state, bundle. */
+  flotilla_status (*remove)(void *self, const char *container_id, flotilla_done_cb cb,
+                            void *user);
+  flotilla_status (*list)(void *self, flotilla_runtime_list_cb cb, void *user);
+  /* Path of the container's log file for stream "stdout" or "stderr";
+   * copied into buf (NUL-terminated). FLOTILLA_E_NOT_FOUND if unknown. */
+  flotilla_status (*log_path)(void *self, const char *container_id, const char *stream,
+                              char *buf, size_t buf_len);
+} flotilla_runtime_v1;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,29 @@
+/*
+ * flotilla/version.h — ABI version of the Flotilla plugin interface.
+ *
+ * Rules (see DESIGN.md, "The C ABI"):
+ *  - A plugin built against another MAJOR is refused at load time.
+ *  - A newer MINOR only appends: struct fields and vtable slots are never
+ *    reordered or removed. Every struct that crosses the boundary begins with
+ *    `uint32_t struct_size`, so each side can tell which fields the other
+ *    knows. The host and a plugin agree on min(host minor, plugin minor).
+ *
+ * Changelog of interface versions (newest last):
+ *   1.0  first stable ABI: entry, host table, store/1, runtime/1,
+ *        network/1, security/1, discovery/1, scheduler/1.
+ */
+#ifndef FLOTILLA_VERSION_H
+#define FLOTILLA_VERSION_H
+
+#include <stddef.h>
+
+#define FLOTILLA_ABI_VERSION_MAJOR 1
+#define FLOTILLA_ABI_VERSION_MINOR 0
+
+/* True when a struct received across the ABI, whose size the sender wrote in
+ * struct_size, is large enough to contain FIELD. Read a field appended in a
+ * later minor only after this check. */
+#define FLOTILLA_HAS_FIELD(ptr, type, field)                                   \
+  ((ptr)->struct_size >= (unsigned)(offsetof(type, field) + sizeof(((type *)0)->field)))
+
+#endif
