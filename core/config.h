@@ -1,0 +1,70 @@
+// flotillad's own configuration: /etc/flotilla/flotillad.toml by default.
+// See core/README.md for every key. Every error names the file, the line
+// and the full dotted key, and says what would be accepted.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace flotilla {
+
+// "config /etc/flotilla/flotillad.toml line 12: plugin.net-overlay.cluster_cidr:
+//  \"10.42.0.0/33\" is not a CIDR". what() is the whole sentence.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct PluginSettings {
+  std::string name;         // <name> of [plugin.<name>]
+  std::string path;         // shared object; default <plugins.dir>/flotilla-<name>.so
+  std::string sha256;       // lowercase hex pin, empty when not pinned
+  bool enabled = true;
+  nlohmann::json config = nlohmann::json::object();  // the table minus path/sha256/enabled
+  std::map<std::string, int> key_lines;  // dotted key inside the table -> line (1-based)
+  int line = 0;                          // line of the [plugin.<name>] header
+};
+
+struct DaemonConfig {
+  std::string path;  // the file it came from, for messages
+
+  struct Node {
+    std::string name;        // default: the host name
+    std::string data_dir = "/var/lib/flotilla";
+    std::string datacenter = "dc1";
+    std::map<std::string, std::string> attributes;
+  } node;
+
+  struct Api {
+    std::string socket = "/run/flotilla/flotilla.sock";
+    unsigned socket_mode = 0660;
+    std::string socket_group;  // empty: the daemon's group
+    std::string tcp_listen;    // "host:port"; empty: no TCP listener
+    std::string tls_cert, tls_key, tls_client_ca;  // all required with tcp_listen
+  } api;
+
+  struct Log {
+    std::string level = "info";
+    std::string format = "text";
+  } log;
+
+  std::string plugin_dir;    // [plugins] dir; default FLOTILLA_PLUGIN_DIR
+  std::string store_plugin;  // [store] plugin; empty: the one plugin serving flotilla.store/1
+
+  struct Security {
+    bool confine_daemon = false;
+  } security;
+
+  std::vector<PluginSettings> plugins;  // in file order, disabled ones included
+};
+
+// Parse text as if read from path. Throws ConfigError.
+DaemonConfig parse_config(std::string_view text, const std::string &path);
+// Read and parse a file. Throws ConfigError (also for an unreadable file).
+DaemonConfig load_config(const std::string &path);
+
+}  // namespace flotilla

@@ -1,0 +1,43 @@
+// Job specifications: TOML written by people, validated here, stored as
+// canonical JSON under /flotilla/jobs/<name>. docs/jobspec.md documents
+// every key.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace flotilla {
+
+struct JobSpecProblem {
+  int line = 0;    // 1-based; 0 when the problem has no single place
+  int column = 0;
+  std::string key; // dotted path, e.g. "task[0].resources.memory"
+  std::string message;
+  // "web.toml line 12, task[0].resources.memory: must be ..."
+  std::string to_string(std::string_view source) const;
+};
+
+// Every problem found, not only the first, so one round trip fixes them all.
+class JobSpecInvalid : public std::runtime_error {
+ public:
+  JobSpecInvalid(std::string source, std::vector<JobSpecProblem> problems);
+  const std::vector<JobSpecProblem> &problems() const { return problems_; }
+  const std::string &source() const { return source_; }
+
+ private:
+  std::string source_;
+  std::vector<JobSpecProblem> problems_;
+};
+
+// TOML text -> canonical job JSON. source names the text in messages
+// ("web.toml"). Throws JobSpecInvalid.
+nlohmann::json parse_jobspec(std::string_view toml_text, std::string_view source);
+
+// Validate a job given as JSON (API clients may post JSON); returns the
+// canonical form. Problems carry keys but no lines. Throws JobSpecInvalid.
+nlohmann::json validate_job_json(const nlohmann::json &job, std::string_view source);
+
+}  // namespace flotilla
