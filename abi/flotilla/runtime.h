@@ -56,6 +56,20 @@ typedef struct flotilla_runtime_v1 {
    * copied into buf (NUL-terminated). FLOTILLA_E_NOT_FOUND if unknown. */
   flotilla_status (*log_path)(void *self, const char *container_id, const char *stream,
                               char *buf, size_t buf_len);
+
+  /* Images. The runtime owns the content store and the unpacked, read-only
+   * layer snapshots its containers' rootfs are made of.
+   * image_import: path is an OCI image-layout directory or an oci-archive
+   * tarball; tag (may be NULL) names it, e.g. "busybox:latest". The result
+   * is the image's JSON record {"name", "digest", "size", "layers", ...}.
+   * Work is done off the loop thread; cb runs on it. */
+  flotilla_status (*image_import)(void *self, const char *path, const char *tag,
+                                  flotilla_runtime_state_cb cb, void *user);
+  /* JSON array of image records. */
+  flotilla_status (*image_list)(void *self, flotilla_runtime_list_cb cb, void *user);
+  /* ref: a name[:tag] or a digest. FLOTILLA_E_CONFLICT while a container
+   * uses it. */
+  flotilla_status (*image_remove)(void *self, const char *ref, flotilla_done_cb cb, void *user);
 } flotilla_runtime_v1;
 
 #ifdef __cplusplus
