@@ -62,7 +62,7 @@ struct PluginInfo {
   std::string description;
   std::string path;
   std::string sha256;  // of the file as loaded
-  std::vector<std::string> provides, requires;
+  std::vector<std::string> provides, depends_on;
   uint32_t abi_major = 0, abi_minor = 0;  // as built; abi_minor agreed = min(host, plugin)
 };
 
@@ -79,7 +79,7 @@ class PluginHost {
   PluginHost(const PluginHost &) = delete;
   PluginHost &operator=(const PluginHost &) = delete;
 
-  // Open every enabled plugin, check it, order by requires, init in that
+  // Open every enabled plugin, check it, order by depends_on, init in that
   // order. Throws flotilla::Error whose message names the file and the fix;
   // plugins already initialised are deinitialised again before it throws.
   void start(const std::vector<PluginSettings> &plugins);
@@ -102,6 +102,7 @@ class PluginHost {
   std::vector<PluginInfo> list() const;  // started plugins, in start order
 
   uv_loop_t *loop() const { return loop_; }
+  const Options &options() const { return options_; }
   MetricsRegistry &metrics() { return metrics_; }
   EventBus &events() { return events_; }
 

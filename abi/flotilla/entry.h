@@ -13,7 +13,7 @@
  *   };
  *
  * Load order: the host starts plugins so that every interface a plugin
- * `requires` is served by a plugin initialised before it; it refuses a cycle
+ * `depends_on` is served by a plugin initialised before it; it refuses a cycle
  * and a requirement nobody serves. deinit runs in reverse order.
  */
 #ifndef FLOTILLA_ENTRY_H
@@ -44,7 +44,7 @@ typedef struct flotilla_plugin_entry {
   const char *description;  /* one line for `flotilla plugin ls` */
   /* NULL-terminated lists of interface ids, e.g. "flotilla.store/1". */
   const char *const *provides;
-  const char *const *requires;
+  const char *const *depends_on; /* "requires" is a C++20 keyword */
 
   /* [loop-thread] Create the plugin instance. host is valid until deinit.
    * On failure, call host->set_error (or config_error) and return non-OK;

@@ -118,7 +118,7 @@ typedef struct flotilla_host {
    * host), e.g. "flotilla.store/1". *self_out receives the instance pointer
    * to pass as the first argument of the vtable's functions. NULL when none
    * is loaded. A plugin may only rely on interfaces it listed in its entry's
-   * `requires`, since only those are guaranteed to be initialised first. */
+   * `depends_on`, since only those are guaranteed to be initialised first. */
   const void *(*get_interface)(void *host_ctx, const char *interface_id, void **self_out);
 
   /* [loop-thread] Event bus between plugins. Subscribers whose prefix
