@@ -26,7 +26,7 @@ thread_local std::string t_last_error;
 // The size of the entry as ABI 1.0 defined it: anything smaller is not a
 // plugin entry we can read.
 constexpr size_t kEntrySize_1_0 =
-    offsetof(flotilla_plugin_entry, get_interface) + sizeof(void *);
+    offsetof(flotilla_entry, get_interface) + sizeof(void *);
 
 struct DlCloser {
   void operator()(void *h) const {
@@ -156,7 +156,7 @@ struct PluginHost::Loaded {
   PluginSettings settings;
   PluginInfo info;
   std::unique_ptr<void, DlCloser> dl;
-  const flotilla_plugin_entry *entry = nullptr;
+  const flotilla_entry *entry = nullptr;
   flotilla_host table{};
   std::string config_json;
   std::string data_dir;
@@ -505,7 +505,7 @@ std::unique_ptr<Loaded> open_plugin(PluginHost *host, const PluginSettings &s,
     throw Error(FLOTILLA_E_INVALID, where + ": cannot be loaded as a shared object: " +
                                         (e ? e : "unknown dlopen error"));
   }
-  auto *entry = static_cast<const flotilla_plugin_entry *>(
+  auto *entry = static_cast<const flotilla_entry *>(
       dlsym(p->dl.get(), FLOTILLA_PLUGIN_ENTRY_SYMBOL));
   if (!entry)
     throw Error(FLOTILLA_E_INVALID,

@@ -2,10 +2,12 @@
  * flotilla/entry.h — the one symbol a plugin exports.
  *
  * A plugin is a shared object that exports a data symbol named
- * `flotilla_plugin_entry` of type `const flotilla_plugin_entry`:
+ * `flotilla_plugin_entry` of type `const flotilla_entry` (the symbol and
+ * the type differ in name because C forbids a typedef and a variable of the
+ * same name):
  *
- *   FLOTILLA_PLUGIN_EXPORT const flotilla_plugin_entry flotilla_plugin_entry = {
- *     .struct_size = sizeof(flotilla_plugin_entry),
+ *   FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
+ *     .struct_size = sizeof(flotilla_entry),
  *     .abi_major = FLOTILLA_ABI_VERSION_MAJOR,
  *     .abi_minor = FLOTILLA_ABI_VERSION_MINOR,
  *     .id = "org.example.hello",
@@ -59,7 +61,7 @@ typedef struct flotilla_plugin_entry {
    * provides), or NULL. The returned pointer is static or lives as long as
    * the instance; its functions take `instance` as their first argument. */
   const void *(*get_interface)(void *instance, const char *interface_id);
-} flotilla_plugin_entry;
+} flotilla_entry;
 
 #ifdef __cplusplus
 }

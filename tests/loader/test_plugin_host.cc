@@ -1,0 +1,267 @@
+// The plugin loader against real shared objects: the C99 example plugin and
+// fixtures built to fail in each way the loader must explain.
+#include <flotilla/flotilla.h>
+#include <gtest/gtest.h>
+#include <uv.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "config.h"
+#include "error.h"
+#include "plugin_host.h"
+
+namespace fs = std::filesystem;
+using flotilla::Error;
+using flotilla::PluginHost;
+using flotilla::PluginSettings;
+
+namespace {
+
+struct GreeterV1 {
+  uint32_t struct_size;
+  flotilla_status (*greet)(void *self, const char *name, char *buf, size_t buf_len);
+};
+
+class PluginHostTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    uv_loop_init(&loop_);
+    char tmpl[] = "/tmp/flotilla-loader-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    host_.reset();
+    uv_run(&loop_, UV_RUN_NOWAIT);  // let close callbacks free their handles
+    uv_loop_close(&loop_);
+    fs::remove_all(dir_);
+  }
+
+  PluginHost &host() {
+    if (!host_) host_ = std::make_unique<PluginHost>(
+        &loop_, PluginHost::Options{"node1", dir_ + "/data", "/etc/flotilla/test.toml"});
+    return *host_;
+  }
+
+  static PluginSettings fixture(const std::string &name, const std::string &file) {
+    PluginSettings s;
+    s.name = name;
+    s.path = std::string(FIXTURE_DIR) + "/" + file + ".so";
+    s.line = 7;
+    return s;
+  }
+
+  // Start and return the error message, or "" when start succeeded.
+  std::string start_error(const std::vector<PluginSettings> &plugins) {
+    try {
+      host().start(plugins);
+    } catch (const Error &e) {
+      return e.what();
+    }
+    return "";
+  }
+
+  // Run the loop until done() or 5 s have passed (a guard against hangs,
+  // not a timing assertion).
+  template <class Pred>
+  bool run_until(Pred done) {
+    uint64_t deadline = uv_now(&loop_) + 5000;
+    while (!done() && uv_now(&loop_) < deadline) {
+      uv_timer_t t;
+      uv_timer_init(&loop_, &t);
+      uv_timer_start(&t, [](uv_timer_t *) {}, 10, 0);
+      uv_run(&loop_, UV_RUN_ONCE);
+      uv_close(reinterpret_cast<uv_handle_t *>(&t), nullptr);
+      uv_run(&loop_, UV_RUN_NOWAIT);
+    }
+    return done();
+  }
+
+  uv_loop_t loop_{};
+  std::string dir_;
+  std::unique_ptr<PluginHost> host_;
+};
+
+TEST_F(PluginHostTest, C99PluginStartsServesItsInterfaceAndUsesTheHost) {
+  PluginSettings s;
+  s.name = "hello";
+  s.path = HELLO_C99_PATH;
+  s.config = {{"greeting", "Ahoy"}};
+  std::string published;
+  host().events().subscribe("hello.", [&](const std::string &topic, const std::string &json) {
+    published = topic + " " + json;
+  });
+  ASSERT_EQ(start_error({s}), "");
+
+  void *self = nullptr;
+  auto *g = host().find<GreeterV1>("example.greeter/1", &self);
+  ASSERT_NE(g, nullptr);
+  char buf[64];
+  ASSERT_EQ(g->greet(self, "crew", buf, sizeof buf), FLOTILLA_OK);
+  EXPECT_STREQ(buf, "Ahoy, crew!");
+  // A failure's message travels through set_error.
+  EXPECT_EQ(g->greet(self, "a-name-long-enough-to-overflow", buf, 8), FLOTILLA_E_INVALID);
+  EXPECT_EQ(PluginHost::last_error(), "greet: buffer too small");
+
+  ASSERT_TRUE(run_until([&] { return !published.empty(); }));
+  EXPECT_EQ(published, "hello.started {\"greeting\":\"Ahoy\"}");
+  EXPECT_NE(host().metrics().render_prometheus().find("flotilla_hello_started_total 1"),
+            std::string::npos);
+
+  auto list = host().list();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].id, "org.flotilla.example.hello-c99");
+  EXPECT_EQ(list[0].version, "1.0.0");
+  EXPECT_EQ(list[0].sha256, flotilla::sha256_file(HELLO_C99_PATH));
+  EXPECT_TRUE(fs::is_directory(dir_ + "/data/plugins/hello"));
+}
+
+TEST_F(PluginHostTest, ConfigErrorNamesFileLineAndKey) {
+  PluginSettings s;
+  s.name = "hello";
+  s.path = HELLO_C99_PATH;
+  s.config = {{"greeting", ""}};
+  s.key_lines = {{"greeting", 12}};
+  std::string err = start_error({s});
+  EXPECT_NE(err.find("config /etc/flotilla/test.toml line 12: plugin.hello.greeting: must be a "
+                     "string of 1 to 63 characters"),
+            std::string::npos)
+      << err;
+  EXPECT_TRUE(host().list().empty());
+}
+
+TEST_F(PluginHostTest, MissingFile) {
+  auto s = fixture("ghost", "does-not-exist");
+  std::string err = start_error({s});
+  EXPECT_NE(err.find("plugin ghost: " + s.path + ": No such file or directory"), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("set plugin.ghost.path"), std::string::npos) << err;
+}
+
+TEST_F(PluginHostTest, NotASharedObject) {
+  std::string path = dir_ + "/text.so";
+  std::ofstream(path) << "this is not ELF\n";
+  PluginSettings s;
+  s.name = "text";
+  s.path = path;
+  std::string err = start_error({s});
+  EXPECT_NE(err.find("not a shared object (no ELF header)"), std::string::npos) << err;
+}
+
+TEST_F(PluginHostTest, ElfThatIsNotLoadable) {
+  // An ELF file dlopen refuses (an executable of this build is not a
+  // shared object that can be loaded twice into a process).
+  std::string path = dir_ + "/truncated.so";
+  {
+    std::ifstream in(HELLO_C99_PATH, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(path, std::ios::binary) << bytes.substr(0, 64);  // header only
+  }
+  PluginSettings s;
+  s.name = "trunc";
+  s.path = path;
+  std::string err = start_error({s});
+  EXPECT_NE(err.find("cannot be loaded as a shared object"), std::string::npos) << err;
+}
+
+TEST_F(PluginHostTest, MissingEntrySymbol) {
+  std::string err = start_error({fixture("noentry", "fixture-no-entry")});
+  EXPECT_NE(err.find("does not export the symbol flotilla_plugin_entry"), std::string::npos) << err;
+}
+
+TEST_F(PluginHostTest, OtherAbiMajorIsRefusedWithBothVersions) {
+  std::string err = start_error({fixture("future", "fixture-abi-2")});
+  EXPECT_NE(err.find("(org.test.future 0.0.1) was built for plugin ABI 2.0 but this flotillad "
+                     "speaks ABI 1.0"),
+            std::string::npos)
+      << err;
+}
+
+TEST_F(PluginHostTest, BadIdIsRefused) {
+  std::string err = start_error({fixture("badid", "fixture-bad-id")});
+  EXPECT_NE(err.find("is not a reverse-DNS name"), std::string::npos) << err;
+}
+
+TEST_F(PluginHostTest, DuplicateIdIsRefused) {
+  std::string err =
+      start_error({fixture("first", "fixture-good-a"), fixture("second", "fixture-good-a")});
+  EXPECT_NE(err.find("plugin second"), std::string::npos) << err;
+  EXPECT_NE(err.find("its id org.test.a is already loaded by plugin first"), std::string::npos)
+      << err;
+  EXPECT_TRUE(host().list().empty());
+}
+
+TEST_F(PluginHostTest, MissingRequiredInterface) {
+  std::string err = start_error({fixture("needy", "fixture-needs-missing")});
+  EXPECT_NE(err.find("requires interface test.nobody/1, which no configured plugin provides"),
+            std::string::npos)
+      << err;
+}
+
+TEST_F(PluginHostTest, StartOrderFollowsRequirementsNotConfigOrder) {
+  ASSERT_EQ(start_error({fixture("b", "fixture-good-b"), fixture("a", "fixture-good-a")}), "");
+  auto list = host().list();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].name, "a");
+  EXPECT_EQ(list[1].name, "b");
+  EXPECT_EQ(host().providers("test.b/1"), std::vector<std::string>{"b"});
+}
+
+TEST_F(PluginHostTest, CycleIsRefusedAndNamed) {
+  std::string err = start_error({fixture("c", "fixture-cycle-c"), fixture("d", "fixture-cycle-d")});
+  EXPECT_NE(err.find("plugins require each other in a cycle: c -> d -> c"), std::string::npos)
+      << err;
+}
+
+TEST_F(PluginHostTest, InitFailureStopsStartAndUnwindsEarlierPlugins) {
+  std::string err =
+      start_error({fixture("a", "fixture-good-a"), fixture("broken", "fixture-init-fails")});
+  EXPECT_NE(err.find("plugin broken (" + std::string(FIXTURE_DIR) +
+                     "/fixture-init-fails.so) failed to initialise: fixture refuses to start: "
+                     "disk on fire"),
+            std::string::npos)
+      << err;
+  EXPECT_TRUE(host().list().empty());  // a was deinitialised again
+}
+
+TEST_F(PluginHostTest, DisabledPluginIsNotLoaded) {
+  auto s = fixture("broken", "fixture-init-fails");
+  s.enabled = false;
+  EXPECT_EQ(start_error({s}), "");
+  EXPECT_TRUE(host().list().empty());
+}
+
+TEST_F(PluginHostTest, Sha256PinMatches) {
+  PluginSettings s;
+  s.name = "hello";
+  s.path = HELLO_C99_PATH;
+  s.sha256 = flotilla::sha256_file(HELLO_C99_PATH);
+  EXPECT_EQ(start_error({s}), "");
+  EXPECT_EQ(host().list().size(), 1u);
+}
+
+TEST_F(PluginHostTest, Sha256MismatchRefusesBeforeLoading) {
+  PluginSettings s;
+  s.name = "hello";
+  s.path = HELLO_C99_PATH;
+  s.sha256 = std::string(64, '0');
+  std::string err = start_error({s});
+  EXPECT_NE(err.find("SHA-256 is " + flotilla::sha256_file(HELLO_C99_PATH) +
+                     " but plugin.hello.sha256 in /etc/flotilla/test.toml pins " + s.sha256 +
+                     "; refusing to load it"),
+            std::string::npos)
+      << err;
+  EXPECT_TRUE(host().list().empty());
+}
+
+TEST_F(PluginHostTest, StopIsIdempotentAndInterfacesDisappear) {
+  ASSERT_EQ(start_error({fixture("a", "fixture-good-a")}), "");
+  void *self = nullptr;
+  EXPECT_NE(host().find_interface("test.a/1", &self), nullptr);
+  host().stop();
+  host().stop();
+  EXPECT_EQ(host().find_interface("test.a/1", &self), nullptr);
+}
+
+}  // namespace
