@@ -619,7 +619,8 @@ std::vector<std::unique_ptr<Loaded>> order_by_requires(std::vector<std::unique_p
 
 }  // namespace
 
-void PluginHost::start(const std::vector<PluginSettings> &plugins) {
+std::vector<std::unique_ptr<PluginHost::Loaded>> PluginHost::open_all(
+    const std::vector<PluginSettings> &plugins) {
   std::vector<std::unique_ptr<Loaded>> opened;
   std::map<std::string, std::string> ids;  // id -> plugin name
   for (const auto &s : plugins) {
@@ -632,8 +633,13 @@ void PluginHost::start(const std::vector<PluginSettings> &plugins) {
     ids.emplace(p->info.id, s.name);
     opened.push_back(std::move(p));
   }
-  opened = order_by_requires(std::move(opened));
+  return order_by_requires(std::move(opened));
+}
 
+void PluginHost::check(const std::vector<PluginSettings> &plugins) { open_all(plugins); }
+
+void PluginHost::start(const std::vector<PluginSettings> &plugins) {
+  std::vector<std::unique_ptr<Loaded>> opened = open_all(plugins);
   for (auto &p : opened) {
     p->data_dir = options_.data_dir + "/plugins/" + p->settings.name;
     std::error_code ec;

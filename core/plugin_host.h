@@ -84,6 +84,11 @@ class PluginHost {
   // plugins already initialised are deinitialised again before it throws.
   void start(const std::vector<PluginSettings> &plugins);
 
+  // Open and check every enabled plugin and their start order, as start()
+  // does, but initialise nothing (flotillad --check-config). Throws like
+  // start().
+  void check(const std::vector<PluginSettings> &plugins);
+
   // deinit every plugin in reverse start order, then dlclose. Idempotent.
   void stop();
 
@@ -114,6 +119,8 @@ class PluginHost {
   struct Loaded;  // one opened plugin; defined in plugin_host.cc
 
  private:
+  std::vector<std::unique_ptr<Loaded>> open_all(const std::vector<PluginSettings> &plugins);
+
   uv_loop_t *loop_;
   Options options_;
   MetricsRegistry metrics_;
