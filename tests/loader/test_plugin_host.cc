@@ -18,6 +18,13 @@ using flotilla::PluginSettings;
 
 namespace {
 
+// tests/abi/ builds hello-c99 again from the installed headers and points
+// this test at that copy.
+std::string hello_c99_path() {
+  const char *o = getenv("HELLO_C99_PATH_OVERRIDE");
+  return o && *o ? o : HELLO_C99_PATH;
+}
+
 struct GreeterV1 {
   uint32_t struct_size;
   flotilla_status (*greet)(void *self, const char *name, char *buf, size_t buf_len);
@@ -86,7 +93,7 @@ class PluginHostTest : public ::testing::Test {
 TEST_F(PluginHostTest, C99PluginStartsServesItsInterfaceAndUsesTheHost) {
   PluginSettings s;
   s.name = "hello";
-  s.path = HELLO_C99_PATH;
+  s.path = hello_c99_path();
   s.config = {{"greeting", "Ahoy"}};
   std::string published;
   host().events().subscribe("hello.", [&](const std::string &topic, const std::string &json) {
@@ -113,14 +120,14 @@ TEST_F(PluginHostTest, C99PluginStartsServesItsInterfaceAndUsesTheHost) {
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].id, "org.flotilla.example.hello-c99");
   EXPECT_EQ(list[0].version, "1.0.0");
-  EXPECT_EQ(list[0].sha256, flotilla::sha256_file(HELLO_C99_PATH));
+  EXPECT_EQ(list[0].sha256, flotilla::sha256_file(hello_c99_path()));
   EXPECT_TRUE(fs::is_directory(dir_ + "/data/plugins/hello"));
 }
 
 TEST_F(PluginHostTest, ConfigErrorNamesFileLineAndKey) {
   PluginSettings s;
   s.name = "hello";
-  s.path = HELLO_C99_PATH;
+  s.path = hello_c99_path();
   s.config = {{"greeting", ""}};
   s.key_lines = {{"greeting", 12}};
   std::string err = start_error({s});
@@ -235,8 +242,8 @@ TEST_F(PluginHostTest, DisabledPluginIsNotLoaded) {
 TEST_F(PluginHostTest, Sha256PinMatches) {
   PluginSettings s;
   s.name = "hello";
-  s.path = HELLO_C99_PATH;
-  s.sha256 = flotilla::sha256_file(HELLO_C99_PATH);
+  s.path = hello_c99_path();
+  s.sha256 = flotilla::sha256_file(hello_c99_path());
   EXPECT_EQ(start_error({s}), "");
   EXPECT_EQ(host().list().size(), 1u);
 }
@@ -244,10 +251,10 @@ TEST_F(PluginHostTest, Sha256PinMatches) {
 TEST_F(PluginHostTest, Sha256MismatchRefusesBeforeLoading) {
   PluginSettings s;
   s.name = "hello";
-  s.path = HELLO_C99_PATH;
+  s.path = hello_c99_path();
   s.sha256 = std::string(64, '0');
   std::string err = start_error({s});
-  EXPECT_NE(err.find("SHA-256 is " + flotilla::sha256_file(HELLO_C99_PATH) +
+  EXPECT_NE(err.find("SHA-256 is " + flotilla::sha256_file(hello_c99_path()) +
                      " but plugin.hello.sha256 in /etc/flotilla/test.toml pins " + s.sha256 +
                      "; refusing to load it"),
             std::string::npos)

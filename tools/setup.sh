@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Flotilla set-up on a fresh Debian 12 machine, as root.
+#
+#   tools/setup.sh start   install what is missing, build, install, start a
+#                          single host on the embedded store
+#   tools/setup.sh test    install what is missing, build with warnings as
+#                          errors, run every test suite, then the unit suite
+#                          again under AddressSanitizer + UBSan
+#   tools/setup.sh stop    stop the host that `start` started
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts the daemon)"
+
+install_packages() {
+  local want missing=()
+  mapfile -t want < <(grep -v '^\s*#' tools/debian-packages.txt | grep -v '^\s*$')
+  for p in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${#missing[@]} Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+build() {  # build DIR [meson options...]
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+  say "building in $dir"
+  ninja -C "$dir"
+}
+
+socket=/run/flotilla/flotilla.sock
+pidfile=/run/flotilla/flotillad.pid
+logfile=/var/log/flotilla/flotillad.log
+
+stop_daemon() {
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    local pid; pid=$(cat "$pidfile")
+    say "stopping flotillad (pid $pid)"
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  fi
+  rm -f "$pidfile"
+}
+
+start() {
+  install_packages
+  build build --prefix=/usr/local --sysconfdir=/etc --localstatedir=/var -Dbuildtype=release
+  say "installing into /usr/local"
+  meson install -C build --quiet
+  ldconfig
+  mkdir -p /etc/flotilla /var/lib/flotilla /run/flotilla /var/log/flotilla
+  if [ ! -f /etc/flotilla/flotillad.toml ]; then
+    install -m 0644 examples/flotillad.toml /etc/flotilla/flotillad.toml
+    say "wrote /etc/flotilla/flotillad.toml from examples/flotillad.toml"
+  fi
+  /usr/local/sbin/flotillad --config /etc/flotilla/flotillad.toml --check-config
+  stop_daemon
+  say "starting flotillad (log: $logfile)"
+  setsid /usr/local/sbin/flotillad --config /etc/flotilla/flotillad.toml >>"$logfile" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
+  [ -S "$socket" ] || { tail -n 20 "$logfile" >&2; die "flotillad did not come up; see $logfile"; }
+  /usr/local/bin/flotilla node status
+  if [ -x tools/quickstart-job.sh ]; then tools/quickstart-job.sh; fi
+  cat <<MSG
+
+Flotilla is running on this host (pid $(cat "$pidfile"), API $socket).
+  flotilla node status            this host
+  flotilla plugin ls              loaded plugins
+  flotilla job run examples/jobs/hello.toml
+  flotilla job status             jobs and their allocations
+  tools/setup.sh stop             stop the daemon (containers keep running)
+MSG
+}
+
+run_tests() {
+  install_packages
+  build build-ci -Dwerror=true -Dbuildtype=debugoptimized
+  say "running every test suite (unit, then end-to-end)"
+  meson test -C build-ci --suite unit --print-errorlogs --num-processes 2
+  meson test -C build-ci --suite e2e --print-errorlogs --num-processes 1
+  build build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
+  say "running the unit suite under AddressSanitizer + UndefinedBehaviorSanitizer"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2
+  say "all suites passed"
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop_daemon ;;
+  test) run_tests ;;
+  *) echo "usage: tools/setup.sh start|stop|test" >&2; exit 2 ;;
+esac
