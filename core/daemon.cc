@@ -206,7 +206,12 @@ void Daemon::start() {
                                           FLOTILLA_STORE_INTERFACE_ID);
   store_ = std::make_unique<StoreClient>(vt, self);
 
-  api_ = std::make_unique<ApiServer>(ApiServer::Context{&loop_, plugins_.get(), store_.get(), &config_});
+  ApiServer::Context api_ctx;
+  api_ctx.loop = &loop_;
+  api_ctx.plugins = plugins_.get();
+  api_ctx.store = store_.get();
+  api_ctx.config = &config_;
+  api_ = std::make_unique<ApiServer>(std::move(api_ctx));
   api_->listen();
 
   register_node();
