@@ -59,6 +59,7 @@ Daemon::Daemon(DaemonConfig config) : config_(std::move(config)) {
 }
 
 Daemon::~Daemon() {
+  evaluator_.reset();
   api_.reset();
   store_.reset();
   plugins_.reset();
@@ -215,6 +216,8 @@ void Daemon::start() {
   api_->listen();
 
   register_node();
+  evaluator_ = std::make_unique<Evaluator>(&loop_, store_.get(), plugins_.get(), config_.node.name);
+  evaluator_->start();
   uv_timer_init(&loop_, &heartbeat_);
   heartbeat_.data = this;
   uv_timer_start(
@@ -310,18 +313,21 @@ void Daemon::begin_shutdown() {
   api_->stop_accepting();
   api_->shutdown(kShutdownGraceMs, [this] {
     auto finish = [this] {
+      evaluator_.reset();
       plugins_->stop();
       uv_close(reinterpret_cast<uv_handle_t *>(&heartbeat_), nullptr);
       for (uv_signal_t *s : {&sig_term_, &sig_int_, &sig_hup_})
         uv_close(reinterpret_cast<uv_handle_t *>(s), nullptr);
       log::info("core", "flotillad stopped");
     };
-    if (lease_ == 0) return finish();
-    // The node record goes with its lease, so the cluster sees this node
-    // leave now rather than after the TTL.
-    store_->lease_revoke(lease_, [finish](StoreResult r) {
-      if (!r.ok()) log::warn("core", "cannot revoke node lease: " + r.message);
-      finish();
+    evaluator_->stop([this, finish] {
+      if (lease_ == 0) return finish();
+      // The node record goes with its lease, so the cluster sees this node
+      // leave now rather than after the TTL.
+      store_->lease_revoke(lease_, [finish](StoreResult r) {
+        if (!r.ok()) log::warn("core", "cannot revoke node lease: " + r.message);
+        finish();
+      });
     });
   });
 }

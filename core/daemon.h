@@ -9,6 +9,7 @@
 
 #include "api.h"
 #include "config.h"
+#include "evaluator.h"
 #include "plugin_host.h"
 #include "store_client.h"
 
@@ -45,6 +46,7 @@ class Daemon {
   std::unique_ptr<PluginHost> plugins_;
   std::unique_ptr<StoreClient> store_;
   std::unique_ptr<ApiServer> api_;
+  std::unique_ptr<Evaluator> evaluator_;
   uv_signal_t sig_term_{}, sig_int_{}, sig_hup_{};
   uv_timer_t heartbeat_{};
   int64_t lease_ = 0;

@@ -196,7 +196,9 @@ std::unique_ptr<StoreClient::Watch> StoreClient::watch(std::string_view key, boo
         }
         // A failed status ends the watch: the plugin will not call again.
         if (status != FLOTILLA_OK) self->active_ = false;
-        self->cb_(result_of(status), out, rev);
+        // Call a copy: the callback may destroy the Watch (and cb_) itself.
+        WatchCb cb = self->cb_;
+        cb(result_of(status), out, rev);
       },
       w.get(), &w->id_);
   if (st != FLOTILLA_OK) {

@@ -99,7 +99,7 @@ class StoreClient {
     WatchCb cb_;
   };
   // Returns nullptr (after calling cb with the error) if the watch could
-  // not be started.
+  // not be started. The callback may destroy the Watch.
   std::unique_ptr<Watch> watch(std::string_view key, bool prefix, int64_t start_revision,
                                WatchCb cb);
 

@@ -1,0 +1,496 @@
+#include "evaluator.h"
+
+#include <algorithm>
+#include <map>
+#include <random>
+#include <set>
+
+#include "log.h"
+
+namespace flotilla {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr const char *kLeaderKey = "/flotilla/leader/scheduler";
+constexpr int64_t kLeaderTtlSeconds = 10;
+constexpr uint64_t kLeaderKeepaliveMs = 3000;
+constexpr uint64_t kEvalDebounceMs = 20;
+
+const std::string kJobs = "/flotilla/jobs/";
+const std::string kNodes = "/flotilla/nodes/";
+const std::string kAllocs = "/flotilla/allocs/";
+const std::string kStatus = "/flotilla/alloc-status/";
+const std::string kJobStatus = "/flotilla/job-status/";
+
+bool starts_with(const std::string &s, const std::string &p) { return s.compare(0, p.size(), p) == 0; }
+
+// A job's tasks: the canonical spec calls the array "tasks".
+const json &tasks_of(const json &job) {
+  static const json empty = json::array();
+  if (job.contains("tasks") && job["tasks"].is_array()) return job["tasks"];
+  return empty;
+}
+
+// What one allocation of the job asks for: the sum over its tasks.
+flotilla_resources job_ask(const json &job) {
+  flotilla_resources r{sizeof(flotilla_resources), 0, 0, 0};
+  for (const auto &t : tasks_of(job)) {
+    const json &res = t.value("resources", json::object());
+    r.cpu_mhz += res.value("cpu", 0);
+    r.memory_mb += res.value("memory", 0);
+    r.disk_mb += res.value("disk", 0);
+  }
+  return r;
+}
+
+bool terminal(const std::string &client_status) {
+  return client_status == "complete" || client_status == "failed" ||
+         client_status == "stopped" || client_status == "lost";
+}
+
+std::string now_rfc3339() {
+  time_t now = time(nullptr);
+  tm t{};
+  gmtime_r(&now, &t);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
+  return buf;
+}
+
+}  // namespace
+
+Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json &allocs,
+                                const json &statuses, const flotilla_scheduler_v1 *scheduler,
+                                void *scheduler_self,
+                                const std::function<std::string(const std::string &, int)> &new_id) {
+  Plan out;
+
+  // Nodes in name order, with what live allocations already use.
+  std::vector<std::string> node_names;
+  for (auto it = nodes.begin(); it != nodes.end(); ++it) node_names.push_back(it.key());
+  std::map<std::string, flotilla_resources> used;
+  for (const auto &n : node_names) used[n] = {sizeof(flotilla_resources), 0, 0, 0};
+
+  auto client_status = [&](const std::string &id) -> std::string {
+    if (!statuses.contains(id)) return "pending";
+    return statuses[id].value("status", "pending");
+  };
+
+  std::map<std::string, std::vector<json>> by_job;
+  for (auto it = allocs.begin(); it != allocs.end(); ++it) {
+    const json &a = it.value();
+    by_job[a.value("job", "")].push_back(a);
+    if (a.value("desired_status", "") == "run" && !terminal(client_status(a.value("id", "")))) {
+      auto u = used.find(a.value("node", ""));
+      if (u != used.end()) {
+        const json &r = a.value("resources", json::object());
+        u->second.cpu_mhz += r.value("cpu_mhz", 0);
+        u->second.memory_mb += r.value("memory_mb", 0);
+        u->second.disk_mb += r.value("disk_mb", 0);
+      }
+    }
+  }
+
+  // Jobs by priority (high first), then name: deterministic.
+  std::vector<std::string> job_names;
+  for (auto it = jobs.begin(); it != jobs.end(); ++it) job_names.push_back(it.key());
+  std::stable_sort(job_names.begin(), job_names.end(), [&](const auto &a, const auto &b) {
+    return jobs[a].value("priority", 50) > jobs[b].value("priority", 50);
+  });
+
+  auto stop_alloc = [&](json a, const std::string &why) {
+    a["desired_status"] = "stop";
+    a["desired_description"] = why;
+    out.updated_allocs.push_back(std::move(a));
+  };
+
+  // Allocations whose job is gone (purged) are stopped.
+  for (auto &[job, list] : by_job)
+    if (!jobs.contains(job))
+      for (const auto &a : list)
+        if (a.value("desired_status", "") == "run") stop_alloc(a, "job purged");
+
+  for (const auto &name : job_names) {
+    const json &job = jobs[name];
+    const auto &list = by_job[name];
+    if (job.value("stop", false)) {
+      for (const auto &a : list)
+        if (a.value("desired_status", "") == "run") stop_alloc(a, "job stopped");
+      continue;
+    }
+    const int64_t version = job.value("version", 1);
+    const std::string type = job.value("type", "service");
+    std::set<int> live;                      // indices already covered
+    std::set<std::string> nodes_with_alloc;  // for system jobs
+    for (const auto &a : list) {
+      if (a.value("desired_status", "") != "run") continue;
+      const std::string node = a.value("node", "");
+      const std::string st = client_status(a.value("id", ""));
+      if (!nodes.contains(node)) {
+        stop_alloc(a, "node " + node + " lost");
+        continue;
+      }
+      if (a.value("job_version", 0) < version) {
+        stop_alloc(a, "job updated to version " + std::to_string(version));
+        continue;
+      }
+      // A failed allocation is not placed again here: rescheduling with
+      // back-off belongs to the reschedule policy (scheduler issue).
+      live.insert(a.value("index", 0));
+      nodes_with_alloc.insert(node);
+    }
+
+    flotilla_resources ask = job_ask(job);
+    std::vector<int> missing;
+    std::vector<std::string> candidates = node_names;
+    if (type == "system") {
+      // One per eligible node: each missing one is pinned to its node.
+      candidates.clear();
+      for (const auto &n : node_names)
+        if (nodes[n].value("eligible", true) && !nodes_with_alloc.count(n)) candidates.push_back(n);
+      int next = 0;
+      for (size_t i = 0; i < candidates.size(); ++i) {
+        while (live.count(next)) ++next;
+        missing.push_back(next++);
+      }
+    } else {
+      int count = job.value("count", 1);
+      for (int i = 0; i < count; ++i)
+        if (!live.count(i)) missing.push_back(i);
+    }
+    if (missing.empty()) continue;
+
+    if (!scheduler) {
+      out.failures[name] = {{"message", "no plugin provides flotilla.scheduler/1; add "
+                                        "[plugin.scheduler-binpack] to the config"},
+                            {"unplaced", missing.size()}};
+      continue;
+    }
+
+    std::vector<flotilla_sched_node> sn;
+    std::vector<std::string> attrs;
+    attrs.reserve(candidates.size());
+    for (const auto &n : candidates) {
+      const json &rec = nodes[n];
+      const json &res = rec.value("resources", json::object());
+      flotilla_sched_node s{};
+      s.struct_size = sizeof s;
+      s.name = n.c_str();
+      s.capacity = {sizeof(flotilla_resources), res.value("cpu_mhz", 0), res.value("memory_mb", 0),
+                    res.value("disk_mb", 0)};
+      s.used = used[n];
+      s.eligible = rec.value("eligible", true) && rec.value("status", "ready") == "ready";
+      attrs.push_back(rec.value("attributes", json::object()).dump());
+      s.attributes_json = attrs.back().c_str();
+      sn.push_back(s);
+    }
+    std::vector<flotilla_sched_ask> asks;
+    std::vector<flotilla_sched_placement> placements(missing.size());
+    for (int idx : missing) {
+      flotilla_sched_ask a{};
+      a.struct_size = sizeof a;
+      a.job = name.c_str();
+      a.group = name.c_str();
+      a.index = static_cast<uint32_t>(idx);
+      a.resources = ask;
+      asks.push_back(a);
+    }
+    if (type == "system") {
+      // Each ask may only go to its own node: place them one by one.
+      for (size_t i = 0; i < asks.size(); ++i) {
+        flotilla_buf ex{};
+        scheduler->place(scheduler_self, &sn[i], 1, &asks[i], 1, &placements[i], &ex);
+        if (placements[i].node_index == 0) placements[i].node_index = static_cast<int64_t>(i);
+        if (ex.release) ex.release(&ex);
+      }
+    } else {
+      flotilla_buf ex{};
+      PluginHost::clear_last_error();
+      flotilla_status st = scheduler->place(scheduler_self, sn.data(), sn.size(), asks.data(),
+                                            asks.size(), placements.data(), &ex);
+      if (st != FLOTILLA_OK) {
+        out.failures[name] = {{"message", "scheduler failed: " + PluginHost::last_error()},
+                              {"unplaced", missing.size()}};
+        continue;
+      }
+      if (ex.data) {
+        json why = json::parse(std::string(ex.data, ex.len), nullptr, false);
+        size_t unplaced = std::count_if(placements.begin(), placements.end(),
+                                        [](const auto &p) { return p.node_index < 0; });
+        out.failures[name] = {{"message", why.is_object() ? why.value("message", "did not fit")
+                                                          : std::string("did not fit")},
+                              {"explanation", why},
+                              {"unplaced", unplaced}};
+      }
+      if (ex.release) ex.release(&ex);
+    }
+
+    for (size_t i = 0; i < missing.size(); ++i) {
+      int64_t ni = placements[i].node_index;
+      if (ni < 0 || static_cast<size_t>(ni) >= candidates.size()) continue;
+      const std::string &node = candidates[ni];
+      json a = {{"id", new_id(name, missing[i])},
+                {"job", name},
+                {"job_version", version},
+                {"index", missing[i]},
+                {"node", node},
+                {"desired_status", "run"},
+                {"resources",
+                 {{"cpu_mhz", ask.cpu_mhz}, {"memory_mb", ask.memory_mb}, {"disk_mb", ask.disk_mb}}},
+                {"spec", job},
+                {"created_at", now_rfc3339()}};
+      a["spec"].erase("mod_revision");
+      used[node].cpu_mhz += ask.cpu_mhz;
+      used[node].memory_mb += ask.memory_mb;
+      used[node].disk_mb += ask.disk_mb;
+      out.new_allocs.push_back(std::move(a));
+    }
+  }
+  return out;
+}
+
+Evaluator::Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node)
+    : loop_(loop), store_(store), plugins_(plugins), node_(std::move(node)) {
+  keepalive_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, keepalive_timer_);
+  keepalive_timer_->data = this;
+  eval_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, eval_timer_);
+  eval_timer_->data = this;
+}
+
+Evaluator::~Evaluator() {
+  leader_watch_.reset();
+  cluster_watch_.reset();
+  for (uv_timer_t *t : {keepalive_timer_, eval_timer_}) {
+    uv_timer_stop(t);
+    uv_close(reinterpret_cast<uv_handle_t *>(t),
+             [](uv_handle_t *h) { delete reinterpret_cast<uv_timer_t *>(h); });
+  }
+}
+
+void Evaluator::start() {
+  uv_timer_start(
+      keepalive_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->keepalive(); },
+      kLeaderKeepaliveMs, kLeaderKeepaliveMs);
+  campaign();
+}
+
+void Evaluator::stop(std::function<void()> done) {
+  stopping_ = true;
+  uv_timer_stop(keepalive_timer_);
+  uv_timer_stop(eval_timer_);
+  leader_watch_.reset();
+  cluster_watch_.reset();
+  leader_ = false;
+  if (lease_ == 0) return done();
+  // Revoking the lease deletes the leader key: another node takes over now.
+  store_->lease_revoke(lease_, [done](StoreResult) { done(); });
+  lease_ = 0;
+}
+
+void Evaluator::campaign() {
+  if (stopping_ || leader_) return;
+  if (lease_ == 0) {
+    store_->lease_grant(kLeaderTtlSeconds, [this](StoreResult r, int64_t lease, int64_t) {
+      if (stopping_) return;
+      if (!r.ok()) {
+        log::warn("scheduler", "cannot get a leader lease: " + r.message + "; will retry");
+        return;  // keepalive() retries
+      }
+      lease_ = lease;
+      campaign();
+    });
+    return;
+  }
+  // Take the key if nobody holds it, or if this node held it before a
+  // restart (the old lease has not expired yet).
+  store_->txn({StoreCompare::absent(kLeaderKey)}, {StoreOp::put(kLeaderKey, node_, lease_)}, {},
+              [this](StoreResult r, bool won, int64_t rev) {
+                if (stopping_) return;
+                if (!r.ok()) {
+                  log::warn("scheduler", "leader election failed: " + r.message);
+                  return;
+                }
+                if (won) return become_leader();
+                StoreCompare mine{kLeaderKey, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_};
+                store_->txn({mine}, {StoreOp::put(kLeaderKey, node_, lease_)}, {},
+                            [this, rev](StoreResult r2, bool won2, int64_t) {
+                              if (stopping_ || !r2.ok()) return;
+                              if (won2) return become_leader();
+                              // Someone else leads: wait for the key to go.
+                              leader_watch_ = store_->watch(
+                                  kLeaderKey, false, rev + 1,
+                                  [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
+                                    if (!w.ok()) return;
+                                    for (const auto &e : evs)
+                                      if (e.type == StoreEvent::Type::remove) {
+                                        leader_watch_.reset();
+                                        return campaign();
+                                      }
+                                  });
+                            });
+              });
+}
+
+void Evaluator::keepalive() {
+  if (stopping_) return;
+  if (lease_ == 0) return campaign();
+  store_->lease_keepalive(lease_, [this](StoreResult r, int64_t, int64_t) {
+    if (stopping_ || r.ok()) return;
+    lease_ = 0;
+    lose_leadership("leader lease lost: " + r.message);
+    campaign();
+  });
+}
+
+void Evaluator::become_leader() {
+  leader_ = true;
+  log::info("scheduler", "this node leads scheduling", {{"node", node_}});
+  store_->list("/flotilla/", [this](StoreResult r, std::vector<KeyValue>, int64_t rev) {
+    if (!leader_ || stopping_) return;
+    if (!r.ok()) return lose_leadership("cannot read the cluster: " + r.message);
+    cluster_watch_ = store_->watch(
+        "/flotilla/", true, rev + 1,
+        [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
+          if (!w.ok()) {
+            return lose_leadership("cluster watch ended: " + w.message);
+          }
+          for (const auto &e : evs) {
+            if (e.kv.key == kLeaderKey && (e.type == StoreEvent::Type::remove || e.kv.value != node_))
+              return lose_leadership("leader key changed");
+            if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
+                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus)) {
+              request_evaluation();
+              return;
+            }
+          }
+        });
+    request_evaluation();
+  });
+}
+
+void Evaluator::lose_leadership(const std::string &why) {
+  if (!leader_) return;
+  leader_ = false;
+  log::warn("scheduler", "no longer leading scheduling: " + why);
+  cluster_watch_.reset();
+  uv_timer_stop(eval_timer_);
+}
+
+void Evaluator::request_evaluation() {
+  if (!leader_ || stopping_) return;
+  if (eval_running_) {
+    eval_again_ = true;
+    return;
+  }
+  if (uv_is_active(reinterpret_cast<uv_handle_t *>(eval_timer_))) return;
+  uv_timer_start(
+      eval_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->evaluate(); },
+      kEvalDebounceMs, 0);
+}
+
+void Evaluator::evaluate() {
+  if (!leader_ || stopping_) return;
+  eval_running_ = true;
+  eval_again_ = false;
+  store_->list("/flotilla/", [this](StoreResult r, std::vector<KeyValue> kvs, int64_t) {
+    auto finish = [this] {
+      eval_running_ = false;
+      if (eval_again_) request_evaluation();
+    };
+    if (!leader_ || stopping_) return finish();
+    if (!r.ok()) {
+      log::error("scheduler", "cannot read the cluster: " + r.message);
+      eval_again_ = true;
+      return finish();
+    }
+    json jobs = json::object(), nodes = json::object(), allocs = json::object(),
+         statuses = json::object(), job_status = json::object();
+    std::map<std::string, int64_t> job_revs;
+    for (const auto &kv : kvs) {
+      auto parse = [&](const std::string &prefix, json &into) {
+        if (!starts_with(kv.key, prefix)) return false;
+        json v = json::parse(kv.value, nullptr, false);
+        if (v.is_object()) into[kv.key.substr(prefix.size())] = std::move(v);
+        return true;
+      };
+      if (parse(kJobs, jobs)) {
+        job_revs[kv.key.substr(kJobs.size())] = kv.mod_revision;
+        continue;
+      }
+      if (parse(kNodes, nodes) || parse(kAllocs, allocs) || parse(kStatus, statuses) ||
+          parse(kJobStatus, job_status))
+        continue;
+    }
+    void *sched_self = nullptr;
+    auto *sched =
+        plugins_->find<flotilla_scheduler_v1>(FLOTILLA_SCHEDULER_INTERFACE_ID, &sched_self);
+    static std::mt19937_64 rng{std::random_device{}()};
+    Plan p = plan(jobs, nodes, allocs, statuses, sched, sched_self,
+                  [](const std::string &job, int index) {
+                    char suffix[8];
+                    snprintf(suffix, sizeof suffix, "%06x", static_cast<unsigned>(rng() & 0xffffff));
+                    return job + "-" + std::to_string(index) + "-" + suffix;
+                  });
+
+    // One transaction for the whole evaluation, valid only while this node
+    // leads and no job it looked at changed.
+    std::vector<StoreCompare> cmp{{kLeaderKey, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_}};
+    std::vector<StoreOp> ops;
+    std::set<std::string> touched_jobs;
+    for (const auto &a : p.new_allocs) {
+      ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+      touched_jobs.insert(a["job"]);
+    }
+    for (const auto &a : p.updated_allocs) {
+      ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+      touched_jobs.insert(a["job"]);
+    }
+    // Placement failures are kept next to the job so `job status` can say why.
+    for (auto it = jobs.begin(); it != jobs.end(); ++it) {
+      const std::string &name = it.key();
+      bool failed = p.failures.contains(name);
+      bool had = job_status.contains(name) && job_status[name].contains("placement");
+      if (failed && (!had || job_status[name]["placement"]["message"] != p.failures[name]["message"] ||
+                     job_status[name]["placement"]["unplaced"] != p.failures[name]["unplaced"])) {
+        ops.push_back(StoreOp::put(kJobStatus + name,
+                                   json{{"placement", p.failures[name]}}.dump()));
+        touched_jobs.insert(name);
+      } else if (!failed && had) {
+        ops.push_back(StoreOp::remove(kJobStatus + name));
+        touched_jobs.insert(name);
+      }
+    }
+    for (auto it = job_status.begin(); it != job_status.end(); ++it)
+      if (!jobs.contains(it.key())) ops.push_back(StoreOp::remove(kJobStatus + it.key()));
+    if (ops.empty()) return finish();
+    for (const auto &j : touched_jobs) {
+      auto rev = job_revs.find(j);
+      if (rev != job_revs.end())
+        cmp.push_back(StoreCompare::mod_revision_is(kJobs + j, rev->second));
+      else
+        cmp.push_back(StoreCompare::absent(kJobs + j));
+    }
+    size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size();
+    store_->txn(cmp, ops, {}, [this, finish, placed, stopped](StoreResult tr, bool ok, int64_t rev) {
+      if (!tr.ok()) {
+        log::error("scheduler", "cannot write placements: " + tr.message);
+        eval_again_ = true;
+      } else if (!ok) {
+        log::debug("scheduler", "cluster changed during evaluation; evaluating again");
+        eval_again_ = true;
+      } else if (placed || stopped) {
+        log::info("scheduler", "evaluation applied",
+                  {{"placed", std::to_string(placed)},
+                   {"stopped", std::to_string(stopped)},
+                   {"revision", std::to_string(rev)}});
+      }
+      finish();
+    });
+  });
+}
+
+}  // namespace flotilla

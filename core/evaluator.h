@@ -1,0 +1,68 @@
+// The scheduler driver: on the node that holds the scheduler leadership
+// (/flotilla/leader/scheduler, under a lease), turn jobs into allocations.
+// It reads jobs, nodes and allocations at one store revision, asks the
+// flotilla.scheduler/1 plugin where missing allocations go, and writes each
+// job's changes in one compare-and-swap transaction that fails if the job or
+// the leadership changed meanwhile. [loop-thread] throughout.
+#pragma once
+
+#include <flotilla/scheduler.h>
+#include <uv.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "plugin_host.h"
+#include "store_client.h"
+
+namespace flotilla {
+
+class Evaluator {
+ public:
+  Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node_name);
+  ~Evaluator();
+  Evaluator(const Evaluator &) = delete;
+  Evaluator &operator=(const Evaluator &) = delete;
+
+  void start();
+  // Give up leadership (revoke the lease) and stop; done runs after.
+  void stop(std::function<void()> done);
+
+  bool is_leader() const { return leader_; }
+
+  // The pure part, exposed for tests: given the cluster as JSON objects
+  // keyed by name/id, the changes one evaluation makes. Deterministic
+  // except for new allocation ids, which come from `new_id`.
+  struct Plan {
+    std::vector<nlohmann::json> new_allocs;         // full records
+    std::vector<nlohmann::json> updated_allocs;     // full records with desired_status changed
+    nlohmann::json failures = nlohmann::json::object();  // job -> explanation
+  };
+  static Plan plan(const nlohmann::json &jobs, const nlohmann::json &nodes,
+                   const nlohmann::json &allocs, const nlohmann::json &statuses,
+                   const flotilla_scheduler_v1 *scheduler, void *scheduler_self,
+                   const std::function<std::string(const std::string &job, int index)> &new_id);
+
+ private:
+  void campaign();
+  void keepalive();
+  void become_leader();
+  void lose_leadership(const std::string &why);
+  void request_evaluation();
+  void evaluate();
+
+  uv_loop_t *loop_;
+  StoreClient *store_;
+  PluginHost *plugins_;
+  std::string node_;
+  int64_t lease_ = 0;
+  bool leader_ = false;
+  bool stopping_ = false;
+  bool eval_running_ = false, eval_again_ = false;
+  uv_timer_t *keepalive_timer_ = nullptr;  // closed asynchronously
+  uv_timer_t *eval_timer_ = nullptr;
+  std::unique_ptr<StoreClient::Watch> leader_watch_, cluster_watch_;
+};
+
+}  // namespace flotilla
