@@ -60,6 +60,8 @@ Daemon::Daemon(DaemonConfig config) : config_(std::move(config)) {
 
 Daemon::~Daemon() {
   evaluator_.reset();
+  reconciler_.reset();
+  runtime_.reset();
   api_.reset();
   store_.reset();
   plugins_.reset();
@@ -124,7 +126,7 @@ std::string Daemon::node_record() const {
       {"name", config_.node.name},
       {"datacenter", config_.node.datacenter},
       {"status", "ready"},
-      {"eligible", true},
+      {"eligible", runtime_ != nullptr},
       {"version", FLOTILLA_VERSION},
       {"started_at", rfc3339_now()},
       {"resources",
@@ -215,6 +217,18 @@ void Daemon::start() {
   api_ = std::make_unique<ApiServer>(std::move(api_ctx));
   api_->listen();
 
+  // A node without a runtime plugin takes part in the cluster (store,
+  // scheduling) but runs no allocations: it says so in its record.
+  void *rt_self = nullptr;
+  if (auto *rt = plugins_->find<flotilla_runtime_v1>(FLOTILLA_RUNTIME_INTERFACE_ID, &rt_self)) {
+    runtime_ = std::make_unique<RuntimeClient>(rt, rt_self);
+    reconciler_ = std::make_unique<Reconciler>(&loop_, store_.get(), runtime_.get(), plugins_.get(),
+                                               config_.node.name);
+    reconciler_->start();
+  } else {
+    log::info("core", "no plugin provides " FLOTILLA_RUNTIME_INTERFACE_ID
+                      "; this node runs no allocations (add [plugin.runtime-runc])");
+  }
   register_node();
   evaluator_ = std::make_unique<Evaluator>(&loop_, store_.get(), plugins_.get(), config_.node.name);
   evaluator_->start();
@@ -314,6 +328,8 @@ void Daemon::begin_shutdown() {
   api_->shutdown(kShutdownGraceMs, [this] {
     auto finish = [this] {
       evaluator_.reset();
+      reconciler_.reset();  // containers keep running
+      runtime_.reset();
       plugins_->stop();
       uv_close(reinterpret_cast<uv_handle_t *>(&heartbeat_), nullptr);
       for (uv_signal_t *s : {&sig_term_, &sig_int_, &sig_hup_})

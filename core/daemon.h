@@ -11,6 +11,8 @@
 #include "config.h"
 #include "evaluator.h"
 #include "plugin_host.h"
+#include "reconciler.h"
+#include "runtime_client.h"
 #include "store_client.h"
 
 namespace flotilla {
@@ -47,6 +49,8 @@ class Daemon {
   std::unique_ptr<StoreClient> store_;
   std::unique_ptr<ApiServer> api_;
   std::unique_ptr<Evaluator> evaluator_;
+  std::unique_ptr<RuntimeClient> runtime_;
+  std::unique_ptr<Reconciler> reconciler_;
   uv_signal_t sig_term_{}, sig_int_{}, sig_hup_{};
   uv_timer_t heartbeat_{};
   int64_t lease_ = 0;

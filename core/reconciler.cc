@@ -1,0 +1,511 @@
+#include "reconciler.h"
+
+#include <random>
+#include <set>
+
+#include "log.h"
+
+namespace flotilla {
+
+using nlohmann::json;
+
+namespace {
+
+const std::string kAllocs = "/flotilla/allocs/";
+const std::string kStatus = "/flotilla/alloc-status/";
+
+std::string now_rfc3339() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t{};
+  gmtime_r(&ts.tv_sec, &t);
+  char buf[40];
+  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
+  snprintf(buf + n, sizeof buf - n, ".%03ldZ", ts.tv_nsec / 1000000);
+  return buf;
+}
+
+bool terminal(const std::string &s) {
+  return s == "complete" || s == "failed" || s == "stopped" || s == "lost";
+}
+
+}  // namespace
+
+// One task of an allocation: one container at a time.
+struct Reconciler::Task {
+  std::string name;
+  json spec;
+  std::string container;
+  // pending -> starting -> running -> (restarting -> starting ...) -> dead
+  std::string state = "pending";
+  bool failed = false;
+  int restarts = 0;
+  std::vector<uint64_t> failures_ms;  // loop times of failures inside the restart interval
+  int64_t exit_code = -1;
+  int signal = 0;
+  std::string started_at, finished_at, message;
+  uint64_t attempt = 0;  // bumped for every start, so stale callbacks are ignored
+  uv_timer_t *restart_timer = nullptr;
+};
+
+struct Reconciler::Alloc {
+  std::string id;
+  json record;
+  std::vector<Task> tasks;
+  bool stopping = false;
+  bool stopped = false;
+  std::string final_status;  // set when the allocation was stopped
+};
+
+namespace {
+
+// Deleting a timer safely: uv_close, free in the close callback.
+void close_timer(uv_timer_t *&t) {
+  if (!t) return;
+  uv_timer_stop(t);
+  uv_close(reinterpret_cast<uv_handle_t *>(t),
+           [](uv_handle_t *h) { delete reinterpret_cast<uv_timer_t *>(h); });
+  t = nullptr;
+}
+
+// Restart timers carry what they restart by value: the alloc may be gone.
+struct RestartCtx {
+  Reconciler *self;
+  std::string alloc, task;
+  uint64_t attempt;
+  std::function<void(RestartCtx *)> fire;
+};
+
+}  // namespace
+
+Reconciler::Reconciler(uv_loop_t *loop, StoreClient *store, RuntimeClient *runtime,
+                       PluginHost *plugins, std::string node)
+    : loop_(loop), store_(store), runtime_(runtime), plugins_(plugins), node_(std::move(node)) {}
+
+Reconciler::~Reconciler() { stop(); }
+
+std::string Reconciler::container_id(const std::string &alloc, const std::string &task) {
+  return alloc + "." + task;
+}
+
+void Reconciler::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  watch_.reset();
+  if (exit_sub_) plugins_->events().unsubscribe(exit_sub_);
+  exit_sub_ = 0;
+  for (auto &[id, a] : allocs_)
+    for (auto &t : a->tasks) {
+      if (t.restart_timer) delete static_cast<RestartCtx *>(t.restart_timer->data);
+      close_timer(t.restart_timer);
+    }
+}
+
+Reconciler::Alloc *Reconciler::find_alloc(const std::string &id) {
+  auto it = allocs_.find(id);
+  return it == allocs_.end() ? nullptr : it->second.get();
+}
+
+void Reconciler::start() {
+  exit_sub_ = plugins_->events().subscribe("runtime.exit", [this](const std::string &,
+                                                                   const std::string &payload) {
+    json e = json::parse(payload, nullptr, false);
+    if (!e.is_object()) return;
+    on_task_exit(e.value("id", ""), e.value("exit_code", int64_t{-1}), e.value("signal", 0),
+                 e.value("finished_at", now_rfc3339()));
+  });
+  // 1. What the runtime still runs (containers outlive the daemon).
+  runtime_->list([this](StoreResult r, json list) {
+    if (stopped_) return;
+    if (!r.ok()) log::error("reconciler", "cannot list containers: " + r.message);
+    if (list.is_array())
+      for (auto &c : list)
+        if (c.is_object() && c.contains("id")) containers_[c["id"].get<std::string>()] = c;
+    // 2. What this node reported before (restart counts, terminal states).
+    store_->list(kStatus, [this](StoreResult r2, std::vector<KeyValue> kvs, int64_t) {
+      if (stopped_) return;
+      if (!r2.ok()) log::error("reconciler", "cannot read allocation status: " + r2.message);
+      for (const auto &kv : kvs) {
+        json s = json::parse(kv.value, nullptr, false);
+        if (s.is_object() && s.value("node", "") == node_)
+          previous_[kv.key.substr(kStatus.size())] = s;
+      }
+      // 3. The allocations, then every change after them.
+      store_->list(kAllocs, [this](StoreResult r3, std::vector<KeyValue> allocs, int64_t rev) {
+        if (stopped_) return;
+        if (!r3.ok()) {
+          log::error("reconciler", "cannot read allocations: " + r3.message);
+          return;
+        }
+        std::set<std::string> wanted;
+        for (const auto &kv : allocs) {
+          json a = json::parse(kv.value, nullptr, false);
+          if (!a.is_object()) continue;
+          if (a.value("node", "") == node_) wanted.insert(a.value("id", ""));
+          on_alloc_put(a);
+        }
+        // Containers of allocations the store no longer has: leftovers.
+        for (auto it = containers_.begin(); it != containers_.end(); ++it) {
+          std::string cid = it.key();
+          std::string alloc = cid.substr(0, cid.rfind('.'));
+          if (wanted.count(alloc)) continue;
+          log::info("reconciler", "removing leftover container", {{"container", cid}});
+          runtime_->stop(cid, 5000, [this, cid](StoreResult, json) {
+            runtime_->remove(cid, [cid](StoreResult rr) {
+              if (!rr.ok()) log::warn("reconciler", "cannot remove " + cid + ": " + rr.message);
+            });
+          });
+        }
+        watch_ = store_->watch(kAllocs, true, rev + 1,
+                               [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
+                                 if (!w.ok()) {
+                                   log::error("reconciler", "allocation watch ended: " + w.message);
+                                   return;
+                                 }
+                                 for (const auto &e : evs) {
+                                   std::string id = e.kv.key.substr(kAllocs.size());
+                                   if (e.type == StoreEvent::Type::remove) {
+                                     on_alloc_deleted(id);
+                                     continue;
+                                   }
+                                   json a = json::parse(e.kv.value, nullptr, false);
+                                   if (a.is_object()) on_alloc_put(a);
+                                 }
+                               });
+        log::info("reconciler", "watching allocations",
+                  {{"node", node_}, {"allocations", std::to_string(allocs_.size())},
+                   {"containers_found", std::to_string(containers_.size())}});
+      });
+    });
+  });
+}
+
+void Reconciler::on_alloc_put(const json &record) {
+  const std::string id = record.value("id", "");
+  if (id.empty()) return;
+  Alloc *a = find_alloc(id);
+  if (record.value("node", "") != node_) {
+    if (a && !a->stopping) stop_alloc(*a, "moved to another node", false);
+    return;
+  }
+  const bool run = record.value("desired_status", "") == "run";
+  if (a) {
+    a->record = record;
+    if (!run && !a->stopping && !a->stopped)
+      stop_alloc(*a, record.value("desired_description", "stop requested"), false);
+    return;
+  }
+
+  auto owned = std::make_unique<Alloc>();
+  a = owned.get();
+  a->id = id;
+  a->record = record;
+  const json &spec = record.value("spec", json::object());
+  const json &prev = previous_.contains(id) ? previous_[id] : json::object();
+  for (const auto &ts : spec.value("tasks", json::array())) {
+    Task t;
+    t.name = ts.value("name", "");
+    t.spec = ts;
+    t.container = container_id(id, t.name);
+    if (prev.contains("tasks") && prev["tasks"].contains(t.name)) {
+      const json &pt = prev["tasks"][t.name];
+      t.restarts = pt.value("restarts", 0);
+      t.state = pt.value("state", "pending");
+      t.failed = pt.value("failed", false);
+      t.exit_code = pt.value("exit_code", int64_t{-1});
+      t.started_at = pt.value("started_at", "");
+      t.finished_at = pt.value("finished_at", "");
+      t.message = pt.value("message", "");
+    }
+    a->tasks.push_back(std::move(t));
+  }
+  allocs_[id] = std::move(owned);
+
+  const std::string prev_status = prev.value("status", "");
+  if (terminal(prev_status)) {
+    // Already finished before a restart: nothing to run again.
+    a->stopped = true;
+    a->final_status = prev_status;
+    return;
+  }
+  if (!run) {
+    stop_alloc(*a, record.value("desired_description", "stop requested"), false);
+    return;
+  }
+  for (auto &t : a->tasks) {
+    if (containers_.contains(t.container)) {
+      // Adopt what survived a daemon restart.
+      const json &c = containers_[t.container];
+      const std::string st = c.value("status", "");
+      if (st == "running" || st == "created") {
+        t.state = "running";
+        if (st == "created") run_task(*a, t);  // created but never started
+        continue;
+      }
+      // It exited while the daemon was down: judge the exit now.
+      t.state = "running";
+      t.attempt++;
+      on_task_exit(t.container, c.value("exit_code", int64_t{-1}), c.value("signal", 0),
+                   c.value("finished_at", now_rfc3339()));
+      continue;
+    }
+    if (t.state == "dead") continue;
+    run_task(*a, t);
+  }
+  report(*a);
+}
+
+void Reconciler::on_alloc_deleted(const std::string &id) {
+  Alloc *a = find_alloc(id);
+  if (!a) return;
+  stop_alloc(*a, "allocation removed", true);
+}
+
+void Reconciler::run_task(Alloc &a, Task &t) {
+  t.state = "starting";
+  t.message.clear();
+  const uint64_t attempt = ++t.attempt;
+  json task_json = {{"version", 1},
+                    {"alloc_id", a.id},
+                    {"job", a.record.value("job", "")},
+                    {"hostname", t.name},
+                    {"task", t.spec}};
+  const std::string alloc = a.id, task = t.name, cid = t.container;
+  auto lookup = [this, alloc, task, attempt]() -> std::pair<Alloc *, Task *> {
+    if (stopped_) return {nullptr, nullptr};
+    Alloc *al = find_alloc(alloc);
+    if (!al || al->stopping) return {nullptr, nullptr};
+    for (auto &tt : al->tasks)
+      if (tt.name == task && tt.attempt == attempt) return {al, &tt};
+    return {nullptr, nullptr};
+  };
+  auto do_start = [this, lookup, cid]() {
+    runtime_->start(cid, [this, lookup](StoreResult r, json) {
+      auto [al, tt] = lookup();
+      if (!al) return;
+      if (!r.ok()) return task_failed_to_start(*al, *tt, r.message);
+      if (tt->state == "starting") {  // an exit event may have come first
+        tt->state = "running";
+        tt->started_at = now_rfc3339();
+      }
+      report(*al);
+    });
+  };
+  runtime_->create(cid, task_json.dump(), [this, lookup, do_start, cid](StoreResult r, json) {
+    auto [al, tt] = lookup();
+    if (!al) return;
+    if (!r.ok()) {
+      if (r.status == FLOTILLA_E_EXISTS) {  // left from an earlier attempt: replace it
+        runtime_->remove(cid, [this, lookup](StoreResult) {
+          auto [al2, tt2] = lookup();
+          if (al2) {
+            tt2->attempt++;  // this attempt is over
+            run_task(*al2, *tt2);
+          }
+        });
+        return;
+      }
+      return task_failed_to_start(*al, *tt, r.message);
+    }
+    do_start();
+  });
+  report(a);
+}
+
+void Reconciler::task_failed_to_start(Alloc &a, Task &t, const std::string &why) {
+  log::warn("reconciler", "task failed to start",
+            {{"alloc", a.id}, {"task", t.name}, {"error", why}});
+  t.message = why;
+  t.exit_code = -1;
+  t.finished_at = now_rfc3339();
+  apply_restart_policy(a, t);
+}
+
+void Reconciler::on_task_exit(const std::string &container, int64_t exit_code, int signal,
+                              const std::string &finished_at) {
+  if (stopped_) return;
+  auto dot = container.rfind('.');
+  if (dot == std::string::npos) return;
+  Alloc *a = find_alloc(container.substr(0, dot));
+  if (!a || a->stopping || a->stopped) return;
+  Task *t = nullptr;
+  for (auto &tt : a->tasks)
+    if (tt.container == container) t = &tt;
+  if (!t || (t->state != "running" && t->state != "starting")) return;
+  t->exit_code = exit_code;
+  t->signal = signal;
+  t->finished_at = finished_at;
+  const bool batch = a->record.value("spec", json::object()).value("type", "service") == "batch";
+  if (batch && exit_code == 0 && signal == 0) {
+    t->state = "dead";
+    t->message = "completed";
+    log::info("reconciler", "task completed", {{"alloc", a->id}, {"task", t->name}});
+    report(*a);
+    return;
+  }
+  t->message = signal ? "killed by signal " + std::to_string(signal)
+                      : "exited with code " + std::to_string(exit_code);
+  apply_restart_policy(*a, *t);
+}
+
+// The job's [restart] policy: up to `attempts` restarts inside `interval`,
+// each after `delay` +- jitter; then "fail" marks the task failed, "delay"
+// waits out the interval and starts counting again.
+void Reconciler::apply_restart_policy(Alloc &a, Task &t) {
+  const json &policy = a.record.value("spec", json::object()).value("restart", json::object());
+  const int attempts = policy.value("attempts", 2);
+  const uint64_t interval = policy.value("interval_ms", uint64_t{30 * 60 * 1000});
+  const uint64_t delay = policy.value("delay_ms", uint64_t{15000});
+  const double jitter = policy.value("jitter", 0.25);
+  const std::string mode = policy.value("mode", "fail");
+
+  const uint64_t now = uv_now(loop_);
+  std::erase_if(t.failures_ms, [&](uint64_t f) { return now - f > interval; });
+  t.failures_ms.push_back(now);
+  uint64_t wait = 0;
+  if (static_cast<int>(t.failures_ms.size()) <= attempts) {
+    static std::mt19937_64 rng{std::random_device{}()};
+    double factor = 1.0 + jitter * (std::uniform_real_distribution<double>(-1.0, 1.0)(rng));
+    wait = static_cast<uint64_t>(static_cast<double>(delay) * std::max(0.0, factor));
+  } else if (mode == "delay") {
+    wait = interval;
+    t.failures_ms.clear();
+  } else {
+    t.state = "dead";
+    t.failed = true;
+    t.message += "; restart attempts exhausted (" + std::to_string(attempts) + " in " +
+                 std::to_string(interval / 1000) + "s)";
+    log::warn("reconciler", "task failed", {{"alloc", a.id}, {"task", t.name}, {"why", t.message}});
+    // One failed task fails the allocation: stop its siblings.
+    report(a);
+    stop_alloc(a, "task " + t.name + " failed", false);
+    return;
+  }
+  t.state = "restarting";
+  t.restarts++;
+  log::info("reconciler", "restarting task",
+            {{"alloc", a.id}, {"task", t.name}, {"in_ms", std::to_string(wait)},
+             {"restarts", std::to_string(t.restarts)}});
+  if (t.restart_timer) {
+    delete static_cast<RestartCtx *>(t.restart_timer->data);
+    close_timer(t.restart_timer);
+  }
+  t.restart_timer = new uv_timer_t;
+  uv_timer_init(loop_, t.restart_timer);
+  auto *ctx = new RestartCtx{this, a.id, t.name, t.attempt, nullptr};
+  t.restart_timer->data = ctx;
+  uv_timer_start(
+      t.restart_timer,
+      [](uv_timer_t *timer) {
+        auto *c = static_cast<RestartCtx *>(timer->data);
+        Reconciler *self = c->self;
+        Alloc *al = self->find_alloc(c->alloc);
+        std::string task = c->task;
+        uint64_t attempt = c->attempt;
+        delete c;
+        timer->data = nullptr;
+        if (!al) return;
+        for (auto &tt : al->tasks) {
+          if (tt.name != task || tt.attempt != attempt) continue;
+          close_timer(tt.restart_timer);
+          if (al->stopping || al->stopped) return;
+          // Remove the exited container, then start a fresh one.
+          std::string cid = tt.container, alloc = al->id;
+          self->runtime_->remove(cid, [self, alloc, task, attempt](StoreResult) {
+            Alloc *a2 = self->find_alloc(alloc);
+            if (!a2 || a2->stopping || a2->stopped || self->stopped_) return;
+            for (auto &t2 : a2->tasks)
+              if (t2.name == task && t2.attempt == attempt) self->run_task(*a2, t2);
+          });
+          return;
+        }
+      },
+      wait, 0);
+  report(a);
+}
+
+void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
+  if (a.stopping) {
+    return;
+  }
+  a.stopping = true;
+  log::info("reconciler", "stopping allocation", {{"alloc", a.id}, {"why", why}});
+  for (auto &t : a.tasks) {
+    if (t.restart_timer) {
+      delete static_cast<RestartCtx *>(t.restart_timer->data);
+      close_timer(t.restart_timer);
+    }
+  }
+  auto remaining = std::make_shared<size_t>(a.tasks.size());
+  const std::string id = a.id;
+  auto one_done = [this, remaining, id, purge, why]() {
+    if (--*remaining > 0) return;
+    Alloc *al = find_alloc(id);
+    if (!al) return;
+    al->stopping = false;
+    al->stopped = true;
+    std::string agg = aggregate_status(*al);
+    al->final_status = agg == "failed" || agg == "complete" ? agg : "stopped";
+    for (auto &t : al->tasks)
+      if (t.state != "dead") t.state = "dead";
+    if (purge) {
+      store_->remove(kStatus + id, false, [](StoreResult, int64_t, int64_t) {});
+      allocs_.erase(id);
+      return;
+    }
+    report(*al);
+  };
+  if (a.tasks.empty()) {
+    *remaining = 1;
+    one_done();
+    return;
+  }
+  for (auto &t : a.tasks) {
+    const uint64_t timeout = t.spec.value("kill_timeout_ms", uint64_t{5000});
+    const std::string cid = t.container;
+    runtime_->stop(cid, timeout, [this, cid, one_done](StoreResult, json) {
+      runtime_->remove(cid, [cid, one_done](StoreResult r) {
+        if (!r.ok() && r.status != FLOTILLA_E_NOT_FOUND)
+          log::warn("reconciler", "cannot remove container " + cid + ": " + r.message);
+        one_done();
+      });
+    });
+  }
+  report(a);
+}
+
+std::string Reconciler::aggregate_status(const Alloc &a) const {
+  if (a.stopped && !a.final_status.empty()) return a.final_status;
+  bool any_running = false, all_done = !a.tasks.empty();
+  for (const auto &t : a.tasks) {
+    if (t.failed) return "failed";
+    if (t.state == "running") any_running = true;
+    if (t.state != "dead") all_done = false;
+  }
+  if (a.stopping) return "stopping";
+  if (all_done) return "complete";
+  return any_running ? "running" : "pending";
+}
+
+void Reconciler::report(Alloc &a) {
+  json tasks = json::object();
+  for (const auto &t : a.tasks) {
+    tasks[t.name] = {{"state", t.state},     {"failed", t.failed},
+                     {"restarts", t.restarts}, {"exit_code", t.exit_code},
+                     {"signal", t.signal},   {"started_at", t.started_at},
+                     {"finished_at", t.finished_at}, {"message", t.message},
+                     {"container", t.container}};
+  }
+  json status = {{"id", a.id},
+                 {"node", node_},
+                 {"job", a.record.value("job", "")},
+                 {"status", aggregate_status(a)},
+                 {"tasks", tasks},
+                 {"updated_at", now_rfc3339()}};
+  const std::string id = a.id;
+  store_->put(kStatus + id, status.dump(), [id](StoreResult r, int64_t) {
+    if (!r.ok()) log::error("reconciler", "cannot report status of " + id + ": " + r.message);
+  });
+}
+
+}  // namespace flotilla

@@ -1,0 +1,67 @@
+// The node reconciler: watches the allocations placed on this node and
+// drives each one's tasks through the runtime plugin — create, start,
+// restart by the job's restart policy, stop — and reports what really
+// happened to /flotilla/alloc-status/<alloc>. Idempotent: after a crash it
+// adopts the containers the runtime still knows (they outlive the daemon),
+// takes exits that happened meanwhile into account and does nothing twice.
+// [loop-thread] throughout.
+#pragma once
+
+#include <uv.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "plugin_host.h"
+#include "runtime_client.h"
+#include "store_client.h"
+
+namespace flotilla {
+
+class Reconciler {
+ public:
+  Reconciler(uv_loop_t *loop, StoreClient *store, RuntimeClient *runtime, PluginHost *plugins,
+             std::string node_name);
+  ~Reconciler();
+  Reconciler(const Reconciler &) = delete;
+  Reconciler &operator=(const Reconciler &) = delete;
+
+  void start();
+  // Stop watching and cancel pending restarts. Containers keep running.
+  void stop();
+
+  // Container id of an allocation's task: "<alloc>.<task>".
+  static std::string container_id(const std::string &alloc, const std::string &task);
+
+  struct Task;
+  struct Alloc;
+
+ private:
+  void on_alloc_put(const nlohmann::json &record);
+  void on_alloc_deleted(const std::string &id);
+  void run_task(Alloc &a, Task &t);
+  void on_task_exit(const std::string &container, int64_t exit_code, int signal,
+                    const std::string &finished_at);
+  void task_failed_to_start(Alloc &a, Task &t, const std::string &why);
+  void apply_restart_policy(Alloc &a, Task &t);
+  void stop_alloc(Alloc &a, const std::string &why, bool purge);
+  void report(Alloc &a);
+  std::string aggregate_status(const Alloc &a) const;
+  Alloc *find_alloc(const std::string &id);
+
+  uv_loop_t *loop_;
+  StoreClient *store_;
+  RuntimeClient *runtime_;
+  PluginHost *plugins_;
+  std::string node_;
+  bool stopped_ = false;
+  uint64_t exit_sub_ = 0;
+  nlohmann::json containers_ = nlohmann::json::object();  // runtime list at start: id -> state
+  nlohmann::json previous_ = nlohmann::json::object();    // alloc-status at start: id -> status
+  std::map<std::string, std::unique_ptr<Alloc>> allocs_;
+  std::unique_ptr<StoreClient::Watch> watch_;
+};
+
+}  // namespace flotilla
