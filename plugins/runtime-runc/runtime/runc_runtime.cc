@@ -1,0 +1,1220 @@
+#include "runc_runtime.h"
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "../image/fs_ops.h"
+#include "../image/image_error.h"
+#include "../image/image_store.h"
+#include "../shim/proc_info.h"
+#include "../shim/shim_protocol.h"
+#include "oci_spec.h"
+#include "task_spec.h"
+
+namespace flotilla::runc {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char *kStatusCreating = "creating";  // internal; never reported
+constexpr const char *kStatusCreated = "created";
+constexpr const char *kStatusRunning = "running";
+constexpr const char *kStatusStopped = "stopped";
+constexpr uint64_t kShimGraceMs = 15000;  // after `delete --force`, before the shim is killed
+constexpr size_t kMaxCommandOutput = 64 * 1024;
+
+int pidfd_open(pid_t pid) {
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+}
+
+// The message in what runc or crun printed: runc logs `msg="..."` lines,
+// crun plain text; the last one explains the failure.
+std::string runtime_message(const std::string &output) {
+  std::string last;
+  size_t pos = 0;
+  while (pos < output.size()) {
+    size_t nl = output.find('\n', pos);
+    std::string line = output.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? output.size() : nl + 1;
+    if (line.empty()) continue;
+    if (size_t m = line.find("msg=\""); m != std::string::npos) {
+      std::string msg;
+      for (size_t i = m + 5; i < line.size() && line[i] != '"'; ++i) {
+        if (line[i] == '\\' && i + 1 < line.size()) ++i;
+        msg += line[i];
+      }
+      last = msg;
+    } else {
+      last = line;
+    }
+  }
+  return last.empty() ? "(no output)" : last;
+}
+
+// Reads a small JSON file; null when it is missing or half-written.
+json read_json_file(const fs::path &path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return nullptr;
+  try {
+    return json::parse(read_small_file(path, 1 << 20, path.string()));
+  } catch (const std::exception &) {
+    return nullptr;
+  }
+}
+
+bool find_program(const std::string &name) {
+  if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0;
+  const char *path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= dirs.size()) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    if (!dir.empty() && ::access((dir + "/" + name).c_str(), X_OK) == 0) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+// flotilla-runc-shim next to this shared object (a build tree, or a
+// distribution that keeps both in one directory), else the installed one.
+std::string find_shim() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void *>(&find_shim), &info) != 0 && info.dli_fname) {
+    fs::path next = fs::path(info.dli_fname).parent_path() / "flotilla-runc-shim";
+    if (::access(next.c_str(), X_OK) == 0) return next.string();
+  }
+  if (::access(FLOTILLA_RUNC_SHIM_DEFAULT, X_OK) == 0) return FLOTILLA_RUNC_SHIM_DEFAULT;
+  return {};
+}
+
+}  // namespace
+
+// ---- internal types -------------------------------------------------------
+
+struct RuncRuntime::Container {
+  explicit Container(const fs::path &dir) : paths(dir) {}
+  ContainerRecord rec;
+  ContainerPaths paths;
+  ContainerStatus st;
+  bool removing = false;
+  bool stopping = false;
+  bool exit_reported = false;
+  pid_t shim_pid = 0;
+  UniqueFd shim_pidfd;
+  flotilla_handle shim_watch = 0;
+  UniqueFd notify_fd;
+  flotilla_handle notify_watch = 0;
+  std::string notify_buf;
+  uint64_t create_reply = 0;
+  uint64_t kill_timer = 0;
+  std::vector<std::function<void()>> on_exit;  // run once the monitor has exited
+  RuncRuntime *rt = nullptr;
+};
+
+struct RuncRuntime::Deferred {
+  RuncRuntime *rt;
+  uint64_t key;
+  flotilla_handle timer = 0;
+  std::function<void()> fn;
+};
+
+struct RuncRuntime::Work {
+  RuncRuntime *rt;
+  std::function<void()> work;
+  Done after;
+  flotilla_status status = FLOTILLA_OK;
+  std::string message;
+};
+
+struct RuncRuntime::Command {
+  RuncRuntime *rt;
+  uint64_t key;
+  std::string what;
+  UniqueFd out;
+  flotilla_handle watch = 0;
+  std::string output;
+  bool exited = false;
+  int64_t status = -1;
+  std::function<void(int64_t, const std::string &)> done;
+};
+
+struct RuncRuntime::Reply {
+  flotilla_runtime_state_cb state_cb = nullptr;
+  flotilla_runtime_list_cb list_cb = nullptr;
+  flotilla_done_cb done_cb = nullptr;
+  void *user = nullptr;
+};
+
+struct RuncRuntime::Found {
+  std::string id;
+  ContainerRecord rec;
+  bool has_record = false;
+  ShimState shim;
+  bool exit_reported = false;
+  UniqueFd shim_pidfd;  // open when the monitor is alive
+  std::string warning;
+};
+
+// ---- construction ---------------------------------------------------------
+
+RuncRuntime::RuncRuntime(const flotilla_host *host, RuntimeConfig config)
+    : host_(host), config_(std::move(config)) {}
+
+RuncRuntime::~RuncRuntime() {
+  for (auto &[id, c] : containers_) {
+    if (c->shim_watch) host_->fd_unwatch(host_->host_ctx, c->shim_watch);
+    if (c->notify_watch) host_->fd_unwatch(host_->host_ctx, c->notify_watch);
+  }
+  for (auto &[key, d] : deferred_) host_->timer_stop(host_->host_ctx, d->timer);
+  deferred_.clear();
+  for (auto &[key, cmd] : commands_)
+    if (cmd->watch) host_->fd_unwatch(host_->host_ctx, cmd->watch);
+  commands_.clear();
+  // Containers keep running: their shims outlive us. Pending requests end.
+  auto replies = std::move(replies_);
+  for (auto &[rid, r] : replies) {
+    host_->set_error(host_->host_ctx, "runtime-runc is shutting down");
+    if (r->state_cb) r->state_cb(r->user, FLOTILLA_E_CANCELLED, "null");
+    if (r->list_cb) r->list_cb(r->user, FLOTILLA_E_CANCELLED, "[]");
+    if (r->done_cb) r->done_cb(r->user, FLOTILLA_E_CANCELLED);
+  }
+  auto queued = std::move(until_ready_);
+  for (auto &[op, fail] : queued) {
+    host_->set_error(host_->host_ctx, "runtime-runc is shutting down");
+    fail(FLOTILLA_E_CANCELLED);
+  }
+}
+
+// ---- plumbing -------------------------------------------------------------
+
+uint64_t RuncRuntime::defer(std::function<void()> fn, uint64_t delay_ms) {
+  uint64_t key = next_key_++;
+  auto d = std::make_unique<Deferred>(Deferred{this, key, 0, std::move(fn)});
+  d->timer = host_->timer_start(host_->host_ctx, delay_ms, 0, &RuncRuntime::on_deferred, d.get());
+  if (d->timer == 0) {
+    host_->log(host_->host_ctx, FLOTILLA_LOG_ERROR, "timer_start failed; request dropped");
+    return 0;
+  }
+  deferred_[key] = std::move(d);
+  return key;
+}
+
+void RuncRuntime::cancel_deferred(uint64_t key) {
+  auto it = deferred_.find(key);
+  if (it == deferred_.end()) return;
+  host_->timer_stop(host_->host_ctx, it->second->timer);
+  deferred_.erase(it);
+}
+
+void RuncRuntime::on_deferred(void *user) {
+  auto *d = static_cast<Deferred *>(user);
+  RuncRuntime *rt = d->rt;
+  auto node = rt->deferred_.extract(d->key);  // the host released the one-shot timer
+  if (!node.empty()) node.mapped()->fn();
+}
+
+void RuncRuntime::queue(std::function<void()> work, Done after) {
+  auto *w = new Work{this, std::move(work), std::move(after), FLOTILLA_OK, {}};
+  if (host_->queue_work(host_->host_ctx, &RuncRuntime::on_work, &RuncRuntime::on_work_done, w) !=
+      FLOTILLA_OK) {
+    std::unique_ptr<Work> owned(w);
+    defer([after = std::move(owned->after)] {
+      after(FLOTILLA_E_INTERNAL, "the host refused to queue work");
+    });
+  }
+}
+
+void RuncRuntime::on_work(void *user) {
+  auto *w = static_cast<Work *>(user);
+  try {
+    w->work();
+  } catch (const RuntimeFailure &e) {
+    w->status = e.status();
+    w->message = e.what();
+  } catch (const ImageError &e) {
+    w->status = e.status();
+    w->message = e.what();
+  } catch (const std::bad_alloc &) {
+    w->status = FLOTILLA_E_NOMEM;
+    w->message = "out of memory";
+  } catch (const std::exception &e) {
+    w->status = FLOTILLA_E_IO;
+    w->message = e.what();
+  }
+}
+
+void RuncRuntime::on_work_done(void *user, flotilla_status status) {
+  std::unique_ptr<Work> w(static_cast<Work *>(user));
+  if (status != FLOTILLA_OK) {
+    w->status = status;
+    w->message = "the daemon stopped before the work ran";
+  }
+  w->after(w->status, w->message);
+}
+
+void RuncRuntime::run_runtime(std::vector<std::string> args,
+                              std::function<void(int64_t, const std::string &)> done) {
+  std::vector<std::string> argv = {config_.binary, "--root", config_.root};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto cmd = std::make_unique<Command>();
+  cmd->rt = this;
+  cmd->key = next_key_++;
+  cmd->what = config_.binary + " " + (args.empty() ? "" : args[0]);
+  cmd->done = std::move(done);
+
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) {
+    std::string msg = std::string("pipe: ") + std::strerror(errno);
+    defer([done = std::move(cmd->done), msg] { done(-1, msg); });
+    return;
+  }
+  UniqueFd rd(p[0]), wr(p[1]);
+  ::fcntl(rd.get(), F_SETFL, O_NONBLOCK);
+  std::vector<const char *> cargv;
+  for (const auto &a : argv) cargv.push_back(a.c_str());
+  cargv.push_back(nullptr);
+  flotilla_process_spec spec{};
+  spec.struct_size = sizeof spec;
+  spec.file = config_.binary.c_str();
+  spec.argv = cargv.data();
+  spec.stdin_fd = -1;
+  spec.stdout_fd = wr.get();
+  spec.stderr_fd = wr.get();
+  int64_t pid = 0;
+  Command *raw = cmd.get();
+  flotilla_status st =
+      host_->process_spawn(host_->host_ctx, &spec, &RuncRuntime::on_command_exit, raw, &pid);
+  wr.reset();
+  if (st != FLOTILLA_OK) {
+    std::string msg = "cannot run " + config_.binary + " (plugin.runtime-runc.binary)";
+    defer([done = std::move(cmd->done), msg] { done(-1, msg); });
+    return;
+  }
+  cmd->out = std::move(rd);
+  cmd->watch = host_->fd_watch(host_->host_ctx, cmd->out.get(), FLOTILLA_FD_READABLE,
+                               &RuncRuntime::on_command_output, raw);
+  if (cmd->watch == 0) cmd->out.reset();  // only the exit is awaited then
+  commands_[cmd->key] = std::move(cmd);
+}
+
+void RuncRuntime::on_command_output(void *user, int fd, uint32_t) {
+  auto *cmd = static_cast<Command *>(user);
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      if (cmd->output.size() < kMaxCommandOutput) cmd->output.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    break;  // EOF or error
+  }
+  cmd->rt->host_->fd_unwatch(cmd->rt->host_->host_ctx, cmd->watch);
+  cmd->watch = 0;
+  cmd->out.reset();
+  cmd->rt->finish_command(cmd);
+}
+
+void RuncRuntime::on_command_exit(void *user, int64_t, int64_t status, int) {
+  auto *cmd = static_cast<Command *>(user);
+  cmd->exited = true;
+  cmd->status = status;
+  cmd->rt->finish_command(cmd);
+}
+
+void RuncRuntime::finish_command(Command *cmd) {
+  if (!cmd->exited || cmd->out) return;
+  auto node = commands_.extract(cmd->key);
+  if (node.empty()) return;
+  node.mapped()->done(node.mapped()->status, node.mapped()->output);
+}
+
+uint64_t RuncRuntime::add_reply(Reply reply) {
+  uint64_t rid = next_key_++;
+  replies_[rid] = std::make_unique<Reply>(reply);
+  return rid;
+}
+
+void RuncRuntime::answer(uint64_t rid, flotilla_status status, const std::string &text) {
+  auto node = replies_.extract(rid);
+  if (node.empty()) return;
+  Reply &r = *node.mapped();
+  if (status != FLOTILLA_OK) host_->set_error(host_->host_ctx, text.c_str());
+  const char *payload = status == FLOTILLA_OK ? text.c_str() : nullptr;
+  if (r.state_cb) r.state_cb(r.user, status, payload ? payload : "null");
+  if (r.list_cb) r.list_cb(r.user, status, payload ? payload : "[]");
+  if (r.done_cb) r.done_cb(r.user, status);
+}
+
+flotilla_status RuncRuntime::refuse(flotilla_status status, const std::string &message) {
+  host_->set_error(host_->host_ctx, message.c_str());
+  return status;
+}
+
+flotilla_status RuncRuntime::gate(std::function<flotilla_status()> op,
+                                  std::function<void(flotilla_status)> fail) {
+  if (ready_) {
+    if (!startup_error_.empty()) return refuse(FLOTILLA_E_UNAVAILABLE, startup_error_);
+    return op();
+  }
+  until_ready_.emplace_back(std::move(op), std::move(fail));
+  return FLOTILLA_OK;
+}
+
+// ---- containers -----------------------------------------------------------
+
+RuncRuntime::Container *RuncRuntime::find(const std::string &id) {
+  auto it = containers_.find(id);
+  return it == containers_.end() ? nullptr : it->second.get();
+}
+
+flotilla_status RuncRuntime::lookup(const char *id, Container *&c, bool allow_busy) {
+  c = id ? find(id) : nullptr;
+  if (!c)
+    return refuse(FLOTILLA_E_NOT_FOUND,
+                  std::string("no container \"") + (id ? id : "") + "\" in runtime-runc");
+  if (c->st.status == kStatusCreating)
+    return refuse(FLOTILLA_E_CONFLICT, "container " + c->rec.id + " is still being created");
+  if (c->removing && !allow_busy)
+    return refuse(FLOTILLA_E_CONFLICT, "container " + c->rec.id + " is being removed");
+  return FLOTILLA_OK;
+}
+
+json RuncRuntime::state_of(const Container *c) const {
+  return state_json(c->rec, c->st);
+}
+
+flotilla_status RuncRuntime::create(const char *id, const char *task_json,
+                                    flotilla_runtime_state_cb cb, void *user) {
+  if (!id || !task_json || !cb)
+    return refuse(FLOTILLA_E_INVALID, "create: container_id, task_json and cb are required");
+  std::string sid = id, task = task_json;
+  return gate([=, this] { return create_now(sid, task, cb, user); },
+              [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::create_now(const std::string &id, const std::string &task_json,
+                                        flotilla_runtime_state_cb cb, void *user) {
+  if (!is_valid_container_id(id))
+    return refuse(FLOTILLA_E_INVALID, "container id \"" + id +
+                                          "\" is not valid: use 1 to 128 letters, digits, '-', "
+                                          "'_' and '.', starting with a letter or digit");
+  if (find(id)) return refuse(FLOTILLA_E_EXISTS, "container " + id + " already exists");
+  TaskSpec task;
+  try {
+    task = parse_task_json(task_json);
+  } catch (const TaskError &e) {
+    return refuse(FLOTILLA_E_INVALID, "container " + id + ": task JSON: " + e.what());
+  }
+
+  auto c = std::make_unique<Container>(fs::path(config_.containers_dir) / id);
+  c->rt = this;
+  c->rec.id = id;
+  c->rec.alloc_id = task.alloc_id;
+  c->rec.job = task.job;
+  c->rec.task = task.task_name;
+  c->rec.image = task.image;
+  c->rec.cgroups_path = "/" + config_.cgroup_parent + "/" + id;
+  c->rec.kill_signal = task.kill_signal;
+  c->rec.kill_timeout_ms = task.kill_timeout_ms;
+  c->rec.created_at = now_rfc3339();
+  c->st.status = kStatusCreating;
+  c->create_reply = add_reply({cb, nullptr, nullptr, user});
+  ContainerRecord rec = c->rec;
+  ContainerPaths paths = c->paths;
+  containers_[id] = std::move(c);
+
+  // The bundle is made off the loop: image lookup, passwd, overlay mount.
+  auto digest = std::make_shared<std::string>();
+  RuntimeConfig config = config_;
+  std::shared_ptr<ImageStore> images = images_;
+  queue(
+      [=] {
+        std::vector<std::string> lowers = task.rootfs_lower_dirs;
+        json image_config = task.rootfs_image_config;
+        std::string image_name;
+        if (lowers.empty()) {
+          ResolvedImage r;
+          try {
+            r = images->acquire(task.image);
+          } catch (const ImageError &e) {
+            if (e.status() == FLOTILLA_E_NOT_FOUND)
+              throw RuntimeFailure(FLOTILLA_E_NOT_FOUND,
+                                   "image \"" + task.image +
+                                       "\" is not in this node's image store; import it first "
+                                       "with `flotilla image import <oci-layout-or-archive> " +
+                                       task.image + "` (" + e.what() + ")");
+            throw;
+          }
+          *digest = r.record.digest;
+          for (const auto &d : r.lower_dirs) lowers.push_back(d.string());
+          image_config = r.config.to_json();
+          image_name = r.record.name;
+        }
+        bool made_dir = false;
+        try {
+          if (::mkdir(paths.dir.c_str(), 0711) != 0) {
+            if (errno == EEXIST)
+              throw RuntimeFailure(FLOTILLA_E_EXISTS, paths.dir.string() +
+                                                          " exists already; remove the container "
+                                                          "first");
+            throw RuntimeFailure(FLOTILLA_E_IO,
+                                 "mkdir " + paths.dir.string() + ": " + std::strerror(errno));
+          }
+          made_dir = true;
+          for (const fs::path &d :
+               {paths.bundle, paths.rootfs, paths.upper, paths.work, paths.logs})
+            fs::create_directory(d);
+          BundleInputs in;
+          in.container_id = rec.id;
+          in.task = task;
+          in.image_config = image_config.is_object() ? image_config : json::object();
+          in.image_name = image_name.empty() ? task.image : image_name;
+          in.cgroups_path = rec.cgroups_path;
+          // /etc/passwd and /etc/group from the topmost layer that has them.
+          for (const std::string &l : lowers) {
+            if (in.passwd.empty()) in.passwd = read_file_in_root(l, "etc/passwd", 1 << 20);
+            if (in.group.empty()) in.group = read_file_in_root(l, "etc/group", 1 << 20);
+          }
+          json spec;
+          try {
+            spec = make_oci_config(in, config);
+          } catch (const TaskError &e) {
+            throw RuntimeFailure(FLOTILLA_E_INVALID, e.what());
+          }
+          write_file_atomic(paths.config, spec.dump(2) + "\n", false);
+          ContainerRecord r = rec;
+          r.image_digest = *digest;
+          // The record comes before the mount, so that remove() finds
+          // whatever a crash in between left behind.
+          write_file_atomic(paths.record, r.to_json().dump(2) + "\n", true);
+          mount_overlay(lowers, paths.upper, paths.work, paths.rootfs);
+          uint64_t max_files =
+              task.log_max_files ? uint64_t(task.log_max_files) : config.log_max_files;
+          uint64_t max_mib = task.log_max_file_size_mib ? uint64_t(task.log_max_file_size_mib)
+                                                        : config.log_max_size_mb;
+          json shim = {{"version", shim::kProtocolVersion},
+                       {"id", rec.id},
+                       {"binary", config.binary},
+                       {"root", config.root},
+                       {"bundle", paths.bundle.string()},
+                       {"pid_file", paths.pid_file.string()},
+                       {"runtime_log", paths.runtime_log.string()},
+                       {"stdout_log", paths.stdout_log.string()},
+                       {"stderr_log", paths.stderr_log.string()},
+                       {"state_file", paths.shim_state.string()},
+                       {"log_max_bytes", max_mib << 20},
+                       {"log_max_files", max_files}};
+          write_file_atomic(paths.shim_config, shim.dump(2) + "\n", true);
+        } catch (...) {
+          try {
+            if (made_dir) {
+              unmount_if_mounted(paths.rootfs);
+              remove_tree(paths.dir);
+            }
+          } catch (const std::exception &) {
+          }
+          if (!digest->empty()) images->release(*digest);
+          throw;
+        }
+      },
+      [this, id, digest](flotilla_status st, const std::string &msg) {
+        Container *c = find(id);
+        if (!c) return;
+        c->rec.image_digest = *digest;
+        if (st != FLOTILLA_OK) {
+          uint64_t rid = c->create_reply;
+          containers_.erase(id);
+          answer(rid, st, "cannot create container " + id + ": " + msg);
+          return;
+        }
+        spawn_shim(id);
+      });
+  return FLOTILLA_OK;
+}
+
+void RuncRuntime::spawn_shim(const std::string &id) {
+  Container *c = find(id);
+  int p[2];
+  std::string error;
+  if (::pipe2(p, O_CLOEXEC) != 0) {
+    error = std::string("pipe: ") + std::strerror(errno);
+  } else {
+    UniqueFd rd(p[0]), wr(p[1]);
+    ::fcntl(rd.get(), F_SETFL, O_NONBLOCK);
+    std::string config_path = c->paths.shim_config.string();
+    const char *argv[] = {config_.shim.c_str(), config_path.c_str(), nullptr};
+    flotilla_process_spec spec{};
+    spec.struct_size = sizeof spec;
+    spec.file = config_.shim.c_str();
+    spec.argv = argv;
+    spec.stdin_fd = -1;
+    spec.stdout_fd = wr.get();
+    spec.stderr_fd = -1;
+    spec.detached = 1;
+    int64_t pid = 0;
+    // The shim's exit is watched through a pidfd, which also works for
+    // shims a previous daemon started.
+    if (host_->process_spawn(host_->host_ctx, &spec, nullptr, nullptr, &pid) != FLOTILLA_OK) {
+      error = "cannot start the monitor " + config_.shim + " (plugin.runtime-runc.shim)";
+    } else {
+      wr.reset();
+      c->shim_pid = static_cast<pid_t>(pid);
+      watch_shim(c, UniqueFd(pidfd_open(c->shim_pid)));
+      c->notify_fd = std::move(rd);
+      c->notify_watch = host_->fd_watch(host_->host_ctx, c->notify_fd.get(), FLOTILLA_FD_READABLE,
+                                        &RuncRuntime::on_notify, c);
+      host_->metric_counter_add(host_->host_ctx, "runtime_runc_shims_started_total", 1);
+      return;
+    }
+  }
+  uint64_t rid = c->create_reply;
+  c->st.status = kStatusStopped;
+  remove_internal(id, [this, rid, id, error](flotilla_status, const std::string &) {
+    answer(rid, FLOTILLA_E_INTERNAL, "cannot create container " + id + ": " + error);
+  });
+}
+
+void RuncRuntime::on_notify(void *user, int fd, uint32_t) {
+  auto *c = static_cast<Container *>(user);
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) {
+      c->notify_buf.append(buf, static_cast<size_t>(n));
+      if (c->notify_buf.find('\n') != std::string::npos) return c->rt->handle_notify(c, false);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    return c->rt->handle_notify(c, true);
+  }
+}
+
+void RuncRuntime::handle_notify(Container *c, bool eof) {
+  host_->fd_unwatch(host_->host_ctx, c->notify_watch);
+  c->notify_watch = 0;
+  c->notify_fd.reset();
+  std::string id = c->rec.id;
+  uint64_t rid = c->create_reply;
+  c->create_reply = 0;
+  json msg;
+  try {
+    msg = json::parse(c->notify_buf.substr(0, c->notify_buf.find('\n')));
+  } catch (const std::exception &) {
+    msg = json::object();
+  }
+  std::string status = msg.is_object() ? msg.value("status", "") : "";
+  if (status == shim::kStatusCreated) {
+    c->st.pid = msg.value("pid", 0);
+    // The container may have been reaped already (shim_exited ran first).
+    if (c->st.status == kStatusCreating) c->st.status = kStatusCreated;
+    host_->metric_counter_add(host_->host_ctx, "runtime_runc_containers_created_total", 1);
+    answer(rid, FLOTILLA_OK, state_of(c).dump());
+    return;
+  }
+  std::string why = status == shim::kStatusCreateFailed
+                        ? msg.value("error", std::string("unknown error"))
+                        : std::string("the monitor exited before reporting") +
+                              (eof ? "" : " properly") + "; see " + c->paths.shim_log.string();
+  c->st.status = kStatusStopped;
+  c->st.error = why;
+  remove_internal(id, [this, rid, id, why](flotilla_status, const std::string &) {
+    answer(rid, FLOTILLA_E_INVALID, "cannot create container " + id + ": " + why);
+  });
+}
+
+void RuncRuntime::watch_shim(Container *c, UniqueFd pidfd) {
+  std::string id = c->rec.id;
+  if (!pidfd) {  // gone already
+    defer([this, id] { shim_exited(id); });
+    return;
+  }
+  c->shim_pidfd = std::move(pidfd);
+  c->shim_watch = host_->fd_watch(host_->host_ctx, c->shim_pidfd.get(), FLOTILLA_FD_READABLE,
+                                  &RuncRuntime::on_shim_exit, c);
+}
+
+void RuncRuntime::on_shim_exit(void *user, int, uint32_t) {
+  auto *c = static_cast<Container *>(user);
+  c->rt->host_->fd_unwatch(c->rt->host_->host_ctx, c->shim_watch);
+  c->shim_watch = 0;
+  c->shim_pidfd.reset();
+  c->rt->shim_exited(c->rec.id);
+}
+
+void RuncRuntime::shim_exited(const std::string &id) {
+  Container *c = find(id);
+  if (!c) return;
+  auto state = std::make_shared<ShimState>();
+  fs::path file = c->paths.shim_state;
+  queue(
+      [state, file] {
+        json j = read_json_file(file);
+        if (j.is_object()) *state = ShimState::from_json(j);
+      },
+      [this, id, state](flotilla_status, const std::string &) {
+        if (Container *c = find(id)) apply_exit(c, *state);
+      });
+}
+
+void RuncRuntime::apply_exit(Container *c, const ShimState &s) {
+  bool was_live = c->st.status == kStatusCreated || c->st.status == kStatusRunning ||
+                  (c->st.status == kStatusCreating && s.status == shim::kStatusStopped);
+  if (c->st.status != kStatusStopped) {
+    c->st.status = kStatusStopped;
+    if (s.status == shim::kStatusStopped) {
+      c->st.exit_code = s.exit_code;
+      c->st.signal = s.signal;
+      c->st.finished_at = s.finished_at;
+    } else if (s.status == shim::kStatusCreateFailed) {
+      c->st.error = s.error;
+    } else {
+      c->st.exit_code = -1;
+      c->st.finished_at = now_rfc3339();
+      c->st.error = "the monitor (flotilla-runc-shim, pid " + std::to_string(c->shim_pid) +
+                    ") exited without recording the container's exit; see " +
+                    c->paths.shim_log.string();
+    }
+  }
+  cancel_deferred(c->kill_timer);
+  c->kill_timer = 0;
+  if (was_live) publish_exit(c);
+  auto waiters = std::move(c->on_exit);
+  c->on_exit.clear();
+  for (auto &w : waiters) w();  // may erase c
+}
+
+void RuncRuntime::publish_exit(Container *c) {
+  if (c->exit_reported) return;
+  c->exit_reported = true;
+  json ev = {{"id", c->rec.id},
+             {"exit_code", c->st.exit_code},
+             {"signal", c->st.signal},
+             {"finished_at", c->st.finished_at},
+             {"alloc_id", c->rec.alloc_id},
+             {"job", c->rec.job},
+             {"task", c->rec.task}};
+  if (!c->st.error.empty()) ev["error"] = c->st.error;
+  host_->event_publish(host_->host_ctx, "runtime.exit", ev.dump().c_str());
+  host_->metric_counter_add(host_->host_ctx, "runtime_runc_container_exits_total", 1);
+  fs::path marker = c->paths.exit_reported;
+  queue([marker] { write_file_atomic(marker, "1\n", false); },
+        [](flotilla_status, const std::string &) {});
+}
+
+void RuncRuntime::persist_record(Container *c, std::function<void()> then) {
+  fs::path file = c->paths.record;
+  std::string text = c->rec.to_json().dump(2) + "\n";
+  std::string id = c->rec.id;
+  queue([file, text] { write_file_atomic(file, text, true); },
+        [this, id, then = std::move(then)](flotilla_status st, const std::string &msg) {
+          if (st != FLOTILLA_OK)
+            host_->log(host_->host_ctx, FLOTILLA_LOG_WARN,
+                       ("cannot update the record of container " + id + ": " + msg).c_str());
+          then();
+        });
+}
+
+flotilla_status RuncRuntime::start(const char *id, flotilla_runtime_state_cb cb, void *user) {
+  if (!id || !cb) return refuse(FLOTILLA_E_INVALID, "start: container_id and cb are required");
+  std::string sid = id;
+  return gate(
+      [=, this] {
+        Container *c;
+        if (flotilla_status st = lookup(sid.c_str(), c); st != FLOTILLA_OK) return st;
+        if (c->st.status != kStatusCreated)
+          return refuse(FLOTILLA_E_CONFLICT, "container " + sid + " is " + c->st.status +
+                                                 "; only a created container can start");
+        uint64_t rid = add_reply({cb, nullptr, nullptr, user});
+        run_runtime({"start", sid}, [this, sid, rid](int64_t status, const std::string &out) {
+          Container *c = find(sid);
+          if (!c) return answer(rid, FLOTILLA_E_NOT_FOUND, "container " + sid + " was removed");
+          if (status != 0)
+            return answer(rid, FLOTILLA_E_IO,
+                          "cannot start container " + sid + ": " + config_.binary +
+                              " start: " + runtime_message(out));
+          c->rec.started_at = now_rfc3339();
+          if (c->st.status == kStatusCreated) c->st.status = kStatusRunning;
+          persist_record(c, [this, sid, rid] {
+            Container *c = find(sid);
+            if (!c) return answer(rid, FLOTILLA_E_NOT_FOUND, "container " + sid + " was removed");
+            answer(rid, FLOTILLA_OK, state_of(c).dump());
+          });
+        });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::state(const char *id, flotilla_runtime_state_cb cb, void *user) {
+  if (!id || !cb) return refuse(FLOTILLA_E_INVALID, "state: container_id and cb are required");
+  std::string sid = id;
+  return gate(
+      [=, this] {
+        Container *c;
+        if (flotilla_status st = lookup(sid.c_str(), c, true); st != FLOTILLA_OK) return st;
+        uint64_t rid = add_reply({cb, nullptr, nullptr, user});
+        std::string text = state_of(c).dump();
+        defer([this, rid, text] { answer(rid, FLOTILLA_OK, text); });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::signal(const char *id, int signo, flotilla_done_cb cb, void *user) {
+  if (!id || !cb) return refuse(FLOTILLA_E_INVALID, "signal: container_id and cb are required");
+  if (signo < 1 || signo > 64)
+    return refuse(FLOTILLA_E_INVALID, "signal: " + std::to_string(signo) + " is not a signal");
+  std::string sid = id;
+  return gate(
+      [=, this] {
+        Container *c;
+        if (flotilla_status st = lookup(sid.c_str(), c); st != FLOTILLA_OK) return st;
+        if (c->st.status == kStatusStopped)
+          return refuse(FLOTILLA_E_CONFLICT, "container " + sid + " has stopped");
+        uint64_t rid = add_reply({nullptr, nullptr, cb, user});
+        run_runtime({"kill", sid, std::to_string(signo)},
+                    [this, sid, rid](int64_t status, const std::string &out) {
+                      if (status == 0) return answer(rid, FLOTILLA_OK, "");
+                      answer(rid, FLOTILLA_E_IO,
+                             "cannot signal container " + sid + ": " + config_.binary +
+                                 " kill: " + runtime_message(out));
+                    });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st); });
+}
+
+flotilla_status RuncRuntime::stop(const char *id, uint64_t timeout_ms, flotilla_runtime_state_cb cb,
+                                  void *user) {
+  if (!id || !cb) return refuse(FLOTILLA_E_INVALID, "stop: container_id and cb are required");
+  std::string sid = id;
+  return gate(
+      [=, this] {
+        Container *c;
+        if (flotilla_status st = lookup(sid.c_str(), c); st != FLOTILLA_OK) return st;
+        uint64_t rid = add_reply({cb, nullptr, nullptr, user});
+        if (c->st.status == kStatusStopped) {
+          std::string text = state_of(c).dump();
+          defer([this, rid, text] { answer(rid, FLOTILLA_OK, text); });
+          return FLOTILLA_OK;
+        }
+        c->on_exit.push_back([this, sid, rid] {
+          Container *c = find(sid);
+          if (!c) return answer(rid, FLOTILLA_E_NOT_FOUND, "container " + sid + " was removed");
+          answer(rid, FLOTILLA_OK, state_of(c).dump());
+        });
+        if (c->stopping) return FLOTILLA_OK;  // the first stop's timer escalates
+        c->stopping = true;
+        // A created container has never run its program: nothing to be
+        // graceful about.
+        int first = c->st.status == kStatusCreated ? SIGKILL : signal_number(c->rec.kill_signal);
+        if (first == 0) first = SIGTERM;
+        uint64_t timeout = timeout_ms ? timeout_ms : uint64_t(c->rec.kill_timeout_ms);
+        auto kill = [this, sid](int signo) {
+          run_runtime({"kill", sid, std::to_string(signo)},
+                      [this, sid, signo](int64_t status, const std::string &out) {
+                        // "not running" just means the exit is on its way.
+                        if (status != 0)
+                          host_->log(host_->host_ctx, FLOTILLA_LOG_DEBUG,
+                                     ("kill " + std::to_string(signo) + " " + sid + ": " +
+                                      runtime_message(out))
+                                         .c_str());
+                      });
+        };
+        kill(first);
+        if (first != SIGKILL) {
+          c->kill_timer = defer(
+              [this, sid, kill] {
+                Container *c = find(sid);
+                if (!c) return;
+                c->kill_timer = 0;
+                if (c->st.status == kStatusStopped) return;
+                host_->log(host_->host_ctx, FLOTILLA_LOG_INFO,
+                           ("container " + sid + " did not stop in time; sending SIGKILL").c_str());
+                kill(SIGKILL);
+              },
+              timeout);
+        }
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::remove(const char *id, flotilla_done_cb cb, void *user) {
+  if (!id || !cb) return refuse(FLOTILLA_E_INVALID, "remove: container_id and cb are required");
+  std::string sid = id;
+  return gate(
+      [=, this] {
+        Container *c;
+        if (flotilla_status st = lookup(sid.c_str(), c); st != FLOTILLA_OK) return st;
+        uint64_t rid = add_reply({nullptr, nullptr, cb, user});
+        remove_internal(
+            sid, [this, rid](flotilla_status st, const std::string &msg) { answer(rid, st, msg); });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st); });
+}
+
+void RuncRuntime::remove_internal(const std::string &id, Done done) {
+  Container *c = find(id);
+  c->removing = true;
+  cancel_deferred(c->kill_timer);
+  c->kill_timer = 0;
+  // delete --force kills the container if it still runs and drops the OCI
+  // runtime's state; then the shim records the exit and leaves, and only
+  // then are its files and mounts taken away.
+  run_runtime({"delete", "--force", id}, [this, id, done](int64_t status, const std::string &out) {
+    Container *c = find(id);
+    if (!c) return;
+    if (status != 0)
+      host_->log(host_->host_ctx, FLOTILLA_LOG_DEBUG,
+                 ("delete " + id + ": " + runtime_message(out)).c_str());
+    if (!c->shim_watch) return cleanup_files(id, done);
+    uint64_t guard = defer(
+        [this, id] {
+          Container *c = find(id);
+          if (!c || !c->shim_watch) return;
+          host_->log(host_->host_ctx, FLOTILLA_LOG_WARN,
+                     ("the monitor of container " + id + " did not exit; killing it").c_str());
+          ::syscall(SYS_pidfd_send_signal, c->shim_pidfd.get(), SIGKILL, nullptr, 0);
+        },
+        kShimGraceMs);
+    c->on_exit.push_back([this, id, done, guard] {
+      cancel_deferred(guard);
+      cleanup_files(id, done);
+    });
+  });
+}
+
+void RuncRuntime::cleanup_files(const std::string &id, Done done) {
+  Container *c = find(id);
+  if (!c) return;
+  ContainerPaths paths = c->paths;
+  std::string cgroups_path = c->rec.cgroups_path;
+  std::string digest = c->rec.image_digest;
+  fs::path state_dir = fs::path(config_.root) / id;
+  std::shared_ptr<ImageStore> images = images_;
+  queue(
+      [=] {
+        unmount_if_mounted(paths.rootfs);
+        remove_cgroup(cgroups_path);
+        std::error_code ec;
+        if (fs::exists(state_dir, ec)) remove_tree(state_dir);
+        remove_tree(paths.dir);
+        if (!digest.empty() && images) images->release(digest);
+      },
+      [this, id, done](flotilla_status st, const std::string &msg) {
+        Container *c = find(id);
+        if (st != FLOTILLA_OK) {
+          if (c) c->removing = false;  // a retry picks up where this stopped
+          return done(st, "cannot remove container " + id + ": " + msg);
+        }
+        erase(id);
+        host_->metric_counter_add(host_->host_ctx, "runtime_runc_containers_removed_total", 1);
+        done(FLOTILLA_OK, "");
+      });
+}
+
+void RuncRuntime::erase(const std::string &id) {
+  auto it = containers_.find(id);
+  if (it == containers_.end()) return;
+  Container *c = it->second.get();
+  if (c->shim_watch) host_->fd_unwatch(host_->host_ctx, c->shim_watch);
+  if (c->notify_watch) host_->fd_unwatch(host_->host_ctx, c->notify_watch);
+  cancel_deferred(c->kill_timer);
+  containers_.erase(it);
+}
+
+flotilla_status RuncRuntime::list(flotilla_runtime_list_cb cb, void *user) {
+  if (!cb) return refuse(FLOTILLA_E_INVALID, "list: cb is required");
+  return gate(
+      [=, this] {
+        json arr = json::array();
+        for (const auto &[id, c] : containers_)
+          if (c->st.status != kStatusCreating) arr.push_back(state_of(c.get()));
+        uint64_t rid = add_reply({nullptr, cb, nullptr, user});
+        std::string text = arr.dump();
+        defer([this, rid, text] { answer(rid, FLOTILLA_OK, text); });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "[]"); });
+}
+
+flotilla_status RuncRuntime::log_path(const char *id, const char *stream, char *buf,
+                                      size_t buf_len) {
+  if (!id || !stream || !buf || buf_len == 0)
+    return refuse(FLOTILLA_E_INVALID, "log_path: container_id, stream and buf are required");
+  std::string s = stream;
+  if (s != "stdout" && s != "stderr")
+    return refuse(FLOTILLA_E_INVALID,
+                  "log_path: stream must be \"stdout\" or \"stderr\", got \"" + s + "\"");
+  // Before recovery finished the path is still known: it only depends on the id.
+  if (ready_ && !find(id))
+    return refuse(FLOTILLA_E_NOT_FOUND, std::string("no container \"") + id + "\" in runtime-runc");
+  if (!is_valid_container_id(id))
+    return refuse(FLOTILLA_E_INVALID, std::string("container id \"") + id + "\" is not valid");
+  ContainerPaths paths(fs::path(config_.containers_dir) / id);
+  std::string p = (s == "stdout" ? paths.stdout_log : paths.stderr_log).string();
+  if (p.size() + 1 > buf_len)
+    return refuse(FLOTILLA_E_INVALID, "log_path: buffer of " + std::to_string(buf_len) +
+                                          " bytes is too small for " + p);
+  std::memcpy(buf, p.c_str(), p.size() + 1);
+  return FLOTILLA_OK;
+}
+
+// ---- images ---------------------------------------------------------------
+
+flotilla_status RuncRuntime::image_import(const char *path, const char *tag,
+                                          flotilla_runtime_state_cb cb, void *user) {
+  if (!path || !cb) return refuse(FLOTILLA_E_INVALID, "image_import: path and cb are required");
+  std::string p = path, t = tag ? tag : "";
+  return gate(
+      [=, this] {
+        uint64_t rid = add_reply({cb, nullptr, nullptr, user});
+        auto out = std::make_shared<std::string>();
+        std::shared_ptr<ImageStore> images = images_;
+        queue([images, p, t, out] { *out = images->import_image(p, t).record.to_json().dump(); },
+              [this, rid, out](flotilla_status st, const std::string &msg) {
+                answer(rid, st, st == FLOTILLA_OK ? *out : msg);
+              });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::image_list(flotilla_runtime_list_cb cb, void *user) {
+  if (!cb) return refuse(FLOTILLA_E_INVALID, "image_list: cb is required");
+  return gate(
+      [=, this] {
+        uint64_t rid = add_reply({nullptr, cb, nullptr, user});
+        auto out = std::make_shared<std::string>();
+        std::shared_ptr<ImageStore> images = images_;
+        queue(
+            [images, out] {
+              json arr = json::array();
+              for (const ImageRecord &r : images->list()) {
+                json j = r.to_json();
+                j["in_use"] = images->use_count(r.digest);
+                arr.push_back(std::move(j));
+              }
+              *out = arr.dump();
+            },
+            [this, rid, out](flotilla_status st, const std::string &msg) {
+              answer(rid, st, st == FLOTILLA_OK ? *out : msg);
+            });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st, "[]"); });
+}
+
+flotilla_status RuncRuntime::image_remove(const char *ref, flotilla_done_cb cb, void *user) {
+  if (!ref || !cb) return refuse(FLOTILLA_E_INVALID, "image_remove: ref and cb are required");
+  std::string r = ref;
+  return gate(
+      [=, this] {
+        uint64_t rid = add_reply({nullptr, nullptr, cb, user});
+        std::shared_ptr<ImageStore> images = images_;
+        queue([images, r] { images->remove(r); },
+              [this, rid](flotilla_status st, const std::string &msg) { answer(rid, st, msg); });
+        return FLOTILLA_OK;
+      },
+      [cb, user](flotilla_status st) { cb(user, st); });
+}
+
+// ---- start-up: find the containers a previous daemon left running ----------
+
+void RuncRuntime::recover() {
+  struct Out {
+    std::shared_ptr<ImageStore> images;
+    std::vector<Found> found;
+  };
+  auto out = std::make_shared<Out>();
+  RuntimeConfig config = config_;
+  queue(
+      [out, config] {
+        fs::create_directories(config.root);
+        fs::create_directories(config.containers_dir);
+        out->images = std::make_shared<ImageStore>(config.image_dir);
+        for (const auto &entry : fs::directory_iterator(config.containers_dir)) {
+          if (!entry.is_directory()) continue;
+          Found f;
+          f.id = entry.path().filename().string();
+          ContainerPaths paths(entry.path());
+          json rec = read_json_file(paths.record);
+          f.has_record = rec.is_object();
+          f.rec = f.has_record ? ContainerRecord::from_json(rec) : ContainerRecord{};
+          f.rec.id = f.id;
+          json shim_state = read_json_file(paths.shim_state);
+          if (shim_state.is_object()) f.shim = ShimState::from_json(shim_state);
+          std::error_code ec;
+          f.exit_reported = fs::exists(paths.exit_reported, ec);
+          if (f.shim.shim_pid > 0 && f.shim.status != shim::kStatusStopped) {
+            // Open the pidfd first, then check that it is our shim and not
+            // a process that reuses its pid.
+            UniqueFd pidfd(pidfd_open(f.shim.shim_pid));
+            if (pidfd && f.shim.shim_start_ticks != 0 &&
+                proc_start_ticks(f.shim.shim_pid) == f.shim.shim_start_ticks)
+              f.shim_pidfd = std::move(pidfd);
+          }
+          if (!f.rec.image_digest.empty()) {
+            try {
+              out->images->acquire(f.rec.image_digest);
+            } catch (const std::exception &e) {
+              f.warning = std::string("its image is gone from the store: ") + e.what();
+            }
+          }
+          out->found.push_back(std::move(f));
+        }
+      },
+      [this, out](flotilla_status st, const std::string &msg) {
+        if (st == FLOTILLA_OK) {
+          images_ = out->images;
+          for (Found &f : out->found) adopt(f);
+        }
+        became_ready(st, msg);
+      });
+}
+
+void RuncRuntime::adopt(Found &f) {
+  auto c = std::make_unique<Container>(fs::path(config_.containers_dir) / f.id);
+  c->rt = this;
+  c->rec = f.rec;
+  c->exit_reported = f.exit_reported;
+  c->shim_pid = f.shim.shim_pid;
+  c->st.pid = f.shim.pid;
+  Container *raw = c.get();
+  containers_[f.id] = std::move(c);
+  if (!f.warning.empty())
+    host_->log(host_->host_ctx, FLOTILLA_LOG_WARN,
+               ("container " + f.id + ": " + f.warning).c_str());
+
+  if (!f.has_record) {
+    raw->st.status = kStatusStopped;
+    raw->st.error = "its creation did not finish before the daemon stopped; remove it";
+    return;
+  }
+  if (f.shim_pidfd && f.shim.status == shim::kStatusCreated) {
+    raw->st.status = f.rec.started_at.empty() ? kStatusCreated : kStatusRunning;
+    watch_shim(raw, std::move(f.shim_pidfd));
+    if (raw->st.status == kStatusCreated) {
+      // The daemon may have died between `start` and recording it.
+      std::string id = f.id;
+      run_runtime({"state", id}, [this, id](int64_t status, const std::string &out) {
+        Container *c = find(id);
+        if (!c || status != 0 || c->st.status != kStatusCreated) return;
+        size_t a = out.find('{'), b = out.rfind('}');
+        if (a == std::string::npos || b == std::string::npos || b < a) return;
+        try {
+          if (json::parse(out.substr(a, b - a + 1)).value("status", "") == "running")
+            c->st.status = kStatusRunning;
+        } catch (const std::exception &) {
+        }
+      });
+    }
+    return;
+  }
+  if (f.shim_pidfd) {
+    // Still inside `create` when the daemon died: nobody waits for it.
+    raw->st.status = kStatusStopped;
+    raw->st.error = "the daemon stopped while the container was being created; remove it";
+    watch_shim(raw, std::move(f.shim_pidfd));
+    return;
+  }
+  raw->st.status = kStatusCreated;  // so that apply_exit reports the exit once
+  if (f.shim.status == shim::kStatusCreateFailed || f.shim.status.empty()) {
+    raw->st.status = kStatusStopped;
+    raw->st.error = f.shim.status.empty() ? "the monitor never started; remove it" : f.shim.error;
+    return;
+  }
+  apply_exit(raw, f.shim);  // exited while the daemon was down (or the shim died)
+}
+
+void RuncRuntime::became_ready(flotilla_status status, const std::string &message) {
+  ready_ = true;
+  if (status != FLOTILLA_OK) {
+    startup_error_ = "runtime-runc could not start: " + message;
+    host_->log(host_->host_ctx, FLOTILLA_LOG_ERROR, startup_error_.c_str());
+  } else {
+    host_->log(host_->host_ctx, FLOTILLA_LOG_INFO,
+               ("runtime-runc ready: " + std::to_string(containers_.size()) +
+                " container(s) found, runtime " + config_.binary + ", root " + config_.root)
+                   .c_str());
+  }
+  auto queued = std::move(until_ready_);
+  until_ready_.clear();
+  for (auto &[op, fail] : queued) {
+    flotilla_status st =
+        startup_error_.empty() ? op() : refuse(FLOTILLA_E_UNAVAILABLE, startup_error_);
+    if (st != FLOTILLA_OK) fail(st);
+  }
+}
+
+// ---- init -----------------------------------------------------------------
+
+flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out) {
+  json table;
+  try {
+    table = json::parse(host->config_json(host->host_ctx));
+  } catch (const std::exception &e) {
+    host->set_error(host->host_ctx,
+                    (std::string("runtime-runc: config is not JSON: ") + e.what()).c_str());
+    return FLOTILLA_E_INVALID;
+  }
+  RuntimeConfig config;
+  try {
+    config = parse_runtime_config(table, host->data_dir);
+  } catch (const ConfigProblem &p) {
+    host->config_error(host->host_ctx, p.key.c_str(), p.what());
+    return FLOTILLA_E_INVALID;
+  }
+  // Checked once at start-up (a few stat calls) so that a typo is reported
+  // against the config line rather than at the first container.
+  if (!find_program(config.binary)) {
+    host->config_error(host->host_ctx, "binary",
+                       ("\"" + config.binary + "\" is not " +
+                        (config.binary.front() == '/' ? std::string("an executable file")
+                                                      : std::string("an executable in PATH")) +
+                        "; install runc or crun, or give the absolute path of an OCI runtime")
+                           .c_str());
+    return FLOTILLA_E_INVALID;
+  }
+  if (!config.shim.empty()) {
+    if (::access(config.shim.c_str(), X_OK) != 0) {
+      host->config_error(host->host_ctx, "shim",
+                         ("\"" + config.shim + "\" is not an executable file; give the path " +
+                          "of flotilla-runc-shim")
+                             .c_str());
+      return FLOTILLA_E_INVALID;
+    }
+  } else {
+    config.shim = find_shim();
+    if (config.shim.empty()) {
+      host->set_error(
+          host->host_ctx,
+          ("runtime-runc: cannot find flotilla-runc-shim next to the plugin or at " +
+           std::string(FLOTILLA_RUNC_SHIM_DEFAULT) + "; set plugin.runtime-runc.shim to its path")
+              .c_str());
+      return FLOTILLA_E_NOT_FOUND;
+    }
+  }
+  out.reset(new RuncRuntime(host, std::move(config)));
+  out->recover();
+  return FLOTILLA_OK;
+}
+
+}  // namespace flotilla::runc

@@ -1,0 +1,133 @@
+// The runtime-runc plugin instance: serves "flotilla.runtime/1" by driving
+// an OCI runtime CLI (runc, crun, ...) and one flotilla-runc-shim monitor
+// per container. Every public method is [loop-thread] and answers through
+// its callback later, never inside the call; a non-OK return means the
+// callback will not be called (the message went to set_error).
+//
+// Nothing here blocks the loop: the OCI runtime and the shims run through
+// host->process_spawn, their output and exits are watched with fd_watch
+// (pipes, pidfds), and filesystem work runs in host->queue_work.
+#pragma once
+
+#include <flotilla/host.h>
+#include <flotilla/runtime.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "../image/unique_fd.h"
+#include "container_files.h"
+#include "container_record.h"
+#include "runtime_config.h"
+
+namespace flotilla::runc {
+
+class ImageStore;
+
+class RuncRuntime {
+ public:
+  // Reads the config (bad keys go to host->config_error), finds the shim
+  // and starts recovering the containers on disk in the background.
+  static flotilla_status open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out);
+  ~RuncRuntime();  // deinit: cancels what is pending; containers keep running
+  RuncRuntime(const RuncRuntime &) = delete;
+  RuncRuntime &operator=(const RuncRuntime &) = delete;
+
+  flotilla_status create(const char *id, const char *task_json, flotilla_runtime_state_cb cb,
+                         void *user);
+  flotilla_status start(const char *id, flotilla_runtime_state_cb cb, void *user);
+  flotilla_status state(const char *id, flotilla_runtime_state_cb cb, void *user);
+  flotilla_status signal(const char *id, int signo, flotilla_done_cb cb, void *user);
+  flotilla_status stop(const char *id, uint64_t timeout_ms, flotilla_runtime_state_cb cb,
+                       void *user);
+  flotilla_status remove(const char *id, flotilla_done_cb cb, void *user);
+  flotilla_status list(flotilla_runtime_list_cb cb, void *user);
+  flotilla_status log_path(const char *id, const char *stream, char *buf, size_t buf_len);
+  flotilla_status image_import(const char *path, const char *tag, flotilla_runtime_state_cb cb,
+                               void *user);
+  flotilla_status image_list(flotilla_runtime_list_cb cb, void *user);
+  flotilla_status image_remove(const char *ref, flotilla_done_cb cb, void *user);
+
+ private:
+  struct Container;
+  struct Deferred;
+  struct Work;
+  struct Command;
+  struct Reply;
+  struct Found;
+  using Done = std::function<void(flotilla_status, const std::string &message)>;
+
+  RuncRuntime(const flotilla_host *host, RuntimeConfig config);
+
+  // -- plumbing over the host table --
+  uint64_t defer(std::function<void()> fn, uint64_t delay_ms = 0);
+  void cancel_deferred(uint64_t key);
+  static void on_deferred(void *user);
+  // work runs on the thread pool and must not touch *this; a RuntimeFailure
+  // or ImageError it throws becomes (status, message) for after.
+  void queue(std::function<void()> work, Done after);
+  static void on_work(void *user);
+  static void on_work_done(void *user, flotilla_status status);
+  // Runs the OCI runtime with --root and args; done gets its exit status
+  // (-1 when killed), and its stdout and stderr together.
+  void run_runtime(std::vector<std::string> args,
+                   std::function<void(int64_t status, const std::string &output)> done);
+  static void on_command_output(void *user, int fd, uint32_t events);
+  static void on_command_exit(void *user, int64_t pid, int64_t status, int term_signal);
+  void finish_command(Command *cmd);
+
+  // Requests: a callback answered exactly once, or cancelled at deinit.
+  uint64_t add_reply(Reply reply);
+  void answer(uint64_t rid, flotilla_status status, const std::string &text);
+  // Runs op now if recovery finished, else once it has; fail gets op's
+  // status when a queued op refuses.
+  flotilla_status gate(std::function<flotilla_status()> op,
+                       std::function<void(flotilla_status)> fail);
+  flotilla_status refuse(flotilla_status status, const std::string &message);
+
+  // -- containers --
+  Container *find(const std::string &id);
+  flotilla_status lookup(const char *id, Container *&c, bool allow_busy = false);
+  flotilla_status create_now(const std::string &id, const std::string &task_json,
+                             flotilla_runtime_state_cb cb, void *user);
+  void spawn_shim(const std::string &id);
+  static void on_notify(void *user, int fd, uint32_t events);
+  void handle_notify(Container *c, bool eof);
+  void watch_shim(Container *c, UniqueFd pidfd);
+  static void on_shim_exit(void *user, int fd, uint32_t events);
+  void shim_exited(const std::string &id);
+  void apply_exit(Container *c, const ShimState &s);
+  void publish_exit(Container *c);
+  void persist_record(Container *c, std::function<void()> then);
+  void remove_internal(const std::string &id, Done done);
+  void cleanup_files(const std::string &id, Done done);
+  void erase(const std::string &id);
+  nlohmann::json state_of(const Container *c) const;
+
+  // -- start-up --
+  void recover();
+  void adopt(Found &f);
+  void became_ready(flotilla_status status, const std::string &message);
+
+  const flotilla_host *host_;
+  RuntimeConfig config_;
+  std::shared_ptr<ImageStore> images_;
+  std::map<std::string, std::unique_ptr<Container>> containers_;
+
+  bool ready_ = false;
+  std::string startup_error_;
+  std::vector<std::pair<std::function<flotilla_status()>, std::function<void(flotilla_status)>>>
+      until_ready_;
+
+  uint64_t next_key_ = 1;
+  std::map<uint64_t, std::unique_ptr<Deferred>> deferred_;
+  std::map<uint64_t, std::unique_ptr<Command>> commands_;
+  std::map<uint64_t, std::unique_ptr<Reply>> replies_;
+};
+
+}  // namespace flotilla::runc

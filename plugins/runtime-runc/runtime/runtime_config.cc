@@ -1,0 +1,106 @@
+#include "runtime_config.h"
+
+#include <algorithm>
+#include <cctype>
+#include <string_view>
+#include <vector>
+
+namespace flotilla::runc {
+
+namespace {
+
+using json = nlohmann::json;
+
+constexpr std::string_view kKeys[] = {
+    "binary",          "root",          "shim",           "cgroup_parent",    "image_dir",
+    "log_max_size_mb", "log_max_files", "cpu_hard_limit", "cpu_mhz_per_core", "rlimit_nofile"};
+
+std::string known_keys() {
+  std::string out;
+  for (std::string_view k : kKeys) out += (out.empty() ? "" : ", ") + std::string(k);
+  return out;
+}
+
+std::string text(const json &t, const char *key, std::string fallback, const char *what) {
+  auto it = t.find(key);
+  if (it == t.end()) return fallback;
+  if (!it->is_string() || it->get<std::string>().empty())
+    throw ConfigProblem(key, std::string("must be ") + what + ", got " + it->dump());
+  return it->get<std::string>();
+}
+
+std::string abs_path(const json &t, const char *key, std::string fallback) {
+  std::string p = text(t, key, std::move(fallback), "an absolute path");
+  if (p.front() != '/') throw ConfigProblem(key, "must be an absolute path, got \"" + p + "\"");
+  return p;
+}
+
+uint64_t integer(const json &t, const char *key, uint64_t fallback, uint64_t lo, uint64_t hi) {
+  auto it = t.find(key);
+  if (it == t.end()) return fallback;
+  if (!it->is_number_integer() || it->get<int64_t>() < int64_t(lo) ||
+      it->get<int64_t>() > int64_t(hi))
+    throw ConfigProblem(key, "must be an integer from " + std::to_string(lo) + " to " +
+                                 std::to_string(hi) + ", got " + it->dump());
+  return it->get<uint64_t>();
+}
+
+bool boolean(const json &t, const char *key, bool fallback) {
+  auto it = t.find(key);
+  if (it == t.end()) return fallback;
+  if (!it->is_boolean()) throw ConfigProblem(key, "must be true or false, got " + it->dump());
+  return it->get<bool>();
+}
+
+// A cgroup path below the hierarchy root: "flotilla", "system.slice/flotilla".
+bool is_cgroup_parent(std::string_view p) {
+  if (p.empty() || p.front() == '/' || p.back() == '/') return false;
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t end = p.find('/', start);
+    if (end == std::string_view::npos) end = p.size();
+    std::string_view part = p.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    for (char c : part)
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+        return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+RuntimeConfig parse_runtime_config(const json &table, const std::string &data_dir) {
+  if (!table.is_object()) throw ConfigProblem("", "must be a table");
+  for (auto it = table.begin(); it != table.end(); ++it) {
+    if (std::find(std::begin(kKeys), std::end(kKeys), it.key()) == std::end(kKeys))
+      throw ConfigProblem(it.key(), "is not a runtime-runc key; known keys: " + known_keys());
+  }
+  RuntimeConfig c;
+  c.binary = text(table, "binary", c.binary, "\"runc\", \"crun\" or a path to an OCI runtime");
+  if (c.binary.find('/') != std::string::npos && c.binary.front() != '/')
+    throw ConfigProblem("binary",
+                        "must be a program name looked up in PATH (\"runc\", \"crun\") "
+                        "or an absolute path, got \"" +
+                            c.binary + "\"");
+  c.root = abs_path(table, "root", data_dir + "/oci-root");
+  if (table.contains("shim")) c.shim = abs_path(table, "shim", "");
+  c.image_dir = abs_path(table, "image_dir", data_dir + "/images");
+  c.containers_dir = data_dir + "/containers";
+  c.cgroup_parent =
+      text(table, "cgroup_parent", c.cgroup_parent, "a cgroup path like \"flotilla\"");
+  if (!is_cgroup_parent(c.cgroup_parent))
+    throw ConfigProblem("cgroup_parent",
+                        "must be a relative cgroup path of names made of letters, digits, '-', "
+                        "'_' and '.', like \"flotilla\" or \"machine.slice/flotilla\", got \"" +
+                            c.cgroup_parent + "\"");
+  c.log_max_size_mb = integer(table, "log_max_size_mb", c.log_max_size_mb, 1, 1024);
+  c.log_max_files = integer(table, "log_max_files", c.log_max_files, 1, 100);
+  c.cpu_hard_limit = boolean(table, "cpu_hard_limit", c.cpu_hard_limit);
+  c.cpu_mhz_per_core = integer(table, "cpu_mhz_per_core", c.cpu_mhz_per_core, 100, 100000);
+  c.rlimit_nofile = integer(table, "rlimit_nofile", c.rlimit_nofile, 64, 1048576);
+  return c;
+}
+
+}  // namespace flotilla::runc

@@ -1,0 +1,294 @@
+// Unit tests of runtime-runc without containers: the task JSON, the OCI
+// config.json it becomes, the plugin's config keys and log rotation.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "oci_spec.h"
+#include "rotating_log.h"
+#include "runtime_config.h"
+#include "task_spec.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace flotilla::runc;
+
+namespace {
+
+json canonical_task() {
+  return {{"name", "web"},
+          {"image", "busybox:latest"},
+          {"command", "/bin/httpd"},
+          {"args", {"-f", "-p", "8080"}},
+          {"workdir", ""},
+          {"user", ""},
+          {"kill_timeout_ms", 5000},
+          {"kill_signal", "SIGTERM"},
+          {"network", "bridge"},
+          {"env", {{"GREETING", "hi"}, {"PATH", "/custom/bin"}}},
+          {"resources",
+           {{"cpu", 500}, {"memory", 128}, {"memory_max", 256}, {"disk", 0}, {"pids", 100}}},
+          {"logs", {{"max_files", 3}, {"max_file_size", 2}}}};
+}
+
+json task_doc(json task = canonical_task()) {
+  return {{"version", 1}, {"alloc_id", "a1b2"}, {"job", "site"}, {"task", std::move(task)}};
+}
+
+std::string slurp(const fs::path &p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(TaskSpec, ReadsTheCanonicalTask) {
+  TaskSpec t = parse_task_json(task_doc().dump());
+  EXPECT_EQ(t.alloc_id, "a1b2");
+  EXPECT_EQ(t.job, "site");
+  EXPECT_EQ(t.task_name, "web");
+  EXPECT_EQ(t.command, "/bin/httpd");
+  EXPECT_EQ(t.args.size(), 3u);
+  EXPECT_EQ(t.cpu_mhz, 500);
+  EXPECT_EQ(t.memory_max_mib, 256);
+  EXPECT_EQ(t.pids, 100);
+  EXPECT_EQ(t.kill_signo, 15);
+  EXPECT_EQ(t.log_max_files, 3);
+  EXPECT_EQ(t.log_max_file_size_mib, 2);
+}
+
+TEST(TaskSpec, ErrorsNameTheField) {
+  json bad = canonical_task();
+  bad["resources"]["memory"] = "lots";
+  try {
+    parse_task_json(task_doc(bad).dump());
+    FAIL() << "no error";
+  } catch (const TaskError &e) {
+    EXPECT_NE(std::string(e.what()).find("task.resources.memory"), std::string::npos) << e.what();
+  }
+  bad = canonical_task();
+  bad["network"] = "overlay";
+  EXPECT_THROW(parse_task_json(task_doc(bad).dump()), TaskError);
+  bad = canonical_task();
+  bad["kill_signal"] = "TERM";
+  EXPECT_THROW(parse_task_json(task_doc(bad).dump()), TaskError);
+  json doc = task_doc();
+  doc["version"] = 2;
+  EXPECT_THROW(parse_task_json(doc.dump()), TaskError);
+  EXPECT_THROW(parse_task_json("{not json"), TaskError);
+  doc = task_doc();
+  doc["task"].erase("image");
+  EXPECT_THROW(parse_task_json(doc.dump()), TaskError);
+}
+
+TEST(TaskSpec, ContainerIds) {
+  EXPECT_TRUE(is_valid_container_id("a1b2.web"));
+  EXPECT_TRUE(is_valid_container_id("rt-1_x"));
+  EXPECT_FALSE(is_valid_container_id(""));
+  EXPECT_FALSE(is_valid_container_id("../etc"));
+  EXPECT_FALSE(is_valid_container_id(".hidden"));
+  EXPECT_FALSE(is_valid_container_id("a/b"));
+  EXPECT_FALSE(is_valid_container_id(std::string(129, 'a')));
+}
+
+BundleInputs inputs(json task = canonical_task()) {
+  BundleInputs in;
+  in.container_id = "a1b2.web";
+  in.task = parse_task_json(task_doc(std::move(task)).dump());
+  in.image_config = {{"Env", {"PATH=/image/bin", "IMAGE_ONLY=1", "GREETING=image"}},
+                     {"Entrypoint", {"/entry"}},
+                     {"Cmd", {"default-arg"}},
+                     {"WorkingDir", "/srv"},
+                     {"User", ""}};
+  in.image_name = "busybox:latest";
+  in.passwd = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\n";
+  in.group = "root:x:0:\nwww:x:33:\nlogs:x:4:www,other\n";
+  in.cgroups_path = "/flotilla/a1b2.web";
+  return in;
+}
+
+TEST(OciSpec, ProcessArgsEnvCwdAndUser) {
+  RuntimeConfig config;
+  json spec = make_oci_config(inputs(), config);
+  EXPECT_EQ(spec["process"]["args"], json({"/bin/httpd", "-f", "-p", "8080"}));
+  // The task's env wins over the image's; the image's other variables stay.
+  json env = spec["process"]["env"];
+  auto has = [&](const std::string &kv) {
+    return std::find(env.begin(), env.end(), kv) != env.end();
+  };
+  EXPECT_TRUE(has("PATH=/custom/bin"));
+  EXPECT_TRUE(has("GREETING=hi"));
+  EXPECT_TRUE(has("IMAGE_ONLY=1"));
+  EXPECT_TRUE(has("HOME=/root"));
+  EXPECT_TRUE(has("HOSTNAME=web"));
+  EXPECT_EQ(spec["process"]["cwd"], "/srv");
+  EXPECT_EQ(spec["process"]["user"]["uid"], 0);
+  EXPECT_EQ(spec["process"]["terminal"], false);
+  EXPECT_EQ(spec["hostname"], "web");
+  EXPECT_EQ(spec["root"]["path"], "rootfs");
+  EXPECT_EQ(spec["process"]["rlimits"][0]["type"], "RLIMIT_NOFILE");
+}
+
+TEST(OciSpec, ImageEntrypointAndCmdWhenNoCommand) {
+  json t = canonical_task();
+  t["command"] = "";
+  t["args"] = json::array();
+  EXPECT_EQ(make_oci_config(inputs(t), {})["process"]["args"], json({"/entry", "default-arg"}));
+  t["args"] = {"x"};
+  EXPECT_EQ(make_oci_config(inputs(t), {})["process"]["args"], json({"/entry", "x"}));
+  BundleInputs in = inputs(canonical_task());
+  in.task.command.clear();
+  in.task.args.clear();
+  in.image_config = json::object();
+  EXPECT_THROW(make_oci_config(in, {}), TaskError);
+}
+
+TEST(OciSpec, UsersByNameAndNumber) {
+  ResolvedUser u = resolve_user("www", inputs().passwd, inputs().group);
+  EXPECT_EQ(u.uid, 33u);
+  EXPECT_EQ(u.gid, 33u);
+  EXPECT_EQ(u.home, "/var/www");
+  EXPECT_EQ(u.additional_gids, std::vector<gid_t>({4}));
+  u = resolve_user("1000:2000", "", "");
+  EXPECT_EQ(u.uid, 1000u);
+  EXPECT_EQ(u.gid, 2000u);
+  EXPECT_EQ(u.home, "/");
+  u = resolve_user("www:logs", inputs().passwd, inputs().group);
+  EXPECT_EQ(u.gid, 4u);
+  EXPECT_THROW(resolve_user("nobody-here", inputs().passwd, inputs().group), TaskError);
+  EXPECT_THROW(resolve_user("0:nogroup", inputs().passwd, inputs().group), TaskError);
+}
+
+TEST(OciSpec, ResourcesAndCgroups) {
+  RuntimeConfig config;
+  json spec = make_oci_config(inputs(), config);
+  json r = spec["linux"]["resources"];
+  EXPECT_EQ(r["cpu"]["shares"], 500);
+  EXPECT_FALSE(r["cpu"].contains("quota"));
+  EXPECT_EQ(r["memory"]["limit"], 256 * 1024 * 1024);
+  EXPECT_EQ(r["memory"]["reservation"], 128 * 1024 * 1024);
+  EXPECT_EQ(r["pids"]["limit"], 100);
+  EXPECT_EQ(spec["linux"]["cgroupsPath"], "/flotilla/a1b2.web");
+  config.cpu_hard_limit = true;
+  config.cpu_mhz_per_core = 1000;
+  r = make_oci_config(inputs(), config)["linux"]["resources"];
+  EXPECT_EQ(r["cpu"]["quota"], 50000);  // 500 MHz of a 1000 MHz core
+  EXPECT_EQ(r["cpu"]["period"], 100000);
+}
+
+TEST(OciSpec, NetworkNamespaces) {
+  auto netns_of = [](const json &spec) {
+    for (const json &ns : spec["linux"]["namespaces"])
+      if (ns["type"] == "network") return ns;
+    return json();
+  };
+  EXPECT_EQ(netns_of(make_oci_config(inputs(), {})), json({{"type", "network"}}));
+  json t = canonical_task();
+  t["network"] = "host";
+  EXPECT_TRUE(netns_of(make_oci_config(inputs(t), {})).is_null());
+  BundleInputs in = inputs();
+  in.task.netns = "/run/netns/x";
+  EXPECT_EQ(netns_of(make_oci_config(in, {}))["path"], "/run/netns/x");
+}
+
+TEST(OciSpec, MountsAndMaskedPaths) {
+  json spec = make_oci_config(inputs(), {});
+  std::vector<std::string> dests;
+  for (const json &m : spec["mounts"]) dests.push_back(m["destination"]);
+  for (const char *d : {"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"})
+    EXPECT_NE(std::find(dests.begin(), dests.end(), d), dests.end()) << d;
+  EXPECT_FALSE(spec["linux"]["maskedPaths"].empty());
+  EXPECT_FALSE(spec["linux"]["readonlyPaths"].empty());
+}
+
+TEST(OciSpec, OciPatchesMergeLast) {
+  json doc = task_doc();
+  doc["oci"] = json::array({{{"process", {{"noNewPrivileges", true}}}},
+                            {{"linux", {{"seccomp", {{"defaultAction", "SCMP_ACT_ERRNO"}}}}}},
+                            {{"hostname", nullptr}}});
+  BundleInputs in = inputs();
+  in.task = parse_task_json(doc.dump());
+  json spec = make_oci_config(in, {});
+  EXPECT_EQ(spec["process"]["noNewPrivileges"], true);
+  EXPECT_EQ(spec["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+  EXPECT_FALSE(spec.contains("hostname"));
+  EXPECT_EQ(spec["linux"]["cgroupsPath"], "/flotilla/a1b2.web");  // untouched keys stay
+}
+
+TEST(RuntimeConfig, DefaultsAndErrors) {
+  RuntimeConfig c = parse_runtime_config(json::object(), "/var/lib/flotilla/plugins/runtime-runc");
+  EXPECT_EQ(c.binary, "runc");
+  EXPECT_EQ(c.root, "/var/lib/flotilla/plugins/runtime-runc/oci-root");
+  EXPECT_EQ(c.cgroup_parent, "flotilla");
+  EXPECT_EQ(c.log_max_size_mb, 10u);
+  EXPECT_EQ(c.log_max_files, 5u);
+  auto problem_key = [](json t) -> std::string {
+    try {
+      parse_runtime_config(t, "/d");
+    } catch (const ConfigProblem &p) {
+      return p.key + ": " + p.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(problem_key({{"binray", "crun"}}).rfind("binray: is not a runtime-runc key", 0), 0u);
+  EXPECT_EQ(problem_key({{"root", "relative"}}).rfind("root: must be an absolute path", 0), 0u);
+  EXPECT_EQ(problem_key({{"log_max_files", 0}}).rfind("log_max_files: must be an integer", 0), 0u);
+  EXPECT_EQ(problem_key({{"cgroup_parent", "../x"}}).rfind("cgroup_parent:", 0), 0u);
+  EXPECT_EQ(problem_key({{"binary", "bin/crun"}}).rfind("binary:", 0), 0u);
+  EXPECT_EQ(problem_key({{"cpu_hard_limit", "yes"}}).rfind("cpu_hard_limit:", 0), 0u);
+  EXPECT_EQ(problem_key({{"binary", "crun"}, {"cgroup_parent", "machine.slice/flotilla"}}), "");
+}
+
+class RotatingLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/runtime-unit-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(RotatingLogTest, RotatesAtTheSizeAndKeepsMaxFiles) {
+  std::string path = (dir_ / "stdout.log").string();
+  {
+    RotatingLog log(path, 10, 3);
+    EXPECT_TRUE(log.write("0123456789"));  // exactly full
+    EXPECT_TRUE(log.write("abcdefghij"));  // rotates once
+    EXPECT_TRUE(log.write("KLMNO"));
+    EXPECT_TRUE(log.write("PQRSTUVWXYZ"));  // fills .log, rotates, the rest into a new one
+  }
+  EXPECT_EQ(slurp(path), "UVWXYZ");
+  EXPECT_EQ(slurp(path + ".1"), "KLMNOPQRST");
+  EXPECT_EQ(slurp(path + ".2"), "abcdefghij");
+  EXPECT_FALSE(fs::exists(path + ".3"));  // the oldest ("0123456789") fell off
+  for (const auto &e : fs::directory_iterator(dir_)) EXPECT_LE(fs::file_size(e.path()), 10u);
+}
+
+TEST_F(RotatingLogTest, AppendsToAnExistingFileAcrossRestarts) {
+  std::string path = (dir_ / "stderr.log").string();
+  { RotatingLog(path, 8, 2).write("abcd"); }
+  {
+    RotatingLog log(path, 8, 2);
+    EXPECT_EQ(log.current_size(), 4u);
+    log.write("efghij");
+  }
+  EXPECT_EQ(slurp(path + ".1"), "abcdefgh");
+  EXPECT_EQ(slurp(path), "ij");
+}
+
+TEST_F(RotatingLogTest, OneFileMeansStartingOver) {
+  std::string path = (dir_ / "one.log").string();
+  {
+    RotatingLog log(path, 4, 1);
+    log.write("aaaa");
+    log.write("bb");
+  }
+  EXPECT_EQ(slurp(path), "bb");
+  EXPECT_FALSE(fs::exists(path + ".1"));
+}
+
+}  // namespace
