@@ -67,4 +67,29 @@ DaemonConfig parse_config(std::string_view text, const std::string &path);
 // Read and parse a file. Throws ConfigError (also for an unreadable file).
 DaemonConfig load_config(const std::string &path);
 
+// ---- Text helpers shared by the two TOML readers (config.cc, jobspec.cc) ----
+
+// The candidate nearest to word by edit distance (case-insensitive, a swap of
+// two neighbours counts once), or "" when none is near enough to be a likely
+// typo. Feeds the "did you mean" hints.
+std::string closest_match(std::string_view word, const std::vector<std::string_view> &candidates);
+
+// toml++ builds and frees nested tables recursively, so "a.a.a...(40000
+// times) = 1" overflows the stack before it can say no. Call this on the text
+// first: it returns the 1-based line of the first key, header or value nested
+// deeper than max_depth, or 0 when there is none. It only estimates the
+// nesting from the text; the document may still be invalid TOML.
+int toml_nesting_exceeds(std::string_view text, int max_depth);
+
+// text in double quotes for an error message: quotes, backslashes, control
+// characters and bytes that are not UTF-8 escaped, cut after max_bytes with
+// "..." before the closing quote. The result is always valid UTF-8.
+std::string quote_for_message(std::string_view text, std::size_t max_bytes = 80);
+
+// One part of a dotted key path in messages ("task[0].env.PATH"): the key
+// itself when it is a bare TOML key ([A-Za-z0-9_-]+), else quote_for_message.
+std::string key_part(std::string_view key);
+
+bool is_valid_utf8(std::string_view text);
+
 }  // namespace flotilla
