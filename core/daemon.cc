@@ -179,6 +179,11 @@ void Daemon::keep_node_alive() {
 }
 
 void Daemon::start() {
+  if (config_.security.confine_daemon)
+    throw Error(FLOTILLA_E_UNSUPPORTED,
+                "config " + config_.path +
+                    ": security.confine_daemon = true is not implemented by this build yet; "
+                    "set it to false (the daemon does not pretend to confine itself)");
   lock_data_dir();
   plugins_ = std::make_unique<PluginHost>(
       &loop_, PluginHost::Options{config_.node.name, config_.node.data_dir, config_.path});

@@ -26,10 +26,10 @@ const std::string kJobStatus = "/flotilla/job-status/";
 
 bool starts_with(const std::string &s, const std::string &p) { return s.compare(0, p.size(), p) == 0; }
 
-// A job's tasks: the canonical spec calls the array "tasks".
+// A job's tasks: the canonical spec's "task" array (docs/jobspec.md).
 const json &tasks_of(const json &job) {
   static const json empty = json::array();
-  if (job.contains("tasks") && job["tasks"].is_array()) return job["tasks"];
+  if (job.contains("task") && job["task"].is_array()) return job["task"];
   return empty;
 }
 

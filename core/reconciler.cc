@@ -202,7 +202,7 @@ void Reconciler::on_alloc_put(const json &record) {
   a->record = record;
   const json &spec = record.value("spec", json::object());
   const json &prev = previous_.contains(id) ? previous_[id] : json::object();
-  for (const auto &ts : spec.value("tasks", json::array())) {
+  for (const auto &ts : spec.value("task", json::array())) {
     Task t;
     t.name = ts.value("name", "");
     t.spec = ts;

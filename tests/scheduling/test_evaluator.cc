@@ -42,7 +42,7 @@ class EvaluatorPlan : public ::testing::Test {
             {"count", count},
             {"version", version},
             {"priority", 50},
-            {"tasks", json::array({{{"name", "t"}, {"resources", {{"cpu", cpu}, {"memory", mem}}}}})}};
+            {"task", json::array({{{"name", "t"}, {"resources", {{"cpu", cpu}, {"memory", mem}}}}})}};
   }
   static json node(int cpu = 4000, int mem = 8192) {
     return {{"status", "ready"},
