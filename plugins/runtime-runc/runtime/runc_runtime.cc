@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -1181,6 +1182,14 @@ flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<Run
   } catch (const ConfigProblem &p) {
     host->config_error(host->host_ctx, p.key.c_str(), p.what());
     return FLOTILLA_E_INVALID;
+  }
+  // Without CAP_SYS_RESOURCE a container cannot get more open files than
+  // the daemon may have; the default stays within that.
+  if (!table.contains("rlimit_nofile")) {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_max != RLIM_INFINITY &&
+        rl.rlim_max < config.rlimit_nofile)
+      config.rlimit_nofile = rl.rlim_max;
   }
   // Checked once at start-up (a few stat calls) so that a typo is reported
   // against the config line rather than at the first container.
