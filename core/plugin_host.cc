@@ -151,7 +151,7 @@ void EventBus::deliver() {
 
 // ---- one loaded plugin -----------------------------------------------------
 
-struct PluginHost::Loaded {
+struct PluginHost::Loaded : std::enable_shared_from_this<PluginHost::Loaded> {
   PluginHost *host = nullptr;
   PluginSettings settings;
   PluginInfo info;
@@ -168,8 +168,6 @@ struct PluginHost::Loaded {
   uint64_t next_handle = 1;
   std::map<uint64_t, uv_handle_t *> handles;  // timers and fd polls
   std::set<uint64_t> subscriptions;
-  size_t work_in_flight = 0;
-  size_t processes = 0;  // children whose exit has not been reaped yet
 
   std::string where() const { return "plugin " + settings.name + " (" + settings.path + ")"; }
 };
@@ -198,9 +196,12 @@ struct PollRec {
   void *user;
 };
 
+// Work and child-process records hold their plugin's record, and with it
+// the mapped shared object, until the loop is done with them: code queued
+// by a plugin may still run on the thread pool after the plugin stopped.
 struct WorkRec {
   uv_work_t req;
-  Loaded *owner;
+  std::shared_ptr<Loaded> owner;
   flotilla_work_cb work;
   flotilla_after_work_cb after;
   void *user;
@@ -208,7 +209,7 @@ struct WorkRec {
 
 struct ProcRec {
   uv_process_t proc;
-  Loaded *owner;
+  std::shared_ptr<Loaded> owner;
   flotilla_exit_cb cb;
   void *user;
 };
@@ -321,7 +322,7 @@ flotilla_status host_process_spawn(void *ctx, const flotilla_process_spec *spec,
     t_last_error = "process_spawn: file and argv[0] are required";
     return FLOTILLA_E_INVALID;
   }
-  auto *rec = new ProcRec{{}, p, cb, user};
+  auto *rec = new ProcRec{{}, p->shared_from_this(), cb, user};
   uv_stdio_container_t stdio[3];
   int fds[3] = {spec->stdin_fd, spec->stdout_fd, spec->stderr_fd};
   for (int i = 0; i < 3; ++i) {
@@ -342,7 +343,6 @@ flotilla_status host_process_spawn(void *ctx, const flotilla_process_spec *spec,
   opts.flags = spec->detached ? UV_PROCESS_DETACHED : 0;
   opts.exit_cb = [](uv_process_t *proc, int64_t exit_status, int term_signal) {
     auto *r = static_cast<ProcRec *>(proc->data);
-    r->owner->processes--;
     if (r->cb && r->owner->alive)
       r->cb(r->user, proc->pid, term_signal ? -1 : exit_status, term_signal);
     uv_close(reinterpret_cast<uv_handle_t *>(proc),
@@ -358,7 +358,6 @@ flotilla_status host_process_spawn(void *ctx, const flotilla_process_spec *spec,
                            : rc == UV_EACCES ? FLOTILLA_E_PERMISSION : FLOTILLA_E_IO;
   }
   if (spec->detached) uv_unref(reinterpret_cast<uv_handle_t *>(&rec->proc));
-  p->processes++;
   if (pid_out) *pid_out = rec->proc.pid;
   return FLOTILLA_OK;
 }
@@ -370,7 +369,7 @@ flotilla_status host_queue_work(void *ctx, flotilla_work_cb work, flotilla_after
     t_last_error = "queue_work: work callback is required";
     return FLOTILLA_E_INVALID;
   }
-  auto *rec = new WorkRec{{}, p, work, after, user};
+  auto *rec = new WorkRec{{}, p->shared_from_this(), work, after, user};
   rec->req.data = rec;
   int rc = uv_queue_work(
       p->host->loop(), &rec->req,
@@ -380,7 +379,6 @@ flotilla_status host_queue_work(void *ctx, flotilla_work_cb work, flotilla_after
       },
       [](uv_work_t *req, int status) {
         std::unique_ptr<WorkRec> r(static_cast<WorkRec *>(req->data));
-        r->owner->work_in_flight--;
         // After deinit the instance is gone: its callbacks must not run.
         if (r->after && r->owner->alive)
           r->after(r->user, status == UV_ECANCELED ? FLOTILLA_E_CANCELLED : FLOTILLA_OK);
@@ -390,7 +388,6 @@ flotilla_status host_queue_work(void *ctx, flotilla_work_cb work, flotilla_after
     t_last_error = std::string("queue_work: ") + uv_strerror(rc);
     return FLOTILLA_E_INTERNAL;
   }
-  p->work_in_flight++;
   return FLOTILLA_OK;
 }
 
@@ -469,9 +466,9 @@ namespace {
 
 // Open one plugin file and check its entry. Throws Error naming the file
 // and the fix.
-std::unique_ptr<Loaded> open_plugin(PluginHost *host, const PluginSettings &s,
+std::shared_ptr<Loaded> open_plugin(PluginHost *host, const PluginSettings &s,
                                     const std::string &config_path) {
-  auto p = std::make_unique<Loaded>();
+  auto p = std::make_shared<Loaded>();
   p->host = host;
   p->settings = s;
   const std::string where = "plugin " + s.name + ": " + s.path;
@@ -554,7 +551,7 @@ std::unique_ptr<Loaded> open_plugin(PluginHost *host, const PluginSettings &s,
 // Order plugins so that each one's requires are served by plugins before
 // it; stable with respect to config order. Throws on a missing provider or
 // a cycle.
-std::vector<std::unique_ptr<Loaded>> order_by_requires(std::vector<std::unique_ptr<Loaded>> in) {
+std::vector<std::shared_ptr<Loaded>> order_by_requires(std::vector<std::shared_ptr<Loaded>> in) {
   const size_t n = in.size();
   std::vector<std::set<size_t>> deps(n);
   for (size_t i = 0; i < n; ++i) {
@@ -575,7 +572,7 @@ std::vector<std::unique_ptr<Loaded>> order_by_requires(std::vector<std::unique_p
                         "for a plugin that provides it");
     }
   }
-  std::vector<std::unique_ptr<Loaded>> out;
+  std::vector<std::shared_ptr<Loaded>> out;
   std::vector<bool> placed(n, false);
   while (out.size() < n) {
     bool progress = false;
@@ -619,9 +616,9 @@ std::vector<std::unique_ptr<Loaded>> order_by_requires(std::vector<std::unique_p
 
 }  // namespace
 
-std::vector<std::unique_ptr<PluginHost::Loaded>> PluginHost::open_all(
+std::vector<std::shared_ptr<PluginHost::Loaded>> PluginHost::open_all(
     const std::vector<PluginSettings> &plugins) {
-  std::vector<std::unique_ptr<Loaded>> opened;
+  std::vector<std::shared_ptr<Loaded>> opened;
   std::map<std::string, std::string> ids;  // id -> plugin name
   for (const auto &s : plugins) {
     if (!s.enabled) continue;
@@ -639,7 +636,7 @@ std::vector<std::unique_ptr<PluginHost::Loaded>> PluginHost::open_all(
 void PluginHost::check(const std::vector<PluginSettings> &plugins) { open_all(plugins); }
 
 void PluginHost::start(const std::vector<PluginSettings> &plugins) {
-  std::vector<std::unique_ptr<Loaded>> opened = open_all(plugins);
+  std::vector<std::shared_ptr<Loaded>> opened = open_all(plugins);
   for (auto &p : opened) {
     p->data_dir = options_.data_dir + "/plugins/" + p->settings.name;
     std::error_code ec;
@@ -723,12 +720,9 @@ void PluginHost::stop() {
     for (uint64_t id : p.subscriptions) events_.unsubscribe(id);
     p.subscriptions.clear();
   }
-  // A plugin's shared object stays mapped (and its record alive) while work
-  // it queued may still run on the thread pool or a child's exit is still
-  // to be reaped; those are released by a later stop() or the destructor.
-  std::erase_if(started_, [](const std::unique_ptr<Loaded> &p) {
-    return p->work_in_flight == 0 && p->processes == 0;
-  });
+  // Records still referenced by queued work or unreaped children stay
+  // alive (and their shared object mapped) until the loop is done with them.
+  started_.clear();
 }
 
 const void *PluginHost::find_interface(std::string_view id, void **self_out,

@@ -119,13 +119,13 @@ class PluginHost {
   struct Loaded;  // one opened plugin; defined in plugin_host.cc
 
  private:
-  std::vector<std::unique_ptr<Loaded>> open_all(const std::vector<PluginSettings> &plugins);
+  std::vector<std::shared_ptr<Loaded>> open_all(const std::vector<PluginSettings> &plugins);
 
   uv_loop_t *loop_;
   Options options_;
   MetricsRegistry metrics_;
   EventBus events_;
-  std::vector<std::unique_ptr<Loaded>> started_;  // in init order
+  std::vector<std::shared_ptr<Loaded>> started_;  // in init order
 };
 
 // SHA-256 of a file as lowercase hex. Throws flotilla::Error.
