@@ -1,0 +1,710 @@
+#include "image_store.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "digest.h"
+#include "file_lock.h"
+#include "fs_ops.h"
+#include "reference.h"
+#include "unique_fd.h"
+
+namespace flotilla::runc {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr int kMaxIndexDepth = 4;
+
+void make_private_dir(const fs::path &dir) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) throw_errno("create " + dir.string());
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) throw_errno("stat " + dir.string());
+  if (!S_ISDIR(st.st_mode)) {
+    throw ImageError(FLOTILLA_E_INVALID, dir.string() + " exists and is not a directory");
+  }
+}
+
+// Creates the store's directories (0700: snapshots hold setuid binaries
+// that only containers may run) and returns the blob directory.
+fs::path prepare_layout(const fs::path &data_dir) {
+  std::error_code ec;
+  fs::create_directories(data_dir, ec);
+  if (ec) {
+    throw ImageError(FLOTILLA_E_IO,
+                     "create image store directory " + data_dir.string() + ": " + ec.message());
+  }
+  for (const char *sub : {"blobs", "snapshots", "tmp"}) make_private_dir(data_dir / sub);
+  return data_dir / "blobs";
+}
+
+std::string str_field(const json &j, const char *key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+std::string short_digest(std::string_view digest) {
+  return std::string(digest.substr(0, std::min<size_t>(digest.size(), 7 + 12)));
+}
+
+bool ref_name_matches(const std::string &annotation, const std::string &name) {
+  if (annotation.empty()) return false;
+  if (annotation == name) return true;
+  // ref.name often holds only the tag ("latest"), as skopeo and docker
+  // write it.
+  size_t colon = name.rfind(':');
+  if (annotation == name.substr(colon + 1)) return true;
+  try {
+    return normalize_image_name(annotation) == name;
+  } catch (const ImageError &) {
+    return false;
+  }
+}
+
+std::string annotated_name(const Descriptor &d) {
+  std::string n = d.annotation("io.containerd.image.name");
+  return n.empty() ? d.annotation(kRefNameAnnotation) : n;
+}
+
+}  // namespace
+
+// ---- records ----------------------------------------------------------
+
+json ImageRecord::to_json() const {
+  json layers_json = json::array();
+  for (const auto &l : layers) {
+    layers_json.push_back({{"digest", l.digest},
+                           {"media_type", l.media_type},
+                           {"size", l.size},
+                           {"diff_id", l.diff_id},
+                           {"chain_id", l.chain_id}});
+  }
+  json j = {{"name", name},
+            {"digest", digest},
+            {"media_type", media_type},
+            {"config", config_digest},
+            {"platform", platform},
+            {"created", created},
+            {"imported", imported},
+            {"size", size},
+            {"layers", layers_json}};
+  if (!index_digest.empty()) j["index_digest"] = index_digest;
+  return j;
+}
+
+ImageRecord ImageRecord::from_json(const json &j, std::string_view what) {
+  auto bad = [&](const std::string &why) {
+    return ImageError(FLOTILLA_E_INTERNAL, std::string(what) + ": " + why);
+  };
+  if (!j.is_object()) throw bad("record is not an object");
+  ImageRecord r;
+  r.name = str_field(j, "name");
+  r.digest = str_field(j, "digest");
+  r.media_type = str_field(j, "media_type");
+  r.config_digest = str_field(j, "config");
+  r.index_digest = str_field(j, "index_digest");
+  r.platform = str_field(j, "platform");
+  r.created = str_field(j, "created");
+  r.imported = str_field(j, "imported");
+  if (r.name.empty()) throw bad("record without a name");
+  std::string rw = std::string(what) + " " + r.name;
+  digest_hex(r.digest, rw + " digest");
+  digest_hex(r.config_digest, rw + " config");
+  if (auto it = j.find("size"); it != j.end() && it->is_number_unsigned()) {
+    r.size = it->get<uint64_t>();
+  }
+  auto layers = j.find("layers");
+  if (layers == j.end() || !layers->is_array()) throw bad(r.name + ": no layers array");
+  for (const auto &l : *layers) {
+    LayerRecord lr;
+    lr.digest = str_field(l, "digest");
+    lr.media_type = str_field(l, "media_type");
+    lr.diff_id = str_field(l, "diff_id");
+    lr.chain_id = str_field(l, "chain_id");
+    if (auto s = l.find("size"); s != l.end() && s->is_number_integer())
+      lr.size = s->get<int64_t>();
+    digest_hex(lr.digest, rw + " layer digest");
+    digest_hex(lr.diff_id, rw + " layer diff_id");
+    digest_hex(lr.chain_id, rw + " layer chain_id");
+    r.layers.push_back(std::move(lr));
+  }
+  return r;
+}
+
+// ---- chain claims -------------------------------------------------------
+
+// Chain ids this import unpacks or reuses, held until its record is
+// written (or it failed). Claims are taken in layer order, and chain ids
+// of shared layers are shared prefixes, so two imports never wait on each
+// other in a cycle.
+class ImageStore::ChainClaims {
+ public:
+  explicit ChainClaims(ImageStore &store) : store_(store) {}
+  ~ChainClaims() {
+    {
+      std::lock_guard<std::mutex> g(store_.claims_mutex_);
+      for (const auto &c : held_) store_.claimed_chains_.erase(c);
+    }
+    store_.claims_cv_.notify_all();
+  }
+  ChainClaims(const ChainClaims &) = delete;
+  ChainClaims &operator=(const ChainClaims &) = delete;
+
+  void claim(const std::string &chain) {
+    std::unique_lock<std::mutex> g(store_.claims_mutex_);
+    store_.claims_cv_.wait(g, [&] { return store_.claimed_chains_.count(chain) == 0; });
+    store_.claimed_chains_.insert(chain);
+    held_.push_back(chain);
+  }
+
+ private:
+  ImageStore &store_;
+  std::vector<std::string> held_;
+};
+
+// ---- store ----------------------------------------------------------------
+
+ImageStore::ImageStore(fs::path data_dir, ImageStoreOptions options)
+    : data_dir_(std::move(data_dir)),
+      options_(std::move(options)),
+      snapshots_dir_(data_dir_ / "snapshots"),
+      tmp_dir_(data_dir_ / "tmp"),
+      index_path_(data_dir_ / "images.json"),
+      gc_lock_path_(data_dir_ / "gc.lock"),
+      index_lock_path_(data_dir_ / "index.lock"),
+      blobs_(prepare_layout(data_dir_)) {
+  // Leftovers of a crashed import, unless another process imports now.
+  FileLock lock(gc_lock_path_, FileLock::Mode::exclusive, /*try_lock=*/true);
+  if (lock.held()) {
+    std::error_code ec;
+    for (const auto &e : fs::directory_iterator(tmp_dir_, ec)) remove_tree(e.path());
+  }
+}
+
+fs::path ImageStore::snapshot_path(std::string_view chain_id) const {
+  return snapshots_dir_ / digest_hex(chain_id, "chain id");
+}
+
+bool ImageStore::snapshot_exists(std::string_view chain_id) const {
+  struct stat st {};
+  return ::lstat((snapshot_path(chain_id) / "rootfs").c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::vector<ImageRecord> ImageStore::read_index() const {
+  std::string text;
+  try {
+    text = read_small_file(index_path_, size_t{256} << 20, "image index");
+  } catch (const ImageError &e) {
+    if (e.status() == FLOTILLA_E_NOT_FOUND) return {};
+    throw;
+  }
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception &e) {
+    throw ImageError(FLOTILLA_E_INTERNAL, index_path_.string() + " is corrupt (" + e.what() +
+                                              "); restore it or remove it and re-import");
+  }
+  std::vector<ImageRecord> out;
+  auto images = j.find("images");
+  if (!j.is_object() || images == j.end() || !images->is_array()) {
+    throw ImageError(FLOTILLA_E_INTERNAL, index_path_.string() + " has no \"images\" array");
+  }
+  for (const auto &r : *images) out.push_back(ImageRecord::from_json(r, index_path_.string()));
+  return out;
+}
+
+void ImageStore::write_index(std::vector<ImageRecord> records) {
+  std::sort(records.begin(), records.end(),
+            [](const ImageRecord &a, const ImageRecord &b) { return a.name < b.name; });
+  json arr = json::array();
+  for (const auto &r : records) arr.push_back(r.to_json());
+  json doc = {{"schema_version", 1}, {"images", arr}};
+  write_file_atomic(index_path_, doc.dump(2) + "\n", options_.sync);
+}
+
+namespace {
+
+const ImageRecord *find_record(const std::vector<ImageRecord> &records, const ImageRef &ref) {
+  for (const auto &r : records) {
+    if (ref.matches(r.name, r.digest)) return &r;
+  }
+  return nullptr;
+}
+
+ImageError not_found(std::string_view ref) {
+  return ImageError(FLOTILLA_E_NOT_FOUND,
+                    "no image \"" + std::string(ref) + "\" in the image store; import it first");
+}
+
+}  // namespace
+
+std::vector<ImageRecord> ImageStore::list() const {
+  FileLock lock(index_lock_path_, FileLock::Mode::shared);
+  return read_index();
+}
+
+ImageRecord ImageStore::get(std::string_view ref) const {
+  ImageRef r = parse_image_ref(ref);
+  FileLock lock(index_lock_path_, FileLock::Mode::shared);
+  std::vector<ImageRecord> records = read_index();
+  const ImageRecord *rec = find_record(records, r);
+  if (rec == nullptr) throw not_found(ref);
+  return *rec;
+}
+
+ResolvedImage ImageStore::resolve_record(const ImageRecord &record) const {
+  ResolvedImage out;
+  out.record = record;
+  std::string what = "image " + record.name + " config " + short_digest(record.config_digest);
+  ParsedConfig cfg = parse_config(
+      parse_json(blobs_.read(record.config_digest, options_.source_limits.max_json_bytes, what),
+                 what),
+      what);
+  out.config = std::move(cfg.config);
+  for (auto it = record.layers.rbegin(); it != record.layers.rend(); ++it) {
+    if (!snapshot_exists(it->chain_id)) {
+      throw ImageError(FLOTILLA_E_INTERNAL,
+                       "image " + record.name + ": the snapshot of layer " + it->digest + " (" +
+                           snapshot_path(it->chain_id).string() +
+                           ") is missing; remove the image and import it again");
+    }
+    out.lower_dirs.push_back(snapshot_path(it->chain_id) / "rootfs");
+  }
+  return out;
+}
+
+ResolvedImage ImageStore::resolve(std::string_view ref) const {
+  ImageRef r = parse_image_ref(ref);
+  FileLock lock(index_lock_path_, FileLock::Mode::shared);
+  std::vector<ImageRecord> records = read_index();
+  const ImageRecord *rec = find_record(records, r);
+  if (rec == nullptr) throw not_found(ref);
+  return resolve_record(*rec);
+}
+
+ResolvedImage ImageStore::acquire(std::string_view ref) {
+  ImageRef r = parse_image_ref(ref);
+  // in_use_mutex_ first, then index.lock: remove() takes them in this order
+  // too, so an image cannot be removed between its lookup and its count.
+  std::lock_guard<std::mutex> g(in_use_mutex_);
+  FileLock lock(index_lock_path_, FileLock::Mode::shared);
+  std::vector<ImageRecord> records = read_index();
+  const ImageRecord *rec = find_record(records, r);
+  if (rec == nullptr) throw not_found(ref);
+  ResolvedImage out = resolve_record(*rec);
+  InUse &use = in_use_[rec->digest];
+  ++use.count;
+  use.record = *rec;
+  return out;
+}
+
+void ImageStore::release(std::string_view digest) {
+  std::lock_guard<std::mutex> g(in_use_mutex_);
+  auto it = in_use_.find(std::string(digest));
+  if (it == in_use_.end()) {
+    throw ImageError(FLOTILLA_E_INVALID,
+                     "release of image " + std::string(digest) + ", which is not in use");
+  }
+  if (--it->second.count == 0) in_use_.erase(it);
+}
+
+uint32_t ImageStore::use_count(std::string_view digest) const {
+  std::lock_guard<std::mutex> g(in_use_mutex_);
+  auto it = in_use_.find(std::string(digest));
+  return it == in_use_.end() ? 0 : it->second.count;
+}
+
+RemoveResult ImageStore::remove(std::string_view ref) {
+  ImageRef r = parse_image_ref(ref);
+  FileLock gc_lock(gc_lock_path_, FileLock::Mode::exclusive);
+  RemoveResult result;
+  {
+    std::lock_guard<std::mutex> g(in_use_mutex_);
+    FileLock lock(index_lock_path_, FileLock::Mode::exclusive);
+    std::vector<ImageRecord> records = read_index();
+    std::vector<ImageRecord> kept;
+    std::vector<const ImageRecord *> removed;
+    for (const auto &rec : records) {
+      if (r.matches(rec.name, rec.digest)) {
+        removed.push_back(&rec);
+      } else {
+        kept.push_back(rec);
+      }
+    }
+    if (removed.empty()) throw not_found(ref);
+    for (const ImageRecord *rec : removed) {
+      bool other_name = std::any_of(kept.begin(), kept.end(),
+                                    [&](const ImageRecord &k) { return k.digest == rec->digest; });
+      auto use = in_use_.find(rec->digest);
+      if (!other_name && use != in_use_.end()) {
+        throw ImageError(FLOTILLA_E_CONFLICT, "image " + rec->name + " (" + rec->digest +
+                                                  ") is in use by " +
+                                                  std::to_string(use->second.count) +
+                                                  " container(s); remove them before the image");
+      }
+    }
+    for (const ImageRecord *rec : removed) result.removed.push_back(rec->name);
+    write_index(std::move(kept));
+  }
+  result.gc = gc_locked();
+  return result;
+}
+
+GcStats ImageStore::gc() {
+  FileLock gc_lock(gc_lock_path_, FileLock::Mode::exclusive);
+  return gc_locked();
+}
+
+GcStats ImageStore::gc_locked() {
+  std::set<std::string> keep_blobs, keep_chains;
+  {
+    std::lock_guard<std::mutex> g(in_use_mutex_);
+    FileLock lock(index_lock_path_, FileLock::Mode::shared);
+    std::vector<ImageRecord> roots = read_index();
+    for (const auto &[digest, use] : in_use_) roots.push_back(use.record);
+    for (const auto &rec : roots) {
+      keep_blobs.insert(rec.digest);
+      keep_blobs.insert(rec.config_digest);
+      if (!rec.index_digest.empty()) keep_blobs.insert(rec.index_digest);
+      for (const auto &l : rec.layers) {
+        keep_blobs.insert(l.digest);
+        keep_chains.insert(l.chain_id);
+      }
+    }
+  }
+  GcStats stats;
+  for (const auto &digest : blobs_.digests()) {
+    if (keep_blobs.count(digest)) continue;
+    stats.blob_bytes_freed += blobs_.erase(digest);
+    ++stats.blobs_removed;
+  }
+  std::error_code ec;
+  std::vector<fs::path> garbage;
+  for (const auto &e : fs::directory_iterator(snapshots_dir_, ec)) {
+    std::string chain = "sha256:" + e.path().filename().string();
+    if (!is_sha256_digest(chain) || keep_chains.count(chain)) continue;
+    garbage.push_back(e.path());
+  }
+  if (ec) throw ImageError(FLOTILLA_E_IO, "list " + snapshots_dir_.string() + ": " + ec.message());
+  for (const auto &dir : garbage) {
+    // Out of sight first, so that a crash mid-way leaves no half snapshot
+    // under snapshots/.
+    fs::path doomed = tmp_dir_ / ("gc-" + dir.filename().string());
+    if (::rename(dir.c_str(), doomed.c_str()) != 0) throw_errno("move " + dir.string());
+    remove_tree(doomed);
+    ++stats.snapshots_removed;
+  }
+  for (const auto &e : fs::directory_iterator(tmp_dir_, ec)) remove_tree(e.path());
+  return stats;
+}
+
+// ---- import ---------------------------------------------------------------
+
+ImportResult ImageStore::import_image(const fs::path &source, std::string_view tag) {
+  std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
+  ImportResult result = import_locked(source, name);
+  if (!result.replaced_digest.empty()) {
+    // The name moved; the image it named goes unless another name or a
+    // container still uses it.
+    result.gc = gc();
+  }
+  return result;
+}
+
+ImportResult ImageStore::import_locked(const fs::path &source, const std::string &tag_name) {
+  FileLock gc_lock(gc_lock_path_, FileLock::Mode::shared);
+  TempDir work(tmp_dir_, "import-");
+  const fs::path staged_dir = work.path() / "blobs";
+  const fs::path archive_dir = work.path() / "archive";
+  make_private_dir(staged_dir);
+  make_private_dir(archive_dir);
+
+  // Under index.lock: a commit that fails rolls back what it published while
+  // holding it exclusively, so what is seen here stays.
+  auto store_has = [this](const std::string &digest) {
+    FileLock lock(index_lock_path_, FileLock::Mode::shared);
+    return blobs_.contains(digest);
+  };
+  LayoutSource src(source, archive_dir, store_has, options_.source_limits, options_.sync);
+  const std::string &from = src.describe();
+
+  // ---- which image of index.json ----
+  std::vector<Descriptor> entries = parse_index(src.index(), from + ": index.json");
+  if (entries.empty()) throw ImageError(FLOTILLA_E_INVALID, from + ": index.json lists no images");
+  std::vector<Descriptor> candidates = entries;
+  if (!tag_name.empty() && entries.size() > 1) {
+    std::vector<Descriptor> named;
+    for (const auto &d : entries) {
+      if (ref_name_matches(d.annotation(kRefNameAnnotation), tag_name) ||
+          ref_name_matches(d.annotation("io.containerd.image.name"), tag_name)) {
+        named.push_back(d);
+      }
+    }
+    if (!named.empty()) candidates = named;
+  }
+  bool same_digest = std::all_of(candidates.begin(), candidates.end(), [&](const Descriptor &d) {
+    return d.digest == candidates.front().digest;
+  });
+  Descriptor chosen = candidates.front();
+  if (!same_digest) {
+    // Several images: names tell them apart first; platforms only choose
+    // among variants of one image.
+    std::set<std::string> names;
+    for (const auto &d : candidates) names.insert(annotated_name(d));
+    bool by_platform = names.size() == 1 &&
+                       std::any_of(candidates.begin(), candidates.end(),
+                                   [](const Descriptor &d) { return d.platform.has_value(); });
+    if (!by_platform) {
+      std::string refs;
+      for (const auto &d : candidates) {
+        std::string n = annotated_name(d);
+        refs += (refs.empty() ? "" : ", ") + (n.empty() ? short_digest(d.digest) : n);
+      }
+      throw ImageError(FLOTILLA_E_INVALID, from + ": index.json lists " +
+                                               std::to_string(candidates.size()) + " images (" +
+                                               refs + "); pass a tag that matches one's ref.name");
+    }
+    chosen = select_platform(candidates, options_.platform, from + ": index.json");
+  }
+  std::string name = tag_name;
+  if (name.empty()) {
+    std::string annotated = annotated_name(chosen);
+    if (annotated.empty()) {
+      throw ImageError(FLOTILLA_E_INVALID, from + ": index.json gives the image no name (no " +
+                                               std::string(kRefNameAnnotation) +
+                                               " annotation); pass a tag");
+    }
+    try {
+      name = normalize_image_name(annotated);
+    } catch (const ImageError &e) {
+      throw ImageError(FLOTILLA_E_INVALID,
+                       from + ": the annotated name cannot be used (" + e.what() + "); pass a tag");
+    }
+  }
+
+  // ---- blobs: fetched and verified once, staged until the commit ----
+  std::map<std::string, fs::path> staged;  // new to the store
+  auto fetch = [&](const Descriptor &d, const std::string &what) -> fs::path {
+    if (auto it = staged.find(d.digest); it != staged.end()) return it->second;
+    if (store_has(d.digest)) {
+      // Verified when it came in; the descriptor must still agree on size.
+      struct stat st {};
+      fs::path p = blobs_.path(d.digest);
+      if (::stat(p.c_str(), &st) == 0 && st.st_size != d.size) {
+        throw_blob_mismatch({d.digest, d.size, what}, from,
+                            "it has " + std::to_string(st.st_size) +
+                                " bytes, the descriptor says " + std::to_string(d.size));
+      }
+      return p;
+    }
+    fs::path dest = staged_dir / digest_hex(d.digest, what);
+    src.fetch({d.digest, d.size, what}, dest, options_.sync);
+    staged[d.digest] = dest;
+    return dest;
+  };
+  auto read_json_blob = [&](const Descriptor &d, const std::string &what) {
+    if (static_cast<uint64_t>(d.size) > options_.source_limits.max_json_bytes) {
+      throw ImageError(FLOTILLA_E_INVALID,
+                       from + ": " + what + " " + d.digest + " declares " + std::to_string(d.size) +
+                           " bytes; a JSON document of more than " +
+                           std::to_string(options_.source_limits.max_json_bytes) + " is refused");
+    }
+    fs::path p = fetch(d, what);
+    return parse_json(read_small_file(p, options_.source_limits.max_json_bytes, what),
+                      what + " " + d.digest);
+  };
+
+  // ---- image index(es) down to one manifest ----
+  Descriptor desc = chosen;
+  std::string index_digest;
+  json doc;
+  for (int depth = 0;; ++depth) {
+    std::string what = "manifest of " + name;
+    doc = read_json_blob(desc, what);
+    DocumentKind kind = classify_document(doc, desc.media_type, what + " " + desc.digest);
+    if (kind == DocumentKind::manifest) break;
+    if (depth >= kMaxIndexDepth) {
+      throw ImageError(FLOTILLA_E_INVALID, from + ": image indexes nested deeper than " +
+                                               std::to_string(kMaxIndexDepth));
+    }
+    std::string iw = "image index " + desc.digest + " of " + name;
+    index_digest = desc.digest;
+    std::vector<Descriptor> list = parse_index(doc, iw);
+    desc = select_platform(list, options_.platform, iw);
+  }
+  std::string mwhat = "manifest " + desc.digest + " of " + name;
+  Manifest manifest = parse_manifest(doc, mwhat);
+  std::string manifest_type = !desc.media_type.empty() ? desc.media_type
+                              : !manifest.media_type.empty()
+                                  ? manifest.media_type
+                                  : std::string(media_type::kOciManifest);
+
+  // ---- config ----
+  std::string cwhat = "config of " + name;
+  ParsedConfig config =
+      parse_config(read_json_blob(manifest.config, cwhat), cwhat + " " + manifest.config.digest);
+  if (config.platform.os != options_.platform.os ||
+      config.platform.architecture != options_.platform.architecture) {
+    throw ImageError(FLOTILLA_E_UNSUPPORTED, from + ": image " + name + " is for " +
+                                                 config.platform.str() + ", this host runs " +
+                                                 options_.platform.str());
+  }
+  if (config.diff_ids.size() != manifest.layers.size()) {
+    throw ImageError(FLOTILLA_E_INVALID,
+                     from + ": " + mwhat + " has " + std::to_string(manifest.layers.size()) +
+                         " layers but its config lists " + std::to_string(config.diff_ids.size()) +
+                         " rootfs.diff_ids");
+  }
+
+  // ---- layer blobs: all verified before anything is unpacked ----
+  ImageRecord rec;
+  rec.name = name;
+  rec.digest = desc.digest;
+  rec.media_type = manifest_type;
+  rec.config_digest = manifest.config.digest;
+  rec.index_digest = index_digest;
+  rec.platform = config.platform.str();
+  rec.created = config.created;
+  rec.imported = now_rfc3339();
+  rec.size = static_cast<uint64_t>(desc.size) + static_cast<uint64_t>(manifest.config.size);
+  const size_t n = manifest.layers.size();
+  std::vector<fs::path> layer_files;
+  std::vector<LayerCompression> compressions;
+  std::string parent_chain;
+  for (size_t i = 0; i < n; ++i) {
+    const Descriptor &l = manifest.layers[i];
+    std::string what = "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " of " + name;
+    compressions.push_back(layer_compression(l.media_type, from + ": " + what));
+    layer_files.push_back(fetch(l, what));
+    LayerRecord lr;
+    lr.digest = l.digest;
+    lr.media_type = l.media_type;
+    lr.size = l.size;
+    lr.diff_id = config.diff_ids[i];
+    lr.chain_id = chain_id(parent_chain, lr.diff_id);
+    parent_chain = lr.chain_id;
+    rec.size += static_cast<uint64_t>(l.size);
+    rec.layers.push_back(std::move(lr));
+  }
+
+  // ---- snapshots ----
+  ImportResult result;
+  ChainClaims claims(*this);
+  std::vector<fs::path> lowers;  // top first
+  std::vector<std::pair<std::string, fs::path>> new_snapshots;
+  for (size_t i = 0; i < n; ++i) {
+    const LayerRecord &lr = rec.layers[i];
+    claims.claim(lr.chain_id);
+    bool exists;
+    {
+      FileLock lock(index_lock_path_, FileLock::Mode::shared);
+      exists = snapshot_exists(lr.chain_id);
+    }
+    fs::path rootfs;
+    if (exists) {
+      rootfs = snapshot_path(lr.chain_id) / "rootfs";
+      ++result.layers_reused;
+    } else {
+      std::string what = "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " (" +
+                         short_digest(lr.digest) + ") of " + name;
+      fs::path dir = work.path() / ("snapshot-" + std::to_string(i));
+      make_private_dir(dir);
+      rootfs = dir / "rootfs";
+      UnpackResult u =
+          unpack_layer(layer_files[i], compressions[i], rootfs, lowers, options_.limits, what);
+      if (u.diff_id != lr.diff_id) {
+        throw ImageError(FLOTILLA_E_INVALID,
+                         from + ": " + what + ": the uncompressed layer has digest " + u.diff_id +
+                             ", the config's rootfs.diff_ids[" + std::to_string(i) + "] says " +
+                             lr.diff_id + "; the image is corrupt, refusing it");
+      }
+      json meta = {{"chain_id", lr.chain_id},
+                   {"diff_id", lr.diff_id},
+                   {"parent", i == 0 ? std::string() : rec.layers[i - 1].chain_id},
+                   {"layer", lr.digest},
+                   {"entries", u.entries},
+                   {"tar_bytes", u.tar_bytes},
+                   {"unpacked", now_rfc3339()}};
+      write_file_atomic(dir / "snapshot.json", meta.dump(2) + "\n", false);
+      for (auto &note : u.notes) result.notes.push_back(std::move(note));
+      new_snapshots.emplace_back(lr.chain_id, dir);
+      ++result.layers_unpacked;
+    }
+    lowers.insert(lowers.begin(), rootfs);
+  }
+  if (options_.sync && !new_snapshots.empty()) {
+    UniqueFd fd(::open(work.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd || ::syncfs(fd.get()) != 0) throw_errno("syncfs " + work.path().string());
+  }
+
+  // ---- commit: publish, then the record ----
+  FileLock lock(index_lock_path_, FileLock::Mode::exclusive);
+  std::vector<std::string> published_blobs, published_snapshots;
+  try {
+    for (const auto &[digest, path] : staged) {
+      if (blobs_.publish(path, digest)) published_blobs.push_back(digest);
+    }
+    for (const auto &[chain, dir] : new_snapshots) {
+      fs::path target = snapshot_path(chain);
+      if (::renameat2(AT_FDCWD, dir.c_str(), AT_FDCWD, target.c_str(), RENAME_NOREPLACE) == 0) {
+        published_snapshots.push_back(chain);
+      } else if (errno != EEXIST && errno != ENOTEMPTY) {
+        throw_errno("move snapshot into " + target.string());
+      }
+    }
+    if (options_.sync) {
+      sync_directory(blobs_.dir() / "sha256");
+      sync_directory(snapshots_dir_);
+    }
+    std::vector<std::string> needed = {rec.digest, rec.config_digest};
+    if (!rec.index_digest.empty()) needed.push_back(rec.index_digest);
+    for (const auto &l : rec.layers) {
+      needed.push_back(l.digest);
+      if (!snapshot_exists(l.chain_id)) {
+        throw ImageError(FLOTILLA_E_INTERNAL, "snapshot " + l.chain_id + " vanished during import");
+      }
+    }
+    for (const auto &d : needed) {
+      if (!blobs_.contains(d)) {
+        throw ImageError(FLOTILLA_E_INTERNAL, "blob " + d + " vanished during import");
+      }
+    }
+    std::vector<ImageRecord> records = read_index();
+    bool replaced = false;
+    for (auto &r : records) {
+      if (r.name != rec.name) continue;
+      if (r.digest != rec.digest) result.replaced_digest = r.digest;
+      r = rec;
+      replaced = true;
+    }
+    if (!replaced) records.push_back(rec);
+    write_index(std::move(records));
+  } catch (...) {
+    for (const auto &d : published_blobs) {
+      try {
+        blobs_.erase(d);
+      } catch (...) {
+      }
+    }
+    for (const auto &c : published_snapshots) {
+      try {
+        fs::path doomed = work.path() / ("rollback-" + digest_hex(c, "chain id"));
+        if (::rename(snapshot_path(c).c_str(), doomed.c_str()) == 0) remove_tree(doomed);
+      } catch (...) {
+      }
+    }
+    throw;
+  }
+  result.record = std::move(rec);
+  return result;
+}
+
+}  // namespace flotilla::runc

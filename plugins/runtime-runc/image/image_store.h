@@ -1,0 +1,189 @@
+// The OCI image store of the runtime-runc plugin: imports images from OCI
+// layouts and oci-archives into a content-addressed blob store, unpacks each
+// layer once into a read-only snapshot directory, and hands the runtime the
+// overlayfs lowerdirs and the image config of an image.
+//
+// On disk, under the data directory given to the constructor:
+//
+//   blobs/sha256/<hex>               verified blobs: manifests, configs, layers
+//   snapshots/<chain-hex>/rootfs/    one unpacked layer, an overlayfs lowerdir
+//   snapshots/<chain-hex>/snapshot.json
+//   images.json                      image records, replaced atomically
+//   tmp/                             imports in progress; emptied by gc()
+//   gc.lock, index.lock              flock(2) lock files
+//
+// Snapshots are keyed by the layer's chain id (OCI image spec): the same
+// layer on the same parents is unpacked once and shared by every image and
+// container. An import stages everything under tmp/ and publishes it with
+// renames just before it writes the image record, so a crash never leaves a
+// half image visible; leftovers are invisible and gc() removes them.
+//
+// Threading: every method is [thread-safe] and synchronous (run it on the
+// host's work queue, not on the loop). Imports run in parallel; remove() and
+// gc() wait for running imports and block new ones. Two processes may share
+// a data directory safely, but in-use counts live in this object only: a
+// restarted runtime must acquire() again for the containers it finds.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "blob_store.h"
+#include "image_error.h"
+#include "layer_unpack.h"
+#include "layout_source.h"
+#include "oci_manifest.h"
+
+namespace flotilla::runc {
+
+struct LayerRecord {
+  std::string digest;  // the (compressed) blob
+  std::string media_type;
+  int64_t size = 0;
+  std::string diff_id;   // the uncompressed tar
+  std::string chain_id;  // names the snapshot
+};
+
+struct ImageRecord {
+  std::string name;        // "busybox:latest"
+  std::string digest;      // the manifest: the image's identity
+  std::string media_type;  // of the manifest
+  std::string config_digest;
+  std::string index_digest;         // the image index it was picked from; may be empty
+  std::string platform;             // "linux/amd64"
+  std::string created;              // from the config; may be empty
+  std::string imported;             // when this name was set, RFC 3339
+  uint64_t size = 0;                // bytes of manifest, config and layer blobs
+  std::vector<LayerRecord> layers;  // bottom first
+
+  // {"name", "digest", "media_type", "config", "index_digest", "platform",
+  //  "created", "imported", "size", "layers": [{"digest", "media_type",
+  //  "size", "diff_id", "chain_id"}]} — also the image JSON of the ABI.
+  nlohmann::json to_json() const;
+  static ImageRecord from_json(const nlohmann::json &j, std::string_view what);
+};
+
+struct GcStats {
+  unsigned blobs_removed = 0;
+  unsigned snapshots_removed = 0;
+  uint64_t blob_bytes_freed = 0;
+};
+
+struct ImportResult {
+  ImageRecord record;
+  std::string replaced_digest;  // the image the name pointed to before, if another
+  unsigned layers_unpacked = 0;
+  unsigned layers_reused = 0;      // snapshots that existed already
+  std::vector<std::string> notes;  // setuid files kept, xattrs dropped, ...
+  GcStats gc;                      // when replacing a name freed an image
+};
+
+struct ResolvedImage {
+  ImageRecord record;
+  // Snapshot rootfs directories, TOP layer first: the order of overlayfs'
+  // lowerdir= option.
+  std::vector<std::filesystem::path> lower_dirs;
+  ImageConfig config;
+};
+
+struct RemoveResult {
+  std::vector<std::string> removed;  // names
+  GcStats gc;
+};
+
+struct ImageStoreOptions {
+  Platform platform = Platform::host();  // what an image index is resolved to
+  UnpackLimits limits;
+  LayoutSource::Limits source_limits;
+  bool sync = true;  // fsync blobs, snapshots and records before publishing them
+};
+
+class ImageStore {
+ public:
+  // Creates the layout above if needed and empties tmp/ when no other
+  // process is importing. Throws ImageError.
+  explicit ImageStore(std::filesystem::path data_dir, ImageStoreOptions options = {});
+  ImageStore(const ImageStore &) = delete;
+  ImageStore &operator=(const ImageStore &) = delete;
+
+  // Imports the image at source (an OCI layout directory or an oci-archive)
+  // and names it tag ("busybox:latest"), or, when tag is empty, after the
+  // index entry's io.containerd.image.name or org.opencontainers.image.ref.name
+  // annotation. When index.json lists several images, tag picks the one
+  // whose ref.name matches it. An image index is resolved to
+  // options.platform. Every blob is verified against its descriptor and
+  // every layer against the config's diff_ids before the record is written;
+  // on any error nothing of the import remains. Re-using a name moves it;
+  // the image it pointed to is garbage-collected unless in use.
+  ImportResult import_image(const std::filesystem::path &source, std::string_view tag = {});
+
+  std::vector<ImageRecord> list() const;
+
+  // ref: "name[:tag]", "name@sha256:...", or "sha256:..." (a manifest
+  // digest). Throws ImageError(NOT_FOUND).
+  ImageRecord get(std::string_view ref) const;
+  ResolvedImage resolve(std::string_view ref) const;
+
+  // resolve() and count one more user of the image; remove() refuses an
+  // image while it has users. Call release(record.digest) once per acquire.
+  ResolvedImage acquire(std::string_view ref);
+  void release(std::string_view digest);
+  uint32_t use_count(std::string_view digest) const;
+
+  // Removes the names ref matches (a digest matches every name of that
+  // image) and collects what no image or user references any more.
+  // FLOTILLA_E_CONFLICT while the last name of an in-use image would go.
+  RemoveResult remove(std::string_view ref);
+
+  // Deletes blobs and snapshots that no image and no user references, and
+  // everything under tmp/.
+  GcStats gc();
+
+  const std::filesystem::path &data_dir() const { return data_dir_; }
+  // The directory holding the snapshots, so that the runtime can pass short
+  // relative lowerdirs ("<chain-hex>/rootfs") from there.
+  const std::filesystem::path &snapshots_dir() const { return snapshots_dir_; }
+
+ private:
+  struct InUse {
+    uint32_t count = 0;
+    ImageRecord record;
+  };
+  class ChainClaims;
+
+  ImportResult import_locked(const std::filesystem::path &source, const std::string &name);
+  std::vector<ImageRecord> read_index() const;  // caller holds index.lock
+  void write_index(std::vector<ImageRecord> records);
+  ResolvedImage resolve_record(const ImageRecord &record) const;
+  GcStats gc_locked();  // caller holds gc.lock exclusively
+  std::filesystem::path snapshot_path(std::string_view chain_id) const;
+  bool snapshot_exists(std::string_view chain_id) const;
+
+  std::filesystem::path data_dir_;
+  ImageStoreOptions options_;
+  std::filesystem::path snapshots_dir_;
+  std::filesystem::path tmp_dir_;
+  std::filesystem::path index_path_;
+  std::filesystem::path gc_lock_path_;
+  std::filesystem::path index_lock_path_;
+  BlobStore blobs_;
+
+  mutable std::mutex in_use_mutex_;
+  std::map<std::string, InUse> in_use_;  // manifest digest -> users
+
+  // Chain ids being unpacked by an import of this object: a second import
+  // of the same layers waits and then reuses the snapshot.
+  std::mutex claims_mutex_;
+  std::condition_variable claims_cv_;
+  std::set<std::string> claimed_chains_;
+};
+
+}  // namespace flotilla::runc

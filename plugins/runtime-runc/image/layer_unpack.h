@@ -1,0 +1,57 @@
+// Unpacks one image layer (tar, tar+gzip or tar+zstd) into a new directory
+// that overlayfs can use as a lowerdir: OCI whiteouts become overlay
+// whiteouts, and nothing is ever written outside that directory.
+//
+// Safety: every path is resolved below the snapshot root with openat2
+// (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV), and the last
+// component is created with *at() calls that never follow it. An entry
+// whose path is absolute, holds "..", or whose parent leads out of the root
+// through a symlink is refused, as are hard links to anything outside the
+// layer or not yet extracted, device nodes other than the 0/0 whiteout, and
+// layers past the size and entry limits. A refused layer's directory is
+// removed again.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "oci_manifest.h"
+
+namespace flotilla::runc {
+
+struct UnpackLimits {
+  uint64_t max_entries = 1'000'000;
+  uint64_t max_entry_bytes = uint64_t{64} << 30;   // one file, 64 GiB
+  uint64_t max_layer_bytes = uint64_t{256} << 30;  // the uncompressed tar, 256 GiB
+  size_t max_path_bytes = 4096;
+  size_t max_path_depth = 256;
+  size_t max_xattr_bytes = 64 * 1024;  // all xattrs of one entry
+};
+
+struct UnpackResult {
+  std::string diff_id;     // sha256 of the uncompressed tar stream
+  uint64_t tar_bytes = 0;  // its length
+  uint64_t entries = 0;
+  std::vector<std::string> notes;  // things kept or dropped that an operator may care about
+};
+
+// Unpacks the layer blob at blob_path into dest, which must not exist yet
+// (its parent must). The compression is sniffed from the data; announced
+// (from the media type) only adds a note when it disagrees.
+// lower_dirs: the snapshots below this layer, top first, used only to give
+// directories that the layer creates implicitly (a file without its parent
+// directory entry) the owner and mode they have underneath.
+// what names the layer in errors: "layer 2 (sha256:...) of busybox:latest".
+// Throws ImageError; dest does not exist afterwards then.
+UnpackResult unpack_layer(const std::filesystem::path &blob_path, LayerCompression announced,
+                          const std::filesystem::path &dest,
+                          const std::vector<std::filesystem::path> &lower_dirs,
+                          const UnpackLimits &limits, std::string_view what);
+
+// Opaque-directory xattr and whiteout device that overlayfs understands.
+inline constexpr const char *kOverlayOpaqueXattr = "trusted.overlay.opaque";
+
+}  // namespace flotilla::runc
