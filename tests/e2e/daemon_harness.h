@@ -1,0 +1,68 @@
+// Runs real flotillad processes for end-to-end tests: each in its own
+// scratch directory (unique per run), killed by pid and removed even when
+// the test fails.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace flotilla::e2e {
+
+struct HttpReply {
+  int status = 0;  // 0: no answer (connection refused, reset, ...)
+  std::string body;
+};
+
+// One request over a Unix socket, Connection: close. Chunked bodies are
+// decoded.
+HttpReply http(const std::string &socket, const std::string &method, const std::string &path,
+               const std::string &body = "", const std::string &content_type = "");
+
+// Raw bytes in, whatever comes back out (for malformed-request tests).
+std::string raw_exchange(const std::string &socket, const std::string &bytes);
+
+struct RunResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+// Run a command to completion (argv[0] is a path), capturing its output.
+RunResult run(const std::vector<std::string> &argv);
+
+class Daemon {
+ public:
+  // A scratch dir /tmp/flotilla-e2e-<pid>-<n>/ with data/, the socket and
+  // the log. extra_config is appended to the generated flotillad.toml.
+  explicit Daemon(std::string extra_config = "");
+  ~Daemon();  // SIGKILL (by pid) if still running, then remove the dir
+  Daemon(const Daemon &) = delete;
+  Daemon &operator=(const Daemon &) = delete;
+
+  const std::string &dir() const { return dir_; }
+  std::string socket() const { return dir_ + "/api.sock"; }
+  std::string config_path() const { return dir_ + "/flotillad.toml"; }
+  std::string log() const;  // everything the daemon printed so far
+
+  // Rewrite the config file (for reload tests).
+  void write_config(const std::string &extra_config);
+
+  // Start and wait until /v1/health answers (up to 20 s). false if the
+  // process exited or never answered; log() says why.
+  bool start();
+  void signal(int signo);
+  // Wait for exit (up to timeout_ms); returns the exit code, 128+signal
+  // when killed, or -1 on timeout.
+  int wait_exit(int timeout_ms = 20000);
+  bool running() const { return pid_ > 0; }
+  int pid() const { return pid_; }
+
+  HttpReply get(const std::string &path) const { return http(socket(), "GET", path); }
+
+ private:
+  std::string dir_;
+  int pid_ = -1;
+};
+
+std::string build_dir();
+std::string source_dir();
+
+}  // namespace flotilla::e2e

@@ -1,0 +1,277 @@
+// Real containers through the whole daemon: the API, the scheduler leader,
+// the node reconciler, the runtime-runc plugin driving runc, the busybox
+// OCI image built by tools/mkimage-busybox. Every test uses its own data
+// dir and OCI root, and removes every container, mount and shim it made.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "daemon_harness.h"
+
+using nlohmann::json;
+namespace e2e = flotilla::e2e;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string cli() { return e2e::build_dir() + "/tools/flotilla/flotilla"; }
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class Containers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: running containers needs root";
+    if (access("/usr/sbin/runc", X_OK) != 0 && access("/usr/bin/runc", X_OK) != 0)
+      GTEST_SKIP() << "SKIPPED: runc is not installed";
+    d_ = std::make_unique<e2e::Daemon>();
+    d_->write_config("[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH "\"\n\n"
+                     "[plugin.runtime-runc]\npath = \"" RUNTIME_RUNC_PATH "\"\nshim = \"" RUNC_SHIM_PATH
+                     "\"\nroot = \"" + d_->dir() + "/oci-root\"\ncgroup_parent = \"flotilla-e2e-" +
+                     std::to_string(getpid()) + "\"\n");
+    ASSERT_TRUE(d_->start()) << d_->log();
+    // The quickstart image, built the way set-up builds it.
+    std::string image = d_->dir() + "/busybox-oci";
+    auto mk = e2e::run({e2e::source_dir() + "/tools/mkimage-busybox", image});
+    ASSERT_EQ(mk.exit_code, 0) << mk.output;
+    auto imp = flotilla({"image", "import", image, "--tag", "busybox:latest"});
+    ASSERT_EQ(imp.exit_code, 0) << imp.output << d_->log();
+  }
+
+  void TearDown() override {
+    if (!d_) return;
+    // Stop every job so the daemon removes its containers, then make sure:
+    // delete whatever the OCI runtime still has under this test's root,
+    // unmount anything under the test dir, kill shims this test's daemon
+    // started (by the pid they recorded).
+    if (d_->running()) {
+      auto jobs = json::parse(d_->get("/v1/jobs").body, nullptr, false);
+      if (jobs.is_object() && jobs.contains("jobs")) jobs = jobs["jobs"];
+      if (jobs.is_array())
+        for (const auto &j : jobs)
+          e2e::http(d_->socket(), "DELETE", "/v1/jobs/" + j.value("name", "") + "?purge=true");
+      for (int i = 0; i < 100 && !containers_gone(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      d_->signal(SIGTERM);
+      d_->wait_exit();
+    }
+    std::string root = d_->dir() + "/oci-root";
+    std::error_code ec;
+    for (const auto &e : fs::directory_iterator(root, ec))
+      e2e::run({"/usr/sbin/runc", "--root", root, "delete", "--force", e.path().filename()});
+    std::string data = d_->dir() + "/data";
+    for (const auto &e : fs::recursive_directory_iterator(data, ec)) {
+      if (e.path().filename() != "shim-state.json") continue;
+      json s = json::parse(slurp(e.path()), nullptr, false);
+      if (s.is_object() && s.value("shim_pid", 0) > 0) ::kill(s.value("shim_pid", 0), SIGKILL);
+    }
+    std::istringstream mounts(slurp("/proc/self/mountinfo"));
+    std::string line;
+    std::vector<std::string> ours;
+    while (std::getline(mounts, line))
+      if (line.find(d_->dir()) != std::string::npos) {
+        std::istringstream ls(line);
+        std::string f;
+        for (int i = 0; i < 5 && ls >> f; ++i) {}
+        ours.push_back(f);
+      }
+    for (auto it = ours.rbegin(); it != ours.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
+    d_.reset();
+  }
+
+  e2e::RunResult flotilla(std::vector<std::string> args) {
+    args.insert(args.begin(), {cli(), "--socket", d_->socket()});
+    return e2e::run(args);
+  }
+
+  bool containers_gone() {
+    std::error_code ec;
+    return fs::is_empty(d_->dir() + "/oci-root", ec) || !fs::exists(d_->dir() + "/oci-root");
+  }
+
+  // The job's allocations with their status, as GET /v1/jobs/<name> gives.
+  json allocs(const std::string &job) {
+    json j = json::parse(d_->get("/v1/jobs/" + job).body, nullptr, false);
+    if (!j.is_object()) return json::array();
+    for (const char *k : {"allocations", "allocs"})
+      if (j.contains(k)) return j[k];
+    return json::array();
+  }
+  static std::string status_of(const json &alloc) {
+    if (alloc.contains("status") && alloc["status"].is_object())
+      return alloc["status"].value("status", "");
+    return alloc.value("client_status", alloc.value("status", ""));
+  }
+  static json task_of(const json &alloc, const std::string &task) {
+    if (alloc.contains("status") && alloc["status"].is_object() &&
+        alloc["status"].contains("tasks"))
+      return alloc["status"]["tasks"].value(task, json::object());
+    return json::object();
+  }
+  // Wait (up to 90 s: a guard, not a timing check) until the job's first
+  // allocation reaches one of the states.
+  json wait_for(const std::string &job, std::initializer_list<const char *> states) {
+    for (int i = 0; i < 900; ++i) {
+      json a = allocs(job);
+      if (a.is_array() && !a.empty())
+        for (const char *s : states)
+          if (status_of(a[0]) == s) return a[0];
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ADD_FAILURE() << "job " << job << " never reached the expected state: " << allocs(job).dump()
+                  << "\n" << d_->log();
+    return json::object();
+  }
+  void run_job(const std::string &toml) {
+    std::string file = d_->dir() + "/job.toml";
+    std::ofstream(file, std::ios::trunc) << toml;
+    auto r = flotilla({"job", "run", file});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+
+  std::unique_ptr<e2e::Daemon> d_;
+};
+
+TEST_F(Containers, BatchJobRunsItsOutputIsInTheLogsAndItCompletes) {
+  run_job(R"(name = "hello"
+type = "batch"
+[[task]]
+name = "say"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "echo hello from flotilla; echo oops >&2"]
+)");
+  json a = wait_for("hello", {"complete", "failed"});
+  ASSERT_EQ(status_of(a), "complete") << a.dump();
+  EXPECT_EQ(task_of(a, "say").value("exit_code", -1), 0) << a.dump();
+  std::string id = a.value("id", "");
+  auto logs = flotilla({"alloc", "logs", id});
+  EXPECT_EQ(logs.exit_code, 0) << logs.output;
+  EXPECT_NE(logs.output.find("hello from flotilla"), std::string::npos) << logs.output;
+  auto err = flotilla({"alloc", "logs", id, "--stderr"});
+  EXPECT_NE(err.output.find("oops"), std::string::npos) << err.output;
+}
+
+TEST_F(Containers, FailingTaskIsRestartedByPolicyThenMarkedFailed) {
+  run_job(R"(name = "flaky"
+type = "batch"
+[restart]
+attempts = 2
+interval = "10m"
+delay = "0s"
+mode = "fail"
+[[task]]
+name = "fail"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "echo attempt; exit 3"]
+)");
+  json a = wait_for("flaky", {"failed"});
+  json t = task_of(a, "fail");
+  EXPECT_EQ(t.value("exit_code", -1), 3) << a.dump();
+  EXPECT_EQ(t.value("restarts", -1), 2) << a.dump();
+  EXPECT_NE(t.value("message", "").find("restart attempts exhausted"), std::string::npos) << a.dump();
+}
+
+TEST_F(Containers, StopStopsTheServiceAndLeavesNothingBehind) {
+  run_job(R"(name = "svc"
+[[task]]
+name = "sleep"
+image = "busybox:latest"
+command = "/bin/sleep"
+args = ["1000"]
+kill_timeout = "2s"
+)");
+  json a = wait_for("svc", {"running"});
+  ASSERT_EQ(status_of(a), "running");
+  EXPECT_FALSE(containers_gone());
+  auto stop = flotilla({"job", "stop", "svc"});
+  EXPECT_EQ(stop.exit_code, 0) << stop.output;
+  a = wait_for("svc", {"stopped"});
+  EXPECT_EQ(status_of(a), "stopped") << a.dump();
+  // No runc state, no mounts under the test dir, no cgroup left.
+  EXPECT_TRUE(containers_gone());
+  EXPECT_EQ(slurp("/proc/self/mountinfo").find(d_->dir()), std::string::npos);
+  std::string cid = a.value("id", "") + ".sleep";
+  for (const auto &h : fs::directory_iterator("/sys/fs/cgroup"))
+    EXPECT_FALSE(fs::exists(h.path() / ("flotilla-e2e-" + std::to_string(getpid())) / cid))
+        << h.path();
+}
+
+TEST_F(Containers, MissingImageAndBadCommandAreClearErrors) {
+  run_job(R"(name = "noimage"
+type = "batch"
+[restart]
+attempts = 0
+[[task]]
+name = "t"
+image = "nosuch:1.0"
+command = "/bin/true"
+)");
+  json a = wait_for("noimage", {"failed"});
+  EXPECT_NE(task_of(a, "t").value("message", "").find("flotilla image import"), std::string::npos)
+      << a.dump();
+  run_job(R"(name = "badcmd"
+type = "batch"
+[restart]
+attempts = 0
+[[task]]
+name = "t"
+image = "busybox:latest"
+command = "/no/such/program"
+)");
+  a = wait_for("badcmd", {"failed"});
+  EXPECT_NE(task_of(a, "t").value("message", "").find("/no/such/program"), std::string::npos)
+      << a.dump();
+  EXPECT_TRUE(d_->running());
+}
+
+TEST_F(Containers, KillDashNineOfTheDaemonLosesNoContainerAndNoExit) {
+  run_job(R"(name = "svc"
+[[task]]
+name = "sleep"
+image = "busybox:latest"
+command = "/bin/sleep"
+args = ["1000"]
+)");
+  run_job(R"(name = "late"
+type = "batch"
+[restart]
+attempts = 0
+[[task]]
+name = "t"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "sleep 3; echo done late; exit 5"]
+)");
+  json svc = wait_for("svc", {"running"});
+  json late = wait_for("late", {"running"});
+  ASSERT_EQ(status_of(late), "running");
+  d_->signal(SIGKILL);
+  ASSERT_EQ(d_->wait_exit(), 128 + SIGKILL);
+  // "late" exits while the daemon is down.
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  ASSERT_TRUE(d_->start()) << d_->log();
+  json late2 = wait_for("late", {"failed", "complete"});
+  EXPECT_EQ(task_of(late2, "t").value("exit_code", -1), 5) << late2.dump();
+  auto logs = flotilla({"alloc", "logs", late2.value("id", "")});
+  EXPECT_NE(logs.output.find("done late"), std::string::npos) << logs.output;
+  json svc2 = wait_for("svc", {"running"});
+  EXPECT_EQ(svc2.value("id", ""), svc.value("id", ""));
+  EXPECT_EQ(task_of(svc2, "sleep").value("restarts", -1), 0) << svc2.dump();
+}
+
+}  // namespace
