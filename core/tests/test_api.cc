@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <csignal>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -35,6 +36,13 @@ namespace flotilla {
 namespace {
 
 namespace fs = std::filesystem;
+
+// As flotillad's main() does: a client that hangs up must cost a write
+// error (EPIPE), not the process.
+const bool kSigpipeIgnored = [] {
+  signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
 using cli::HttpResponse;
 using nlohmann::json;
 

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,13 @@ namespace flotilla::http {
 namespace {
 
 namespace fs = std::filesystem;
+
+// As flotillad's main() does: a client that hangs up must cost a write
+// error (EPIPE), not the process.
+const bool kSigpipeIgnored = [] {
+  signal(SIGPIPE, SIG_IGN);
+  return true;
+}();
 using cli::HttpResponse;
 using cli::ResponseParser;
 using cli::UniqueFd;
@@ -453,6 +461,17 @@ TEST_F(HttpServerTest, ClientLeavingCancelsAStream) {
     EXPECT_EQ(got, "first\n");
   }  // the client hangs up
   wait_for([&] { return cancels_ == 1 && server_->connection_count() == 0; });
+}
+
+TEST_F(HttpServerTest, ClientLeavingMidAnswerLeavesTheServerServing) {
+  {
+    UniqueFd fd = connect_to(socket_);
+    ASSERT_TRUE(cli::write_all(fd.get(), "GET /stream?n=200000 HTTP/1.1\r\n\r\n"));
+    char buf[4096];
+    ASSERT_GT(read(fd.get(), buf, sizeof buf), 0);
+  }  // hang up with most of the answer unread
+  wait_for([&] { return server_->connection_count() == 0; });
+  EXPECT_EQ(cli::HttpClient(socket_).request("GET", "/echo").status, 200);
 }
 
 TEST_F(HttpServerTest, ObserverSeesEveryAnswer) {
