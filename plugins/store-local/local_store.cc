@@ -351,7 +351,18 @@ void LocalStore::recover() {
       if (older != seq) ::unlink(p.c_str());
   }
 
-  std::vector<std::pair<uint64_t, std::string>> segs(segments.begin(), segments.end());
+  // Segments wholly covered by the snapshot are left over from a crash
+  // before the snapshot's clean-up (a later segment starts at or before the
+  // first record after the snapshot): they are not read, only removed.
+  std::vector<std::pair<uint64_t, std::string>> segs;
+  for (auto it = segments.begin(); it != segments.end(); ++it) {
+    auto next = std::next(it);
+    if (next != segments.end() && next->first <= snap_seq + 1)
+      ::unlink(it->second.c_str());
+    else
+      segs.emplace_back(*it);
+  }
+
   uint64_t expected = snap_seq + 1;
   uint64_t replayed = 0, replayed_bytes = 0;
   for (size_t i = 0; i < segs.size(); ++i) {
@@ -375,8 +386,8 @@ void LocalStore::recover() {
             throw StoreError(FLOTILLA_E_IO,
                              path + " offset " + std::to_string(offset) + ": record " +
                                  std::to_string(lr.seq) + " where " + std::to_string(expected) +
-                                 " was expected; log records are missing, so the store cannot be "
-                                 "recovered consistently. Restore " +
+                                 " was expected; log records are missing, so the store cannot "
+                                 "be recovered consistently. Restore " +
                                  dir_ + " from a backup");
           state_.apply(std::move(lr.record), now);
           ++expected;
@@ -408,25 +419,15 @@ void LocalStore::recover() {
   }
   last_seq_ = durable_seq_ = expected - 1;
 
-  // Segments wholly covered by the snapshot are left over from a crash
-  // before the snapshot's clean-up; the next one starting at or before the
-  // first record after the snapshot shows it.
-  std::vector<std::pair<uint64_t, std::string>> kept;
-  for (size_t i = 0; i < segs.size(); ++i) {
-    if (i + 1 < segs.size() && segs[i + 1].first <= snap_seq + 1)
-      ::unlink(segs[i].second.c_str());
-    else
-      kept.push_back(segs[i]);
-  }
-  for (size_t i = 0; i + 1 < kept.size(); ++i) {
+  for (size_t i = 0; i + 1 < segs.size(); ++i) {
     auto seg = std::make_shared<Segment>();
-    seg->path = kept[i].second;
-    seg->first_seq = kept[i].first;
+    seg->path = segs[i].second;
+    seg->first_seq = segs[i].first;
     seg->dir_synced = true;
     segments_.push_back(std::move(seg));
   }
-  if (!kept.empty())
-    segments_.push_back(open_segment_for_append(kept.back().second, kept.back().first, false));
+  if (!segs.empty())
+    segments_.push_back(open_segment_for_append(segs.back().second, segs.back().first, false));
   else
     segments_.push_back(
         open_segment_for_append(dir_ + "/" + segment_name(last_seq_ + 1), last_seq_ + 1, true));
@@ -506,7 +507,13 @@ int64_t LocalStore::commit(Record record) {
   std::string &buf = pending_.back()->bytes;
   const size_t before = buf.size();
   append_frame(buf, last_seq_ + 1, record);  // throws before anything changed
-  RevisionEvents ev = state_.apply(std::move(record), Clock::now());
+  RevisionEvents ev;
+  try {
+    ev = state_.apply(std::move(record), Clock::now());
+  } catch (...) {
+    buf.resize(before);  // a planned record always applies; never log one that did not
+    throw;
+  }
   ++last_seq_;
   ++records_since_snapshot_;
   bytes_since_snapshot_ += buf.size() - before;

@@ -5,6 +5,7 @@
 #include <flotilla/entry.h>
 #include <flotilla/store.h>
 
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -47,6 +48,16 @@ StoreError invalid(const std::string &message) {
   return StoreError(FLOTILLA_E_INVALID, message);
 }
 
+// A C enum field read as the int it holds: a C caller may store any value,
+// and loading an out-of-range value as a C++ enum is undefined behaviour.
+template <class E>
+int raw_enum(const E &field) {
+  static_assert(sizeof(E) == sizeof(int));
+  int v;
+  std::memcpy(&v, &field, sizeof v);
+  return v;
+}
+
 // Every struct received must be at least as large as ABI 1.0 made it.
 template <class T>
 void check_struct(const T *p, size_t size_1_0, const std::string &what) {
@@ -87,7 +98,7 @@ KeyRange to_range(const flotilla_key_range *r, const char *what) {
 Op to_op(const flotilla_op &op, const char *what) {
   check_struct(&op, offsetof(flotilla_op, prefix) + sizeof(int), what);
   Op out;
-  out.type = op.type;
+  out.type = raw_enum(op.type);
   out.key = bytes(op.key, op.key_len, std::string(what) + " key");
   out.value = bytes(op.value, op.value_len, std::string(what) + " value");
   out.lease = op.lease;
@@ -142,8 +153,8 @@ flotilla_status store_txn(void *self, const flotilla_compare *compares, size_t n
       check_struct(&c, offsetof(flotilla_compare, value_len) + sizeof(size_t), "txn compare");
       Compare out;
       out.key = bytes(c.key, c.key_len, "txn compare key");
-      out.target = c.target;
-      out.op = c.op;
+      out.target = raw_enum(c.target);
+      out.op = raw_enum(c.op);
       out.number = c.number;
       out.value = bytes(c.value, c.value_len, "txn compare value");
       cmps.push_back(std::move(out));

@@ -43,12 +43,10 @@ void StoreState::check_key(std::string_view key, const char *what) {
 void StoreState::check_compare(const Compare &c) {
   check_key(c.key, "txn compare");
   if (c.target < FLOTILLA_CMP_VERSION || c.target > FLOTILLA_CMP_LEASE)
-    throw invalid("txn compare on " + show(c.key) + ": unknown target " +
-                  std::to_string(static_cast<int>(c.target)) +
+    throw invalid("txn compare on " + show(c.key) + ": unknown target " + std::to_string(c.target) +
                   "; use VERSION, CREATE, MOD, VALUE or LEASE");
   if (c.op < FLOTILLA_CMP_EQUAL || c.op > FLOTILLA_CMP_GREATER)
-    throw invalid("txn compare on " + show(c.key) + ": unknown operator " +
-                  std::to_string(static_cast<int>(c.op)) +
+    throw invalid("txn compare on " + show(c.key) + ": unknown operator " + std::to_string(c.op) +
                   "; use EQUAL, NOT_EQUAL, LESS or GREATER");
 }
 
@@ -68,8 +66,8 @@ void StoreState::check_ops(const std::vector<Op> &ops, const char *branch) {
       else if (op.key.size() > kMaxKeyBytes)
         check_key(op.key, branch);
     } else {
-      throw invalid(std::string(branch) + ": unknown op type " +
-                    std::to_string(static_cast<int>(op.type)) + "; use PUT or DELETE");
+      throw invalid(std::string(branch) + ": unknown op type " + std::to_string(op.type) +
+                    "; use PUT or DELETE");
     }
   }
   for (const Op &op : ops) {

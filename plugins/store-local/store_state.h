@@ -20,16 +20,19 @@
 
 namespace flotilla::store_local {
 
+// Enumerations arrive from C callers as any int, so they are kept as int
+// until check_compare / check_ops accepted them (an out-of-range value in a
+// C++ enum variable would be undefined behaviour).
 struct Compare {
   std::string key;
-  flotilla_compare_target target = FLOTILLA_CMP_VERSION;
-  flotilla_compare_op op = FLOTILLA_CMP_EQUAL;
+  int target = FLOTILLA_CMP_VERSION;  // flotilla_compare_target
+  int op = FLOTILLA_CMP_EQUAL;        // flotilla_compare_op
   int64_t number = 0;
   std::string value;
 };
 
 struct Op {
-  flotilla_op_type type = FLOTILLA_OP_PUT;
+  int type = FLOTILLA_OP_PUT;  // flotilla_op_type
   std::string key;
   std::string value;
   int64_t lease = 0;

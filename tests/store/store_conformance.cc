@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -439,6 +440,7 @@ TEST_P(StoreConformance, WatchFromAnOldRevisionReplaysHistoryThenGoesLive) {
   for (int i = 0; i < 5; ++i) revs.push_back(s().put(k("h"), std::to_string(i)).revision);
   WatchLog log;
   auto w = watch_into(client(), k("h"), false, revs[1], log);
+  EXPECT_TRUE(log.batches.empty()) << "history is delivered later, never inside watch()";
   run_until([&] { return log.events() >= 4; }, "the replayed history");
   ASSERT_EQ(log.batches.size(), 4u);
   for (int i = 0; i < 4; ++i) {
@@ -691,6 +693,51 @@ TEST_P(StoreConformance, DataAndLeasesSurviveAPluginRestart) {
   EXPECT_EQ(old.keys(), std::vector<std::string>{k("p/a")});
   auto next = s().put(k("p/d"), "4");
   EXPECT_EQ(next.revision, rev + 1);
+}
+
+// ---- the raw vtable ------------------------------------------------------------
+
+TEST_P(StoreConformance, MalformedArgumentsAreRefusedAtOnce) {
+  const flotilla_store_v1 *vt = store_->vt();
+  void *self = store_->self();
+  int calls = 0;
+  auto range_cb = [](void *user, flotilla_status, const flotilla_kv *, size_t, int64_t, int) {
+    ++*static_cast<int *>(user);
+  };
+  EXPECT_EQ(vt->range(self, nullptr, 0, 0, range_cb, &calls), FLOTILLA_E_INVALID);
+  flotilla_key_range tiny{};
+  tiny.struct_size = 4;  // older than any ABI
+  tiny.key = "x";
+  tiny.key_len = 1;
+  EXPECT_EQ(vt->range(self, &tiny, 0, 0, range_cb, &calls), FLOTILLA_E_INVALID);
+  flotilla_key_range ok{};
+  ok.struct_size = sizeof ok;
+  ok.key = "x";
+  ok.key_len = 1;
+  EXPECT_EQ(vt->range(self, &ok, -1, 0, range_cb, &calls), FLOTILLA_E_INVALID);
+  EXPECT_EQ(vt->put(self, nullptr, 3, "v", 1, 0, nullptr, nullptr), FLOTILLA_E_INVALID);
+  flotilla_store_watch_id id = 0;
+  EXPECT_EQ(vt->watch(self, &ok, 0, nullptr, nullptr, &id), FLOTILLA_E_INVALID);
+  EXPECT_FALSE(PluginHost::last_error().empty());
+  // Enumerations from C may hold any value; the store must refuse them.
+  flotilla_compare c{};
+  c.struct_size = sizeof c;
+  c.key = "x";
+  c.key_len = 1;
+  const int bogus = 99;
+  std::memcpy(&c.target, &bogus, sizeof bogus);
+  int txn_calls = 0;
+  auto txn_cb = [](void *user, flotilla_status, int, int64_t) { ++*static_cast<int *>(user); };
+  EXPECT_EQ(vt->txn(self, &c, 1, nullptr, 0, nullptr, 0, txn_cb, &txn_calls), FLOTILLA_E_INVALID);
+  flotilla_op op{};
+  op.struct_size = sizeof op;
+  op.key = "x";
+  op.key_len = 1;
+  std::memcpy(&op.type, &bogus, sizeof bogus);
+  EXPECT_EQ(vt->txn(self, nullptr, 0, &op, 1, nullptr, 0, txn_cb, &txn_calls), FLOTILLA_E_INVALID);
+  loop_.settle();
+  EXPECT_EQ(txn_calls, 0);
+  EXPECT_EQ(calls, 0) << "a refused request never calls back";
 }
 
 // ---- backends ----------------------------------------------------------------

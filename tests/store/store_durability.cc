@@ -229,7 +229,7 @@ TEST_F(StoreDurability, TornTailIsTruncatedAndEarlierRecordsKept) {
   }
 
   // Garbage and a zero-filled tail (ext4 after a crash) likewise.
-  append(seg, std::string("\x13\x37\xbe\xef garbage that is no frame", 32));
+  append(seg, std::string("\x13\x37\xbe\xef garbage that is no frame"));
   verify();
   append(seg, std::string(8192, '\0'));
   verify();

@@ -19,8 +19,7 @@ int64_t grant(StoreState &s, int64_t ttl) {
   return r.lease;
 }
 
-Compare cmp(const std::string &key, flotilla_compare_target t, flotilla_compare_op op, int64_t n,
-            const std::string &v = "") {
+Compare cmp(const std::string &key, int t, int op, int64_t n, const std::string &v = "") {
   Compare c;
   c.key = key;
   c.target = t;
@@ -138,7 +137,7 @@ TEST(StoreState, CheckOpsRefusesAmbiguousBranches) {
   EXPECT_TRUE(refused({op_put("", "1")}));
   EXPECT_TRUE(refused({op_del("")}));
   Op bad = op_put("a", "1");
-  bad.type = static_cast<flotilla_op_type>(7);
+  bad.type = 7;
   EXPECT_TRUE(refused({bad}));
   EXPECT_FALSE(refused({op_put("a", "1"), op_del("b"), op_del("b"), op_del("c/", true)}));
   EXPECT_TRUE(refused({op_put("a", "1"), op_del("", true)})) << "the empty prefix covers every key";
