@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <regex>
 #include <set>
 
 #include "error.h"
@@ -46,10 +45,29 @@ std::vector<std::string> c_list(const char *const *list) {
   return out;
 }
 
+// Reverse-DNS: at least two dot-separated labels, each [a-z0-9][a-z0-9_-]*.
 bool valid_plugin_id(const char *id) {
-  // Reverse-DNS: at least two dot-separated labels of [a-z0-9-_].
-  static const std::regex re("^[a-z0-9][a-z0-9_-]*(\\.[a-z0-9][a-z0-9_-]*)+$");
-  return id && std::strlen(id) < 256 && std::regex_match(id, re);
+  if (!id) return false;
+  std::string_view s(id);
+  if (s.empty() || s.size() >= 256) return false;
+  size_t labels = 0;
+  bool at_label_start = true;
+  for (char c : s) {
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (c == '.') {
+      if (at_label_start) return false;  // empty label
+      at_label_start = true;
+      continue;
+    }
+    if (at_label_start) {
+      if (!alnum) return false;
+      ++labels;
+      at_label_start = false;
+    } else if (!alnum && c != '_' && c != '-') {
+      return false;
+    }
+  }
+  return !at_label_start && labels >= 2;
 }
 
 bool has_elf_magic(const std::string &path) {

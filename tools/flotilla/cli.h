@@ -73,6 +73,7 @@ const std::vector<Command> &all_commands();
 // Each group's commands, one function per file.
 const std::vector<Command> &job_commands();
 const std::vector<Command> &alloc_commands();
+const std::vector<Command> &image_commands();
 const std::vector<Command> &node_commands();
 const std::vector<Command> &plugin_commands();
 const std::vector<Command> &version_commands();
