@@ -414,6 +414,10 @@ void LocalStore::recover() {
       log(FLOTILLA_LOG_WARN, "removing " + segs[j].second + ", written after the damaged record");
       ::unlink(segs[j].second.c_str());
     }
+    // New records go behind the truncated one; a removed segment coming
+    // back after another crash would then look like a hole in the log.
+    if (::fsync(dir_fd_.get()) != 0)
+      throw StoreError(FLOTILLA_E_IO, "fsync of " + dir_ + ": " + errno_text(errno));
     segs.resize(i + 1);
     break;
   }

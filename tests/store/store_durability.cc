@@ -250,6 +250,40 @@ TEST_F(StoreDurability, TornTailIsTruncatedAndEarlierRecordsKept) {
   verify();
 }
 
+// One batch can span two segments (a snapshot rotated the log in between):
+// a crash may tear the first and leave part of the second. Neither was
+// acknowledged; the later segment must go, and stay gone.
+TEST_F(StoreDurability, TornRecordDropsTheSegmentsAfterIt) {
+  crash_writer("/x/", "{}", 100);
+  const std::string seg = last_segment();
+  const auto [seq, rev] = last_record(seg);
+  auto frame_for = [](uint64_t s, int64_t r, const std::string &key) {
+    store_local::Record rec;
+    rec.type = store_local::Record::Type::changes;
+    rec.revision = r;
+    rec.changes.push_back(store_local::Change{false, key, "v", 0});
+    std::string frame;
+    store_local::append_frame(frame, s, rec);
+    return frame;
+  };
+  const std::string torn = frame_for(seq + 1, rev + 1, "/x-torn");
+  append(seg, torn.substr(0, torn.size() / 2));
+  char name[64];
+  std::snprintf(name, sizeof name, "/wal-%016llx.log", static_cast<unsigned long long>(seq + 2));
+  const std::string later = store_dir() + name;
+  append(later, frame_for(seq + 2, rev + 2, "/x-later"));
+  verify();
+  EXPECT_FALSE(fs::exists(later));
+  {
+    LoadedStore store(loop_, store_local_settings(), data_dir());
+    SyncStore s(loop_, store);
+    EXPECT_FALSE(s.get("/x-later").kv);
+    auto w = s.put("/x-after", "v");
+    ASSERT_TRUE(w.result.ok()) << w.result.message;
+  }
+  verify();
+}
+
 TEST_F(StoreDurability, WholeUnacknowledgedRecordIsReplayed) {
   crash_writer("/u/", "{}", 50);
   const std::string seg = last_segment();
