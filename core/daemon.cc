@@ -331,15 +331,20 @@ void Daemon::begin_shutdown() {
   uv_timer_stop(&heartbeat_);
   api_->stop_accepting();
   api_->shutdown(kShutdownGraceMs, [this] {
+    // Runs from inside a store callback: plugins are stopped on a later
+    // loop turn, once the store's own code has returned.
     auto finish = [this] {
-      evaluator_.reset();
-      reconciler_.reset();  // containers keep running
-      runtime_.reset();
-      plugins_->stop();
-      uv_close(reinterpret_cast<uv_handle_t *>(&heartbeat_), nullptr);
-      for (uv_signal_t *s : {&sig_term_, &sig_int_, &sig_hup_})
-        uv_close(reinterpret_cast<uv_handle_t *>(s), nullptr);
-      log::info("core", "flotillad stopped");
+      auto *later = new uv_timer_t;
+      uv_timer_init(&loop_, later);
+      later->data = this;
+      uv_timer_start(
+          later,
+          [](uv_timer_t *t) {
+            static_cast<Daemon *>(t->data)->stop_plugins();
+            uv_close(reinterpret_cast<uv_handle_t *>(t),
+                     [](uv_handle_t *h) { delete reinterpret_cast<uv_timer_t *>(h); });
+          },
+          0, 0);
     };
     evaluator_->stop([this, finish] {
       if (lease_ == 0) return finish();
@@ -351,6 +356,17 @@ void Daemon::begin_shutdown() {
       });
     });
   });
+}
+
+void Daemon::stop_plugins() {
+  evaluator_.reset();
+  reconciler_.reset();  // containers keep running
+  runtime_.reset();
+  plugins_->stop();
+  uv_close(reinterpret_cast<uv_handle_t *>(&heartbeat_), nullptr);
+  for (uv_signal_t *s : {&sig_term_, &sig_int_, &sig_hup_})
+    uv_close(reinterpret_cast<uv_handle_t *>(s), nullptr);
+  log::info("core", "flotillad stopped");
 }
 
 int Daemon::run() {

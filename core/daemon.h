@@ -41,6 +41,7 @@ class Daemon {
   void on_signal(int signo);
   void reload();
   void begin_shutdown();
+  void stop_plugins();
   std::string node_record() const;
 
   DaemonConfig config_;
