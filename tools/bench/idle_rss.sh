@@ -12,7 +12,10 @@ trap cleanup EXIT
 plugin_tables() {  # every flotilla-*.so under plugins/ of the build
   find "$build/plugins" -name 'flotilla-*.so' | sort | while read -r so; do
     name=$(basename "$so" .so); name=${name#flotilla-}
-    printf '[plugin.%s]\npath = "%s"\n\n' "$name" "$so"
+    printf '[plugin.%s]\npath = "%s"\n' "$name" "$so"
+    # The runtime's per-container monitor lives next to it in the build tree.
+    [ "$name" = runtime-runc ] && printf 'shim = "%s"\n' "$build/plugins/runtime-runc/shim/flotilla-runc-shim"
+    echo
   done
 }
 
