@@ -76,7 +76,9 @@ typedef struct flotilla_host {
   void (*log)(void *host_ctx, flotilla_log_level level, const char *message);
 
   /* [any-thread] Record the message that explains the status code about to
-   * be returned (or passed to a callback). The host copies it. */
+   * be returned (or passed to a callback). The host copies it and keeps it
+   * per thread: call it on the thread that returns the status or runs the
+   * callback (the loop thread for callbacks), right before doing so. */
   void (*set_error)(void *host_ctx, const char *message);
 
   /* [loop-thread] This plugin's config table ([plugin.<name>]) as a JSON
@@ -110,7 +112,10 @@ typedef struct flotilla_host {
                                    flotilla_exit_cb cb, void *user, int64_t *pid_out);
 
   /* [loop-thread] Run work on the host's thread pool, then after on the
-   * loop thread. */
+   * loop thread. After deinit returned, no `after` runs any more, but a
+   * `work` already running finishes: a plugin waits for its own queued
+   * work inside deinit before freeing what that work touches. The host
+   * keeps the plugin's code mapped until the loop is done with it. */
   flotilla_status (*queue_work)(void *host_ctx, flotilla_work_cb work,
                                 flotilla_after_work_cb after, void *user);
 

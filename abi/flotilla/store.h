@@ -13,6 +13,16 @@
  *
  * A write is acknowledged (its callback gets FLOTILLA_OK) only once it is
  * durable: a crash after that loses nothing.
+ *
+ * Errors: a function that returns non-OK has refused the request (bad
+ * arguments) and never calls its callback. Errors found while serving a
+ * request (unknown lease, compacted revision, I/O) come through the
+ * callback. Reading or compacting a revision newer than the store's is
+ * FLOTILLA_E_INVALID; reading at exactly the compacted revision is allowed,
+ * as in etcd. A transaction that writes one key twice, and a lease TTL of 0
+ * or less, are FLOTILLA_E_INVALID.
+ *
+ * Shutdown: deinit ends every open watch with FLOTILLA_E_CANCELLED.
  */
 #ifndef FLOTILLA_STORE_H
 #define FLOTILLA_STORE_H
@@ -67,7 +77,9 @@ typedef enum flotilla_compare_op {
 } flotilla_compare_op;
 
 /* One comparison of a transaction, on a single key. A key that does not
- * exist has version, create and mod revision 0 and an empty value. */
+ * exist has version, create and mod revision 0 and an empty value (a VALUE
+ * compare sees ""; a backend whose native store fails such compares, like
+ * etcd, emulates this). */
 typedef struct flotilla_compare {
   uint32_t struct_size;
   const char *key;
@@ -98,7 +110,8 @@ typedef struct flotilla_op {
 typedef enum flotilla_event_type {
   FLOTILLA_EVENT_PUT = 0,
   FLOTILLA_EVENT_DELETE = 1 /* kv.value is empty; kv.mod_revision is the
-                               revision of the deletion */
+                               revision of the deletion; create_revision
+                               and version are 0 */
 } flotilla_event_type;
 
 typedef struct flotilla_watch_event {
