@@ -92,7 +92,9 @@ run_tests() {
   say "running every test suite (unit, then end-to-end)"
   meson test -C build-ci --suite unit --print-errorlogs --num-processes 2
   meson test -C build-ci --suite e2e --print-errorlogs --num-processes 1
-  build build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
+  # GCC warns spuriously (-Wmaybe-uninitialized) under the sanitizers, so
+  # warnings are fatal in build-ci only.
+  build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
   say "running the unit suite under AddressSanitizer + UndefinedBehaviorSanitizer"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --suite unit --print-errorlogs --num-processes 2
