@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# Container start latency: Flotilla (API -> scheduler -> reconciler ->
+# runtime-runc -> shim -> OCI runtime) against the raw OCI runtime's
+# `run -d` on an equivalent bundle, in the same run.
+# Target: Flotilla's median at most 1.25x the raw runtime's.
+#   tools/bench/container_start.sh BUILD_DIR [--runtime runc|crun|both] [--n N]
+#
+# Flotilla, per iteration: POST /v1/jobs (a batch job running /bin/sleep
+# 1000 from busybox:latest), then GET /v1/jobs/<name> every 2 ms until the
+# allocation's status is "running" (the reconciler reports that once the
+# runtime's start returned); the figure includes up to one poll interval.
+# Then DELETE ?purge=true and wait until the container is gone.
+# Raw, per iteration: `<runtime> --root R run -d --bundle B id-<i>` (returns
+# once the process is exec'd), with the config.json Flotilla generated for
+# the same task (only the cgroup path changed) on an overlay of the same
+# image snapshot; then `delete --force`.
+# Needs root. Prints "met"/"MISSED" and exits 0 either way; exits 1 when
+# something broke. Everything lives in /tmp/flotilla-bench-start-XXXXXX.
+set -euo pipefail
+
+build=""
+runtimes="runc"
+n=25
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runtime) runtimes=$2; shift 2 ;;
+    --n) n=$2; shift 2 ;;
+    -*) echo "usage: $0 BUILD_DIR [--runtime runc|crun|both] [--n N]" >&2; exit 2 ;;
+    *) build=$1; shift ;;
+  esac
+done
+[ "$runtimes" = both ] && runtimes="runc crun"
+[ "$n" -ge 20 ] || { echo "--n must be at least 20" >&2; exit 2; }
+build=$(cd "${build:-build}" && pwd)
+src=$(cd "$(dirname "$0")/../.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "container_start.sh: needs root (runs containers)" >&2; exit 1; }
+for t in curl jq python3 runc; do
+  command -v "$t" >/dev/null || { echo "container_start.sh: $t is required" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d /tmp/flotilla-bench-start-XXXXXX)
+tag=fbs$$
+pid=""          # the flotillad we started
+cur_root=""     # OCI root of the raw runs in progress
+cur_bin=""
+cgparents=()
+
+stop_daemon() {
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=""
+}
+
+cleanup() {
+  set +e
+  local d
+  # Jobs of our daemon: stop and purge so it removes its containers.
+  if [ -n "$pid" ] && [ -S "$tmp/flo/api.sock" ]; then
+    for j in $(curl -s --unix-socket "$tmp/flo/api.sock" http://x/v1/jobs |
+               jq -r '(.jobs? // .)[]?.name? // empty' 2>/dev/null); do
+      curl -s -o /dev/null -X DELETE --unix-socket "$tmp/flo/api.sock" "http://x/v1/jobs/$j?purge=true"
+    done
+    for _ in $(seq 100); do [ -z "$(ls -A "$tmp/flo/oci-root" 2>/dev/null)" ] && break; sleep 0.1; done
+  fi
+  stop_daemon
+  # Whatever is still under our own OCI roots, by id.
+  for rt in runc crun; do
+    bin=$rt; [ -x "$tmp/$rt/runtime" ] && bin="$tmp/$rt/runtime"
+    for r in "$tmp/$rt/flo/oci-root" "$tmp/$rt/raw-root"; do
+    [ -d "$r" ] || continue
+    for c in "$r"/*; do [ -e "$c" ] && "$bin" --root "$r" delete --force "$(basename "$c")" >/dev/null 2>&1; done
+    done
+  done
+  # Shims our daemon started, by the pid they recorded.
+  find "$tmp" -name shim-state.json 2>/dev/null | while read -r s; do
+    p=$(jq -r '.shim_pid // 0' "$s" 2>/dev/null); [ "${p:-0}" -gt 0 ] && kill -KILL "$p" 2>/dev/null
+  done
+  # Our mounts, deepest first.
+  awk -v t="$tmp" '$5 ~ "^"t {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null
+  done
+  for p in "${cgparents[@]}"; do
+    for m in $(awk '$9 ~ /^cgroup2?$/ {print $5}' /proc/self/mountinfo); do
+      [ -d "$m/$p" ] && find "$m/$p" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+die() { echo "container_start.sh: $*" >&2; exit 1; }
+
+# The busybox image, built once.
+"$src/tools/mkimage-busybox" "$tmp/busybox-oci" >/dev/null || die "mkimage-busybox failed"
+
+# An OCI runtime binary for RUNTIME: crun on a hybrid cgroup layout runs
+# through the wrapper the runtime e2e tests use (hides cgroup2's mount).
+runtime_binary() {  # runtime_binary RUNTIME DIR -> prints the path
+  local rt=$1 dir=$2
+  if [ "$rt" = crun ] && [ -e /sys/fs/cgroup/unified/cgroup.controllers ] &&
+     grep -q '[a-z]' /sys/fs/cgroup/unified/cgroup.controllers; then
+    cat > "$dir/runtime" <<'W'
+#!/bin/sh
+# crun, with the unified cgroup2 mount hidden (as runtime_e2e_test.cc does)
+exec unshare -m --propagation private sh -c 'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec crun "$@"' crun "$@"
+W
+    chmod 755 "$dir/runtime"
+    echo "$dir/runtime"
+  else
+    command -v "$rt"
+  fi
+}
+
+# bench RUNTIME (not in a subshell: cleanup must see $pid): prints one line "RUNTIME flo_median flo_p90 raw_median raw_p90"
+bench() {
+  local rt=$1 dir="$tmp/$1"
+  mkdir -p "$dir/flo" "$dir/raw-root" "$dir/raw/bundle"
+  rm -f "$tmp/flo"; ln -s "$dir/flo" "$tmp/flo"
+  local bin; bin=$(runtime_binary "$rt" "$dir") || return 1
+  local cg="$tag-$rt" cgraw="$tag-$rt-raw"
+  cgparents+=("$cg" "$cgraw")
+  cat > "$dir/flo/flotillad.toml" <<CFG
+[node]
+name = "bench"
+data_dir = "$dir/flo/data"
+[api]
+socket = "$dir/flo/api.sock"
+[log]
+level = "warn"
+[plugin.store-local]
+path = "$build/plugins/store-local/flotilla-store-local.so"
+[plugin.scheduler-binpack]
+path = "$build/plugins/scheduler-binpack/flotilla-scheduler-binpack.so"
+[plugin.runtime-runc]
+path = "$build/plugins/runtime-runc/runtime/flotilla-runtime-runc.so"
+shim = "$build/plugins/runtime-runc/shim/flotilla-runc-shim"
+binary = "$bin"
+root = "$dir/flo/oci-root"
+cgroup_parent = "$cg"
+CFG
+  "$build/core/flotillad" --config "$dir/flo/flotillad.toml" >"$dir/flo/log" 2>&1 &
+  pid=$!
+  local sock="$dir/flo/api.sock"
+  for _ in $(seq 200); do [ -S "$sock" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  [ -S "$sock" ] || { cat "$dir/flo/log" >&2; echo "flotillad did not start" >&2; return 1; }
+  "$build/tools/flotilla/flotilla" --socket "$sock" image import "$tmp/busybox-oci" --tag busybox:latest \
+    >"$dir/import.log" 2>&1 || { cat "$dir/import.log" "$dir/flo/log" >&2; return 1; }
+
+  python3 - "$sock" "$dir" "$bin" "$n" "$cgraw" "$rt" <<'PY'
+import http.client, json, os, socket, subprocess, sys, time, glob, statistics
+sock, d, binary, n, cgraw, rt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
+
+class UConn(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=30); self.path = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(self.path)
+
+conn = UConn(sock)
+def req(method, path, body=None, ctype=None):
+    h = {"Content-Type": ctype} if ctype else {}
+    conn.request(method, path, body=body, headers=h)
+    r = conn.getresponse(); data = r.read()
+    return r.status, data
+
+def status_of(a):
+    s = a.get("status")
+    if isinstance(s, dict): return s.get("status", "")
+    return a.get("client_status", s or "")
+
+def allocs(job):
+    st, body = req("GET", "/v1/jobs/" + job)
+    if st != 200: return []
+    j = json.loads(body)
+    return j.get("allocations", j.get("allocs", [])) or []
+
+oci_root = d + "/flo/oci-root"
+def containers_gone():
+    return not os.path.isdir(oci_root) or not os.listdir(oci_root)
+
+def job_toml(name):
+    return ('name = "%s"\ntype = "batch"\n[[task]]\nname = "sleep"\nimage = "busybox:latest"\n'
+            'command = "/bin/sleep"\nargs = ["1000"]\nkill_timeout = "1s"\n' % name).encode()
+
+def flotilla_once(name, keep_config=False):
+    t0 = time.monotonic()
+    st, body = req("POST", "/v1/jobs", job_toml(name), "application/toml")
+    if st >= 300: sys.exit("POST /v1/jobs: %d %s" % (st, body.decode()))
+    deadline = t0 + 60
+    while True:
+        a = allocs(name)
+        if a:
+            s = status_of(a[0])
+            if s == "running": break
+            if s in ("failed", "complete", "lost"):
+                sys.exit("job %s went %s: %s" % (name, s, json.dumps(a[0])))
+        if time.monotonic() > deadline: sys.exit("job %s never ran: %s" % (name, json.dumps(a)))
+        time.sleep(0.002)
+    dt = time.monotonic() - t0
+    if keep_config:  # the config.json Flotilla generated, for the raw bundle
+        cfgs = glob.glob(d + "/flo/data/**/bundle/config.json", recursive=True)
+        if not cfgs: sys.exit("no bundle/config.json under the data dir")
+        with open(cfgs[0]) as f: cfg = json.load(f)
+        with open(d + "/raw/flotilla-config.json", "w") as f: json.dump(cfg, f, indent=2)
+    st, body = req("DELETE", "/v1/jobs/%s?purge=true" % name)
+    if st >= 300: sys.exit("DELETE /v1/jobs/%s: %d %s" % (name, st, body.decode()))
+    deadline = time.monotonic() + 60
+    while not containers_gone():
+        if time.monotonic() > deadline: sys.exit("containers of %s not removed" % name)
+        time.sleep(0.01)
+    return dt
+
+def q(xs, p):
+    xs = sorted(xs); k = (len(xs) - 1) * p; f = int(k); c = min(f + 1, len(xs) - 1)
+    return xs[f] + (xs[c] - xs[f]) * (k - f)
+
+# Warm-up (image cache, first shim, first cgroup): not counted.
+flotilla_once("warm-0", keep_config=True)
+flotilla_once("warm-1")
+flo = [flotilla_once("b-%d" % i) for i in range(n)]
+
+# The raw bundle: Flotilla's config for the same task, rootfs = an overlay
+# of the same image snapshot(s), like Flotilla mounts per container.
+cfg = json.load(open(d + "/raw/flotilla-config.json"))
+snaps = glob.glob(d + "/flo/data/plugins/runtime-runc/images/snapshots/*/rootfs")
+if len(snaps) != 1: sys.exit("expected one image snapshot, found %d" % len(snaps))
+b = d + "/raw/bundle"
+for sub in ("rootfs", "upper", "work"): os.makedirs(d + "/raw/" + sub if sub != "rootfs" else b + "/rootfs", exist_ok=True)
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                "lowerdir=%s,upperdir=%s/raw/upper,workdir=%s/raw/work" % (snaps[0], d, d),
+                b + "/rootfs"], check=True)
+cfg["root"] = {"path": "rootfs", "readonly": cfg.get("root", {}).get("readonly", False)}
+for m in cfg.get("mounts", []):  # bind mounts from Flotilla's container dir would be gone
+    if m.get("source", "").startswith(d + "/flo/"): sys.exit("config.json binds %s; cannot reuse" % m["source"])
+root = d + "/raw-root"
+devnull = open(os.devnull, "r+b")
+def raw_once(cid):
+    cfg["linux"]["cgroupsPath"] = "/%s/%s" % (cgraw, cid)
+    with open(b + "/config.json", "w") as f: json.dump(cfg, f)
+    t0 = time.monotonic()
+    # No pipes: the container inherits its stdio, a pipe would never close.
+    with open(d + "/raw/run.err", "w+b") as err:
+        r = subprocess.run([binary, "--root", root, "run", "-d", "--bundle", b, cid],
+                           stdin=devnull, stdout=devnull, stderr=err)
+        dt = time.monotonic() - t0
+        err.seek(0)
+        if r.returncode != 0: sys.exit("%s run -d %s: %s" % (binary, cid, err.read().decode().strip()))
+    r = subprocess.run([binary, "--root", root, "delete", "--force", cid], stdout=devnull, stderr=subprocess.PIPE)
+    if r.returncode != 0: sys.exit("%s delete --force %s: %s" % (binary, cid, r.stderr.decode().strip()))
+    return dt
+raw_once("warm-0"); raw_once("warm-1")
+raw = [raw_once("id-%d" % i) for i in range(n)]
+print("%s %.2f %.2f %.2f %.2f %d" % (rt, 1000 * statistics.median(flo), 1000 * q(flo, 0.9),
+                                     1000 * statistics.median(raw), 1000 * q(raw, 0.9), n))
+PY
+  local rc=$?
+  stop_daemon
+  return $rc
+}
+
+echo "container start latency, $n runs each after 2 warm-up runs (ms; Flotilla = POST /v1/jobs until"
+echo "the allocation is \"running\", polled every 2 ms, so it includes up to one poll interval;"
+echo "raw = '<runtime> run -d' on Flotilla's own config.json for the task, rootfs an overlay of the same image)"
+status=0
+for rt in $runtimes; do
+  if ! command -v "$rt" >/dev/null; then echo "  $rt: skipped ($rt is not installed)"; continue; fi
+  if bench "$rt" >"$tmp/$rt.result" 2>"$tmp/$rt.err"; then
+    read -r _ fm fp rm rp _ <"$tmp/$rt.result"
+    awk -v rt="$rt" -v fm="$fm" -v fp="$fp" -v rm="$rm" -v rp="$rp" 'BEGIN {
+      r = fm / rm
+      printf "  %-5s Flotilla median %7.1f  p90 %7.1f | raw median %7.1f  p90 %7.1f | ratio %.2fx  target <= 1.25x: %s\n",
+             rt, fm, fp, rm, rp, r, (r <= 1.25 ? "met" : "MISSED") }'
+  elif [ "$rt" = crun ]; then
+    echo "  crun: skipped, it failed here: $(tail -n 3 "$tmp/$rt.err" | tr '\n' ' ')"
+  else
+    cat "$tmp/$rt.err" >&2
+    echo "  $rt: FAILED" >&2
+    status=1
+  fi
+done
+exit $status
