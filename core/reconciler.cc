@@ -53,7 +53,8 @@ struct Reconciler::Alloc {
   json record;
   std::vector<Task> tasks;
   bool stopping = false;
-  bool stopped = false;
+  bool stopped = false;  // its tasks ended (failed, complete or stopped)
+  bool removed = false;  // its containers were removed after a stop
   std::string final_status;  // set when the allocation was stopped
 };
 
@@ -191,7 +192,7 @@ void Reconciler::on_alloc_put(const json &record) {
   const bool run = record.value("desired_status", "") == "run";
   if (a) {
     a->record = record;
-    if (!run && !a->stopping && !a->stopped)
+    if (!run && !a->stopping && !a->removed)
       stop_alloc(*a, record.value("desired_description", "stop requested"), false);
     return;
   }
@@ -226,6 +227,8 @@ void Reconciler::on_alloc_put(const json &record) {
     // Already finished before a restart: nothing to run again.
     a->stopped = true;
     a->final_status = prev_status;
+    // Stopped meanwhile: its containers (kept for their logs) go now.
+    if (!run) stop_alloc(*a, record.value("desired_description", "stop requested"), false);
     return;
   }
   if (!run) {
@@ -376,9 +379,23 @@ void Reconciler::apply_restart_policy(Alloc &a, Task &t) {
     t.message += "; restart attempts exhausted (" + std::to_string(attempts) + " in " +
                  std::to_string(interval / 1000) + "s)";
     log::warn("reconciler", "task failed", {{"alloc", a.id}, {"task", t.name}, {"why", t.message}});
-    // One failed task fails the allocation: stop its siblings.
+    // One failed task fails the allocation: stop its siblings, but keep
+    // every container (and so its logs) until the allocation is stopped or
+    // purged, so `alloc logs` can show why it failed.
+    a.stopped = true;
+    a.final_status = "failed";
+    for (auto &other : a.tasks) {
+      if (other.restart_timer) {
+        delete static_cast<RestartCtx *>(other.restart_timer->data);
+        close_timer(other.restart_timer);
+      }
+      if (&other == &t || other.state == "dead") continue;
+      other.state = "dead";
+      other.message = "stopped: task " + t.name + " failed";
+      const uint64_t timeout = other.spec.value("kill_timeout_ms", uint64_t{5000});
+      runtime_->stop(other.container, timeout, [](StoreResult, json) {});
+    }
     report(a);
-    stop_alloc(a, "task " + t.name + " failed", false);
     return;
   }
   t.state = "restarting";
@@ -443,8 +460,9 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
     Alloc *al = find_alloc(id);
     if (!al) return;
     al->stopping = false;
-    al->stopped = true;
+    al->removed = true;
     std::string agg = aggregate_status(*al);
+    al->stopped = true;
     al->final_status = agg == "failed" || agg == "complete" ? agg : "stopped";
     for (auto &t : al->tasks)
       if (t.state != "dead") t.state = "dead";

@@ -184,6 +184,9 @@ args = ["-c", "echo attempt; exit 3"]
   EXPECT_EQ(t.value("exit_code", -1), 3) << a.dump();
   EXPECT_EQ(t.value("restarts", -1), 2) << a.dump();
   EXPECT_NE(t.value("message", "").find("restart attempts exhausted"), std::string::npos) << a.dump();
+  // A failed allocation keeps its container, so its logs say why.
+  auto logs = flotilla({"alloc", "logs", a.value("id", "")});
+  EXPECT_NE(logs.output.find("attempt"), std::string::npos) << logs.output;
 }
 
 TEST_F(Containers, StopStopsTheServiceAndLeavesNothingBehind) {
