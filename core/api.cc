@@ -128,6 +128,23 @@ bool is_terminal_state(const std::string &state) {
 }
 
 // Names become store keys: one path segment, printable, bounded.
+// A job's state from its allocations' states: stopped, running, complete
+// (every allocation completed), failed (none running, at least one failed),
+// else pending.
+std::string job_state(bool stop, const std::map<std::string, int> &counts) {
+  if (stop) return "stopped";
+  int total = 0, complete = 0, failed = 0;
+  for (const auto &[state, n] : counts) {
+    if (state == "running") return "running";
+    total += n;
+    if (state == "complete") complete += n;
+    if (state == "failed") failed += n;
+  }
+  if (total > 0 && complete == total) return "complete";
+  if (failed > 0 && complete + failed == total) return "failed";
+  return "pending";
+}
+
 bool valid_name(std::string_view name) {
   if (name.empty() || name.size() > 253 || name == "." || name == "..") return false;
   for (unsigned char c : name)
@@ -536,12 +553,8 @@ void list_jobs(const StatePtr &s, Request &, const Params &, Responder &r) {
                             {"stop", stop},
                             {"allocs", json::object()}};
             if (job.is_object() && job.contains("type")) summary["type"] = job["type"];
-            bool running = false;
-            for (const auto &[state, n] : counts[name]) {
-              summary["allocs"][state] = n;
-              running = running || state == "running";
-            }
-            summary["status"] = stop ? "stopped" : running ? "running" : "pending";
+            for (const auto &[state, n] : counts[name]) summary["allocs"][state] = n;
+            summary["status"] = job_state(stop, counts[name]);
             jobs.push_back(std::move(summary));
           }
           r.send(Response::json(200, {{"jobs", jobs}, {"revision", rev}}));
@@ -556,7 +569,8 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
       s,
       {{std::string(kJobsPrefix) + name, true},
        {std::string(kAllocsPrefix)},
-       {std::string(kAllocStatusPrefix)}},
+       {std::string(kAllocStatusPrefix)},
+       {"/flotilla/job-status/" + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading job " + name));
@@ -564,13 +578,24 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
             return r.send(error_json(404, "not_found", "job \"" + name + "\" not found"));
           auto statuses = statuses_by_id(kvs[2]);
           json allocs = json::array();
+          std::map<std::string, int> counts;
           for (const auto &kv : kvs[1]) {
             json a = alloc_view(kv, statuses);
-            if (string_field(a, "job") == name) allocs.push_back(std::move(a));
+            if (string_field(a, "job") != name) continue;
+            counts[alloc_state(a["status"])]++;
+            allocs.push_back(std::move(a));
           }
-          r.send(Response::json(
-              200,
-              {{"job", parse_record(kvs[0][0].value)}, {"allocs", allocs}, {"revision", rev}}));
+          json job = parse_record(kvs[0][0].value);
+          json out = {{"job", job},
+                      {"status", job_state(job.is_object() && job.value("stop", false), counts)},
+                      {"allocs", allocs},
+                      {"revision", rev}};
+          // Why allocations could not be placed, as the scheduler left it.
+          if (!kvs[3].empty()) {
+            json js = parse_record(kvs[3][0].value);
+            if (js.is_object() && js.contains("placement")) out["placement"] = js["placement"];
+          }
+          r.send(Response::json(200, out));
         });
       });
 }

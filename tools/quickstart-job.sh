@@ -19,8 +19,8 @@ say "running examples/jobs/hello.toml (batch) and examples/jobs/web.toml (servic
 "$flotilla" job run examples/jobs/web.toml
 
 for _ in $(seq 150); do
-  if "$flotilla" --json job status web 2>/dev/null | grep -q '"status":"running"' &&
-     "$flotilla" --json job status hello 2>/dev/null | grep -q '"status":"complete"'; then
+  if "$flotilla" job status web 2>/dev/null | grep -q '^Status *running' &&
+     "$flotilla" job status hello 2>/dev/null | grep -q '^Status *complete'; then
     break
   fi
   sleep 0.2
@@ -28,7 +28,7 @@ done
 "$flotilla" job status
 echo
 "$flotilla" job status hello
-alloc=$("$flotilla" --json job status hello | sed -n 's/.*"id":"\(hello-[^"]*\)".*/\1/p' | head -n 1)
+alloc=$("$flotilla" --json job status hello | sed -n 's/.*"id": *"\(hello-[^"]*\)".*/\1/p' | sed -n 1p)
 if [ -n "$alloc" ]; then
   say "flotilla alloc logs $alloc"
   "$flotilla" alloc logs "$alloc"

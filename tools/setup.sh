@@ -57,7 +57,7 @@ stop_daemon() {
 
 start() {
   install_packages
-  build build --prefix=/usr/local --sysconfdir=/etc --localstatedir=/var -Dbuildtype=release
+  build build --prefix=/usr/local --sysconfdir=/etc --localstatedir=/var
   say "installing into /usr/local"
   meson install -C build --quiet
   ldconfig

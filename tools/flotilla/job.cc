@@ -116,17 +116,14 @@ int job_status(Cli &cli, Args &args) {
   if (!j) return code;
   const json &job = (*j)["job"];
   const json &allocs = (*j)["allocs"];
-  bool stop = job.is_object() && job.value("stop", false);
-  bool running = false;
-  for (const json &a : allocs) running = running || alloc_state(a) == "running";
   std::vector<std::pair<std::string, std::string>> fields = {
       {"Name", cell(job, "name") == "-" ? *name : cell(job, "name")},
-      {"Status", stop      ? "stopped"
-                 : running ? "running"
-                           : "pending"},
+      {"Status", cell(*j, "status")},
       {"Version", cell(job, "version")},
       {"Submitted", cell(job, "submitted_at")}};
   if (job.is_object() && job.contains("type")) fields.emplace_back("Type", cell(job, "type"));
+  if (j->contains("placement") && (*j)["placement"].is_object())
+    fields.emplace_back("Placement", "not placed: " + cell((*j)["placement"], "message"));
   print_fields(fields);
   std::printf("\nAllocations\n");
   print_allocs(allocs);
