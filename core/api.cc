@@ -498,6 +498,18 @@ void store_job(StatePtr s, std::string name, json job, Responder r, int attempt)
         if (old.is_object() && old.contains("version") && old["version"].is_number_integer())
           version = old["version"].get<int64_t>() + 1;
         cmp = StoreCompare::mod_revision_is(key, kv->mod_revision);
+        // The same spec again, on a job that is not stopped: nothing to do
+        // (as `nomad job run` with an unchanged job), so running allocations
+        // are not replaced.
+        if (old.is_object() && !old.value("stop", false)) {
+          json same = old;
+          for (const char *k : {"version", "submitted_at", "stop"}) same.erase(k);
+          if (same == job)
+            return r.send(Response::json(200, {{"name", name},
+                                               {"version", version - 1},
+                                               {"revision", kv->mod_revision},
+                                               {"unchanged", true}}));
+        }
       }
       bool created = !kv;
       json record = job;

@@ -437,6 +437,15 @@ name = "server"
 image = "busybox:latest"
 command = "/bin/httpd"
 )";
+// The same job with one change: a new version.
+const std::string kWebTomlV2 = R"(name = "web"
+priority = 70
+
+[[task]]
+name = "server"
+image = "busybox:latest"
+command = "/bin/httpd"
+)";
 
 enum class Backend { fake, store_local };
 
@@ -681,7 +690,13 @@ TEST_P(ApiTest, ResubmittingBumpsTheVersionAndClearsStop) {
   auto rec = *stored("/flotilla/jobs/web");
   EXPECT_EQ(rec["version"], 2);
   EXPECT_EQ(rec["stop"], false);
-  EXPECT_EQ(body(submit(kWebToml))["version"], 3);
+  // The same spec again on a running job changes nothing.
+  json again = body(submit(kWebToml));
+  EXPECT_EQ(again["version"], 2);
+  EXPECT_EQ(again["unchanged"], true);
+  EXPECT_EQ((*stored("/flotilla/jobs/web"))["version"], 2);
+  // A changed spec is a new version.
+  EXPECT_EQ(body(submit(kWebTomlV2))["version"], 3);
 }
 
 TEST_P(ApiTest, SubmittingJsonWorksToo) {
@@ -960,7 +975,7 @@ TEST_P(ApiFakeStoreTest, AConcurrentChangeIsRetried) {
       s.put_now("/flotilla/jobs/web", other.dump());
     };
   });
-  HttpResponse r = submit(kWebToml);
+  HttpResponse r = submit(kWebTomlV2);
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(body(r)["version"], 8);
   EXPECT_EQ(interfered, 2);
@@ -971,7 +986,7 @@ TEST_P(ApiFakeStoreTest, AJobThatKeepsChangingIs409) {
   loop_.run([&] {
     fake_->before_txn = [](FakeStore &s) { s.put_now("/flotilla/jobs/web", R"({"version":1})"); };
   });
-  HttpResponse r = submit(kWebToml);
+  HttpResponse r = submit(kWebTomlV2);
   EXPECT_EQ(r.status, 409);
   EXPECT_EQ(body(r)["error"]["code"], "conflict");
 }
@@ -1064,6 +1079,10 @@ TEST_P(CliTest, JobRunSubmitsAndUpdates) {
   CliRun r = flotilla({"job", "run", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" submitted (version 1")) << r.out;
+  r = flotilla({"job", "run", file});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "Job \"web\" is unchanged (version 1)")) << r.out;
+  write_file("web.toml", kWebTomlV2);
   r = flotilla({"job", "run", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" updated to version 2")) << r.out;

@@ -55,6 +55,9 @@ int job_run(Cli &cli, Args &args) {
   std::string name = j.value("name", "");
   if (check) {
     std::printf("%s: job \"%s\" is valid (nothing was submitted)\n", source.c_str(), name.c_str());
+  } else if (j.value("unchanged", false)) {
+    std::printf("Job \"%s\" is unchanged (version %lld); nothing to do\n", name.c_str(),
+                static_cast<long long>(j.value("version", 0)));
   } else if (r.status == 201) {
     std::printf("Job \"%s\" submitted (version %lld, store revision %lld)\n", name.c_str(),
                 static_cast<long long>(j.value("version", 0)),
