@@ -288,6 +288,13 @@ TEST_F(StoreDurability, WholeUnacknowledgedRecordIsReplayed) {
   crash_writer("/u/", "{}", 50);
   const std::string seg = last_segment();
   const auto [seq, rev] = last_record(seg);
+  // The kill may have torn the writer's last record; a whole record goes
+  // after the intact prefix, where the next write would have gone.
+  {
+    std::ifstream in(seg, std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    fs::resize_file(seg, store_local::scan_frames(content, [](std::string_view, size_t) {}, nullptr));
+  }
   store_local::Record next;
   next.type = store_local::Record::Type::changes;
   next.revision = rev + 1;
