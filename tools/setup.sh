@@ -90,15 +90,22 @@ run_tests() {
   install_packages
   build build-ci -Dwerror=true -Dbuildtype=debugoptimized
   say "running every test suite (unit, then end-to-end)"
-  meson test -C build-ci --suite unit --print-errorlogs --num-processes 2
-  meson test -C build-ci --suite e2e --print-errorlogs --num-processes 1
+  meson test -C build-ci --suite unit --print-errorlogs --num-processes 2 --logbase unit
+  meson test -C build-ci --suite e2e --print-errorlogs --num-processes 1 --logbase e2e
   # GCC warns spuriously (-Wmaybe-uninitialized) under the sanitizers, so
   # warnings are fatal in build-ci only.
   build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false
   say "running the unit suite under AddressSanitizer + UndefinedBehaviorSanitizer"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2
+    meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --logbase asan-unit
+  local passed=0 failed=0 n
+  for log in build-ci/meson-logs/unit.json build-ci/meson-logs/e2e.json \
+             build-asan/meson-logs/asan-unit.json; do
+    n=$(grep -c '"result": "OK"' "$log" || true); passed=$((passed + n))
+    n=$(grep -c '"result": "\(FAIL\|TIMEOUT\|ERROR\)"' "$log" || true); failed=$((failed + n))
+  done
   say "all suites passed"
+  echo "$passed passed, $failed failed"
 }
 
 case "${1:-}" in
