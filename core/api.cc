@@ -18,6 +18,7 @@
 #include "flotilla_build_config.h"
 #include "jobspec.h"
 #include "log.h"
+#include "rfc3339.h"
 #include "reconciler.h"
 #include "runtime_client.h"
 
@@ -87,16 +88,6 @@ Response store_failure(const StoreResult &res, std::string_view doing) {
   std::string message = std::string(doing) + ": ";
   message += res.message.empty() ? status_name(res.status) : res.message;
   return status_error(res.status, message);
-}
-
-std::string rfc3339_now() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  tm t{};
-  gmtime_r(&ts.tv_sec, &t);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
-  return buf;
 }
 
 // A stored value as JSON; a value that is not JSON is shown, not hidden.

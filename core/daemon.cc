@@ -17,6 +17,7 @@
 #include "error.h"
 #include "flotilla_build_config.h"
 #include "log.h"
+#include "rfc3339.h"
 
 namespace flotilla {
 
@@ -41,15 +42,6 @@ int64_t cpu_mhz_total() {
   }
   if (mhz <= 0) mhz = 1000;  // some virtual machines do not say
   return static_cast<int64_t>(cores > 0 ? cores : 1) * static_cast<int64_t>(mhz);
-}
-
-std::string rfc3339_now() {
-  time_t now = time(nullptr);
-  tm t{};
-  gmtime_r(&now, &t);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
-  return buf;
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "log.h"
+#include "rfc3339.h"
 
 namespace flotilla {
 
@@ -48,15 +49,6 @@ flotilla_resources job_ask(const json &job) {
 bool terminal(const std::string &client_status) {
   return client_status == "complete" || client_status == "failed" ||
          client_status == "stopped" || client_status == "lost";
-}
-
-std::string now_rfc3339() {
-  time_t now = time(nullptr);
-  tm t{};
-  gmtime_r(&now, &t);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &t);
-  return buf;
 }
 
 }  // namespace
@@ -240,7 +232,7 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
                 {"resources",
                  {{"cpu_mhz", ask.cpu_mhz}, {"memory_mb", ask.memory_mb}, {"disk_mb", ask.disk_mb}}},
                 {"spec", job},
-                {"created_at", now_rfc3339()}};
+                {"created_at", rfc3339_now()}};
       a["spec"].erase("mod_revision");
       used[node].cpu_mhz += ask.cpu_mhz;
       used[node].memory_mb += ask.memory_mb;

@@ -1,6 +1,7 @@
 #include "log.h"
 
-#include <sys/time.h>
+#include "rfc3339.h"
+
 #include <unistd.h>
 
 #include <cstdio>
@@ -25,16 +26,6 @@ const char *level_name(Level l) {
   return "?";
 }
 
-std::string timestamp() {
-  timeval tv{};
-  gettimeofday(&tv, nullptr);
-  tm t{};
-  gmtime_r(&tv.tv_sec, &t);
-  char buf[40];
-  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
-  snprintf(buf + n, sizeof buf - n, ".%03ldZ", static_cast<long>(tv.tv_usec / 1000));
-  return buf;
-}
 }  // namespace
 
 Level parse_level(std::string_view name) {
@@ -67,14 +58,14 @@ void write(Level level, std::string_view component, std::string_view message,
   if (level < g_level) return;
   std::string line;
   if (g_format == Format::json) {
-    nlohmann::json j = {{"time", timestamp()},
+    nlohmann::json j = {{"time", rfc3339_now(true)},
                         {"level", level_name(level)},
                         {"component", component},
                         {"msg", message}};
     for (const auto &[k, v] : fields) j[k] = v;
     line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } else {
-    line = timestamp() + " " + level_name(level) + " [" + std::string(component) + "] " +
+    line = rfc3339_now(true) + " " + level_name(level) + " [" + std::string(component) + "] " +
            std::string(message);
     for (const auto &[k, v] : fields) line += " " + k + "=" + v;
   }

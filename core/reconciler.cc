@@ -4,6 +4,7 @@
 #include <set>
 
 #include "log.h"
+#include "rfc3339.h"
 
 namespace flotilla {
 
@@ -13,17 +14,6 @@ namespace {
 
 const std::string kAllocs = "/flotilla/allocs/";
 const std::string kStatus = "/flotilla/alloc-status/";
-
-std::string now_rfc3339() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  tm t{};
-  gmtime_r(&ts.tv_sec, &t);
-  char buf[40];
-  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
-  snprintf(buf + n, sizeof buf - n, ".%03ldZ", ts.tv_nsec / 1000000);
-  return buf;
-}
 
 bool terminal(const std::string &s) {
   return s == "complete" || s == "failed" || s == "stopped" || s == "lost";
@@ -113,7 +103,7 @@ void Reconciler::start() {
     json e = json::parse(payload, nullptr, false);
     if (!e.is_object()) return;
     on_task_exit(e.value("id", ""), e.value("exit_code", int64_t{-1}), e.value("signal", 0),
-                 e.value("finished_at", now_rfc3339()));
+                 e.value("finished_at", rfc3339_now(true)));
   });
   // 1. What the runtime still runs (containers outlive the daemon).
   runtime_->list([this](StoreResult r, json list) {
@@ -249,7 +239,7 @@ void Reconciler::on_alloc_put(const json &record) {
       t.state = "running";
       t.attempt++;
       on_task_exit(t.container, c.value("exit_code", int64_t{-1}), c.value("signal", 0),
-                   c.value("finished_at", now_rfc3339()));
+                   c.value("finished_at", rfc3339_now(true)));
       continue;
     }
     if (t.state == "dead") continue;
@@ -289,7 +279,7 @@ void Reconciler::run_task(Alloc &a, Task &t) {
       if (!r.ok()) return task_failed_to_start(*al, *tt, r.message);
       if (tt->state == "starting") {  // an exit event may have come first
         tt->state = "running";
-        tt->started_at = now_rfc3339();
+        tt->started_at = rfc3339_now(true);
       }
       report(*al);
     });
@@ -320,7 +310,7 @@ void Reconciler::task_failed_to_start(Alloc &a, Task &t, const std::string &why)
             {{"alloc", a.id}, {"task", t.name}, {"error", why}});
   t.message = why;
   t.exit_code = -1;
-  t.finished_at = now_rfc3339();
+  t.finished_at = rfc3339_now(true);
   apply_restart_policy(a, t);
 }
 
@@ -519,7 +509,7 @@ void Reconciler::report(Alloc &a) {
                  {"job", a.record.value("job", "")},
                  {"status", aggregate_status(a)},
                  {"tasks", tasks},
-                 {"updated_at", now_rfc3339()}};
+                 {"updated_at", rfc3339_now(true)}};
   const std::string id = a.id;
   store_->put(kStatus + id, status.dump(), [id](StoreResult r, int64_t) {
     if (!r.ok()) log::error("reconciler", "cannot report status of " + id + ": " + r.message);
