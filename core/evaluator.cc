@@ -17,7 +17,10 @@ namespace {
 constexpr const char *kLeaderKey = "/flotilla/leader/scheduler";
 constexpr int64_t kLeaderTtlSeconds = 10;
 constexpr uint64_t kLeaderKeepaliveMs = 3000;
-constexpr uint64_t kEvalDebounceMs = 20;
+// Changes that arrive in the same loop iteration share one evaluation, and
+// changes during an evaluation share the next one (eval_again_); waiting
+// longer would only add to every job's start latency.
+constexpr uint64_t kEvalDebounceMs = 0;
 
 const std::string kJobs = "/flotilla/jobs/";
 const std::string kNodes = "/flotilla/nodes/";

@@ -113,7 +113,9 @@ class Containers : public ::testing::Test {
   static std::string status_of(const json &alloc) {
     if (alloc.contains("status") && alloc["status"].is_object())
       return alloc["status"].value("status", "");
-    return alloc.value("client_status", alloc.value("status", ""));
+    // No status yet: the node has not reported on a fresh allocation.
+    if (!alloc.contains("status") || !alloc["status"].is_string()) return "";
+    return alloc["status"].get<std::string>();
   }
   static json task_of(const json &alloc, const std::string &task) {
     if (alloc.contains("status") && alloc["status"].is_object() &&

@@ -500,8 +500,11 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
           ContainerRecord r = rec;
           r.image_digest = *digest;
           // The record comes before the mount, so that remove() finds
-          // whatever a crash in between left behind.
-          write_file_atomic(paths.record, r.to_json().dump(2) + "\n", true);
+          // whatever a crash of the daemon in between left behind. Not
+          // fsynced: after a power loss nothing is mounted or running, and
+          // start-up treats a container directory without a record as
+          // unfinished (it is removed).
+          write_file_atomic(paths.record, r.to_json().dump(2) + "\n", false);
           mount_overlay(lowers, paths.upper, paths.work, paths.rootfs);
           uint64_t max_files =
               task.log_max_files ? uint64_t(task.log_max_files) : config.log_max_files;
@@ -518,8 +521,9 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
                        {"stderr_log", paths.stderr_log.string()},
                        {"state_file", paths.shim_state.string()},
                        {"log_max_bytes", max_mib << 20},
-                       {"log_max_files", max_files}};
-          write_file_atomic(paths.shim_config, shim.dump(2) + "\n", true);
+                       {"log_max_files", max_files},
+                       {"start", task.start}};
+          write_file_atomic(paths.shim_config, shim.dump(2) + "\n", false);
         } catch (...) {
           try {
             if (made_dir) {
@@ -621,10 +625,16 @@ void RuncRuntime::handle_notify(Container *c, bool eof) {
   std::string status = msg.is_object() ? msg.value("status", "") : "";
   if (status == shim::kStatusCreated) {
     c->st.pid = msg.value("pid", 0);
+    const bool started = msg.value("started", false);
     // The container may have been reaped already (shim_exited ran first).
-    if (c->st.status == kStatusCreating) c->st.status = kStatusCreated;
+    if (c->st.status == kStatusCreating) c->st.status = started ? kStatusRunning : kStatusCreated;
     host_->metric_counter_add(host_->host_ctx, "runtime_runc_containers_created_total", 1);
+    if (!started) return answer(rid, FLOTILLA_OK, state_of(c).dump());
+    // Created and started in one runtime call: answer now, record the start
+    // after. A daemon that dies in between finds the shim's "started" mark.
+    c->rec.started_at = now_rfc3339();
     answer(rid, FLOTILLA_OK, state_of(c).dump());
+    persist_record(c, [] {});
     return;
   }
   std::string why = status == shim::kStatusCreateFailed
@@ -721,7 +731,10 @@ void RuncRuntime::persist_record(Container *c, std::function<void()> then) {
   fs::path file = c->paths.record;
   std::string text = c->rec.to_json().dump(2) + "\n";
   std::string id = c->rec.id;
-  queue([file, text] { write_file_atomic(file, text, true); },
+  // Not fsynced (see create_now): a record that lost started_at to a power
+  // loss describes a container that is not running any more anyway, and
+  // adoption asks the runtime when started_at is missing.
+  queue([file, text] { write_file_atomic(file, text, false); },
         [this, id, then = std::move(then)](flotilla_status st, const std::string &msg) {
           if (st != FLOTILLA_OK)
             host_->log(host_->host_ctx, FLOTILLA_LOG_WARN,

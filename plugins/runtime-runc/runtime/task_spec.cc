@@ -94,6 +94,10 @@ TaskSpec parse_task_json(const std::string &text_in) {
   s.job = text(doc, "job", "");
   s.hostname = text(doc, "hostname", "");
   s.netns = text(doc, "netns", "");
+  if (const json *st = field(doc, "start")) {
+    if (!st->is_boolean()) bad("start", "must be true or false");
+    s.start = st->get<bool>();
+  }
   if (!s.netns.empty() && s.netns.front() != '/')
     bad("netns", "must be an absolute path of a network namespace, got \"" + s.netns + "\"");
 

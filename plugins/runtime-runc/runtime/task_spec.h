@@ -36,6 +36,7 @@ struct TaskSpec {
   int64_t log_max_file_size_mib = 0;
   std::string hostname;                     // empty: the task name
   std::string netns;                        // path of a network namespace to join
+  bool start = false;  // start the process as part of create (one runtime call, not two)
   std::vector<nlohmann::json> oci_patches;  // merge patches over config.json, in order
   // A rootfs given directly instead of an image (TOP layer first), with an
   // optional image config ({"Env", "Entrypoint", "Cmd", "WorkingDir", "User"}).

@@ -10,8 +10,10 @@
 //  2. becomes a child subreaper, so the container's init — orphaned when
 //     `<runtime> create` exits — is reparented to it and reaped by it;
 //  3. runs `<runtime> --root R --log L --log-format json create --bundle B
-//     --pid-file P ID` with the container's stdout and stderr on pipes it
-//     owns, and copies them into size-capped, rotated log files;
+//     --pid-file P ID` (or `run --detach ...` when shim.json says
+//     "start": true, so that the process starts in the same runtime call)
+//     with the container's stdout and stderr on pipes it owns, and copies
+//     them into size-capped, rotated log files;
 //  4. reports the outcome of create on its stdout (one JSON line), then
 //     keeps shim-state.json current until the container exits, records the
 //     exit code or signal and the finish time, and exits.
@@ -55,6 +57,7 @@ namespace shim = flotilla::runc::shim;
 
 struct ShimConfig {
   std::string id, binary, root, bundle, pid_file, runtime_log, stdout_log, stderr_log, state_file;
+  bool start = false;  // `run --detach` instead of `create`: the process starts at once
   uint64_t log_max_bytes = 10 << 20;
   unsigned log_max_files = 5;
 };
@@ -82,6 +85,7 @@ ShimConfig read_config(const std::string &path) {
   c.state_file = j.at("state_file").get<std::string>();
   c.log_max_bytes = j.value("log_max_bytes", c.log_max_bytes);
   c.log_max_files = j.value("log_max_files", c.log_max_files);
+  c.start = j.value("start", false);
   return c;
 }
 
@@ -93,10 +97,13 @@ class StateFile {
     state_["shim_start_ticks"] = flotilla::runc::proc_start_ticks(::getpid());
   }
   json &operator*() { return state_; }
-  // The plugin may read at any moment: always a complete file.
-  void save() {
+  // The plugin may read at any moment: always a complete file. Only the
+  // exit record is fsynced: the earlier states matter only while the host
+  // is up (after a power loss no container is running), and an fsync on
+  // the way to a started container costs the start latency.
+  void save(bool sync = false) {
     try {
-      flotilla::runc::write_file_atomic(path_, state_.dump() + "\n", true);
+      flotilla::runc::write_file_atomic(path_, state_.dump() + "\n", sync);
     } catch (const std::exception &e) {
       say(std::string("cannot write state: ") + e.what());
     }
@@ -153,9 +160,14 @@ void notify(const json &j) {
 }
 
 pid_t spawn_create(const ShimConfig &c, int out_w, int err_w) {
-  std::vector<std::string> args = {c.binary,       "--root",   c.root,   "--log",    c.runtime_log,
-                                   "--log-format", "json",     "create", "--bundle", c.bundle,
-                                   "--pid-file",   c.pid_file, c.id};
+  std::vector<std::string> args = {c.binary, "--root", c.root, "--log", c.runtime_log,
+                                   "--log-format", "json"};
+  if (c.start) {
+    args.insert(args.end(), {"run", "--detach"});
+  } else {
+    args.push_back("create");
+  }
+  args.insert(args.end(), {"--bundle", c.bundle, "--pid-file", c.pid_file, c.id});
   pid_t pid = ::fork();
   if (pid != 0) return pid;
   // Child: the container inherits these three descriptors.
@@ -209,7 +221,7 @@ int run(const std::string &config_path) {
   if (create_pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
   out_w.reset();
   err_w.reset();
-  say("started " + c.binary + " create " + c.id + " (pid " + std::to_string(create_pid) + ")");
+  say("started " + c.binary + (c.start ? " run --detach " : " create ") + c.id + " (pid " + std::to_string(create_pid) + ")");
 
   std::optional<pid_t> container_pid;
   std::map<pid_t, int> reaped;  // exits seen before the container's pid was known
@@ -253,7 +265,7 @@ int run(const std::string &config_path) {
         if (!container_pid) {
           std::string why = runtime_error_message(c.runtime_log);
           if (why.empty())
-            why = c.binary + " create exited with " +
+            why = c.binary + (c.start ? " run" : " create") + " exited with " +
                   (WIFEXITED(status) ? "status " + std::to_string(WEXITSTATUS(status))
                                      : "signal " + std::to_string(WTERMSIG(status)));
           (*state)["status"] = shim::kStatusCreateFailed;
@@ -268,9 +280,13 @@ int run(const std::string &config_path) {
         }
         (*state)["status"] = shim::kStatusCreated;
         (*state)["pid"] = *container_pid;
+        if (c.start) (*state)["started"] = true;
         state.save();
-        notify({{"status", shim::kStatusCreated}, {"pid", *container_pid}});
-        say("container " + c.id + " created, pid " + std::to_string(*container_pid));
+        json note = {{"status", shim::kStatusCreated}, {"pid", *container_pid}};
+        if (c.start) note["started"] = true;
+        notify(note);
+        say("container " + c.id + (c.start ? " started" : " created") + ", pid " +
+            std::to_string(*container_pid));
         if (auto it = reaped.find(*container_pid); it != reaped.end())
           container_status = it->second;
       } else if (container_pid && pid == *container_pid) {
@@ -296,7 +312,7 @@ int run(const std::string &config_path) {
     (*state)["exit_code"] = exit_code;
     (*state)["signal"] = sig;
     (*state)["finished_at"] = flotilla::runc::now_rfc3339();
-    state.save();
+    state.save(true);
     say("container " + c.id + " exited: code " + std::to_string(exit_code) + ", signal " +
         std::to_string(sig));
   }

@@ -10,11 +10,15 @@
 // has finished, writes one line of JSON to its stdout — a pipe the plugin
 // reads — and closes it:
 //   {"status":"created","pid":1234}
+//   {"status":"created","pid":1234,"started":true}   (shim.json "start": true)
 //   {"status":"create_failed","error":"runc create failed: ..."}
 //
 // shim-state.json, "status" moves through
 //   "creating"       shim_pid, shim_start_ticks
-//   "created"        + pid (the container's init, as the runtime reported it)
+//   "created"        + pid (the container's init, as the runtime reported it);
+//                    + "started": true when shim.json said "start": true and
+//                    the shim ran `<runtime> run --detach` instead of
+//                    `create`, so the process is already running
 //   "create_failed"  + error
 //   "stopped"        + exit_code, signal, finished_at
 // exit_code is the process's exit status, or 128 + signal when a signal

@@ -475,6 +475,40 @@ TEST_P(RuntimeE2E, AFailingCommandReportsItsExitCode) {
   expect_nothing_left(cid);
 }
 
+// "start": true runs the process in the create call (`run --detach`): the
+// answer says running, start() is refused as for any running container, and
+// an exit that comes at once is still reported with its code and output.
+TEST_P(RuntimeE2E, CreateWithStartRunsTheProcessInOneCall) {
+  import_busybox();
+  const std::string cid = id("started");
+  json task = busybox_task({"sh", "-c", "echo started-out; exec sleep 1000"});
+  task["start"] = true;
+  Result c = daemon().create(cid, task);
+  ASSERT_EQ(c.status, FLOTILLA_OK) << c.error;
+  json st = json::parse(c.text);
+  EXPECT_EQ(st["status"], "running");
+  EXPECT_GT(st["pid"].get<int>(), 0);
+  EXPECT_FALSE(st["started_at"].get<std::string>().empty());
+  EXPECT_EQ(daemon().start(cid).status, FLOTILLA_E_CONFLICT);
+  EXPECT_EQ(json::parse(daemon().state(cid).text)["status"], "running");
+  ASSERT_EQ(daemon().signal(cid, SIGKILL).status, FLOTILLA_OK);
+  ASSERT_TRUE(daemon().wait_exit(cid));
+  EXPECT_EQ((*daemon().exit_of(cid))["signal"], SIGKILL);
+  EXPECT_NE(slurp(daemon().log_path(cid, "stdout")).find("started-out"), std::string::npos);
+  ASSERT_EQ(daemon().remove(cid).status, FLOTILLA_OK);
+  expect_nothing_left(cid);
+
+  const std::string quick = id("quick");
+  json q = busybox_task({"sh", "-c", "echo quick-out; exit 7"});
+  q["start"] = true;
+  ASSERT_EQ(daemon().create(quick, q).status, FLOTILLA_OK);
+  ASSERT_TRUE(daemon().wait_exit(quick));
+  EXPECT_EQ((*daemon().exit_of(quick))["exit_code"], 7);
+  EXPECT_NE(slurp(daemon().log_path(quick, "stdout")).find("quick-out"), std::string::npos);
+  ASSERT_EQ(daemon().remove(quick).status, FLOTILLA_OK);
+  expect_nothing_left(quick);
+}
+
 TEST_P(RuntimeE2E, ABadCommandPathIsAClearError) {
   import_busybox();
   const std::string cid = id("badpath");
