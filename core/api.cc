@@ -605,9 +605,15 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
 
 // One txn: the job gets "stop": true (or goes, with purge) and each of its
 // allocations "desired_status": "stop", if none of them changed meanwhile.
+// With purge, allocations that were stopped already are touched ("job
+// purged") so that their node deletes their records once their containers
+// are gone; those of nodes that left the cluster are deleted here.
 void stop_job(StatePtr s, std::string name, bool purge, Responder r, int attempt) {
   read_snapshot(
-      s, {{std::string(kJobsPrefix) + name, true}, {std::string(kAllocsPrefix)}},
+      s,
+      {{std::string(kJobsPrefix) + name, true},
+       {std::string(kAllocsPrefix)},
+       {std::string(kNodesPrefix)}},
       [s, name, purge, r, attempt](StoreResult res, std::vector<std::vector<KeyValue>> kvs,
                                    int64_t rev) mutable {
         guarded(r, [&] {
@@ -629,12 +635,30 @@ void stop_job(StatePtr s, std::string name, bool purge, Responder r, int attempt
             ops.push_back(
                 StoreOp::put(job_kv.key, job.dump(-1, ' ', false, json::error_handler_t::replace)));
           }
+          std::set<std::string> nodes;
+          for (const auto &kv : kvs[2]) nodes.insert(key_suffix(kv.key, kNodesPrefix));
           int stopping = 0;
           for (const auto &kv : kvs[1]) {
             json a = parse_record(kv.value);
             if (string_field(a, "job") != name) continue;
-            if (string_field(a, "desired_status") == "stop") continue;
+            if (purge && !nodes.count(string_field(a, "node"))) {
+              // Nobody is left to stop it or report on it.
+              compares.push_back(StoreCompare::mod_revision_is(kv.key, kv.mod_revision));
+              ops.push_back(StoreOp::remove(kv.key));
+              ops.push_back(StoreOp::remove(std::string(kAllocStatusPrefix) +
+                                            key_suffix(kv.key, kAllocsPrefix)));
+              continue;
+            }
+            if (string_field(a, "desired_status") == "stop") {
+              if (!purge) continue;
+              a["desired_description"] = "job purged";
+              compares.push_back(StoreCompare::mod_revision_is(kv.key, kv.mod_revision));
+              ops.push_back(
+                  StoreOp::put(kv.key, a.dump(-1, ' ', false, json::error_handler_t::replace)));
+              continue;
+            }
             a["desired_status"] = "stop";
+            if (purge) a["desired_description"] = "job purged";
             compares.push_back(StoreCompare::mod_revision_is(kv.key, kv.mod_revision));
             ops.push_back(
                 StoreOp::put(kv.key, a.dump(-1, ' ', false, json::error_handler_t::replace)));

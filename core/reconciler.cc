@@ -14,6 +14,7 @@ namespace {
 
 const std::string kAllocs = "/flotilla/allocs/";
 const std::string kStatus = "/flotilla/alloc-status/";
+const std::string kJobs = "/flotilla/jobs/";
 
 bool terminal(const std::string &s) {
   return s == "complete" || s == "failed" || s == "stopped" || s == "lost";
@@ -41,6 +42,7 @@ struct Reconciler::Task {
 struct Reconciler::Alloc {
   std::string id;
   json record;
+  int64_t mod_revision = 0;  // of its record in the store
   std::vector<Task> tasks;
   bool stopping = false;
   bool stopped = false;  // its tasks ended (failed, complete or stopped)
@@ -133,7 +135,7 @@ void Reconciler::start() {
           json a = json::parse(kv.value, nullptr, false);
           if (!a.is_object()) continue;
           if (a.value("node", "") == node_) wanted.insert(a.value("id", ""));
-          on_alloc_put(a);
+          on_alloc_put(a, kv.mod_revision);
         }
         // Containers of allocations the store no longer has: leftovers.
         for (auto it = containers_.begin(); it != containers_.end(); ++it) {
@@ -160,7 +162,7 @@ void Reconciler::start() {
                                      continue;
                                    }
                                    json a = json::parse(e.kv.value, nullptr, false);
-                                   if (a.is_object()) on_alloc_put(a);
+                                   if (a.is_object()) on_alloc_put(a, e.kv.mod_revision);
                                  }
                                });
         log::info("reconciler", "watching allocations",
@@ -171,7 +173,7 @@ void Reconciler::start() {
   });
 }
 
-void Reconciler::on_alloc_put(const json &record) {
+void Reconciler::on_alloc_put(const json &record, int64_t mod_revision) {
   const std::string id = record.value("id", "");
   if (id.empty()) return;
   Alloc *a = find_alloc(id);
@@ -182,8 +184,11 @@ void Reconciler::on_alloc_put(const json &record) {
   const bool run = record.value("desired_status", "") == "run";
   if (a) {
     a->record = record;
+    a->mod_revision = mod_revision;
     if (!run && !a->stopping && !a->removed)
       stop_alloc(*a, record.value("desired_description", "stop requested"), false);
+    else if (!run && a->removed)
+      collect_if_job_gone(*a);  // touched by a purge after it had stopped
     return;
   }
 
@@ -191,6 +196,7 @@ void Reconciler::on_alloc_put(const json &record) {
   a = owned.get();
   a->id = id;
   a->record = record;
+  a->mod_revision = mod_revision;
   const json &spec = record.value("spec", json::object());
   const json &prev = previous_.contains(id) ? previous_[id] : json::object();
   for (const auto &ts : spec.value("task", json::array())) {
@@ -251,7 +257,31 @@ void Reconciler::on_alloc_put(const json &record) {
 void Reconciler::on_alloc_deleted(const std::string &id) {
   Alloc *a = find_alloc(id);
   if (!a) return;
+  if (a->removed && !a->stopping) {  // its containers are gone already
+    allocs_.erase(id);
+    return;
+  }
   stop_alloc(*a, "allocation removed", true);
+}
+
+// An allocation of a purged job, its containers removed: nothing will ever
+// read its records again, so they go, in one transaction that holds only if
+// the job is still absent and the allocation unchanged.
+void Reconciler::collect_if_job_gone(Alloc &a) {
+  const std::string job = a.record.value("job", "");
+  if (job.empty() || a.mod_revision == 0) return;
+  const std::string id = a.id;
+  store_->txn({StoreCompare::absent(kJobs + job),
+               StoreCompare::mod_revision_is(kAllocs + id, a.mod_revision)},
+              {StoreOp::remove(kAllocs + id), StoreOp::remove(kStatus + id)}, {},
+              [id](StoreResult r, bool succeeded, int64_t) {
+                if (!r.ok())
+                  log::warn("reconciler", "cannot delete the records of allocation " + id + ": " +
+                                              r.message);
+                else if (succeeded)
+                  log::info("reconciler", "allocation collected: its job was purged",
+                            {{"alloc", id}});
+              });
 }
 
 void Reconciler::run_task(Alloc &a, Task &t) {
@@ -474,6 +504,7 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
       return;
     }
     report(*al);
+    collect_if_job_gone(*al);
   };
   if (a.tasks.empty()) {
     *remaining = 1;

@@ -39,7 +39,7 @@ class Reconciler {
   struct Alloc;
 
  private:
-  void on_alloc_put(const nlohmann::json &record);
+  void on_alloc_put(const nlohmann::json &record, int64_t mod_revision);
   void on_alloc_deleted(const std::string &id);
   void run_task(Alloc &a, Task &t);
   void on_task_exit(const std::string &container, int64_t exit_code, int signal,
@@ -47,6 +47,7 @@ class Reconciler {
   void task_failed_to_start(Alloc &a, Task &t, const std::string &why);
   void apply_restart_policy(Alloc &a, Task &t);
   void stop_alloc(Alloc &a, const std::string &why, bool purge);
+  void collect_if_job_gone(Alloc &a);
   void report(Alloc &a);
   std::string aggregate_status(const Alloc &a) const;
   Alloc *find_alloc(const std::string &id);

@@ -865,11 +865,29 @@ TEST_P(ApiTest, StoppingAJobStopsItsAllocationsInOneTransaction) {
 TEST_P(ApiTest, PurgingRemovesTheJobAndLeavesAllocationsToTheirNodes) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   seed_allocs();
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
+  json stopped = alloc_record("web-2", "web", 2);
+  stopped["desired_status"] = "stop";
+  store_put("/flotilla/allocs/web-2", stopped);
+  json gone = alloc_record("web-3", "web", 3);
+  gone["node"] = "node-that-left";
+  store_put("/flotilla/allocs/web-3", gone);
+  store_put("/flotilla/alloc-status/web-3", {{"id", "web-3"}, {"status", "running"}});
   HttpResponse r = call("DELETE", "/v1/jobs/web?purge=true");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(body(r)["purged"], true);
   EXPECT_FALSE(stored("/flotilla/jobs/web").has_value());
+  ASSERT_TRUE(stored("/flotilla/allocs/web-0").has_value());
   EXPECT_EQ((*stored("/flotilla/allocs/web-0"))["desired_status"], "stop");
+  EXPECT_EQ((*stored("/flotilla/allocs/web-0"))["desired_description"], "job purged");
+  // Stopped before: touched, so that its node collects it.
+  ASSERT_TRUE(stored("/flotilla/allocs/web-2").has_value());
+  EXPECT_EQ((*stored("/flotilla/allocs/web-2"))["desired_description"], "job purged");
+  // On a node that left the cluster: nobody would ever collect it.
+  EXPECT_FALSE(stored("/flotilla/allocs/web-3").has_value());
+  EXPECT_FALSE(stored("/flotilla/alloc-status/web-3").has_value());
+  // Other jobs' allocations are untouched.
+  EXPECT_EQ((*stored("/flotilla/allocs/db-0"))["desired_status"], "run");
   EXPECT_EQ(call("GET", "/v1/jobs/web").status, 404);
   EXPECT_EQ(call("DELETE", "/v1/jobs/web").status, 404);
 }

@@ -216,6 +216,45 @@ kill_timeout = "2s"
         << h.path();
 }
 
+// Purging a job deletes its allocation records once their node has removed
+// the containers, whether it was stopped first or purged at once; a stop
+// alone keeps them (job status still shows how they ended).
+TEST_F(Containers, PurgedJobsLeaveNoAllocationRecords) {
+  auto count_allocs = [&](const std::string &job) {
+    json j = json::parse(d_->get("/v1/allocs?job=" + job).body, nullptr, false);
+    return j.is_object() && j["allocs"].is_array() ? static_cast<int>(j["allocs"].size()) : -1;
+  };
+  auto wait_no_allocs = [&](const std::string &job) {
+    for (int i = 0; i < 300 && count_allocs(job) != 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return count_allocs(job);
+  };
+  for (const char *name : {"gc-a", "gc-b"}) {
+    run_job(std::string("name = \"") + name + R"("
+type = "batch"
+[[task]]
+name = "say"
+image = "busybox:latest"
+command = "/bin/echo"
+args = ["done"]
+)");
+    json a = wait_for(name, {"complete", "failed"});
+    ASSERT_EQ(status_of(a), "complete") << a.dump();
+  }
+  // gc-a: stopped (records kept), then purged.
+  ASSERT_EQ(flotilla({"job", "stop", "gc-a"}).exit_code, 0);
+  json a = wait_for("gc-a", {"stopped", "complete"});
+  EXPECT_EQ(count_allocs("gc-a"), 1) << "a stop alone keeps the record";
+  std::string id = a.value("id", "");
+  ASSERT_EQ(flotilla({"job", "stop", "gc-a", "--purge"}).exit_code, 0);
+  EXPECT_EQ(wait_no_allocs("gc-a"), 0) << d_->log();
+  EXPECT_EQ(d_->get("/v1/allocs/" + id).status, 404);
+  // gc-b: purged at once.
+  ASSERT_EQ(flotilla({"job", "stop", "gc-b", "--purge"}).exit_code, 0);
+  EXPECT_EQ(wait_no_allocs("gc-b"), 0) << d_->log();
+  EXPECT_TRUE(containers_gone());
+}
+
 TEST_F(Containers, MissingImageAndBadCommandAreClearErrors) {
   run_job(R"(name = "noimage"
 type = "batch"
