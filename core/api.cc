@@ -1105,7 +1105,17 @@ using RouteFn = void (*)(const StatePtr &, Request &, const Params &, Responder 
 struct Route {
   std::vector<std::string_view> pattern;  // "*" matches one segment
   std::vector<std::pair<std::string_view, RouteFn>> methods;
+  // The "*" segment is an image reference, which may hold '/' written as
+  // %2F ("library%2Fbusybox:1.36").
+  bool slash_in_param = false;
 };
+
+bool valid_image_ref_param(std::string_view ref) {
+  if (ref.empty() || ref.size() > 512 || ref.front() == '/' || ref.back() == '/') return false;
+  for (unsigned char c : ref)
+    if (c < 0x21 || c == 0x7f) return false;
+  return ref.find("//") == std::string_view::npos && ref.find("..") == std::string_view::npos;
+}
 
 const std::vector<Route> &routes() {
   static const std::vector<Route> table = {
@@ -1121,25 +1131,13 @@ const std::vector<Route> &routes() {
       {{"v1", "allocs", "*"}, {{"GET", get_alloc}}},
       {{"v1", "allocs", "*", "logs"}, {{"GET", alloc_logs}}},
       {{"v1", "images"}, {{"GET", list_images}, {"POST", post_image}}},
-      {{"v1", "images", "*"}, {{"DELETE", delete_image}}},
+      {{"v1", "images", "*"}, {{"DELETE", delete_image}}, true},
   };
   return table;
 }
 
-std::vector<std::string> split_path(const std::string &path) {
-  std::vector<std::string> out;
-  size_t i = 1;  // paths start with '/'
-  while (i <= path.size()) {
-    size_t slash = path.find('/', i);
-    if (slash == std::string::npos) slash = path.size();
-    out.push_back(path.substr(i, slash - i));
-    i = slash + 1;
-  }
-  return out;
-}
-
 void route(const StatePtr &s, Request req, Responder r) {
-  std::vector<std::string> segs = split_path(req.path);
+  const std::vector<std::string> &segs = req.segments;
   for (const Route &route : routes()) {
     if (route.pattern.size() != segs.size()) continue;
     Params params;
@@ -1154,7 +1152,7 @@ void route(const StatePtr &s, Request req, Responder r) {
     }
     if (!match) continue;
     for (const std::string &p : params)
-      if (!valid_name(p))
+      if (!(route.slash_in_param ? valid_image_ref_param(p) : valid_name(p)))
         return r.send(
             error_json(400, "invalid", "\"" + p + "\" is not a valid name in " + req.path));
     for (const auto &[method, fn] : route.methods)

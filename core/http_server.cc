@@ -84,7 +84,8 @@ bool percent_decode(std::string_view in, bool plus_is_space, std::string &out) {
 
 // Split an origin-form target into the decoded path and query map.
 bool parse_target(const std::string &target, std::string &path,
-                  std::map<std::string, std::string> &query, std::string &why) {
+                  std::vector<std::string> &segments, std::map<std::string, std::string> &query,
+                  std::string &why) {
   if (target.empty() || target[0] != '/') {
     why = "the request target must be a path starting with '/'";
     return false;
@@ -96,6 +97,15 @@ bool parse_target(const std::string &target, std::string &path,
   if (!percent_decode(raw_path, false, path) || path.find('\0') != std::string::npos) {
     why = "the request path has a broken percent escape";
     return false;
+  }
+  segments.clear();
+  for (size_t i = 1; i <= raw_path.size();) {
+    size_t slash = raw_path.find('/', i);
+    if (slash == std::string_view::npos) slash = raw_path.size();
+    std::string seg;
+    percent_decode(raw_path.substr(i, slash - i), false, seg);  // checked above
+    segments.push_back(std::move(seg));
+    i = slash + 1;
   }
   query.clear();
   if (q == std::string::npos) return true;
@@ -496,7 +506,7 @@ int Connection::on_headers_complete() {
   req.http_major = parser.http_major;
   req.http_minor = parser.http_minor;
   std::string why;
-  if (!parse_target(req.target, req.path, req.query, why)) {
+  if (!parse_target(req.target, req.path, req.segments, req.query, why)) {
     limit_hit(400, "invalid", why);
     http_parser_pause(&parser, 1);
     return 0;

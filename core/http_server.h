@@ -32,6 +32,10 @@ struct Request {
   std::string method;                        // "GET", "POST", ...
   std::string target;                        // as received: path and query
   std::string path;                          // percent-decoded path, without the query
+  // The path split at '/' before decoding, each part decoded: an escaped
+  // slash (%2F) stays inside its segment. "/v1/images/a%2Fb" -> {"v1",
+  // "images", "a/b"}.
+  std::vector<std::string> segments;
   std::map<std::string, std::string> query;  // decoded; a repeated key keeps its last value
   Headers headers;                           // names lower-cased, in the order received
   std::string body;

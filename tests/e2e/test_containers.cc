@@ -255,6 +255,24 @@ args = ["done"]
   EXPECT_TRUE(containers_gone());
 }
 
+// References with a registry path ("library/busybox") go through the API
+// as one escaped path segment.
+TEST_F(Containers, ImagesWithSlashesInTheirNameCanBeRemoved) {
+  auto imp = flotilla({"image", "import", d_->dir() + "/busybox-oci", "--tag",
+                       "registry.example:5000/library/busybox:1.36"});
+  ASSERT_EQ(imp.exit_code, 0) << imp.output;
+  auto ls = flotilla({"image", "ls"});
+  EXPECT_NE(ls.output.find("registry.example:5000/library/busybox"), std::string::npos)
+      << ls.output;
+  auto rm = flotilla({"image", "rm", "registry.example:5000/library/busybox:1.36"});
+  EXPECT_EQ(rm.exit_code, 0) << rm.output;
+  ls = flotilla({"image", "ls"});
+  EXPECT_EQ(ls.output.find("registry.example:5000/library/busybox"), std::string::npos)
+      << ls.output;
+  EXPECT_NE(ls.output.find("busybox"), std::string::npos) << "busybox:latest stays";
+  EXPECT_EQ(e2e::http(d_->socket(), "DELETE", "/v1/images/a%2F%2Fb").status, 400);
+}
+
 TEST_F(Containers, MissingImageAndBadCommandAreClearErrors) {
   run_job(R"(name = "noimage"
 type = "batch"
