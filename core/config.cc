@@ -475,7 +475,7 @@ class ConfigReader {
       if (!near.empty()) {
         what += top ? "; did you mean [" + near + "]?" : "; did you mean \"" + near + "\"?";
       } else if (top) {
-        what += "; accepted: [node], [api], [log], [plugins], [store], [security], [plugin.<name>]";
+        what += "; accepted: [node], [api], [log], [plugins], [store], [security], [gc], [plugin.<name>]";
       } else {
         what += "; accepted here: " + join_names(names);
       }
@@ -887,6 +887,38 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
            });
   };
 
+  auto gc_section = [&](const toml::node &v, const std::string &key) {
+    const toml::table *t = r.section(v, key);
+    if (!t) return;
+    r.walk(*t, key,
+           {
+               {"terminal_after",
+                [&](const toml::node &x, const std::string &k) {
+                  auto s = r.string(x, k);
+                  if (!s) return;
+                  try {
+                    int64_t ms = parse_duration_ms(*s);
+                    if (ms < 1000) throw std::invalid_argument("must be at least 1s");
+                    cfg.gc.terminal_after_ms = ms;
+                  } catch (const std::invalid_argument &e) {
+                    r.error(x, k,
+                            quote_for_message(*s) + ": " + e.what() +
+                                " (a duration from \"1s\" to \"8760h\", like \"4h\")");
+                  }
+                }},
+               {"max_terminal",
+                [&](const toml::node &x, const std::string &k) {
+                  const auto *i = x.as_integer();
+                  if (!i || i->get() < 0 || i->get() > 1000000) {
+                    r.error(x, k,
+                            "must be an integer from 0 (no limit) to 1000000, got " + describe(x));
+                    return;
+                  }
+                  cfg.gc.max_terminal = i->get();
+                }},
+           });
+  };
+
   auto plugin_section = [&](const toml::node &v, const std::string &key) {
     const toml::table *t = v.as_table();
     if (!t) {
@@ -904,6 +936,7 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
              {"plugins", plugins_section},
              {"store", store_section},
              {"security", security_section},
+             {"gc", gc_section},
              {"plugin", plugin_section},
          });
 

@@ -59,6 +59,12 @@ struct DaemonConfig {
     bool confine_daemon = false;
   } security;
 
+  // [gc]: what the node keeps of allocations that ended (complete, failed).
+  struct Gc {
+    int64_t terminal_after_ms = 4 * 3600 * 1000;  // containers and logs kept this long
+    int64_t max_terminal = 50;                    // and at most this many allocations' worth
+  } gc;
+
   std::vector<PluginSettings> plugins;  // in file order, disabled ones included
 };
 

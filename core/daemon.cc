@@ -221,6 +221,7 @@ void Daemon::start() {
     runtime_ = std::make_unique<RuntimeClient>(rt, rt_self);
     reconciler_ = std::make_unique<Reconciler>(&loop_, store_.get(), runtime_.get(), plugins_.get(),
                                                config_.node.name);
+    reconciler_->set_gc(config_.gc.terminal_after_ms, config_.gc.max_terminal);
     reconciler_->start();
   } else {
     log::info("core", "no plugin provides " FLOTILLA_RUNTIME_INTERFACE_ID
@@ -285,6 +286,12 @@ void Daemon::reload() {
                     if (!r.ok()) log::error("core", "cannot update node record: " + r.message);
                   },
                   lease_);
+  }
+  if (next.gc.terminal_after_ms != config_.gc.terminal_after_ms ||
+      next.gc.max_terminal != config_.gc.max_terminal) {
+    config_.gc = next.gc;
+    if (reconciler_) reconciler_->set_gc(config_.gc.terminal_after_ms, config_.gc.max_terminal);
+    applied.push_back("gc");
   }
   auto differs = [](const nlohmann::json &a, const nlohmann::json &b) { return a != b; };
   if (next.node.name != config_.node.name || next.node.data_dir != config_.node.data_dir ||

@@ -1,8 +1,10 @@
 #include "reconciler.h"
 
+#include <algorithm>
 #include <random>
 #include <set>
 
+#include "jobspec.h"
 #include "log.h"
 #include "rfc3339.h"
 
@@ -47,6 +49,8 @@ struct Reconciler::Alloc {
   bool stopping = false;
   bool stopped = false;  // its tasks ended (failed, complete or stopped)
   bool removed = false;  // its containers were removed after a stop
+  bool collected = false;  // ... by garbage collection, after it ended
+  uint64_t ended_ms = 0;   // loop time the node first saw it ended; 0: it has not
   std::string final_status;  // set when the allocation was stopped
 };
 
@@ -81,10 +85,17 @@ std::string Reconciler::container_id(const std::string &alloc, const std::string
   return alloc + "." + task;
 }
 
+void Reconciler::set_gc(int64_t after_ms, int64_t max_terminal) {
+  gc_after_ms_ = after_ms;
+  gc_max_terminal_ = max_terminal;
+  if (!stopped_) schedule_gc_sweep(true);  // new limits apply now (no-op before start)
+}
+
 void Reconciler::stop() {
   if (stopped_) return;
   stopped_ = true;
   watch_.reset();
+  if (gc_timer_) close_timer(gc_timer_);
   if (exit_sub_) plugins_->events().unsubscribe(exit_sub_);
   exit_sub_ = 0;
   for (auto &[id, a] : allocs_)
@@ -100,6 +111,12 @@ Reconciler::Alloc *Reconciler::find_alloc(const std::string &id) {
 }
 
 void Reconciler::start() {
+  // Often enough that a container outlives its time by at most a quarter
+  // of it (at most 30 s).
+  gc_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, gc_timer_);
+  gc_timer_->data = this;
+  schedule_gc_sweep(false);
   exit_sub_ = plugins_->events().subscribe("runtime.exit", [this](const std::string &,
                                                                    const std::string &payload) {
     json e = json::parse(payload, nullptr, false);
@@ -223,6 +240,7 @@ void Reconciler::on_alloc_put(const json &record, int64_t mod_revision) {
     // Already finished before a restart: nothing to run again.
     a->stopped = true;
     a->final_status = prev_status;
+    if (prev.value("containers_removed", false)) a->removed = a->collected = true;
     // Stopped meanwhile: its containers (kept for their logs) go now.
     if (!run) stop_alloc(*a, record.value("desired_description", "stop requested"), false);
     return;
@@ -252,6 +270,47 @@ void Reconciler::on_alloc_put(const json &record, int64_t mod_revision) {
     run_task(*a, t);
   }
   report(*a);
+}
+
+// The sweep runs periodically, and soon (next loop iteration) when an
+// allocation has just ended, so that max_terminal holds without delay.
+void Reconciler::schedule_gc_sweep(bool soon) {
+  if (!gc_timer_) return;
+  const uint64_t every = static_cast<uint64_t>(std::clamp<int64_t>(gc_after_ms_ / 4, 250, 30000));
+  uv_timer_start(
+      gc_timer_, [](uv_timer_t *t) { static_cast<Reconciler *>(t->data)->gc_sweep(); },
+      soon ? 0 : every, every);
+}
+
+void Reconciler::gc_sweep() {
+  if (stopped_) return;
+  const uint64_t now = uv_now(loop_);
+  std::vector<std::pair<uint64_t, std::string>> ended;  // (since, alloc), oldest first
+  for (auto &[id, a] : allocs_) {
+    if (a->stopping || a->removed) continue;
+    const std::string st = aggregate_status(*a);
+    if (st != "complete" && st != "failed") {
+      a->ended_ms = 0;
+      continue;
+    }
+    if (a->ended_ms == 0) a->ended_ms = now;
+    ended.emplace_back(a->ended_ms, id);
+  }
+  std::sort(ended.begin(), ended.end());
+  const size_t keep = gc_max_terminal_ > 0 ? static_cast<size_t>(gc_max_terminal_) : ended.size();
+  const size_t excess = ended.size() > keep ? ended.size() - keep : 0;
+  for (size_t i = 0; i < ended.size(); ++i) {
+    const bool expired = now - ended[i].first >= static_cast<uint64_t>(gc_after_ms_);
+    if (!expired && i >= excess) continue;
+    Alloc *a = find_alloc(ended[i].second);
+    if (!a) continue;
+    a->collected = true;
+    stop_alloc(*a,
+               expired ? "garbage collection: ended " + format_duration_ms(gc_after_ms_) + " ago"
+                       : "garbage collection: more than " + std::to_string(gc_max_terminal_) +
+                             " ended allocations on this node",
+               false);
+  }
 }
 
 void Reconciler::on_alloc_deleted(const std::string &id) {
@@ -553,6 +612,14 @@ void Reconciler::report(Alloc &a) {
                  {"status", aggregate_status(a)},
                  {"tasks", tasks},
                  {"updated_at", rfc3339_now(true)}};
+  if ((status["status"] == "complete" || status["status"] == "failed") && a.ended_ms == 0 &&
+      !a.removed)
+    schedule_gc_sweep(true);
+  if (a.collected && a.removed) {
+    status["containers_removed"] = true;
+    status["message"] = "its containers and logs were removed by the node's garbage collection "
+                        "([gc] in the daemon's config)";
+  }
   const std::string id = a.id;
   store_->put(kStatus + id, status.dump(), [id](StoreResult r, int64_t) {
     if (!r.ok()) log::error("reconciler", "cannot report status of " + id + ": " + r.message);

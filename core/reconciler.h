@@ -32,6 +32,13 @@ class Reconciler {
   // Stop watching and cancel pending restarts. Containers keep running.
   void stop();
 
+  // [gc] (docs/config.md): the containers, and so the logs, of allocations
+  // that ended (complete or failed) are removed after_ms after the node saw
+  // them end, or sooner, oldest first, while more than max_terminal (0: no
+  // limit) are kept. The records stay until their job is purged. May be
+  // called again (SIGHUP reload).
+  void set_gc(int64_t after_ms, int64_t max_terminal);
+
   // Container id of an allocation's task: "<alloc>.<task>".
   static std::string container_id(const std::string &alloc, const std::string &task);
 
@@ -48,6 +55,8 @@ class Reconciler {
   void apply_restart_policy(Alloc &a, Task &t);
   void stop_alloc(Alloc &a, const std::string &why, bool purge);
   void collect_if_job_gone(Alloc &a);
+  void gc_sweep();
+  void schedule_gc_sweep(bool soon);
   void report(Alloc &a);
   std::string aggregate_status(const Alloc &a) const;
   Alloc *find_alloc(const std::string &id);
@@ -63,6 +72,9 @@ class Reconciler {
   nlohmann::json previous_ = nlohmann::json::object();    // alloc-status at start: id -> status
   std::map<std::string, std::unique_ptr<Alloc>> allocs_;
   std::unique_ptr<StoreClient::Watch> watch_;
+  int64_t gc_after_ms_ = 4 * 3600 * 1000;
+  int64_t gc_max_terminal_ = 50;
+  uv_timer_t *gc_timer_ = nullptr;
 };
 
 }  // namespace flotilla

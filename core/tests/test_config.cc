@@ -146,11 +146,28 @@ TEST(Config, UnknownTableWithoutSuggestionListsAccepted) {
   EXPECT_EQ(error_of("[scheduler]\n"),
             at(1,
                "scheduler: unknown table; accepted: [node], [api], [log], [plugins], [store], "
-               "[security], [plugin.<name>]"));
+               "[security], [gc], [plugin.<name>]"));
   EXPECT_EQ(error_of("verbose = true\n"),
             at(1,
                "verbose: unknown key; accepted: [node], [api], [log], [plugins], [store], "
-               "[security], [plugin.<name>]"));
+               "[security], [gc], [plugin.<name>]"));
+}
+
+TEST(Config, GcKeepsEndedAllocationsForADurationAndUpToACount) {
+  DaemonConfig d = parse_config("", "t.toml");
+  EXPECT_EQ(d.gc.terminal_after_ms, 4 * 3600 * 1000);
+  EXPECT_EQ(d.gc.max_terminal, 50);
+  DaemonConfig c = parse_config("[gc]\nterminal_after = \"90m\"\nmax_terminal = 0\n", "t.toml");
+  EXPECT_EQ(c.gc.terminal_after_ms, 90 * 60 * 1000);
+  EXPECT_EQ(c.gc.max_terminal, 0);
+  EXPECT_NE(error_of("[gc]\nterminal_after = \"500ms\"\n").find("gc.terminal_after"),
+            std::string::npos);
+  EXPECT_NE(error_of("[gc]\nterminal_after = \"500ms\"\n").find("at least 1s"),
+            std::string::npos);
+  EXPECT_NE(error_of("[gc]\nterminal_after = 60\n").find("must be a string"), std::string::npos);
+  EXPECT_EQ(error_of("[gc]\nmax_terminal = -1\n"),
+            at(2, "gc.max_terminal: must be an integer from 0 (no limit) to 1000000, got an "
+                  "integer -1"));
 }
 
 TEST(Config, UnknownKeySuggestsTheNearestOne) {

@@ -38,7 +38,7 @@ class Containers : public ::testing::Test {
     if (access("/usr/sbin/runc", X_OK) != 0 && access("/usr/bin/runc", X_OK) != 0)
       GTEST_SKIP() << "SKIPPED: runc is not installed";
     d_ = std::make_unique<e2e::Daemon>();
-    d_->write_config("[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH "\"\n\n"
+    d_->write_config(extra_config() + "[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH "\"\n\n"
                      "[plugin.runtime-runc]\npath = \"" RUNTIME_RUNC_PATH "\"\nshim = \"" RUNC_SHIM_PATH
                      "\"\nroot = \"" + d_->dir() + "/oci-root\"\ncgroup_parent = \"flotilla-e2e-" +
                      std::to_string(getpid()) + "\"\n");
@@ -144,8 +144,78 @@ class Containers : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
+  // More daemon config, for fixtures that need it.
+  virtual std::string extra_config() const { return ""; }
+
   std::unique_ptr<e2e::Daemon> d_;
 };
+
+// [gc]: a node keeps at most max_terminal ended allocations' containers, and
+// none for longer than terminal_after. One daemon per rule, so that each test
+// shows its own rule at work.
+class ContainersGcCount : public Containers {
+ protected:
+  std::string extra_config() const override {
+    return "[gc]\nterminal_after = \"1h\"\nmax_terminal = 1\n\n";
+  }
+};
+class ContainersGcTime : public Containers {
+ protected:
+  std::string extra_config() const override {
+    return "[gc]\nterminal_after = \"2s\"\nmax_terminal = 0\n\n";
+  }
+};
+
+std::string batch_job(const std::string &name) {
+  return "name = \"" + name + R"("
+type = "batch"
+[[task]]
+name = "say"
+image = "busybox:latest"
+command = "/bin/echo"
+args = ["said"]
+)";
+}
+
+bool containers_removed(const json &a) {
+  return a.contains("status") && a["status"].is_object() &&
+         a["status"].value("containers_removed", false);
+}
+
+TEST_F(ContainersGcCount, BeyondMaxTerminalTheOldestEndedAllocationLosesItsContainers) {
+  run_job(batch_job("gc-one"));
+  json one = wait_for("gc-one", {"complete", "failed"});
+  ASSERT_EQ(status_of(one), "complete") << one.dump();
+  auto logs = flotilla({"alloc", "logs", one.value("id", "")});
+  EXPECT_NE(logs.output.find("said"), std::string::npos) << logs.output;
+  run_job(batch_job("gc-two"));
+  json two = wait_for("gc-two", {"complete", "failed"});
+  ASSERT_EQ(status_of(two), "complete") << two.dump();
+  for (int i = 0; i < 300 && !containers_removed(allocs("gc-one")[0]); ++i)  // a 30 s guard
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  one = allocs("gc-one")[0];
+  ASSERT_TRUE(containers_removed(one)) << one.dump() << d_->log();
+  EXPECT_EQ(status_of(one), "complete") << "the record keeps how it ended";
+  EXPECT_NE(flotilla({"alloc", "logs", one.value("id", "")}).exit_code, 0);
+  // The younger one is within the limit, and an hour is far away.
+  two = allocs("gc-two")[0];
+  EXPECT_FALSE(containers_removed(two)) << two.dump();
+  logs = flotilla({"alloc", "logs", two.value("id", "")});
+  EXPECT_NE(logs.output.find("said"), std::string::npos) << logs.output;
+}
+
+TEST_F(ContainersGcTime, AfterTerminalAfterAnEndedAllocationLosesItsContainers) {
+  run_job(batch_job("gc-time"));
+  json a = wait_for("gc-time", {"complete", "failed"});
+  ASSERT_EQ(status_of(a), "complete") << a.dump();
+  for (int i = 0; i < 300 && !containers_removed(allocs("gc-time")[0]); ++i)  // a 30 s guard
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  a = allocs("gc-time")[0];
+  ASSERT_TRUE(containers_removed(a)) << a.dump() << d_->log();
+  EXPECT_EQ(status_of(a), "complete");
+  EXPECT_EQ(task_of(a, "say").value("exit_code", -1), 0);
+  EXPECT_TRUE(containers_gone());
+}
 
 TEST_F(Containers, BatchJobRunsItsOutputIsInTheLogsAndItCompletes) {
   run_job(R"(name = "hello"
