@@ -958,6 +958,12 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
             return r.send(error_json(404, "not_found", "allocation \"" + id + "\" not found"));
           json alloc = parse_record(kvs[0][0].value);
           json status = kvs[1].empty() ? json(nullptr) : parse_record(kvs[1][0].value);
+          if (status.is_object() && status.value("containers_removed", false))
+            return r.send(error_json(
+                410, "gone",
+                "the logs of allocation \"" + id + "\" are gone: it ended and the node's garbage "
+                "collection removed its containers ([gc] terminal_after / max_terminal in the "
+                "daemon's config)"));
 
           auto runtimes = s->providers(FLOTILLA_RUNTIME_INTERFACE_ID);
           if (runtimes.empty())

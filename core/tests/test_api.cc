@@ -955,6 +955,17 @@ TEST_P(ApiTest, LogsAreStreamedFromTheRuntimesFile) {
   EXPECT_EQ(call("GET", "/v1/allocs/nope/logs").status, 404);
 }
 
+TEST_P(ApiTest, LogsOfAGarbageCollectedAllocationAreGone410) {
+  seed_allocs();
+  write_log("web-1.server", "stdout", "old\n");
+  store_put("/flotilla/alloc-status/web-1",
+            {{"id", "web-1"}, {"status", "complete"}, {"containers_removed", true}});
+  HttpResponse r = call("GET", "/v1/allocs/web-1/logs");
+  EXPECT_EQ(r.status, 410) << r.body;
+  EXPECT_NE(body(r)["error"]["message"].get<std::string>().find("garbage collection"),
+            std::string::npos);
+}
+
 TEST_P(ApiTest, FollowingLogsEndsWhenTheAllocationEnds) {
   seed_allocs();
   write_log("web-0.server", "stdout", "one\n");
