@@ -6,7 +6,7 @@
 #   tools/bench/container_start.sh BUILD_DIR [--runtime runc|crun|both] [--n N]
 #
 # Flotilla, per iteration: POST /v1/jobs (a batch job running /bin/sleep
-# 1000 from busybox:latest), then GET /v1/jobs/<name> every 2 ms until the
+# 1000 from busybox:latest), then GET /v1/jobs/<name> every 1 ms until the
 # allocation's status is "running" (the reconciler reports that once the
 # runtime's start returned); the figure includes up to one poll interval.
 # Then DELETE ?purge=true and wait until the container is gone.
@@ -197,7 +197,7 @@ def flotilla_once(name, keep_config=False):
             if s in ("failed", "complete", "lost"):
                 sys.exit("job %s went %s: %s" % (name, s, json.dumps(a[0])))
         if time.monotonic() > deadline: sys.exit("job %s never ran: %s" % (name, json.dumps(a)))
-        time.sleep(0.002)
+        time.sleep(0.001)
     dt = time.monotonic() - t0
     if keep_config:  # the config.json Flotilla generated, for the raw bundle
         cfgs = glob.glob(d + "/flo/data/**/bundle/config.json", recursive=True)
@@ -261,7 +261,7 @@ PY
 }
 
 echo "container start latency, $n runs each after 2 warm-up runs (ms; Flotilla = POST /v1/jobs until"
-echo "the allocation is \"running\", polled every 2 ms, so it includes up to one poll interval;"
+echo "the allocation is \"running\", polled every 1 ms, so it includes up to one poll interval;"
 echo "raw = '<runtime> run -d' on Flotilla's own config.json for the task, rootfs an overlay of the same image)"
 status=0
 for rt in $runtimes; do
