@@ -241,6 +241,32 @@ TEST_F(Security, RestrictedHasNoCapabilitiesAndCannotBecomeRoot) {
   EXPECT_EQ(root.call("setuid0"), "ok") << root.raw;
 }
 
+TEST_F(Security, ReadOnlyRootfsAndTheExampleJobUnderTheExamplePolicy) {
+  // The policy examples/flotillad.toml ships.
+  start("default_profile = \"default\"\nmin_profile = \"default\"\n"
+        "allowed_cap_add = [\"NET_BIND_SERVICE\"]\nallow_root = true\nallow_unconfined = false\n");
+  ProbeResult rw = probe("rw", "profile = \"default\"\n");
+  ProbeResult ro = probe("ro", "profile = \"default\"\nread_only_rootfs = true\n");
+  EXPECT_EQ(rw.call("write_root"), "ok") << rw.raw;
+  EXPECT_EQ(ro.call("write_root"), "EROFS") << ro.raw;
+
+  // examples/jobs/hello.toml, unchanged, confined by the default profile.
+  std::string image = d_->dir() + "/busybox-oci";
+  auto mk = e2e::run({e2e::source_dir() + "/tools/mkimage-busybox", image});
+  ASSERT_EQ(mk.exit_code, 0) << mk.output;
+  ASSERT_EQ(flotilla({"image", "import", image, "--tag", "busybox:latest"}).exit_code, 0);
+  auto run = flotilla({"job", "run", e2e::source_dir() + "/examples/jobs/hello.toml"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  json a;
+  for (int i = 0; i < 900 && status_of(a = first_alloc("hello")) != "complete" &&
+                  status_of(a) != "failed";
+       ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(status_of(a), "complete") << a.dump() << d_->log();
+  auto logs = flotilla({"alloc", "logs", a.value("id", "")});
+  EXPECT_NE(logs.output.find("hello from flotilla"), std::string::npos) << logs.output;
+}
+
 TEST_F(Security, CapAddOpensTheCapabilityConditionedRules) {
   start("allowed_cap_add = [\"SYS_ADMIN\"]\n");
   ProbeResult without = probe("without", "profile = \"default\"\n");

@@ -33,6 +33,12 @@ static long probe_write_file(void) {
   close(fd);
   return n == 1 ? 0 : -1;
 }
+static long probe_write_root(void) {
+  int fd = open("/probe-written", O_CREAT | O_WRONLY | O_TRUNC, 0600);
+  if (fd < 0) return -1;
+  close(fd);
+  return 0;
+}
 static long probe_fork(void) {
   pid_t pid = fork();
   if (pid < 0) return -1;
@@ -98,6 +104,7 @@ struct probe {
 static const struct probe probes[] = {
     {"getpid", probe_getpid},
     {"write_file", probe_write_file},
+    {"write_root", probe_write_root},
     {"fork", probe_fork},
     {"socket_inet", probe_socket_inet},
     {"socket_vsock", probe_socket_vsock},
@@ -136,6 +143,7 @@ static const char *errno_name(int e) {
     case ENOTDIR: return "ENOTDIR";
     case EOPNOTSUPP: return "EOPNOTSUPP";
     case EAGAIN: return "EAGAIN";
+    case EROFS: return "EROFS";
     default: return "E?";
   }
 }
