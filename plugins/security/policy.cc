@@ -67,6 +67,10 @@ bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::strin
   if (cfg.contains("default_profile")) {
     if (!cfg["default_profile"].is_string()) return fail("default_profile", "must be a string");
     out.default_profile = cfg["default_profile"].get<std::string>();
+    if (out.default_profile == "unconfined")
+      return fail("default_profile",
+                  "cannot be \"unconfined\": a task runs unconfined only when it asks for it by "
+                  "name (and allow_unconfined = true)");
   }
   if (cfg.contains("allowed_cap_add")) {
     const json &caps = cfg["allowed_cap_add"];

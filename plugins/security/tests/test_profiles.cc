@@ -355,6 +355,10 @@ TEST(PolicyConfig, BadValuesNameTheKey) {
   EXPECT_EQ(key, "allowed_cap_add[0]");
   EXPECT_FALSE(sec::parse_policy(json{{"min_profile", "unconfined"}}, p, key, msg));
   EXPECT_EQ(key, "min_profile");
+  EXPECT_FALSE(sec::parse_policy(json{{"default_profile", "unconfined"}, {"allow_unconfined", true}},
+                                 p, key, msg));
+  EXPECT_EQ(key, "default_profile");
+  EXPECT_NE(msg.find("only when it asks for it by name"), std::string::npos) << msg;
   EXPECT_FALSE(sec::parse_policy(json{{"alow_root", true}}, p, key, msg));
   EXPECT_EQ(key, "alow_root");
   EXPECT_TRUE(sec::parse_policy(json{{"allow_root", false}, {"allowed_cap_add", {"net_admin"}}},
