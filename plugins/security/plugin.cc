@@ -22,6 +22,7 @@ struct Instance {
   const flotilla_host *host;
   sec::HostPolicy policy;
   std::map<std::string, sec::Profile> profiles;
+  sec::BrokenProfiles broken;  // configured but refused at load
   sec::HostInfo machine;
 
   void log(flotilla_log_level level, const std::string &m) const {
@@ -64,7 +65,7 @@ flotilla_status admit(void *self, const char *job_json) {
       } catch (const sec::ProfileError &e) {
         return inst->error(FLOTILLA_E_INVALID, label + ": " + e.what());
       }
-      if (auto r = sec::check_task(inst->policy, inst->profiles, t, label))
+      if (auto r = sec::check_task(inst->policy, inst->profiles, t, label, inst->broken))
         return from_refusal(*inst, r);
       const sec::Profile *p = sec::profile_for(inst->policy, inst->profiles, t);
       if (p && p->unconfined)
@@ -100,7 +101,7 @@ flotilla_status resolve(void *self, const char *task_json, flotilla_buf *oci_out
     } catch (const sec::ProfileError &e) {
       return inst->error(FLOTILLA_E_INVALID, label + ": " + e.what());
     }
-    if (auto r = sec::check_task(inst->policy, inst->profiles, t, label))
+    if (auto r = sec::check_task(inst->policy, inst->profiles, t, label, inst->broken))
       return from_refusal(*inst, r);
     const sec::Profile *p = sec::profile_for(inst->policy, inst->profiles, t);
     json patch = sec::resolve_oci(*p, t, inst->machine);
@@ -173,15 +174,21 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
           inst->log(FLOTILLA_LOG_INFO, "profile " + it.key() + " loaded from " + p.source);
           inst->profiles.emplace(it.key(), std::move(p));
         } catch (const sec::ProfileError &e) {
-          host->config_error(host->host_ctx, at.c_str(), e.what());
-          return FLOTILLA_E_INVALID;
+          // Refused, not fatal: the daemon keeps running with the profiles
+          // that work, and a task naming this one is refused with why.
+          inst->log(FLOTILLA_LOG_ERROR, "plugin.security." + at + ": " + e.what() +
+                                            "; the profile is not loaded and jobs naming it "
+                                            "are refused");
+          inst->broken.emplace(it.key(), e.what());
         }
       }
     }
-    // The default itself must pass the floor.
+    // The default itself must load and pass the floor: without it no task
+    // could run confined.
     sec::TaskSecurity none;
     none.task_user = "1";  // the user is judged per task, not here
-    if (auto r = sec::check_task(inst->policy, inst->profiles, none, "default_profile")) {
+    if (auto r = sec::check_task(inst->policy, inst->profiles, none, "default_profile",
+                                 inst->broken)) {
       host->config_error(host->host_ctx, "default_profile", r.message.c_str());
       return FLOTILLA_E_INVALID;
     }

@@ -98,9 +98,14 @@ const Profile *profile_for(const HostPolicy &policy, const std::map<std::string,
 }
 
 Refusal check_task(const HostPolicy &policy, const std::map<std::string, Profile> &profiles,
-                   const TaskSecurity &t, const std::string &label) {
+                   const TaskSecurity &t, const std::string &label, const BrokenProfiles &broken) {
   auto refuse = [&](Refusal::Kind k, const std::string &m) { return Refusal{k, label + ": " + m}; };
   const Profile *p = profile_for(policy, profiles, t);
+  const std::string wanted = t.profile.empty() ? policy.default_profile : t.profile;
+  if (auto it = broken.find(wanted); !p && it != broken.end())
+    return refuse(Refusal::invalid, "profile " + in_quotes(wanted) +
+                                        " could not be loaded when the plugin started, so no task "
+                                        "may use it: " + it->second);
   if (!p) {
     std::vector<std::string> names;
     for (const auto &[n, _] : profiles) names.push_back(n);

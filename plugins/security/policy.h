@@ -35,10 +35,15 @@ struct Refusal {
 bool parse_policy(const nlohmann::json &cfg, HostPolicy &out, std::string &key,
                   std::string &message);
 
+// Profiles the operator configured that could not be loaded: name -> the
+// precise reason. A task that would use one is refused with that reason.
+using BrokenProfiles = std::map<std::string, std::string>;
+
 // Check one task against its profile and the host policy. label names the
 // task in messages: "task[0] (server)".
 Refusal check_task(const HostPolicy &policy, const std::map<std::string, Profile> &profiles,
-                   const TaskSecurity &t, const std::string &label);
+                   const TaskSecurity &t, const std::string &label,
+                   const BrokenProfiles &broken = {});
 
 // The profile a task gets: its own, else the host's default.
 const Profile *profile_for(const HostPolicy &policy, const std::map<std::string, Profile> &profiles,

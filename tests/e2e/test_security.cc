@@ -355,7 +355,7 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   std::filesystem::remove(file);
 }
 
-TEST_F(Security, BadProfilesAreRefusedAtStartWithThePreciseReason) {
+TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunning) {
   const std::string base = "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-bad";
   struct Case {
     std::string ext, text, says;
@@ -372,27 +372,46 @@ TEST_F(Security, BadProfilesAreRefusedAtStartWithThePreciseReason) {
       {".toml", "[[syscall]]\nnames = [\"read\"]\nif_caps = [\"NOPE\"]\n",
        "-bad4.toml line 3, syscall[0].if_caps[0]: unknown capability \"NOPE\""},
   };
+  std::string profiles = "[plugin.security.profiles]\n";
+  std::vector<std::string> files;
   for (size_t i = 0; i < std::size(cases); ++i) {
-    std::string file = base + std::to_string(i) + cases[i].ext;
-    std::ofstream(file) << cases[i].text;
-    e2e::Daemon bad;
-    std::string cfg = "[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH
-                      "\"\n[plugin.security.profiles]\ncustom = \"" + file + "\"\n";
-    bad.write_config(cfg);
-    EXPECT_FALSE(bad.start()) << cases[i].text;
-    EXPECT_NE(bad.log().find("plugin.security.profiles.custom"), std::string::npos) << bad.log();
-    EXPECT_NE(bad.log().find(cases[i].says), std::string::npos) << cases[i].says << "\n" << bad.log();
-    std::filesystem::remove(file);
+    files.push_back(base + std::to_string(i) + cases[i].ext);
+    std::ofstream(files.back()) << cases[i].text;
+    profiles += "bad" + std::to_string(i) + " = \"" + files.back() + "\"\n";
   }
-  // A daemon that is running keeps running when a job names a profile it
-  // does not have, and still runs containers after.
-  start("");
-  auto r = submit("name = \"x\"\n[[task]]\nname = \"t\"\nimage = \"flotilla-probe:latest\"\n"
-                  "command = \"/probe\"\n[task.security]\nprofile = \"custom\"\n");
-  EXPECT_EQ(r.status, 400) << r.body;
+  start(profiles);
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const std::string name = "bad" + std::to_string(i);
+    // Refused at load, in the log with the config key...
+    EXPECT_NE(d_->log().find("plugin.security.profiles." + name), std::string::npos) << d_->log();
+    EXPECT_NE(d_->log().find(cases[i].says), std::string::npos) << cases[i].says << "\n" << d_->log();
+    // ... and a job that names it is refused with the same reason.
+    auto r = submit("name = \"uses-" + name + "\"\n[[task]]\nname = \"t\"\n"
+                    "image = \"flotilla-probe:latest\"\ncommand = \"/probe\"\n"
+                    "[task.security]\nprofile = \"" + name + "\"\n");
+    EXPECT_EQ(r.status, 400) << r.body;
+    json body = json::parse(r.body, nullptr, false);
+    std::string message = body.is_object() && body.contains("error") ? body["error"].value("message", "") : r.body;
+    EXPECT_NE(message.find("profile \"" + name + "\" could not be loaded"), std::string::npos) << message;
+    EXPECT_NE(message.find(cases[i].says), std::string::npos) << message;
+  }
+  for (const auto &f : files) std::filesystem::remove(f);
+  // The daemon keeps running and still runs containers.
   EXPECT_EQ(d_->get("/v1/health").status, 200);
   ProbeResult after = probe("after", "");
   EXPECT_EQ(after.call("getpid"), "ok") << after.raw;
+  EXPECT_EQ(after.call("userfaultfd"), "EPERM") << after.raw;
+
+  // Only a broken default_profile stops the start: nothing could run confined.
+  std::string file = base + "-default.json";
+  std::ofstream(file) << cases[0].text;
+  e2e::Daemon bad;
+  bad.write_config("[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH
+                   "\"\ndefault_profile = \"mine\"\n[plugin.security.profiles]\nmine = \"" + file + "\"\n");
+  EXPECT_FALSE(bad.start());
+  EXPECT_NE(bad.log().find("plugin.security.default_profile"), std::string::npos) << bad.log();
+  EXPECT_NE(bad.log().find("unknown syscall \"make_coffee\""), std::string::npos) << bad.log();
+  std::filesystem::remove(file);
 }
 
 TEST_F(Security, ConfinedDaemonStillRunsContainersAndItsChildrenCannotEscapeItsFilter) {

@@ -329,6 +329,17 @@ TEST_F(Policy, EachRuleRefusesByName) {
   EXPECT_EQ(check(t).kind, sec::Refusal::invalid);
 }
 
+TEST_F(Policy, AProfileThatFailedToLoadIsRefusedWithItsReason) {
+  sec::BrokenProfiles broken = {{"web", "profile /etc/web.json: syscalls[0].names[0]: unknown syscall \"x\""}};
+  sec::TaskSecurity t;
+  t.profile = "web";
+  sec::Refusal r = sec::check_task(policy, profiles, t, "task[0] (web)", broken);
+  EXPECT_EQ(r.kind, sec::Refusal::invalid);
+  EXPECT_EQ(r.message,
+            "task[0] (web): profile \"web\" could not be loaded when the plugin started, so no "
+            "task may use it: profile /etc/web.json: syscalls[0].names[0]: unknown syscall \"x\"");
+}
+
 TEST_F(Policy, RestrictedProfileRules) {
   policy.allowed_cap_add = {"ALL"};
   sec::TaskSecurity t;
