@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -42,6 +43,16 @@ struct ProbeResult {
   std::string call(const std::string &n) const {
     auto it = calls.find(n);
     return it == calls.end() ? "(not run)" : it->second;
+  }
+};
+
+// Removes the files a test wrote outside its daemon's directory, also when
+// an assertion ends the test early.
+struct RemoveFiles {
+  std::vector<std::string> paths;
+  ~RemoveFiles() {
+    std::error_code ec;
+    for (const auto &p : paths) fs::remove(p, ec);
   }
 };
 
@@ -135,7 +146,35 @@ class Security : public ::testing::Test {
         ours.push_back(f);
       }
     for (auto it = ours.rbegin(); it != ours.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
+    remove_cgroup_parent();
     d_.reset();
+  }
+
+  // The cgroup parent this test process named, in every cgroup hierarchy,
+  // deepest first (rmdir only removes empty cgroups: nothing else is hit).
+  static void remove_cgroup_parent() {
+    const std::string name = "flotilla-e2e-sec-" + std::to_string(getpid());
+    std::istringstream mounts(slurp("/proc/self/mountinfo"));
+    std::string line;
+    while (std::getline(mounts, line)) {
+      std::istringstream ls(line);
+      std::vector<std::string> f;
+      for (std::string w; ls >> w;) f.push_back(w);
+      auto dash = std::find(f.begin(), f.end(), "-");
+      if (f.size() < 5 || dash == f.end() || dash + 1 == f.end()) continue;
+      if (dash[1] != "cgroup" && dash[1] != "cgroup2") continue;
+      std::string top = f[4] + "/" + name;
+      std::error_code ec;
+      if (!fs::exists(top, ec)) continue;
+      std::vector<fs::path> dirs;
+      for (const auto &e : fs::recursive_directory_iterator(top, ec))
+        if (e.is_directory(ec)) dirs.push_back(e.path());
+      std::sort(dirs.begin(), dirs.end(), [](const fs::path &a, const fs::path &b) {
+        return a.string().size() > b.string().size();
+      });
+      for (const auto &d : dirs) ::rmdir(d.c_str());
+      ::rmdir(top.c_str());
+    }
   }
 
   e2e::RunResult flotilla(std::vector<std::string> args) {
@@ -327,6 +366,7 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   // Allow by default (so runc's own set-up runs), with rules whose includes
   // and excludes only this host and this container can decide.
   std::string file = "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-docker.json";
+  RemoveFiles cleanup{{file}};
   std::ofstream(file) << R"({
   "defaultAction": "SCMP_ACT_ALLOW",
   "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
@@ -352,7 +392,6 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   EXPECT_EQ(plain.call("socket_inet"), "ok") << plain.raw;
   ProbeResult admin = probe("docker-admin", "profile = \"docker\"\ncap_add = [\"SYS_ADMIN\"]\n");
   EXPECT_EQ(admin.call("keyctl"), "ok") << admin.raw;  // excluded by the capability
-  std::filesystem::remove(file);
 }
 
 TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunning) {
@@ -373,7 +412,8 @@ TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunni
        "-bad4.toml line 3, syscall[0].if_caps[0]: unknown capability \"NOPE\""},
   };
   std::string profiles = "[plugin.security.profiles]\n";
-  std::vector<std::string> files;
+  RemoveFiles cleanup;
+  std::vector<std::string> &files = cleanup.paths;
   for (size_t i = 0; i < std::size(cases); ++i) {
     files.push_back(base + std::to_string(i) + cases[i].ext);
     std::ofstream(files.back()) << cases[i].text;
@@ -395,7 +435,6 @@ TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunni
     EXPECT_NE(message.find("profile \"" + name + "\" could not be loaded"), std::string::npos) << message;
     EXPECT_NE(message.find(cases[i].says), std::string::npos) << message;
   }
-  for (const auto &f : files) std::filesystem::remove(f);
   // The daemon keeps running and still runs containers.
   EXPECT_EQ(d_->get("/v1/health").status, 200);
   ProbeResult after = probe("after", "");
@@ -404,6 +443,7 @@ TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunni
 
   // Only a broken default_profile stops the start: nothing could run confined.
   std::string file = base + "-default.json";
+  files.push_back(file);
   std::ofstream(file) << cases[0].text;
   e2e::Daemon bad;
   bad.write_config("[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH
@@ -411,7 +451,6 @@ TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunni
   EXPECT_FALSE(bad.start());
   EXPECT_NE(bad.log().find("plugin.security.default_profile"), std::string::npos) << bad.log();
   EXPECT_NE(bad.log().find("unknown syscall \"make_coffee\""), std::string::npos) << bad.log();
-  std::filesystem::remove(file);
 }
 
 TEST_F(Security, ConfinedDaemonStillRunsContainersAndItsChildrenCannotEscapeItsFilter) {
