@@ -379,6 +379,8 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
     {"names": ["add_key"], "action": "SCMP_ACT_ERRNO", "includes": {"minKernel": "99.0"}},
     {"names": ["request_key"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
      "includes": {"arches": ["s390x"]}},
+    {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+     "includes": {"caps": ["CAP_SYS_ADMIN"]}},
     {"names": ["socket"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95,
      "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_EQ"}]}
   ]})";
@@ -391,7 +393,9 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   EXPECT_EQ(plain.call("socket_vsock"), "EOPNOTSUPP") << plain.raw;  // errno 95, arg rule
   EXPECT_EQ(plain.call("socket_inet"), "ok") << plain.raw;
   ProbeResult admin = probe("docker-admin", "profile = \"docker\"\ncap_add = [\"SYS_ADMIN\"]\n");
+  EXPECT_EQ(plain.call("personality_query"), "ok") << plain.raw;  // included only with SYS_ADMIN
   EXPECT_EQ(admin.call("keyctl"), "ok") << admin.raw;  // excluded by the capability
+  EXPECT_EQ(admin.call("personality_query"), "EINVAL") << admin.raw;  // included by it
 }
 
 TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunning) {
