@@ -3,10 +3,13 @@
 // variants, as at load), median of N runs, plus resolving one task's OCI
 // patch (the per-container cost on the loop thread).
 //   security_compile_bench [N]
+//   security_compile_bench --print PROFILE   the OCI patch a root task with no
+//                                            [task.security] table gets
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "profile.h"
@@ -23,6 +26,17 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char **argv) {
+  if (argc == 3 && std::strcmp(argv[1], "--print") == 0) {
+    try {
+      std::printf("%s\n", sec::resolve_oci(sec::builtin_profile(argv[2]), {}, sec::HostInfo::current())
+                              .dump(2)
+                              .c_str());
+      return 0;
+    } catch (const sec::ProfileError &e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+  }
   int n = argc > 1 ? std::atoi(argv[1]) : 50;
   if (n < 20) n = 20;
   sec::HostInfo host = sec::HostInfo::current();

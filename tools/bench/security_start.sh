@@ -9,7 +9,10 @@
 # /bin/sleep 1000 from busybox:latest with [task.security] profile = ...),
 # then GET /v1/jobs/<name> every 2 ms until the allocation is "running";
 # then DELETE ?purge=true and wait until the container is gone. Prints
-# median and p90 of each and the ratio default/unconfined. Needs root.
+# median and p90 of each and the ratio default/unconfined. Then, to show
+# how much of the gap is runc's own: raw `runc run -d` of /bin/sleep on a
+# `runc spec` bundle with and without the plugin's default linux.seccomp
+# (security_compile_bench --print default), alternating. Needs root.
 # Everything lives in /tmp/flotilla-bench-sec-XXXXXX and is removed.
 set -euo pipefail
 
@@ -49,7 +52,9 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
   fi
-  for c in "$tmp"/oci-root/*; do [ -e "$c" ] && runc --root "$tmp/oci-root" delete --force "$(basename "$c")" >/dev/null 2>&1; done
+  for r in "$tmp/oci-root" "$tmp/raw-root"; do
+    for c in "$r"/*; do [ -e "$c" ] && runc --root "$r" delete --force "$(basename "$c")" >/dev/null 2>&1; done
+  done
   find "$tmp" -name shim-state.json 2>/dev/null | while read -r s; do
     p=$(jq -r '.shim_pid // 0' "$s" 2>/dev/null); [ "${p:-0}" -gt 0 ] && kill -KILL "$p" 2>/dev/null
   done
@@ -143,4 +148,45 @@ print("container start latency, %d runs each, alternating, after 2 warm-up runs 
 print("  default    median %7.1f  p90 %7.1f" % (1000 * md, 1000 * q(d, 0.9)))
 print("  unconfined median %7.1f  p90 %7.1f" % (1000 * mu, 1000 * q(u, 0.9)))
 print("  ratio default/unconfined (medians): %.3fx" % (md / mu))
+PY
+
+# Raw runc, the same filter with and without: runc compiles it with
+# libseccomp in every container's init.
+mkdir -p "$tmp/raw/bundle/rootfs/bin" "$tmp/raw-root"
+cp /bin/busybox "$tmp/raw/bundle/rootfs/bin/busybox"
+ln -s busybox "$tmp/raw/bundle/rootfs/bin/sleep"
+(cd "$tmp/raw/bundle" && runc spec)
+"$build/tools/bench/security_compile_bench" --print default >"$tmp/raw/patch.json"
+python3 - "$tmp/raw" "$tmp/raw-root" "$n" "$cg" <<'PY'
+import json, os, shutil, statistics, subprocess, sys, time
+d, root, n, cg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+c = json.load(open(d + "/bundle/config.json"))
+c["process"]["args"] = ["/bin/sleep", "1000"]
+c["process"]["terminal"] = False
+plain = json.loads(json.dumps(c))
+filtered = json.loads(json.dumps(c))
+filtered["linux"]["seccomp"] = json.load(open(d + "/patch.json"))["linux"]["seccomp"]
+devnull = open(os.devnull, "r+b")
+def once(cfg, cid):
+    cfg["linux"]["cgroupsPath"] = "/%s/%s" % (cg, cid)
+    with open(d + "/bundle/config.json", "w") as f: json.dump(cfg, f)
+    t0 = time.monotonic()
+    # No pipes: the container inherits its stdio, a pipe would never close.
+    with open(d + "/run.err", "w+b") as err:
+        r = subprocess.run(["runc", "--root", root, "run", "-d", "--bundle", d + "/bundle", cid],
+                           stdin=devnull, stdout=devnull, stderr=err)
+        dt = time.monotonic() - t0
+        err.seek(0)
+        if r.returncode: sys.exit("runc run -d %s: %s" % (cid, err.read().decode().strip()))
+    subprocess.run(["runc", "--root", root, "delete", "--force", cid], stdout=devnull, stderr=devnull)
+    return dt
+once(plain, "warm-p"); once(filtered, "warm-f")
+p, f = [], []
+for i in range(n):
+    p.append(once(plain, "p-%d" % i))
+    f.append(once(filtered, "f-%d" % i))
+print("raw 'runc run -d', %d runs each, alternating (ms):" % n)
+print("  with the default filter    median %7.1f" % (1000 * statistics.median(f)))
+print("  without a filter           median %7.1f" % (1000 * statistics.median(p)))
+print("  difference (runc compiling and installing the filter): %+.1f ms" % (1000 * (statistics.median(f) - statistics.median(p))))
 PY
