@@ -448,9 +448,21 @@ void post_job(const StatePtr &s, Request &req, const Params &, Responder &r) {
         400, "invalid", source + ": the job needs a name that is one path segment",
         json::array({{{"line", 0}, {"key", "name"}, {"message", "missing or not a valid name"}}})));
 
-  // Admission: every security plugin may refuse the job.
+  // Admission: every security plugin may refuse the job. Without one, a
+  // task that asks for confinement is refused rather than run unconfined.
   std::string job_text = job.dump(-1, ' ', false, json::error_handler_t::replace);
-  for (const PluginRef &ref : s->providers(FLOTILLA_SECURITY_INTERFACE_ID)) {
+  const std::vector<PluginRef> security = s->providers(FLOTILLA_SECURITY_INTERFACE_ID);
+  if (security.empty() && job.contains("task") && job["task"].is_array())
+    for (size_t i = 0; i < job["task"].size(); ++i)
+      if (job["task"][i].is_object() && job["task"][i].contains("security")) {
+        std::string key = "task[" + std::to_string(i) + "].security";
+        return r.send(error_json(
+            400, "invalid",
+            source + ": " + key + " asks for confinement but no plugin provides " +
+                FLOTILLA_SECURITY_INTERFACE_ID + " on this node; load [plugin.security]",
+            json::array({{{"line", 0}, {"key", key}, {"message", "no security plugin is loaded"}}})));
+      }
+  for (const PluginRef &ref : security) {
     auto *sec = static_cast<const flotilla_security_v1 *>(ref.vtable);
     if (!FLOTILLA_HAS_FIELD(sec, flotilla_security_v1, admit) || !sec->admit) continue;
     s->clear_plugin_error();

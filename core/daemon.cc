@@ -14,6 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "confine.h"
 #include "error.h"
 #include "flotilla_build_config.h"
 #include "log.h"
@@ -171,11 +172,15 @@ void Daemon::keep_node_alive() {
 }
 
 void Daemon::start() {
-  if (config_.security.confine_daemon)
-    throw Error(FLOTILLA_E_UNSUPPORTED,
-                "config " + config_.path +
-                    ": security.confine_daemon = true is not implemented by this build yet; "
-                    "set it to false (the daemon does not pretend to confine itself)");
+  // Before any plugin runs and before libuv's thread pool starts: the
+  // capability drop is per thread, and both are inherited by every child.
+  if (config_.security.confine_daemon) {
+    ConfineResult c = confine_daemon();
+    std::string caps, calls;
+    for (const auto &n : c.dropped_caps) caps += (caps.empty() ? "" : ",") + n;
+    for (const auto &n : c.denied_syscalls) calls += (calls.empty() ? "" : ",") + n;
+    log::info("core", "flotillad confined itself", {{"dropped_caps", caps}, {"denied_syscalls", calls}});
+  }
   lock_data_dir();
   plugins_ = std::make_unique<PluginHost>(
       &loop_, PluginHost::Options{config_.node.name, config_.node.data_dir, config_.path});

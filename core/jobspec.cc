@@ -817,9 +817,12 @@ constexpr KeyRule kTaskKeys[] = {{"name"},
                                  {"network"},
                                  {"env"},
                                  {"resources"},
-                                 {"logs"}};
+                                 {"logs"},
+                                 {"security"}};
 constexpr KeyRule kResourceKeys[] = {{"cpu"}, {"memory"}, {"memory_max"}, {"disk"}, {"pids"}};
 constexpr KeyRule kLogKeys[] = {{"max_files"}, {"max_file_size"}};
+constexpr KeyRule kSecurityKeys[] = {{"profile"}, {"cap_add"},          {"cap_drop"},
+                                     {"user"},    {"read_only_rootfs"}, {"no_new_privileges"}};
 
 constexpr std::int64_t kHourMs = 3600 * 1000;
 
@@ -934,6 +937,80 @@ json check_logs(Checker &c, const json *logs, const std::string &path) {
   return {{"max_files", max_files}, {"max_file_size", max_file_size}};
 }
 
+// A capability as people write it: "NET_ADMIN", "CAP_NET_ADMIN", "net_admin",
+// or "ALL". Only the spelling is checked here; the security plugin knows
+// which capabilities exist (libcap) and what the host allows.
+bool is_capability_spelling(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+  });
+}
+
+// null_is_unset: JSON null means "not given" (the canonical form writes it).
+std::optional<bool> boolean(Section &s, std::string_view name, bool null_is_unset = false) {
+  const json *v = s.get(name);
+  if (!v || (null_is_unset && v->is_null() && s.c.form() == Form::json)) return std::nullopt;
+  if (!v->is_boolean()) {
+    s.c.problem(s.key(name), "must be true or false, got " + s.c.describe(*v, s.key(name)));
+    return std::nullopt;
+  }
+  return v->get<bool>();
+}
+
+// [task.security]: written only when the task has the table, so a job
+// without one keeps the canonical form it always had. no_new_privileges is
+// null when left to the profile.
+json check_security(Checker &c, const json &security, const std::string &path) {
+  Section s(c, security, path, kSecurityKeys);
+  json out = json::object();
+  std::string profile;
+  if (auto p = text(s, "profile", "a profile name like \"default\" or \"restricted\"")) {
+    if (!is_valid_name(*p))
+      c.problem(s.key("profile"), quote_value(*p) + " is not a profile name: " + kNameRule);
+    else
+      profile = *p;
+  }
+  out["profile"] = profile;
+  for (const char *list : {"cap_add", "cap_drop"}) {
+    auto caps = text_list(s, list, "a capability name like \"NET_ADMIN\"", "capability names", 64,
+                          [&](const std::string &at, const std::string &cap) {
+                            if (is_capability_spelling(cap)) return true;
+                            c.problem(at, quote_value(cap) +
+                                              " is not a capability name: write it like "
+                                              "\"NET_ADMIN\" or \"CAP_NET_ADMIN\", or \"ALL\"");
+                            return false;
+                          });
+    out[list] = caps.value_or(std::vector<std::string>{});
+  }
+  std::string user;
+  if (auto u = text(s, "user", "a numeric user like \"65534:65534\"", Presence::optional,
+                    Empty::allowed)) {
+    std::size_t colon = u->find(':');
+    auto numeric = [](std::string_view part) {
+      return !part.empty() && part.size() <= 10 &&
+             std::all_of(part.begin(), part.end(), is_digit) &&
+             std::stoull(std::string(part)) <= 4294967294ULL;
+    };
+    bool ok = u->empty() || (colon == std::string::npos
+                                 ? numeric(*u)
+                                 : numeric(std::string_view(*u).substr(0, colon)) &&
+                                       numeric(std::string_view(*u).substr(colon + 1)));
+    if (!ok)
+      c.problem(s.key("user"), quote_value(*u) +
+                                   " is not a numeric user: write uid[:gid] with numbers, like "
+                                   "\"65534:65534\" (the security plugin cannot look names up "
+                                   "in the image)");
+    else
+      user = *u;
+  }
+  out["user"] = user;
+  out["read_only_rootfs"] = boolean(s, "read_only_rootfs").value_or(false);
+  auto nnp = boolean(s, "no_new_privileges", true);
+  out["no_new_privileges"] = nnp ? json(*nnp) : json(nullptr);
+  return out;
+}
+
 json check_task(Checker &c, const json &task, const std::string &path) {
   Section s(c, task, path, kTaskKeys);
   json out = json::object();
@@ -1013,6 +1090,8 @@ json check_task(Checker &c, const json &task, const std::string &path) {
   out["resources"] =
       check_resources(c, sub_object(s, "resources", "[task.resources]"), s.key("resources"));
   out["logs"] = check_logs(c, sub_object(s, "logs", "[task.logs]"), s.key("logs"));
+  if (const json *sec = sub_object(s, "security", "[task.security]"))
+    out["security"] = check_security(c, *sec, s.key("security"));
   return out;
 }
 

@@ -1,5 +1,7 @@
 #include "reconciler.h"
 
+#include <flotilla/security.h>
+
 #include <algorithm>
 #include <random>
 #include <set>
@@ -343,6 +345,33 @@ void Reconciler::collect_if_job_gone(Alloc &a) {
               });
 }
 
+// The security plugin's OCI patch for this task (seccomp, capabilities,
+// ...), as task_json["oci"]. Returns why it cannot be had, or "".
+std::string Reconciler::add_security(json &task_json) {
+  void *self = nullptr;
+  auto *sec = plugins_->find<flotilla_security_v1>(FLOTILLA_SECURITY_INTERFACE_ID, &self);
+  if (!sec || !FLOTILLA_HAS_FIELD(sec, flotilla_security_v1, resolve) || !sec->resolve) {
+    if (task_json["task"].contains("security"))
+      return "the task has a [task.security] table but no plugin provides " FLOTILLA_SECURITY_INTERFACE_ID
+             " on this node; load [plugin.security]";
+    return "";
+  }
+  flotilla_buf out{};
+  out.struct_size = sizeof out;
+  PluginHost::clear_last_error();
+  flotilla_status st = sec->resolve(self, task_json.dump().c_str(), &out);
+  if (st != FLOTILLA_OK) {
+    std::string why = PluginHost::last_error();
+    if (out.release) out.release(&out);
+    return "security: " + (why.empty() ? std::string("resolve failed") : why);
+  }
+  json patch = json::parse(std::string(out.data ? out.data : "", out.len), nullptr, false);
+  if (out.release) out.release(&out);
+  if (!patch.is_object()) return "security: the plugin's OCI patch is not a JSON object";
+  task_json["oci"] = json::array({patch});
+  return "";
+}
+
 void Reconciler::run_task(Alloc &a, Task &t) {
   t.state = "starting";
   t.message.clear();
@@ -356,6 +385,8 @@ void Reconciler::run_task(Alloc &a, Task &t) {
                     // "created" and is started below.
                     {"start", true},
                     {"task", t.spec}};
+  if (std::string why = add_security(task_json); !why.empty())
+    return task_failed_to_start(a, t, why);
   const std::string alloc = a.id, task = t.name, cid = t.container;
   auto lookup = [this, alloc, task, attempt]() -> std::pair<Alloc *, Task *> {
     if (stopped_) return {nullptr, nullptr};

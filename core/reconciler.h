@@ -49,6 +49,7 @@ class Reconciler {
   void on_alloc_put(const nlohmann::json &record, int64_t mod_revision);
   void on_alloc_deleted(const std::string &id);
   void run_task(Alloc &a, Task &t);
+  std::string add_security(nlohmann::json &task_json);
   void on_task_exit(const std::string &container, int64_t exit_code, int signal,
                     const std::string &finished_at);
   void task_failed_to_start(Alloc &a, Task &t, const std::string &why);

@@ -798,6 +798,21 @@ TEST_P(ApiTest, SecurityPluginCanRefuseAJob) {
   EXPECT_EQ(submit(toml).status, 201);
 }
 
+TEST_P(ApiTest, ConfinementWithoutASecurityPluginIsRefusedNotIgnored) {
+  const std::string toml = kWebToml + "[task.security]\nprofile = \"restricted\"\n";
+  plugins_.security = false;
+  HttpResponse r = submit(toml);
+  ASSERT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(body(r)["error"]["message"].get<std::string>().find(
+                "task[0].security asks for confinement but no plugin provides flotilla.security/1"),
+            std::string::npos)
+      << r.body;
+  EXPECT_TRUE(store_state().empty());
+  // With one, the plugin decides.
+  plugins_.security = true;
+  EXPECT_EQ(submit(toml).status, 201);
+}
+
 TEST_P(ApiTest, JobsAreListedWithAllocationCounts) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   std::string db = kWebToml;

@@ -451,10 +451,11 @@ TEST(Config, ExampleConfigParses) {
   EXPECT_EQ(c.node.data_dir, "/var/lib/flotilla");
   EXPECT_EQ(c.api.socket.rfind("/run/flotilla/", 0), 0u);
   EXPECT_EQ(c.store_plugin, "store-local");
-  ASSERT_EQ(c.plugins.size(), 3u);
+  ASSERT_EQ(c.plugins.size(), 4u);
   EXPECT_EQ(c.plugins[0].name, "store-local");
   EXPECT_EQ(c.plugins[1].name, "scheduler-binpack");
   EXPECT_EQ(c.plugins[2].name, "runtime-runc");
+  EXPECT_EQ(c.plugins[3].name, "security");
   for (const auto &p : c.plugins) EXPECT_TRUE(p.enabled);
 }
 

@@ -310,7 +310,7 @@ TEST(JobSpecProblems, Restart) {
   EXPECT_EQ(problem_of(kMinimal + "restart = 3\n"),
             "web.toml line 7, task[0].restart: unknown key; accepted here: name, image, "
             "command, args, workdir, user, kill_timeout, kill_signal, network, env, resources, "
-            "logs");
+            "logs, security");
   EXPECT_EQ(problem_of("restart = 3\n" + kMinimal),
             "web.toml line 1, restart: must be a table ([restart]), got an integer 3");
 }
@@ -534,10 +534,50 @@ TEST(JobSpecProblems, UnknownKeysSuggestOrListWhatIsAccepted) {
             "web.toml line 7, group: unknown key; accepted here: " + job_keys);
   EXPECT_EQ(problem_of("constraints = []\n" + kMinimal),
             "web.toml line 1, constraints: unknown key; accepted here: " + job_keys);
+}
+
+// ---- [task.security] ------------------------------------------------------
+
+TEST(JobSpecSecurity, TableIsCanonicalisedOnlyWhenGiven) {
+  json plain = parse_jobspec(kMinimal, "web.toml");
+  EXPECT_FALSE(plain["task"][0].contains("security"));
+  json job = parse_jobspec(kMinimal + R"([task.security]
+profile = "restricted"
+cap_add = ["NET_BIND_SERVICE"]
+cap_drop = ["ALL"]
+user = "65534:65534"
+read_only_rootfs = true
+)", "web.toml");
+  json expected = {{"profile", "restricted"},          {"cap_add", {"NET_BIND_SERVICE"}},
+                   {"cap_drop", {"ALL"}},              {"user", "65534:65534"},
+                   {"read_only_rootfs", true},         {"no_new_privileges", nullptr}};
+  EXPECT_EQ(job["task"][0]["security"], expected);
+  // The canonical JSON goes back in unchanged, null included.
+  EXPECT_EQ(validate_job_json(job, "web.json"), job);
+  json empty = parse_jobspec(kMinimal + "[task.security]\nno_new_privileges = false\n", "web.toml");
+  EXPECT_EQ(empty["task"][0]["security"]["profile"], "");
+  EXPECT_EQ(empty["task"][0]["security"]["no_new_privileges"], false);
+}
+
+TEST(JobSpecSecurity, BadValuesNameTheKey) {
   EXPECT_EQ(problem_of(kMinimal + "[task.security]\nseccomp = \"default\"\n"),
-            "web.toml line 7, task[0].security: unknown key; accepted here: name, image, "
-            "command, args, workdir, user, kill_timeout, kill_signal, network, env, resources, "
-            "logs");
+            "web.toml line 8, task[0].security.seccomp: unknown key; accepted here: profile, "
+            "cap_add, cap_drop, user, read_only_rootfs, no_new_privileges");
+  EXPECT_EQ(problem_of(kMinimal + "[task.security]\nprofile = \"Default\"\n"),
+            "web.toml line 8, task[0].security.profile: \"Default\" is not a profile name: use 1 "
+            "to 63 lowercase letters, digits and '-', starting and ending with a letter or digit");
+  EXPECT_EQ(problem_of(kMinimal + "[task.security]\ncap_add = [\"NET ADMIN\"]\n"),
+            "web.toml line 8, task[0].security.cap_add[0]: \"NET ADMIN\" is not a capability "
+            "name: write it like \"NET_ADMIN\" or \"CAP_NET_ADMIN\", or \"ALL\"");
+  EXPECT_NE(problem_of(kMinimal + "[task.security]\nuser = \"nobody\"\n")
+                .find("task[0].security.user: \"nobody\" is not a numeric user"),
+            std::string::npos);
+  EXPECT_EQ(problem_of(kMinimal + "[task.security]\nread_only_rootfs = \"yes\"\n"),
+            "web.toml line 8, task[0].security.read_only_rootfs: must be true or false, got a "
+            "string \"yes\"");
+  EXPECT_EQ(problem_of(kMinimal + "security = 1\n"),
+            "web.toml line 7, task[0].security: must be a table ([task.security]), got an "
+            "integer 1");
 }
 
 TEST(JobSpecProblems, EveryProblemIsCollectedInFileOrder) {
