@@ -375,6 +375,42 @@ TEST_F(Security, AdmissionRefusesWhatThePolicyForbidsAndStoresNothing) {
   EXPECT_EQ(ok.status, 201) << ok.body;
 }
 
+TEST_F(Security, APolicyTightenedAfterAdmissionStillHoldsWhenTheTaskRestarts) {
+  // Admitted and running unconfined under a permissive policy...
+  start("allow_unconfined = true\n");
+  auto r = submit("name = \"loose\"\n[restart]\nattempts = 1\ndelay = \"0s\"\n"
+                  "[[task]]\nname = \"t\"\nimage = \"flotilla-probe:latest\"\n"
+                  "command = \"/probe\"\nargs = [\"--sleep\"]\nkill_timeout = \"1s\"\n"
+                  "[task.security]\nprofile = \"unconfined\"\n");
+  ASSERT_EQ(r.status, 201) << r.body;
+  json a;
+  for (int i = 0; i < 900 && status_of(a = first_alloc("loose")) != "running"; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_EQ(status_of(a), "running") << a.dump() << d_->log();
+  // ... then the operator forbids unconfined and restarts the daemon, and
+  // the container dies meanwhile. Its restart goes through resolve(),
+  // which checks the policy again: it does not start, and the allocation
+  // says which rule stopped it.
+  d_->signal(SIGTERM);
+  ASSERT_EQ(d_->wait_exit(), 0) << d_->log();
+  const std::string cid = a.value("id", "") + ".t";
+  auto kill = e2e::run({"/usr/sbin/runc", "--root", d_->dir() + "/oci-root", "kill", cid, "KILL"});
+  ASSERT_EQ(kill.exit_code, 0) << kill.output;
+  d_->write_config(config("allow_unconfined = false\n", ""));
+  ASSERT_TRUE(d_->start()) << d_->log();
+  std::string message;
+  for (int i = 0; i < 900; ++i) {
+    a = first_alloc("loose");
+    message = a.dump();
+    if (status_of(a) == "failed") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(status_of(a), "failed") << message << "\n" << d_->log();
+  EXPECT_NE(message.find("refused by rule plugin.security.allow_unconfined = false"),
+            std::string::npos)
+      << message;
+}
+
 TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   // Allow by default (so runc's own set-up runs), with rules whose includes
   // and excludes only this host and this container can decide.

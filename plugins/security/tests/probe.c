@@ -9,6 +9,8 @@
  * "status NoNewPrivs: ...", "status Seccomp: ..."). Each syscall runs in its
  * own forked child so that one that succeeds (unshare, setuid, personality)
  * changes nothing for the next. Arguments choose syscalls; none: all.
+ * "security-probe --sleep" prints the status lines, then waits for a signal
+ * (a container that keeps running).
  * Built static by meson, so the image needs nothing else.
  */
 #include <errno.h>
@@ -226,6 +228,10 @@ static void status_lines(void) {
 int main(int argc, char **argv) {
   size_t n = sizeof probes / sizeof probes[0];
   status_lines();
+  if (argc == 2 && strcmp(argv[1], "--sleep") == 0) {
+    fflush(stdout);
+    for (;;) pause();
+  }
   for (size_t i = 0; i < n; ++i) {
     int wanted = argc < 2;
     for (int a = 1; a < argc; ++a) wanted |= strcmp(argv[a], probes[i].name) == 0;
