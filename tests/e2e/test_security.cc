@@ -278,8 +278,9 @@ TEST_F(Security, DefaultDeniesForbiddenCallsAndUnconfinedShowsTheyWouldWork) {
   EXPECT_EQ(open.status["Seccomp"], "0") << open.raw;
   for (const char *would : {"keyctl", "add_key", "unshare_user", "personality_bsd"})
     EXPECT_EQ(open.call(would), "ok") << would << "\n" << open.raw;
-  if (kernel_at_least(5, 11))  // userfaultfd(UFFD_USER_MODE_ONLY) needs no privilege from 5.11
+  if (kernel_at_least(5, 11)) {  // userfaultfd(UFFD_USER_MODE_ONLY) needs no privilege from 5.11
     EXPECT_EQ(open.call("userfaultfd"), "ok") << open.raw;
+  }
   EXPECT_NE(d_->log().find("runs unconfined"), std::string::npos);
 }
 
