@@ -548,6 +548,8 @@ TEST_F(Security, ConfinedDaemonStillRunsContainersAndItsChildrenCannotEscapeItsF
   EXPECT_EQ(r.call("getpid"), "ok") << r.raw;
   EXPECT_EQ(r.call("keyctl"), "ok") << r.raw;  // not on the daemon's list
   EXPECT_EQ(r.status["Seccomp"], "2") << "the daemon's filter is inherited\n" << r.raw;
+  // The daemon's filter did not set no_new_privs for everything below it.
+  EXPECT_EQ(r.status["NoNewPrivs"], "0") << r.raw;
 }
 
 }  // namespace
