@@ -460,7 +460,8 @@ void post_job(const StatePtr &s, Request &req, const Params &, Responder &r) {
             400, "invalid",
             source + ": " + key + " asks for confinement but no plugin provides " +
                 FLOTILLA_SECURITY_INTERFACE_ID + " on this node; load [plugin.security]",
-            json::array({{{"line", 0}, {"key", key}, {"message", "no security plugin is loaded"}}})));
+            json::array(
+                {{{"line", 0}, {"key", key}, {"message", "no security plugin is loaded"}}})));
       }
   for (const PluginRef &ref : security) {
     auto *sec = static_cast<const flotilla_security_v1 *>(ref.vtable);

@@ -18,31 +18,33 @@ const std::vector<std::string> &confine_dropped_caps() {
   // SETUID, CHOWN, ...) and every capability a job may legitimately be
   // granted with cap_add. Dropped: what changes the host itself.
   static const std::vector<std::string> caps = {
-      "cap_sys_module",     // load kernel modules
-      "cap_sys_rawio",      // raw I/O ports, /dev/mem
-      "cap_sys_boot",       // reboot, kexec
-      "cap_sys_time",       // set the system clock
-      "cap_wake_alarm",     // wake the machine
-      "cap_mac_admin",      // change the LSM policy
-      "cap_mac_override",   // bypass the LSM policy
-      "cap_syslog",         // read and clear the kernel log
-      "cap_block_suspend",  // keep the machine from suspending
-      "cap_audit_control",  // change the audit rules
-      "cap_audit_read",     // read the audit log
-      "cap_linux_immutable",// change immutable and append-only files
-      "cap_sys_pacct",      // process accounting
-      "cap_sys_tty_config", // configure ttys, vhangup
+      "cap_sys_module",       // load kernel modules
+      "cap_sys_rawio",        // raw I/O ports, /dev/mem
+      "cap_sys_boot",         // reboot, kexec
+      "cap_sys_time",         // set the system clock
+      "cap_wake_alarm",       // wake the machine
+      "cap_mac_admin",        // change the LSM policy
+      "cap_mac_override",     // bypass the LSM policy
+      "cap_syslog",           // read and clear the kernel log
+      "cap_block_suspend",    // keep the machine from suspending
+      "cap_audit_control",    // change the audit rules
+      "cap_audit_read",       // read the audit log
+      "cap_linux_immutable",  // change immutable and append-only files
+      "cap_sys_pacct",        // process accounting
+      "cap_sys_tty_config",   // configure ttys, vhangup
   };
   return caps;
 }
 
 const std::vector<std::string> &confine_denied_syscalls() {
   static const std::vector<std::string> calls = {
-      "init_module",   "finit_module",  "delete_module", "create_module", "query_module",
-      "get_kernel_syms", "kexec_load", "kexec_file_load", "reboot",      "swapon",
-      "swapoff",       "acct",          "iopl",          "ioperm",        "settimeofday",
-      "stime",         "clock_settime", "clock_settime64", "userfaultfd", "_sysctl",
-      "nfsservctl",    "uselib",        "vm86",          "vm86old",       "lookup_dcookie",
+      "init_module",    "finit_module",    "delete_module", "create_module",
+      "query_module",   "get_kernel_syms", "kexec_load",    "kexec_file_load",
+      "reboot",         "swapon",          "swapoff",       "acct",
+      "iopl",           "ioperm",          "settimeofday",  "stime",
+      "clock_settime",  "clock_settime64", "userfaultfd",   "_sysctl",
+      "nfsservctl",     "uselib",          "vm86",          "vm86old",
+      "lookup_dcookie",
   };
   return calls;
 }
@@ -94,8 +96,7 @@ ConfineResult confine_daemon() {
     if (CAP_IS_SUPPORTED(v) && cap_get_bound(v) == 1) {
       if (cap_drop_bound(v) != 0)
         throw Error(FLOTILLA_E_PERMISSION, "security.confine_daemon: cannot drop " + name +
-                                               " from the bounding set: " +
-                                               std::strerror(errno) +
+                                               " from the bounding set: " + std::strerror(errno) +
                                                " (flotillad needs CAP_SETPCAP to confine itself)");
     }
     drop.push_back(v);
@@ -131,8 +132,8 @@ ConfineResult confine_daemon() {
     if (rc == 0) {
       result.denied_syscalls.push_back(name);
     } else if (nr >= 0) {
-      throw Error(FLOTILLA_E_INTERNAL, "security.confine_daemon: seccomp rule for " + name +
-                                           ": " + std::strerror(-rc));
+      throw Error(FLOTILLA_E_INTERNAL,
+                  "security.confine_daemon: seccomp rule for " + name + ": " + std::strerror(-rc));
     }
   }
   // Every thread, also any a library started behind our back.

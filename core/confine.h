@@ -11,8 +11,8 @@
 namespace flotilla {
 
 struct ConfineResult {
-  std::vector<std::string> dropped_caps;    // from the bounding and process sets
-  std::vector<std::string> denied_syscalls; // EPERM for the daemon and its children
+  std::vector<std::string> dropped_caps;     // from the bounding and process sets
+  std::vector<std::string> denied_syscalls;  // EPERM for the daemon and its children
 };
 
 // The lists confine_daemon() applies.

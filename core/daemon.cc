@@ -179,7 +179,8 @@ void Daemon::start() {
     std::string caps, calls;
     for (const auto &n : c.dropped_caps) caps += (caps.empty() ? "" : ",") + n;
     for (const auto &n : c.denied_syscalls) calls += (calls.empty() ? "" : ",") + n;
-    log::info("core", "flotillad confined itself", {{"dropped_caps", caps}, {"denied_syscalls", calls}});
+    log::info("core", "flotillad confined itself",
+              {{"dropped_caps", caps}, {"denied_syscalls", calls}});
   }
   lock_data_dir();
   plugins_ = std::make_unique<PluginHost>(

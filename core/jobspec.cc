@@ -992,10 +992,10 @@ json check_security(Checker &c, const json &security, const std::string &path) {
              std::all_of(part.begin(), part.end(), is_digit) &&
              std::stoull(std::string(part)) <= 4294967294ULL;
     };
-    bool ok = u->empty() || (colon == std::string::npos
-                                 ? numeric(*u)
-                                 : numeric(std::string_view(*u).substr(0, colon)) &&
-                                       numeric(std::string_view(*u).substr(colon + 1)));
+    bool ok = u->empty() ||
+              (colon == std::string::npos ? numeric(*u)
+                                          : numeric(std::string_view(*u).substr(0, colon)) &&
+                                                numeric(std::string_view(*u).substr(colon + 1)));
     if (!ok)
       c.problem(s.key("user"), quote_value(*u) +
                                    " is not a numeric user: write uid[:gid] with numbers, like "

@@ -352,8 +352,8 @@ std::string Reconciler::add_security(json &task_json) {
   auto *sec = plugins_->find<flotilla_security_v1>(FLOTILLA_SECURITY_INTERFACE_ID, &self);
   if (!sec || !FLOTILLA_HAS_FIELD(sec, flotilla_security_v1, resolve) || !sec->resolve) {
     if (task_json["task"].contains("security"))
-      return "the task has a [task.security] table but no plugin provides " FLOTILLA_SECURITY_INTERFACE_ID
-             " on this node; load [plugin.security]";
+      return "the task has a [task.security] table but no plugin "
+             "provides " FLOTILLA_SECURITY_INTERFACE_ID " on this node; load [plugin.security]";
     return "";
   }
   flotilla_buf out{};

@@ -1,13 +1,13 @@
 // confine_daemon() on a real process: each test forks a child that confines
 // itself, so the test runner stays unconfined. Needs root (CAP_SETPCAP to
 // shrink the bounding set); skipped otherwise.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <fcntl.h>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -51,7 +51,7 @@ TEST_F(Confine, DropsCapabilitiesAndDeniesCallsForItselfAndItsChildren) {
     } catch (const std::exception &) {
       return 11;
     }
-    if (cap_bnd() & (1ULL << 16)) return 12;  // CAP_SYS_MODULE still in the bounding set
+    if (cap_bnd() & (1ULL << 16)) return 12;     // CAP_SYS_MODULE still in the bounding set
     if (!(cap_bnd() & (1ULL << 21))) return 13;  // CAP_SYS_ADMIN must stay (runc needs it)
     // A child inherits the filter: userfaultfd (UFFD_USER_MODE_ONLY needs
     // no privilege) is EPERM; an ordinary call still works.

@@ -547,10 +547,11 @@ cap_add = ["NET_BIND_SERVICE"]
 cap_drop = ["ALL"]
 user = "65534:65534"
 read_only_rootfs = true
-)", "web.toml");
-  json expected = {{"profile", "restricted"},          {"cap_add", {"NET_BIND_SERVICE"}},
-                   {"cap_drop", {"ALL"}},              {"user", "65534:65534"},
-                   {"read_only_rootfs", true},         {"no_new_privileges", nullptr}};
+)",
+                           "web.toml");
+  json expected = {{"profile", "restricted"},  {"cap_add", {"NET_BIND_SERVICE"}},
+                   {"cap_drop", {"ALL"}},      {"user", "65534:65534"},
+                   {"read_only_rootfs", true}, {"no_new_privileges", nullptr}};
   EXPECT_EQ(job["task"][0]["security"], expected);
   // The canonical JSON goes back in unchanged, null included.
   EXPECT_EQ(validate_job_json(job, "web.json"), job);

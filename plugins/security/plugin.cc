@@ -91,9 +91,8 @@ flotilla_status resolve(void *self, const char *task_json, flotilla_buf *oci_out
     oci_out->release = nullptr;
     json doc = json::parse(task_json ? task_json : "");
     // The runtime's task document ({"version":1, ..., "task": {...}}) or a bare task.
-    const json &task = doc.is_object() && doc.contains("task") && doc["task"].is_object()
-                           ? doc["task"]
-                           : doc;
+    const json &task =
+        doc.is_object() && doc.contains("task") && doc["task"].is_object() ? doc["task"] : doc;
     const std::string label = "task " + (task.is_object() ? task.value("name", "") : "");
     sec::TaskSecurity t;
     try {
@@ -106,10 +105,10 @@ flotilla_status resolve(void *self, const char *task_json, flotilla_buf *oci_out
     const sec::Profile *p = sec::profile_for(inst->policy, inst->profiles, t);
     json patch = sec::resolve_oci(*p, t, inst->machine);
     if (p->unconfined)
-      inst->log(FLOTILLA_LOG_WARN,
-                label + " of alloc " + (doc.is_object() ? doc.value("alloc_id", "") : "") +
-                    " runs unconfined: no seccomp filter (asked explicitly; "
-                    "plugin.security.allow_unconfined = true)");
+      inst->log(FLOTILLA_LOG_WARN, label + " of alloc " +
+                                       (doc.is_object() ? doc.value("alloc_id", "") : "") +
+                                       " runs unconfined: no seccomp filter (asked explicitly; "
+                                       "plugin.security.allow_unconfined = true)");
     std::string text = patch.dump();
     char *copy = static_cast<char *>(std::malloc(text.size() + 1));
     if (!copy) return FLOTILLA_E_NOMEM;
@@ -135,7 +134,8 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
     inst->host = host;
     inst->machine = sec::HostInfo::current();
     if (inst->machine.scmp_arch.empty()) {
-      host->set_error(host->host_ctx, "security: libseccomp does not know this machine's architecture");
+      host->set_error(host->host_ctx,
+                      "security: libseccomp does not know this machine's architecture");
       return FLOTILLA_E_UNSUPPORTED;
     }
     json cfg = json::parse(host->config_json(host->host_ctx));
@@ -187,8 +187,8 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
     // could run confined.
     sec::TaskSecurity none;
     none.task_user = "1";  // the user is judged per task, not here
-    if (auto r = sec::check_task(inst->policy, inst->profiles, none, "default_profile",
-                                 inst->broken)) {
+    if (auto r =
+            sec::check_task(inst->policy, inst->profiles, none, "default_profile", inst->broken)) {
       host->config_error(host->host_ctx, "default_profile", r.message.c_str());
       return FLOTILLA_E_INVALID;
     }
@@ -202,7 +202,9 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
   }
 }
 
-void deinit(void *instance) { delete static_cast<Instance *>(instance); }
+void deinit(void *instance) {
+  delete static_cast<Instance *>(instance);
+}
 
 const void *get_interface(void *, const char *id) {
   return std::strcmp(id, FLOTILLA_SECURITY_INTERFACE_ID) == 0 ? &vtable : nullptr;

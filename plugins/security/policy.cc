@@ -8,7 +8,9 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string in_quotes(const std::string &s) { return "\"" + s + "\""; }
+std::string in_quotes(const std::string &s) {
+  return "\"" + s + "\"";
+}
 
 std::string list_text(const std::vector<std::string> &v) {
   std::string out = "[";
@@ -23,7 +25,8 @@ bool contains(const std::vector<std::string> &v, const std::string &s) {
 // Whether the uid part of a user is known and not 0.
 bool known_non_root(const std::string &user) {
   std::string uid = user.substr(0, user.find(':'));
-  if (uid.empty() || !std::all_of(uid.begin(), uid.end(), [](char c) { return c >= '0' && c <= '9'; }))
+  if (uid.empty() ||
+      !std::all_of(uid.begin(), uid.end(), [](char c) { return c >= '0' && c <= '9'; }))
     return false;
   return std::stoull(uid) != 0;
 }
@@ -37,9 +40,10 @@ bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::strin
     return false;
   };
   for (auto it = cfg.begin(); it != cfg.end(); ++it) {
-    static const char *const known[] = {"default_profile", "min_profile", "allowed_cap_add",
-                                        "allow_root", "allow_unconfined",
-                                        "allow_privilege_escalation", "profiles"};
+    static const char *const known[] = {"default_profile",  "min_profile",
+                                        "allowed_cap_add",  "allow_root",
+                                        "allow_unconfined", "allow_privilege_escalation",
+                                        "profiles"};
     if (std::find(std::begin(known), std::end(known), it.key()) == std::end(known))
       return fail(it.key(),
                   "unknown key; accepted: default_profile, min_profile, allowed_cap_add, "
@@ -61,8 +65,7 @@ bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::strin
                                      " is not a floor: use \"default\" or \"restricted\" (allow "
                                      "unconfined with allow_unconfined = true)");
     if (out.min_profile == "restricted" && out.allow_unconfined)
-      return fail("allow_unconfined",
-                  "true contradicts min_profile = \"restricted\"; choose one");
+      return fail("allow_unconfined", "true contradicts min_profile = \"restricted\"; choose one");
   }
   if (cfg.contains("default_profile")) {
     if (!cfg["default_profile"].is_string()) return fail("default_profile", "must be a string");
@@ -84,7 +87,9 @@ bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::strin
         continue;
       }
       auto c = canonical_cap(n);
-      if (!c) return fail(at, "unknown capability " + in_quotes(n) + " (libcap and this kernel do not know it)");
+      if (!c)
+        return fail(
+            at, "unknown capability " + in_quotes(n) + " (libcap and this kernel do not know it)");
       out.allowed_cap_add.push_back(*c);
     }
   }
@@ -105,7 +110,8 @@ Refusal check_task(const HostPolicy &policy, const std::map<std::string, Profile
   if (auto it = broken.find(wanted); !p && it != broken.end())
     return refuse(Refusal::invalid, "profile " + in_quotes(wanted) +
                                         " could not be loaded when the plugin started, so no task "
-                                        "may use it: " + it->second);
+                                        "may use it: " +
+                                        it->second);
   if (!p) {
     std::vector<std::string> names;
     for (const auto &[n, _] : profiles) names.push_back(n);
@@ -134,9 +140,9 @@ Refusal check_task(const HostPolicy &policy, const std::map<std::string, Profile
   for (const std::string &c : caps) {
     if (contains(p->capabilities, c)) continue;  // the profile gives it anyway
     if (p->addable_caps && !contains(*p->addable_caps, c))
-      return refuse(Refusal::permission,
-                    "refused by profile " + in_quotes(p->name) + ": only " +
-                        list_text(*p->addable_caps) + " may be added, the task adds " + in_quotes(c));
+      return refuse(Refusal::permission, "refused by profile " + in_quotes(p->name) + ": only " +
+                                             list_text(*p->addable_caps) +
+                                             " may be added, the task adds " + in_quotes(c));
     if (!contains(policy.allowed_cap_add, "ALL") && !contains(policy.allowed_cap_add, c))
       return refuse(Refusal::permission, "refused by rule plugin.security.allowed_cap_add = " +
                                              list_text(policy.allowed_cap_add) +
@@ -146,12 +152,13 @@ Refusal check_task(const HostPolicy &policy, const std::map<std::string, Profile
   const std::string user = !t.user.empty() ? t.user : t.task_user;
   if (!known_non_root(user)) {
     const std::string why =
-        user.empty() ? "the task may run as root (no user given: the image decides)"
-                     : "the task's user " + in_quotes(user) + " is root or not a numeric non-root uid";
+        user.empty()
+            ? "the task may run as root (no user given: the image decides)"
+            : "the task's user " + in_quotes(user) + " is root or not a numeric non-root uid";
     const std::string fix = "; set [task.security] user = \"65534:65534\" (any numeric uid but 0)";
     if (p->requires_non_root)
-      return refuse(Refusal::permission,
-                    "refused by profile " + in_quotes(p->name) + ": must run as a non-root user; " + why + fix);
+      return refuse(Refusal::permission, "refused by profile " + in_quotes(p->name) +
+                                             ": must run as a non-root user; " + why + fix);
     if (!policy.allow_root)
       return refuse(Refusal::permission,
                     "refused by rule plugin.security.allow_root = false: " + why + fix);

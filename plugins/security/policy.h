@@ -15,8 +15,8 @@ namespace flotilla::security {
 
 struct HostPolicy {
   std::string default_profile = "default";
-  std::string min_profile = "default";           // "default" or "restricted"
-  std::vector<std::string> allowed_cap_add;      // canonical; "ALL" = any
+  std::string min_profile = "default";       // "default" or "restricted"
+  std::vector<std::string> allowed_cap_add;  // canonical; "ALL" = any
   bool allow_root = true;
   bool allow_unconfined = false;
   bool allow_privilege_escalation = false;

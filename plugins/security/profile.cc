@@ -26,10 +26,14 @@ struct ArchName {
   const char *scmp, *go;
 };
 const ArchName kArches[] = {
-    {SCMP_ARCH_X86_64, "SCMP_ARCH_X86_64", "amd64"}, {SCMP_ARCH_X86, "SCMP_ARCH_X86", "386"},
-    {SCMP_ARCH_X32, "SCMP_ARCH_X32", "x32"},         {SCMP_ARCH_AARCH64, "SCMP_ARCH_AARCH64", "arm64"},
-    {SCMP_ARCH_ARM, "SCMP_ARCH_ARM", "arm"},         {SCMP_ARCH_PPC64LE, "SCMP_ARCH_PPC64LE", "ppc64le"},
-    {SCMP_ARCH_S390X, "SCMP_ARCH_S390X", "s390x"},   {SCMP_ARCH_S390, "SCMP_ARCH_S390", "s390"},
+    {SCMP_ARCH_X86_64, "SCMP_ARCH_X86_64", "amd64"},
+    {SCMP_ARCH_X86, "SCMP_ARCH_X86", "386"},
+    {SCMP_ARCH_X32, "SCMP_ARCH_X32", "x32"},
+    {SCMP_ARCH_AARCH64, "SCMP_ARCH_AARCH64", "arm64"},
+    {SCMP_ARCH_ARM, "SCMP_ARCH_ARM", "arm"},
+    {SCMP_ARCH_PPC64LE, "SCMP_ARCH_PPC64LE", "ppc64le"},
+    {SCMP_ARCH_S390X, "SCMP_ARCH_S390X", "s390x"},
+    {SCMP_ARCH_S390, "SCMP_ARCH_S390", "s390"},
     {SCMP_ARCH_RISCV64, "SCMP_ARCH_RISCV64", "riscv64"},
 };
 
@@ -111,10 +115,10 @@ bool syscall_known(const std::string &name) {
 
 namespace {
 
-const char *const kActions[] = {"SCMP_ACT_ALLOW",        "SCMP_ACT_ERRNO", "SCMP_ACT_KILL",
-                                "SCMP_ACT_KILL_THREAD",  "SCMP_ACT_KILL_PROCESS",
-                                "SCMP_ACT_TRAP",         "SCMP_ACT_LOG",   "SCMP_ACT_TRACE"};
-const char *const kOps[] = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE",        "SCMP_CMP_EQ",
+const char *const kActions[] = {"SCMP_ACT_ALLOW",       "SCMP_ACT_ERRNO",        "SCMP_ACT_KILL",
+                                "SCMP_ACT_KILL_THREAD", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_TRAP",
+                                "SCMP_ACT_LOG",         "SCMP_ACT_TRACE"};
+const char *const kOps[] = {"SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE",       "SCMP_CMP_EQ",
                             "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_MASKED_EQ"};
 
 bool one_of(const std::string &s, const char *const *list, size_t n) {
@@ -129,8 +133,7 @@ std::string where_in(const Profile &p) {
 
 bool parse_kernel(const std::string &v, int &major, int &minor) {
   char extra;
-  return std::sscanf(v.c_str(), "%d.%d%c", &major, &minor, &extra) == 2 && major >= 0 &&
-         minor >= 0;
+  return std::sscanf(v.c_str(), "%d.%d%c", &major, &minor, &extra) == 2 && major >= 0 && minor >= 0;
 }
 
 }  // namespace
@@ -176,8 +179,7 @@ void check_names(const Profile &p) {
     for (const RuleFilter *f : {&r.includes, &r.excludes}) {
       const char *side = f == &r.includes ? ".includes" : ".excludes";
       for (const auto &c : f->caps)
-        if (!canonical_cap(c))
-          fail(r.where + side + ".caps", "unknown capability \"" + c + "\"");
+        if (!canonical_cap(c)) fail(r.where + side + ".caps", "unknown capability \"" + c + "\"");
       int ma, mi;
       if (!f->min_kernel.empty() && !parse_kernel(f->min_kernel, ma, mi))
         fail(r.where + side + ".minKernel",
@@ -281,8 +283,7 @@ std::vector<const SyscallRule *> applicable_rules(const Profile &p,
 
 }  // namespace
 
-json resolve_seccomp(const Profile &p, const std::vector<std::string> &caps,
-                     const HostInfo &host) {
+json resolve_seccomp(const Profile &p, const std::vector<std::string> &caps, const HostInfo &host) {
   if (p.unconfined) return nullptr;
   json sc = {{"defaultAction", p.default_action},
              {"architectures", resolve_arches(p, host)},

@@ -82,7 +82,7 @@ struct Profile {
   // capabilities and the rest of the process
   std::vector<std::string> capabilities;  // the set before cap_add / cap_drop
   bool no_new_privileges = true;
-  bool requires_non_root = false;             // restricted
+  bool requires_non_root = false;                        // restricted
   std::optional<std::vector<std::string>> addable_caps;  // restricted: only these may be added
   std::vector<std::string> masked_paths, readonly_paths;
 };

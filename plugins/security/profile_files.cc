@@ -48,7 +48,8 @@ class DockerReader {
   std::vector<std::string> texts(const json &v, const std::string &at) const {
     if (!v.is_array()) fail(at, "must be an array of strings, got " + std::string(v.type_name()));
     std::vector<std::string> out;
-    for (size_t i = 0; i < v.size(); ++i) out.push_back(text(v[i], at + "[" + std::to_string(i) + "]"));
+    for (size_t i = 0; i < v.size(); ++i)
+      out.push_back(text(v[i], at + "[" + std::to_string(i) + "]"));
     return out;
   }
 
@@ -93,8 +94,9 @@ class DockerReader {
                          ": not valid JSON: " + what);
     }
     if (!doc.is_object()) fail("(top)", "a Docker seccomp profile is a JSON object");
-    only_keys(doc, "", {"defaultAction", "defaultErrnoRet", "archMap", "architectures", "syscalls",
-                        "flags", "listenerPath", "listenerMetadata"});
+    only_keys(doc, "",
+              {"defaultAction", "defaultErrnoRet", "archMap", "architectures", "syscalls", "flags",
+               "listenerPath", "listenerMetadata"});
     if (doc.contains("listenerPath") && !doc["listenerPath"].is_null() && doc["listenerPath"] != "")
       fail("listenerPath", "seccomp notification listeners are not supported");
     Profile p;
@@ -109,8 +111,8 @@ class DockerReader {
     p.default_action = text(doc["defaultAction"], "defaultAction");
     p.default_errno.reset();
     if (doc.contains("defaultErrnoRet"))
-      p.default_errno = static_cast<uint32_t>(
-          unsigned_number(doc["defaultErrnoRet"], "defaultErrnoRet", 4095));
+      p.default_errno =
+          static_cast<uint32_t>(unsigned_number(doc["defaultErrnoRet"], "defaultErrnoRet", 4095));
     if (doc.contains("archMap") && !doc["archMap"].is_null()) {
       const json &m = doc["archMap"];
       if (!m.is_array()) fail("archMap", "must be an array");
@@ -139,8 +141,8 @@ class DockerReader {
   SyscallRule rule(const json &c, size_t i) const {
     std::string at = "syscalls[" + std::to_string(i) + "]";
     if (!c.is_object()) fail(at, "must be an object");
-    only_keys(c, at, {"names", "name", "action", "errnoRet", "args", "comment", "includes",
-                      "excludes"});
+    only_keys(c, at,
+              {"names", "name", "action", "errnoRet", "args", "comment", "includes", "excludes"});
     SyscallRule r;
     r.where = at;
     if (c.contains("names")) r.names = texts(c["names"], at + ".names");
@@ -183,19 +185,26 @@ class DockerReader {
 // ---- TOML ----------------------------------------------------------------
 
 const std::pair<const char *, const char *> kTomlActions[] = {
-    {"allow", "SCMP_ACT_ALLOW"},           {"errno", "SCMP_ACT_ERRNO"},
-    {"kill_thread", "SCMP_ACT_KILL_THREAD"}, {"kill_process", "SCMP_ACT_KILL_PROCESS"},
-    {"trap", "SCMP_ACT_TRAP"},             {"log", "SCMP_ACT_LOG"}};
-const std::pair<const char *, const char *> kTomlOps[] = {
-    {"eq", "SCMP_CMP_EQ"}, {"ne", "SCMP_CMP_NE"}, {"lt", "SCMP_CMP_LT"},
-    {"le", "SCMP_CMP_LE"}, {"gt", "SCMP_CMP_GT"}, {"ge", "SCMP_CMP_GE"},
-    {"masked_eq", "SCMP_CMP_MASKED_EQ"}};
+    {"allow", "SCMP_ACT_ALLOW"},
+    {"errno", "SCMP_ACT_ERRNO"},
+    {"kill_thread", "SCMP_ACT_KILL_THREAD"},
+    {"kill_process", "SCMP_ACT_KILL_PROCESS"},
+    {"trap", "SCMP_ACT_TRAP"},
+    {"log", "SCMP_ACT_LOG"}};
+const std::pair<const char *, const char *> kTomlOps[] = {{"eq", "SCMP_CMP_EQ"},
+                                                          {"ne", "SCMP_CMP_NE"},
+                                                          {"lt", "SCMP_CMP_LT"},
+                                                          {"le", "SCMP_CMP_LE"},
+                                                          {"gt", "SCMP_CMP_GT"},
+                                                          {"ge", "SCMP_CMP_GE"},
+                                                          {"masked_eq", "SCMP_CMP_MASKED_EQ"}};
 
 class TomlReader {
  public:
   explicit TomlReader(std::string source) : source_(std::move(source)) {}
 
-  [[noreturn]] void fail(const toml::node *n, const std::string &at, const std::string &what) const {
+  [[noreturn]] void fail(const toml::node *n, const std::string &at,
+                         const std::string &what) const {
     std::string place = "profile " + source_;
     if (n && n->source().begin.line > 0) place += " line " + std::to_string(n->source().begin.line);
     throw ProfileError(place + ", " + at + ": " + what);
@@ -224,7 +233,8 @@ class TomlReader {
     if (!n.is_array()) fail(&n, at, "must be an array of strings");
     std::vector<std::string> out;
     size_t i = 0;
-    for (const toml::node &e : *n.as_array()) out.push_back(text(e, at + "[" + std::to_string(i++) + "]"));
+    for (const toml::node &e : *n.as_array())
+      out.push_back(text(e, at + "[" + std::to_string(i++) + "]"));
     return out;
   }
 
@@ -269,8 +279,9 @@ class TomlReader {
                          std::to_string(e.source().begin.column) + ": " +
                          std::string(e.description()));
     }
-    only_keys(root, "", {"base", "default_action", "default_errno", "capabilities",
-                         "no_new_privileges", "masked_paths", "readonly_paths", "syscall"});
+    only_keys(root, "",
+              {"base", "default_action", "default_errno", "capabilities", "no_new_privileges",
+               "masked_paths", "readonly_paths", "syscall"});
     Profile p;
     if (auto *b = root.get("base")) {
       std::string base = text(*b, "base");
@@ -317,8 +328,9 @@ class TomlReader {
 
   SyscallRule rule(const toml::table &t, size_t i) const {
     std::string at = "syscall[" + std::to_string(i) + "]";
-    only_keys(t, at, {"names", "action", "errno", "args", "if_caps", "unless_caps", "arches",
-                      "min_kernel"});
+    only_keys(
+        t, at,
+        {"names", "action", "errno", "args", "if_caps", "unless_caps", "arches", "min_kernel"});
     SyscallRule r;
     auto *names = t.get("names");
     if (!names) fail(&t, at + ".names", "is required: the syscalls this rule is about");

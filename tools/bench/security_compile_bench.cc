@@ -28,9 +28,10 @@ double median(std::vector<double> v) {
 int main(int argc, char **argv) {
   if (argc == 3 && std::strcmp(argv[1], "--print") == 0) {
     try {
-      std::printf("%s\n", sec::resolve_oci(sec::builtin_profile(argv[2]), {}, sec::HostInfo::current())
-                              .dump(2)
-                              .c_str());
+      std::printf("%s\n",
+                  sec::resolve_oci(sec::builtin_profile(argv[2]), {}, sec::HostInfo::current())
+                      .dump(2)
+                      .c_str());
       return 0;
     } catch (const sec::ProfileError &e) {
       std::fprintf(stderr, "%s\n", e.what());
@@ -56,9 +57,10 @@ int main(int argc, char **argv) {
     }
     size_t rules = 0;
     for (const auto &r : p.rules) rules += r.names.size();
-    std::printf("profile %-10s %3zu syscall names: compile (2 BPF programs) median %8.1f us, "
-                "resolve OCI patch median %6.1f us (n=%d)\n",
-                name, rules, median(compile), median(resolve), n);
+    std::printf(
+        "profile %-10s %3zu syscall names: compile (2 BPF programs) median %8.1f us, "
+        "resolve OCI patch median %6.1f us (n=%d)\n",
+        name, rules, median(compile), median(resolve), n);
   }
   return 0;
 }

@@ -9,6 +9,8 @@
  * "status NoNewPrivs: ...", "status Seccomp: ..."). Each syscall runs in its
  * own forked child so that one that succeeds (unshare, setuid, personality)
  * changes nothing for the next. Arguments choose syscalls; none: all.
+ * "security-probe --sleep" prints the status lines, then waits for a signal
+ * (a container that keeps running).
  * Built static by meson, so the image needs nothing else.
  */
 #include <errno.h>
@@ -25,7 +27,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static long probe_getpid(void) { return syscall(SYS_getpid); }
+static long probe_getpid(void) {
+  return syscall(SYS_getpid);
+}
 static long probe_write_file(void) {
   int fd = open("/tmp/probe-file", O_CREAT | O_WRONLY | O_TRUNC, 0600);
   if (fd < 0) return -1;
@@ -71,8 +75,12 @@ static long probe_add_key(void) {
 static long probe_request_key(void) {
   return syscall(SYS_request_key, "user", "flotilla-probe-none", NULL, -2) < 0 ? -1 : 0;
 }
-static long probe_unshare_user(void) { return syscall(SYS_unshare, CLONE_NEWUSER); }
-static long probe_unshare_uts(void) { return syscall(SYS_unshare, CLONE_NEWUTS); }
+static long probe_unshare_user(void) {
+  return syscall(SYS_unshare, CLONE_NEWUSER);
+}
+static long probe_unshare_uts(void) {
+  return syscall(SYS_unshare, CLONE_NEWUTS);
+}
 static long probe_mount_tmpfs(void) {
   return syscall(SYS_mount, "none", "/tmp", "tmpfs", 0, "");
 }
@@ -82,10 +90,18 @@ static long probe_personality_bsd(void) {
 static long probe_personality_query(void) {
   return syscall(SYS_personality, 0xffffffffUL) < 0 ? -1 : 0;
 }
-static long probe_kexec_load(void) { return syscall(SYS_kexec_load, 0, 0, NULL, 0); }
-static long probe_init_module(void) { return syscall(SYS_init_module, NULL, 0, ""); }
-static long probe_swapon(void) { return syscall(SYS_swapon, "/nonexistent-swap", 0); }
-static long probe_pivot_root(void) { return syscall(SYS_pivot_root, "/tmp", "/tmp"); }
+static long probe_kexec_load(void) {
+  return syscall(SYS_kexec_load, 0, 0, NULL, 0);
+}
+static long probe_init_module(void) {
+  return syscall(SYS_init_module, NULL, 0, "");
+}
+static long probe_swapon(void) {
+  return syscall(SYS_swapon, "/nonexistent-swap", 0);
+}
+static long probe_pivot_root(void) {
+  return syscall(SYS_pivot_root, "/tmp", "/tmp");
+}
 static long probe_io_uring_setup(void) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
@@ -93,9 +109,15 @@ static long probe_io_uring_setup(void) {
   if (fd >= 0) close((int)fd);
   return fd < 0 ? -1 : 0;
 }
-static long probe_setuid0(void) { return syscall(SYS_setuid, 0); }
-static long probe_chroot(void) { return syscall(SYS_chroot, "/"); }
-static long probe_ptrace_traceme(void) { return syscall(SYS_ptrace, 0 /* TRACEME */, 0, 0, 0); }
+static long probe_setuid0(void) {
+  return syscall(SYS_setuid, 0);
+}
+static long probe_chroot(void) {
+  return syscall(SYS_chroot, "/");
+}
+static long probe_ptrace_traceme(void) {
+  return syscall(SYS_ptrace, 0 /* TRACEME */, 0, 0, 0);
+}
 
 struct probe {
   const char *name;
@@ -129,22 +151,38 @@ static const struct probe probes[] = {
 
 static const char *errno_name(int e) {
   switch (e) {
-    case EPERM: return "EPERM";
-    case ENOENT: return "ENOENT";
-    case EFAULT: return "EFAULT";
-    case EINVAL: return "EINVAL";
-    case ENOSYS: return "ENOSYS";
-    case EACCES: return "EACCES";
-    case EBUSY: return "EBUSY";
-    case ENOKEY: return "ENOKEY";
-    case EAFNOSUPPORT: return "EAFNOSUPPORT";
-    case ENODEV: return "ENODEV";
-    case ENOEXEC: return "ENOEXEC";
-    case ENOTDIR: return "ENOTDIR";
-    case EOPNOTSUPP: return "EOPNOTSUPP";
-    case EAGAIN: return "EAGAIN";
-    case EROFS: return "EROFS";
-    default: return "E?";
+    case EPERM:
+      return "EPERM";
+    case ENOENT:
+      return "ENOENT";
+    case EFAULT:
+      return "EFAULT";
+    case EINVAL:
+      return "EINVAL";
+    case ENOSYS:
+      return "ENOSYS";
+    case EACCES:
+      return "EACCES";
+    case EBUSY:
+      return "EBUSY";
+    case ENOKEY:
+      return "ENOKEY";
+    case EAFNOSUPPORT:
+      return "EAFNOSUPPORT";
+    case ENODEV:
+      return "ENODEV";
+    case ENOEXEC:
+      return "ENOEXEC";
+    case ENOTDIR:
+      return "ENOTDIR";
+    case EOPNOTSUPP:
+      return "EOPNOTSUPP";
+    case EAGAIN:
+      return "EAGAIN";
+    case EROFS:
+      return "EROFS";
+    default:
+      return "E?";
   }
 }
 
@@ -190,6 +228,10 @@ static void status_lines(void) {
 int main(int argc, char **argv) {
   size_t n = sizeof probes / sizeof probes[0];
   status_lines();
+  if (argc == 2 && strcmp(argv[1], "--sleep") == 0) {
+    fflush(stdout);
+    for (;;) pause();
+  }
   for (size_t i = 0; i < n; ++i) {
     int wanted = argc < 2;
     for (int a = 1; a < argc; ++a) wanted |= strcmp(argv[a], probes[i].name) == 0;

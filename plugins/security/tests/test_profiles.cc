@@ -67,8 +67,7 @@ TEST(Builtin, DefaultCompilesAndDeniesWhatItMust) {
   json sc = sec::resolve_seccomp(p, sec::docker_default_caps(), amd64());
   EXPECT_EQ(sc["defaultAction"], "SCMP_ACT_ERRNO");
   EXPECT_EQ(sc["defaultErrnoRet"], 1);
-  EXPECT_EQ(sc["architectures"],
-            json({"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}));
+  EXPECT_EQ(sc["architectures"], json({"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}));
   for (const char *never : {"keyctl", "add_key", "request_key", "kexec_load", "userfaultfd",
                             "pivot_root", "swapon", "io_uring_setup"})
     EXPECT_FALSE(has_name(sc, never)) << never;
@@ -189,7 +188,8 @@ TEST(DockerFormat, BadProfilesNameFileRuleAndName) {
     {"names":["read"],"action":"SCMP_ACT_ALLOW"},
     {"names":["write","make_coffee"],"action":"SCMP_ACT_ALLOW"}]})")
                 .rfind("profile /etc/p.json: syscalls[1].names[1]: unknown syscall \"make_coffee\" "
-                       "(libseccomp ", 0),
+                       "(libseccomp ",
+                       0),
             0u);
   EXPECT_EQ(docker(R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
     {"names":["mount"],"action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_MAKE_COFFEE"]}}]})"),
@@ -200,11 +200,14 @@ TEST(DockerFormat, BadProfilesNameFileRuleAndName) {
             "unexpected '}'; expected '[', '{', or a literal");
   EXPECT_EQ(docker(R"({"defaultAction":"SCMP_ACT_NOPE"})"),
             "profile /etc/p.json: defaultAction: unknown action \"SCMP_ACT_NOPE\"");
-  EXPECT_EQ(docker(R"({"defaultAction":"SCMP_ACT_ERRNO","archMap":[{"architecture":"SCMP_ARCH_Z80"}]})"),
-            "profile /etc/p.json: archMap[0].architecture: unknown architecture \"SCMP_ARCH_Z80\"");
-  EXPECT_EQ(docker(R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","includes":{"minKernel":"four"}}]})"),
-            "profile /etc/p.json: syscalls[0].includes.minKernel: \"four\" is not a kernel "
-            "version like \"4.8\"");
+  EXPECT_EQ(
+      docker(R"({"defaultAction":"SCMP_ACT_ERRNO","archMap":[{"architecture":"SCMP_ARCH_Z80"}]})"),
+      "profile /etc/p.json: archMap[0].architecture: unknown architecture \"SCMP_ARCH_Z80\"");
+  EXPECT_EQ(
+      docker(
+          R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read"],"action":"SCMP_ACT_ALLOW","includes":{"minKernel":"four"}}]})"),
+      "profile /etc/p.json: syscalls[0].includes.minKernel: \"four\" is not a kernel "
+      "version like \"4.8\"");
   EXPECT_EQ(docker(R"({"defaultAction":"SCMP_ACT_ERRNO","sycalls":[]})").substr(0, 43),
             "profile /etc/p.json: sycalls: unknown key; ");
   // Two actions for one syscall: libseccomp refuses it at load.
@@ -237,7 +240,8 @@ names = ["personality"]
 index = 0
 op = "eq"
 value = 8
-)", "web.toml", "web");
+)",
+                                           "web.toml", "web");
   EXPECT_EQ(p.capabilities, (std::vector<std::string>{"CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"}));
   json sc = sec::resolve_seccomp(p, {"CAP_CHOWN"}, amd64());
   ASSERT_EQ(rules_for(sc, "chroot").size(), 1u);  // the base's allow rule was replaced
@@ -262,7 +266,9 @@ TEST(TomlFormat, BadProfilesNameFileLineRuleAndName) {
   EXPECT_EQ(toml("capabilities = [\"CHOWN\", \"NOPE\"]\n"),
             "profile /etc/p.toml line 1, capabilities[1]: unknown capability \"NOPE\" (libcap "
             "and this kernel do not know it)");
-  EXPECT_EQ(toml("[[syscall]\nnames = []\n").rfind("profile /etc/p.toml line 1: TOML syntax error at column ", 0), 0u);
+  EXPECT_EQ(toml("[[syscall]\nnames = []\n")
+                .rfind("profile /etc/p.toml line 1: TOML syntax error at column ", 0),
+            0u);
   EXPECT_EQ(toml("[[syscall]]\nnames = [\"read\"]\naction = \"permit\"\n"),
             "profile /etc/p.toml line 3, syscall[0].action: \"permit\" is not one of allow, "
             "errno, kill_thread, kill_process, trap, log");
@@ -330,7 +336,8 @@ TEST_F(Policy, EachRuleRefusesByName) {
 }
 
 TEST_F(Policy, AProfileThatFailedToLoadIsRefusedWithItsReason) {
-  sec::BrokenProfiles broken = {{"web", "profile /etc/web.json: syscalls[0].names[0]: unknown syscall \"x\""}};
+  sec::BrokenProfiles broken = {
+      {"web", "profile /etc/web.json: syscalls[0].names[0]: unknown syscall \"x\""}};
   sec::TaskSecurity t;
   t.profile = "web";
   sec::Refusal r = sec::check_task(policy, profiles, t, "task[0] (web)", broken);
@@ -366,13 +373,13 @@ TEST(PolicyConfig, BadValuesNameTheKey) {
   EXPECT_EQ(key, "allowed_cap_add[0]");
   EXPECT_FALSE(sec::parse_policy(json{{"min_profile", "unconfined"}}, p, key, msg));
   EXPECT_EQ(key, "min_profile");
-  EXPECT_FALSE(sec::parse_policy(json{{"default_profile", "unconfined"}, {"allow_unconfined", true}},
-                                 p, key, msg));
+  EXPECT_FALSE(sec::parse_policy(
+      json{{"default_profile", "unconfined"}, {"allow_unconfined", true}}, p, key, msg));
   EXPECT_EQ(key, "default_profile");
   EXPECT_NE(msg.find("only when it asks for it by name"), std::string::npos) << msg;
   EXPECT_FALSE(sec::parse_policy(json{{"alow_root", true}}, p, key, msg));
   EXPECT_EQ(key, "alow_root");
-  EXPECT_TRUE(sec::parse_policy(json{{"allow_root", false}, {"allowed_cap_add", {"net_admin"}}},
-                                p, key, msg));
+  EXPECT_TRUE(sec::parse_policy(json{{"allow_root", false}, {"allowed_cap_add", {"net_admin"}}}, p,
+                                key, msg));
   EXPECT_EQ(p.allowed_cap_add, std::vector<std::string>{"CAP_NET_ADMIN"});
 }
