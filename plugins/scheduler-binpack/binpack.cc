@@ -369,17 +369,29 @@ bool Cluster::dynamic_ok(const GroupState &g, size_t n) const {
 double Cluster::score(const GroupState &g, size_t n) const {
   const Node &node = nodes_[n];
   const Resources &ask = g.g.resources, &free = free_[n];
-  double fill = 0;
+  double fill = 0, lo = 1, hi = 0;
   int dims = 0;
   auto add = [&](int64_t cap, int64_t f, int64_t a) {
     if (cap <= 0) return;
-    fill += static_cast<double>(cap - f + a) / static_cast<double>(cap);
+    double u = static_cast<double>(cap - f + a) / static_cast<double>(cap);
+    fill += u;
+    lo = std::min(lo, u);
+    hi = std::max(hi, u);
     ++dims;
   };
   add(node.capacity.cpu_mhz, free.cpu_mhz, ask.cpu_mhz);
   add(node.capacity.memory_mb, free.memory_mb, ask.memory_mb);
   if (ask.disk_mb > 0) add(node.capacity.disk_mb, free.disk_mb, ask.disk_mb);
-  double s = dims ? fill / dims : 0;
+  // Best fit, less the imbalance between dimensions: a node full in CPU
+  // with memory to spare strands that memory.
+  double s = dims ? fill / dims - options_.balance_weight * (hi - lo) : 0;
+  // Bin packing: open an empty node only when no used one will do.
+  // Opening an empty node: the empty node penalty, and prefer big nodes so
+  // that fewer are used.
+  if (free.cpu_mhz == node.capacity.cpu_mhz && free.memory_mb == node.capacity.memory_mb)
+    s -= options_.empty_node_penalty +
+         0.5 * (2.0 - static_cast<double>(node.capacity.cpu_mhz) / index_->ref_cpu -
+                static_cast<double>(node.capacity.memory_mb) / index_->ref_mem);
   if (uint32_t c = g.count_on(n)) s -= options_.anti_affinity_weight * c / g.total;
   if (!g.g.affinities.empty()) {
     double sum = 0, norm = 0;
@@ -424,6 +436,9 @@ int64_t Cluster::pick_indexed(GroupState &g) {
     heap_store[heap_n++] = cell;
     std::push_heap(heap_store, heap_store + heap_n, std::greater<Cell>());
   };
+  // Fullest first by the emptier dimension, then by both: a node with little
+  // of either left beats one with none of one and much of the other.
+  auto cell_key = [](int c, int m) { return std::max(c, m) * 2 * Index::L + c + m; };
   auto next_in_row = [&](int c, int from) -> int {
     if (from >= Index::L) return -1;
     uint64_t mm = ix.row_mask[c] & (~uint64_t{0} << from);
@@ -432,7 +447,7 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   for (uint64_t rows = ac >= Index::L ? 0 : ix.rows & (~uint64_t{0} << ac); rows; rows &= rows - 1) {
     int c = std::countr_zero(rows);
     int m = next_in_row(c, am);
-    if (m >= 0) push({c + m, c, m});
+    if (m >= 0) push({cell_key(c, m), c, m});
   }
   // A boundary cell (the ask's own level in a dimension) may hold many
   // nodes that just miss; look at a few and come back only if nothing else fits.
@@ -455,7 +470,7 @@ int64_t Cluster::pick_indexed(GroupState &g) {
     if (look < nodes.size() && n_found < want)
       skipped_cells.push_back(static_cast<uint32_t>(cell.c * Index::L + cell.m));
     int m = next_in_row(cell.c, cell.m + 1);
-    if (m >= 0) push({cell.c + m, cell.c, m});
+    if (m >= 0) push({cell_key(cell.c, m), cell.c, m});
   }
   for (size_t k = 0; n_found == 0 && k < skipped_cells.size(); ++k) {
     const auto &nodes = ix.cells[skipped_cells[k]];

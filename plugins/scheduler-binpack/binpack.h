@@ -106,9 +106,14 @@ struct Explanation {
 struct Options {
   // Feasible nodes scored per placement, taken from the index in best-fit
   // order; the highest score wins.
-  int candidates = 4;
+  int candidates = 32;
   // Weight of the penalty for putting two allocations of one job on a node.
-  double anti_affinity_weight = 0.5;
+  double anti_affinity_weight = 5.0;
+  // Weight of the imbalance between the node's CPU and memory use after
+  // placing (best fit alone strands one dimension when tasks are alike).
+  double balance_weight = 1.0;
+  // Taken off the score of a node with nothing on it yet.
+  double empty_node_penalty = 0.0;
 };
 
 class Cluster {

@@ -533,7 +533,7 @@ TEST(BinpackPlugin, PlacesThroughTheAbi) {
       nodes[i].struct_size = sizeof nodes[i];
       nodes[i].name = names[i];
       nodes[i].capacity = {sizeof(flotilla_resources), 2000, 2048, 10000};
-      nodes[i].used = {sizeof(flotilla_resources), i == 1 ? 1500 : 0, 0, 0};
+      nodes[i].used = {sizeof(flotilla_resources), i == 1 ? 1500 : 0, i == 1 ? 1536 : 0, 0};
       nodes[i].eligible = 1;
     }
     flotilla_sched_ask asks[2] = {};
