@@ -386,12 +386,8 @@ double Cluster::score(const GroupState &g, size_t n) const {
   // with memory to spare strands that memory.
   double s = dims ? fill / dims - options_.balance_weight * (hi - lo) : 0;
   // Bin packing: open an empty node only when no used one will do.
-  // Opening an empty node: the empty node penalty, and prefer big nodes so
-  // that fewer are used.
   if (free.cpu_mhz == node.capacity.cpu_mhz && free.memory_mb == node.capacity.memory_mb)
-    s -= options_.empty_node_penalty +
-         0.5 * (2.0 - static_cast<double>(node.capacity.cpu_mhz) / index_->ref_cpu -
-                static_cast<double>(node.capacity.memory_mb) / index_->ref_mem);
+    s -= options_.empty_node_penalty;
   if (uint32_t c = g.count_on(n)) s -= options_.anti_affinity_weight * c / g.total;
   if (!g.g.affinities.empty()) {
     double sum = 0, norm = 0;
