@@ -452,18 +452,28 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   uint32_t found[64];
   const int want = std::min(options_.candidates, 64);
   int n_found = 0;
+  // Once something fits, look at a bounded number of further nodes: near a
+  // full cluster the next feasible ones can be far apart.
+  const size_t kLookAfterFirst = 32 * static_cast<size_t>(want);
+  size_t looked = 0, looked_at_first = 0;
   auto consider = [&](uint32_t n) {
+    ++looked;
     if (!fits(free_[n], ask) || !dynamic_ok(g, n) || !static_ok(g, n)) return;
+    if (n_found == 0) looked_at_first = looked;
     found[n_found++] = n;
   };
-  while (heap_n > 0 && n_found < want) {
+  auto enough = [&] {
+    return n_found >= want || (n_found > 0 && looked - looked_at_first >= kLookAfterFirst);
+  };
+  while (heap_n > 0 && !enough()) {
     std::pop_heap(heap_store, heap_store + heap_n, std::greater<Cell>());
     Cell cell = heap_store[--heap_n];
     const auto &nodes = ix.cells[cell.c * Index::L + cell.m];
     const bool boundary = cell.c == ac || cell.m == am;
     size_t look = boundary ? std::min(nodes.size(), kBoundaryLook) : nodes.size();
-    for (size_t i = 0; i < look && n_found < want; ++i) consider(nodes[i]);
-    if (look < nodes.size() && n_found < want)
+    size_t i = 0;
+    for (; i < look && !enough(); ++i) consider(nodes[i]);
+    if (look < nodes.size() && i == look && n_found == 0)
       skipped_cells.push_back(static_cast<uint32_t>(cell.c * Index::L + cell.m));
     int m = next_in_row(cell.c, cell.m + 1);
     if (m >= 0) push({cell_key(cell.c, m), cell.c, m});

@@ -80,9 +80,13 @@ Workload make_workload(size_t n_nodes, bool heterogeneous, bool both_dims, uint6
   const int64_t mems_light[] = {128, 192, 256, 384, 512};
   const int64_t *mems = both_dims ? mems_balanced : mems_light;
   const int64_t disks[] = {0, 100, 500, 1000};
+  // Jobs grow with the cluster past 10,000 nodes (about 100 tasks per node
+  // either way), as an evaluation covers more of a bigger cluster.
+  const uint32_t job_scale = static_cast<uint32_t>(std::max<size_t>(1, n_nodes / 10000));
   int64_t want_cpu = 0, want_mem = 0;
   while (want_cpu < cap_cpu * 85 / 100 && want_mem < cap_mem * 85 / 100) {
-    Job j{{cpus[rng() % 7], mems[rng() % 5], disks[rng() % 4]}, static_cast<uint32_t>(1 + rng() % 199)};
+    Job j{{cpus[rng() % 7], mems[rng() % 5], disks[rng() % 4]},
+          static_cast<uint32_t>(job_scale * (1 + rng() % 199))};
     int64_t room = std::min((cap_cpu * 85 / 100 - want_cpu) / j.task.cpu,
                             (cap_mem * 85 / 100 - want_mem) / j.task.mem);
     if (room < 1) break;
