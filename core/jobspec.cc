@@ -928,7 +928,7 @@ json check_condition(Section &s) {
   const bool needs_value = op != "is_set" && op != "is_not_set";
   auto value = text(s, "value", "the value to compare with",
                     needs_value ? Presence::required : Presence::optional, Empty::allowed);
-  if (value && !needs_value) {
+  if (value && !needs_value && !value->empty()) {  // "" is the canonical form
     s.c.problem(s.key("value"), "is not used with operator \"" + op + "\"; leave it out");
     value.reset();
   }
