@@ -242,39 +242,70 @@ std::string Explanation::to_json() const {
 
 // ---- the index --------------------------------------------------------------
 
-// Nodes by free CPU and memory, each quantised to 64 levels of the largest
-// node's capacity: cell (c, m) holds the nodes whose free CPU is in level c
-// and free memory in level m. A node in a row below the ask's CPU level (or
-// a column below its memory level) cannot fit it, so a best-fit search
-// visits cells from the ask's levels upward in order of c + m, and looks
-// only at a few nodes. One bitmask per row says which cells are non-empty.
+// Nodes by free CPU and memory. Nodes of one capacity shape share a grid
+// (up to 16 shapes; the rest share one more): cell (c, m) of a grid holds
+// the nodes whose free CPU is in level c and free memory in level m, each
+// level 1/64 of the grid's capacity (its largest node's). A node in a row
+// below the ask's CPU level (or a column below its memory level) cannot fit
+// it, so a best-fit search visits cells from the ask's levels upward, fullest
+// first, and looks only at a few nodes. Levels are fractions of the node's
+// own capacity, so a half-empty big node is not mistaken for a full small
+// one. One bitmask per row says which cells are non-empty.
 struct Cluster::Index {
   static constexpr int L = 64;
+  static constexpr size_t kMaxShapes = 16;
   static constexpr uint32_t kNone = UINT32_MAX;
-  int64_t ref_cpu = 1, ref_mem = 1;
-  std::vector<std::vector<uint32_t>> cells = std::vector<std::vector<uint32_t>>(L * L);
-  std::vector<uint32_t> pos, cell_of;
-  uint64_t row_mask[L] = {};
-  uint64_t rows = 0;
+  struct Grid {
+    int64_t ref_cpu = 1, ref_mem = 1;
+    std::vector<std::vector<uint32_t>> cells = std::vector<std::vector<uint32_t>>(L * L);
+    uint64_t row_mask[L] = {};
+    uint64_t rows = 0;
+  };
+  std::vector<Grid> grids;
+  std::vector<uint16_t> grid_of;
+  std::vector<uint32_t> pos, cell_of;  // cell_of: grid * L * L + cell
 
-  int level(int64_t v, int64_t ref) const {
+  static int level(int64_t v, int64_t ref) {
     if (v <= 0 || ref <= 0) return 0;
     int64_t l = static_cast<int64_t>((static_cast<__int128>(v) * L) / ref);
     return static_cast<int>(std::min<int64_t>(l, L - 1));
   }
+  void build(const std::vector<Node> &nodes) {
+    std::map<std::pair<int64_t, int64_t>, uint16_t> shapes;
+    grid_of.assign(nodes.size(), 0);
+    for (size_t n = 0; n < nodes.size(); ++n) {
+      std::pair<int64_t, int64_t> shape{nodes[n].capacity.cpu_mhz, nodes[n].capacity.memory_mb};
+      auto it = shapes.find(shape);
+      if (it == shapes.end()) {
+        uint16_t id = static_cast<uint16_t>(std::min(shapes.size(), kMaxShapes));
+        it = shapes.emplace(shape, id).first;
+      }
+      grid_of[n] = it->second;
+    }
+    grids.resize(std::min(shapes.size(), kMaxShapes + 1));
+    for (size_t n = 0; n < nodes.size(); ++n) {
+      Grid &g = grids[grid_of[n]];
+      g.ref_cpu = std::max(g.ref_cpu, nodes[n].capacity.cpu_mhz);
+      g.ref_mem = std::max(g.ref_mem, nodes[n].capacity.memory_mb);
+    }
+    pos.assign(nodes.size(), kNone);
+    cell_of.assign(nodes.size(), kNone);
+  }
   void insert(uint32_t n, const Resources &free) {
-    int c = level(free.cpu_mhz, ref_cpu), m = level(free.memory_mb, ref_mem);
+    Grid &g = grids[grid_of[n]];
+    int c = level(free.cpu_mhz, g.ref_cpu), m = level(free.memory_mb, g.ref_mem);
     uint32_t cell = static_cast<uint32_t>(c * L + m);
-    cell_of[n] = cell;
-    pos[n] = static_cast<uint32_t>(cells[cell].size());
-    cells[cell].push_back(n);
-    row_mask[c] |= uint64_t{1} << m;
-    rows |= uint64_t{1} << c;
+    cell_of[n] = grid_of[n] * L * L + cell;
+    pos[n] = static_cast<uint32_t>(g.cells[cell].size());
+    g.cells[cell].push_back(n);
+    g.row_mask[c] |= uint64_t{1} << m;
+    g.rows |= uint64_t{1} << c;
   }
   void remove(uint32_t n) {
-    uint32_t cell = cell_of[n];
-    if (cell == kNone) return;
-    auto &v = cells[cell];
+    if (cell_of[n] == kNone) return;
+    Grid &g = grids[grid_of[n]];
+    uint32_t cell = cell_of[n] % (L * L);
+    auto &v = g.cells[cell];
     uint32_t last = v.back();
     v[pos[n]] = last;
     pos[last] = pos[n];
@@ -282,8 +313,8 @@ struct Cluster::Index {
     cell_of[n] = kNone;
     if (v.empty()) {
       int c = static_cast<int>(cell / L), m = static_cast<int>(cell % L);
-      row_mask[c] &= ~(uint64_t{1} << m);
-      if (!row_mask[c]) rows &= ~(uint64_t{1} << c);
+      g.row_mask[c] &= ~(uint64_t{1} << m);
+      if (!g.row_mask[c]) g.rows &= ~(uint64_t{1} << c);
     }
   }
 };
@@ -314,17 +345,14 @@ Cluster::Cluster(std::vector<Node> nodes, Options options)
     : nodes_(std::move(nodes)), options_(options), index_(std::make_unique<Index>()) {
   if (options_.candidates < 1) options_.candidates = 1;
   free_.resize(nodes_.size());
-  index_->pos.assign(nodes_.size(), Index::kNone);
-  index_->cell_of.assign(nodes_.size(), Index::kNone);
   for (size_t n = 0; n < nodes_.size(); ++n) {
     const Node &node = nodes_[n];
     free_[n] = {node.capacity.cpu_mhz - node.used.cpu_mhz,
                 node.capacity.memory_mb - node.used.memory_mb,
                 node.capacity.disk_mb - node.used.disk_mb};
-    index_->ref_cpu = std::max(index_->ref_cpu, node.capacity.cpu_mhz);
-    index_->ref_mem = std::max(index_->ref_mem, node.capacity.memory_mb);
     std::sort(nodes_[n].ports_used.begin(), nodes_[n].ports_used.end());
   }
+  index_->build(nodes_);
   for (size_t n = 0; n < nodes_.size(); ++n)
     if (nodes_[n].eligible) index_->insert(static_cast<uint32_t>(n), free_[n]);
 }
@@ -421,34 +449,54 @@ double Cluster::spread_score(const GroupState &g, size_t n) const {
 int64_t Cluster::pick_indexed(GroupState &g) {
   const Index &ix = *index_;
   const Resources &ask = g.g.resources;
-  const int ac = ix.level(ask.cpu_mhz, ix.ref_cpu), am = ix.level(ask.memory_mb, ix.ref_mem);
   struct Cell {
-    int key, c, m;
-    bool operator>(const Cell &o) const { return key != o.key ? key > o.key : c > o.c; }
-  };
-  Cell heap_store[Index::L];
-  int heap_n = 0;
-  auto push = [&](Cell cell) {
-    heap_store[heap_n++] = cell;
-    std::push_heap(heap_store, heap_store + heap_n, std::greater<Cell>());
+    int key;
+    uint16_t grid;
+    uint8_t c, m;
+    bool operator>(const Cell &o) const {
+      if (key != o.key) return key > o.key;
+      if (grid != o.grid) return grid > o.grid;
+      return c != o.c ? c > o.c : m > o.m;
+    }
   };
   // Fullest first by the emptier dimension, then by both: a node with little
   // of either left beats one with none of one and much of the other.
   auto cell_key = [](int c, int m) { return std::max(c, m) * 2 * Index::L + c + m; };
-  auto next_in_row = [&](int c, int from) -> int {
+  auto next_in_row = [&](const Index::Grid &gr, int c, int from) -> int {
     if (from >= Index::L) return -1;
-    uint64_t mm = ix.row_mask[c] & (~uint64_t{0} << from);
+    uint64_t mm = gr.row_mask[c] & (~uint64_t{0} << from);
     return mm ? std::countr_zero(mm) : -1;
   };
-  for (uint64_t rows = ac >= Index::L ? 0 : ix.rows & (~uint64_t{0} << ac); rows; rows &= rows - 1) {
-    int c = std::countr_zero(rows);
-    int m = next_in_row(c, am);
-    if (m >= 0) push({cell_key(c, m), c, m});
+  // Rows are opened lazily: an opener entry stands for a grid's next
+  // non-empty row r with the least key any of its cells can have
+  // (cell_key(r, am)); popping it opens the row and queues the next one.
+  constexpr uint8_t kOpener = 255;
+  thread_local std::vector<Cell> heap;
+  heap.clear();
+  int ac[Index::kMaxShapes + 1], am[Index::kMaxShapes + 1];
+  auto next_row = [&](const Index::Grid &gr, int from) -> int {
+    if (from >= Index::L) return -1;
+    uint64_t rows = gr.rows & (~uint64_t{0} << from);
+    return rows ? std::countr_zero(rows) : -1;
+  };
+  auto push = [&](Cell cell) {
+    heap.push_back(cell);
+    std::push_heap(heap.begin(), heap.end(), std::greater<Cell>());
+  };
+  for (size_t gi = 0; gi < ix.grids.size(); ++gi) {
+    const Index::Grid &gr = ix.grids[gi];
+    ac[gi] = Index::level(ask.cpu_mhz, gr.ref_cpu);
+    am[gi] = Index::level(ask.memory_mb, gr.ref_mem);
+    // An ask larger than the grid's nodes cannot fit any of them.
+    if (ask.cpu_mhz > gr.ref_cpu || ask.memory_mb > gr.ref_mem) continue;
+    int r = next_row(gr, ac[gi]);
+    if (r >= 0)
+      push({cell_key(r, am[gi]), static_cast<uint16_t>(gi), static_cast<uint8_t>(r), kOpener});
   }
   // A boundary cell (the ask's own level in a dimension) may hold many
   // nodes that just miss; look at a few and come back only if nothing else fits.
   constexpr size_t kBoundaryLook = 16;
-  std::vector<uint32_t> skipped_cells;
+  std::vector<std::pair<uint16_t, uint32_t>> skipped_cells;
   uint32_t found[64];
   const int want = std::min(options_.candidates, 64);
   int n_found = 0;
@@ -465,21 +513,30 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   auto enough = [&] {
     return n_found >= want || (n_found > 0 && looked - looked_at_first >= kLookAfterFirst);
   };
-  while (heap_n > 0 && !enough()) {
-    std::pop_heap(heap_store, heap_store + heap_n, std::greater<Cell>());
-    Cell cell = heap_store[--heap_n];
-    const auto &nodes = ix.cells[cell.c * Index::L + cell.m];
-    const bool boundary = cell.c == ac || cell.m == am;
+  while (!heap.empty() && !enough()) {
+    std::pop_heap(heap.begin(), heap.end(), std::greater<Cell>());
+    Cell cell = heap.back();
+    heap.pop_back();
+    const Index::Grid &gr = ix.grids[cell.grid];
+    if (cell.m == kOpener) {
+      int m = next_in_row(gr, cell.c, am[cell.grid]);
+      if (m >= 0) push({cell_key(cell.c, m), cell.grid, cell.c, static_cast<uint8_t>(m)});
+      int r = next_row(gr, cell.c + 1);
+      if (r >= 0) push({cell_key(r, am[cell.grid]), cell.grid, static_cast<uint8_t>(r), kOpener});
+      continue;
+    }
+    const auto &nodes = gr.cells[cell.c * Index::L + cell.m];
+    const bool boundary = cell.c == ac[cell.grid] || cell.m == am[cell.grid];
     size_t look = boundary ? std::min(nodes.size(), kBoundaryLook) : nodes.size();
     size_t i = 0;
     for (; i < look && !enough(); ++i) consider(nodes[i]);
     if (look < nodes.size() && i == look && n_found == 0)
-      skipped_cells.push_back(static_cast<uint32_t>(cell.c * Index::L + cell.m));
-    int m = next_in_row(cell.c, cell.m + 1);
-    if (m >= 0) push({cell_key(cell.c, m), cell.c, m});
+      skipped_cells.emplace_back(cell.grid, static_cast<uint32_t>(cell.c * Index::L + cell.m));
+    int m = next_in_row(gr, cell.c, cell.m + 1);
+    if (m >= 0) push({cell_key(cell.c, m), cell.grid, cell.c, static_cast<uint8_t>(m)});
   }
   for (size_t k = 0; n_found == 0 && k < skipped_cells.size(); ++k) {
-    const auto &nodes = ix.cells[skipped_cells[k]];
+    const auto &nodes = ix.grids[skipped_cells[k].first].cells[skipped_cells[k].second];
     for (size_t i = kBoundaryLook; i < nodes.size() && n_found < want; ++i) consider(nodes[i]);
   }
   int64_t best = -1;
