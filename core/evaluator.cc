@@ -148,6 +148,73 @@ ReschedulePolicy reschedule_policy(const json &job) {
           r.value("unlimited", !batch)};
 }
 
+// [update] of a service job: replace at most max_parallel old-version
+// allocations at a time, each step once the new ones have run for
+// min_healthy_time; a new one that fails or is not healthy by
+// healthy_deadline stops the update, or with auto_revert writes the
+// previous version's spec back as a new version. Returns how many old
+// allocations may be replaced now, -1 for all.
+int64_t rolling_update(const std::string &name, const json &job, const std::vector<json> &list,
+                       const json &statuses, int64_t now_ms, Evaluator::Plan &out) {
+  if (job.value("type", "service") != "service" || !job.contains("update")) return -1;
+  const json update = member(job, "update", json::object());
+  const int64_t max_parallel = update.value("max_parallel", 1);
+  if (max_parallel <= 0) return -1;
+  const int64_t min_healthy = update.value("min_healthy_time_ms", 10000);
+  const int64_t deadline = update.value("healthy_deadline_ms", 300000);
+  const int64_t version = job.value("version", 1);
+  int64_t in_flight = 0;
+  bool has_old = false;
+  json old_spec;
+  std::string unhealthy;
+  for (const auto &a : list) {
+    if (a.value("desired_status", "") != "run") continue;
+    if (a.value("job_version", 0) < version) {
+      has_old = true;
+      if (a.contains("spec")) old_spec = a["spec"];
+      continue;
+    }
+    const std::string id = a.value("id", "");
+    json st = member(statuses, id.c_str(), json::object());
+    const std::string status = st.value("status", "pending");
+    if (status == "failed") {
+      unhealthy = id + " failed";
+      continue;
+    }
+    int64_t started = -1;
+    if (status == "running")
+      for (const auto &t : member(st, "tasks", json::object()))
+        started = std::max(started, parse_rfc3339_ms(t.value("started_at", "")));
+    if (started >= 0 && now_ms - started >= min_healthy) continue;  // healthy
+    int64_t created = parse_rfc3339_ms(a.value("created_at", ""));
+    if (created >= 0 && now_ms >= created + deadline) {
+      unhealthy = id + " was not healthy within " + std::to_string(deadline / 1000) + "s";
+      continue;
+    }
+    ++in_flight;
+    int64_t due = created >= 0 ? created + deadline : now_ms + deadline;
+    if (started >= 0) due = std::min(due, started + min_healthy);
+    if (out.next_evaluation_ms == 0 || due < out.next_evaluation_ms) out.next_evaluation_ms = due;
+  }
+  if (!has_old) return -1;
+  if (unhealthy.empty()) return std::max<int64_t>(0, max_parallel - in_flight);
+  if (update.value("auto_revert", false) && old_spec.is_object() && !job.contains("reverted_from")) {
+    json back = old_spec;
+    back.erase("mod_revision");
+    back["version"] = version + 1;
+    back["reverted_from"] = version;
+    out.job_updates.push_back(std::move(back));
+    out.failures[name] = {{"message", "update to version " + std::to_string(version) +
+                                          " reverted: allocation " + unhealthy},
+                          {"unplaced", 0}};
+  } else {
+    out.failures[name] = {{"message", "update to version " + std::to_string(version) +
+                                          " stopped: allocation " + unhealthy},
+                          {"unplaced", 0}};
+  }
+  return 0;
+}
+
 }  // namespace
 
 Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json &allocs,
@@ -234,6 +301,9 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
     std::set<std::string> nodes_with_alloc;  // for system jobs
     std::map<int, json> replaces;            // index -> failed allocation it replaces
     const ReschedulePolicy policy = reschedule_policy(job);
+    // Rolling update: how many old-version allocations may be replaced now
+    // (-1: all of them, no [update] policy).
+    int64_t rolling_budget = rolling_update(name, job, list, statuses, now_ms, out);
     for (const auto &a : list) {
       if (a.value("desired_status", "") != "run") continue;
       const std::string node = a.value("node", "");
@@ -247,7 +317,13 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
         continue;
       }
       if (a.value("job_version", 0) < version) {
-        stop_alloc(a, "job updated to version " + std::to_string(version));
+        if (rolling_budget != 0) {
+          if (rolling_budget > 0) --rolling_budget;
+          stop_alloc(a, "job updated to version " + std::to_string(version));
+          continue;
+        }
+        live.insert(a.value("index", 0));  // replaced in a later step of the update
+        nodes_with_alloc.insert(node);
         continue;
       }
       const int index = a.value("index", 0);
@@ -647,6 +723,10 @@ void Evaluator::evaluate() {
     for (const auto &a : p.updated_allocs) {
       ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
       touched_jobs.insert(a["job"]);
+    }
+    for (const auto &j : p.job_updates) {  // auto_revert
+      ops.push_back(StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
+      touched_jobs.insert(j["name"]);
     }
     // Placement failures are kept next to the job so `job status` can say why.
     for (auto it = jobs.begin(); it != jobs.end(); ++it) {

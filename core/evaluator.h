@@ -41,6 +41,8 @@ class Evaluator {
     // When a failed allocation's reschedule delay ends (ms since the epoch),
     // or 0: evaluate again then.
     int64_t next_evaluation_ms = 0;
+    // Job specs to write back (auto_revert of a failed rolling update).
+    std::vector<nlohmann::json> job_updates;
   };
   // now_ms: wall clock in ms since the epoch (-1: now), for reschedule delays.
   static Plan plan(const nlohmann::json &jobs, const nlohmann::json &nodes,

@@ -804,7 +804,7 @@ constexpr KeyRule kJobKeys[] = {{"name"},       {"type"},           {"count"},
                                 {"datacenters"}, {"priority"},      {"restart"},
                                 {"task"},       {"node_pool"},      {"distinct_hosts"},
                                 {"constraint"}, {"affinity"},       {"spread"},
-                                {"reschedule"}};
+                                {"reschedule"}, {"update"}};
 constexpr KeyRule kRestartKeys[] = {{"attempts"},
                                     {"interval", KeyKind::duration},
                                     {"delay", KeyKind::duration},
@@ -847,6 +847,10 @@ constexpr std::string_view kOperators[] = {"=",      "!=",           "<",      "
                                            ">",      ">=",           "version", "regexp",
                                            "set_contains", "is_set", "is_not_set"};
 constexpr std::string_view kDelayFunctions[] = {"constant", "exponential"};
+constexpr KeyRule kUpdateKeys[] = {{"max_parallel"},
+                                   {"min_healthy_time", KeyKind::duration},
+                                   {"healthy_deadline", KeyKind::duration},
+                                   {"auto_revert"}};
 
 // "${attr.os}", "${node.name}", "${node.datacenter}", "${node.pool}".
 bool is_attribute_ref(const std::string &a) {
@@ -975,6 +979,26 @@ json check_reschedule(Checker &c, const json *r, const std::string &path, const 
           {"max_delay_ms", max_delay}, {"unlimited", unlimited}};
 }
 
+json check_update(Checker &c, const json *u, const std::string &path, const std::string &type) {
+  if (type != "service")
+    c.problem(path, "only service jobs are updated in steps; leave it out");
+  Section s(c, *u, path, kUpdateKeys);
+  std::int64_t max_parallel =
+      integer(s, "max_parallel", {0, 1000, "an integer from 0 to 1000 (0: all at once)", ""})
+          .value_or(1);
+  auto min_healthy = duration(s, "min_healthy_time", {0, kHourMs});
+  auto deadline = duration(s, "healthy_deadline", {1000, 24 * kHourMs});
+  if (min_healthy.value_or(10000) >= deadline.value_or(300000) && (min_healthy || deadline))
+    c.problem(path, "healthy_deadline (" + format_duration_ms(deadline.value_or(300000)) +
+                        ") must be longer than min_healthy_time (" +
+                        format_duration_ms(min_healthy.value_or(10000)) + ")");
+  bool auto_revert = boolean(s, "auto_revert").value_or(false);
+  return {{"max_parallel", max_parallel},
+          {"min_healthy_time_ms", min_healthy.value_or(10000)},
+          {"healthy_deadline_ms", deadline.value_or(300000)},
+          {"auto_revert", auto_revert}};
+}
+
 // The job's placement keys, added to out only when given.
 void check_job_placement(Section &s, const std::string &type, json &out) {
   Checker &c = s.c;
@@ -1031,6 +1055,8 @@ void check_job_placement(Section &s, const std::string &type, json &out) {
     });
   if (const json *r = sub_object(s, "reschedule", "[reschedule]"))
     out["reschedule"] = check_reschedule(c, r, s.key("reschedule"), type);
+  if (const json *u = sub_object(s, "update", "[update]"))
+    out["update"] = check_update(c, u, s.key("update"), type);
   if (type == "system" && out.value("distinct_hosts", false))
     c.problem(s.key("distinct_hosts"), "system jobs already run once per node; leave it out");
 }

@@ -527,7 +527,7 @@ TEST(JobSpecProblems, UnknownKeysSuggestOrListWhatIsAccepted) {
   // Sections that later versions add are refused until then.
   const std::string job_keys =
       "name, type, count, datacenters, priority, restart, task, node_pool, distinct_hosts, "
-      "constraint, affinity, spread, reschedule";
+      "constraint, affinity, spread, reschedule, update";
   EXPECT_EQ(problem_of(kMinimal + "\n[[service]]\nname = \"web\"\n"),
             "web.toml line 8, service: unknown key; accepted here: " + job_keys);
   EXPECT_EQ(problem_of(kMinimal + "[network]\nmode = \"bridge\"\n"),
@@ -707,7 +707,7 @@ TEST(JobSpecJson, HostileValuesGiveCleanProblems) {
   EXPECT_EQ(json_problem_of(job),
             "web.json, \"\\xC3\": unknown key; accepted here: name, type, count, datacenters, "
             "priority, restart, task, node_pool, distinct_hosts, constraint, affinity, spread, "
-            "reschedule");
+            "reschedule, update");
   // Deep nesting under an unknown key is never walked recursively.
   json deep = 1;
   for (int i = 0; i < 100000; ++i) deep = json::array({std::move(deep)});

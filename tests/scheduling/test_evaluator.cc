@@ -348,4 +348,62 @@ TEST_F(EvaluatorPlan, SpreadAndAffinityReachTheScheduler) {
   EXPECT_EQ(q.new_allocs[0]["node"], "b");
 }
 
+TEST_F(EvaluatorPlan, RollingUpdateReplacesMaxParallelAtATimeOnceHealthy) {
+  json nodes = {{"a", node(8000, 16384)}};
+  json jobs = {{"web", job("web", 4)}};
+  json allocs = apply(json::object(), plan(jobs, nodes));
+  json v2 = job("web", 4, 200, 64, "service", 2);
+  v2["update"] = {{"max_parallel", 2}, {"min_healthy_time_ms", 10000},
+                  {"healthy_deadline_ms", 300000}, {"auto_revert", false}};
+  jobs["web"] = v2;
+  const int64_t now = 1790000000000;  // 2026-09-21T14:13:20Z
+  ids_ = 1;
+  auto step1 = plan(jobs, nodes, allocs, json::object(), true, now);
+  EXPECT_EQ(step1.updated_allocs.size(), 2u);
+  ASSERT_EQ(step1.new_allocs.size(), 2u);
+  allocs = apply(allocs, step1);
+  for (auto &[id, a] : allocs.items())
+    if (a["job_version"] == 2) a["created_at"] = "2026-09-21T14:13:20Z";
+  // The new ones run but not yet for min_healthy_time: nothing more.
+  json statuses = json::object();
+  for (const auto &a : step1.new_allocs)
+    statuses[a["id"].get<std::string>()] = {
+        {"status", "running"}, {"tasks", {{"t", {{"started_at", "2026-09-21T14:13:25.000Z"}}}}}};
+  auto wait = plan(jobs, nodes, allocs, statuses, true, now + 10000);
+  EXPECT_TRUE(wait.updated_allocs.empty());
+  EXPECT_TRUE(wait.new_allocs.empty());
+  EXPECT_EQ(wait.next_evaluation_ms, now + 5000 + 10000);
+  // Healthy: the next two old ones go.
+  auto step2 = plan(jobs, nodes, allocs, statuses, true, now + 15000);
+  EXPECT_EQ(step2.updated_allocs.size(), 2u);
+  EXPECT_EQ(step2.new_allocs.size(), 2u);
+  for (const auto &a : step2.updated_allocs) EXPECT_EQ(a["job_version"], 1);
+}
+
+TEST_F(EvaluatorPlan, FailedRollingUpdateStopsOrRevertsToThePreviousSpec) {
+  json nodes = {{"a", node(8000, 16384)}};
+  json jobs = {{"web", job("web", 3)}};
+  json allocs = apply(json::object(), plan(jobs, nodes));
+  json v2 = job("web", 3, 300, 64, "service", 2);
+  v2["update"] = {{"max_parallel", 1}, {"min_healthy_time_ms", 10000},
+                  {"healthy_deadline_ms", 300000}, {"auto_revert", false}};
+  jobs["web"] = v2;
+  ids_ = 1;
+  auto step1 = plan(jobs, nodes, allocs);
+  ASSERT_EQ(step1.new_allocs.size(), 1u);
+  allocs = apply(allocs, step1);
+  json statuses = {{step1.new_allocs[0]["id"].get<std::string>(), {{"status", "failed"}}}};
+  auto stopped = plan(jobs, nodes, allocs, statuses);
+  EXPECT_TRUE(stopped.job_updates.empty());
+  for (const auto &a : stopped.updated_allocs) EXPECT_NE(a["job_version"], 1) << "old replaced";
+  EXPECT_NE(stopped.failures["web"]["message"].get<std::string>().find("update to version 2 stopped"),
+            std::string::npos);
+  jobs["web"]["update"]["auto_revert"] = true;
+  auto reverted = plan(jobs, nodes, allocs, statuses);
+  ASSERT_EQ(reverted.job_updates.size(), 1u);
+  EXPECT_EQ(reverted.job_updates[0]["version"], 3);
+  EXPECT_EQ(reverted.job_updates[0]["reverted_from"], 2);
+  EXPECT_EQ(reverted.job_updates[0]["task"][0]["resources"]["cpu"], 100);  // version 1's spec
+}
+
 }  // namespace

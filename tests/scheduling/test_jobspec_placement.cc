@@ -36,7 +36,7 @@ std::string problem_of(const std::string &job_keys, const std::string &task_extr
 
 TEST(JobSpecPlacement, LeftOutMeansNotInTheCanonicalForm) {
   json job = parse("");
-  for (const char *k : {"node_pool", "distinct_hosts", "constraint", "affinity", "spread", "reschedule"})
+  for (const char *k : {"node_pool", "distinct_hosts", "constraint", "affinity", "spread", "reschedule", "update"})
     EXPECT_FALSE(job.contains(k)) << k;
   EXPECT_FALSE(job["task"][0]["resources"].contains("ports"));
 }
@@ -100,6 +100,20 @@ max_delay = "5m"
   EXPECT_EQ(job["task"][0]["resources"]["devices"], json::parse(R"({"nvidia/gpu": 2})"));
   EXPECT_EQ(validate_job_json(job, "web.json"), job);
   EXPECT_EQ(validate_job_json(json::parse(job.dump()), "web.json"), job);
+}
+
+TEST(JobSpecPlacement, UpdateIsReadWithDefaults) {
+  EXPECT_EQ(parse("[update]\n")["update"], json::parse(R"({"max_parallel": 1,
+    "min_healthy_time_ms": 10000, "healthy_deadline_ms": 300000, "auto_revert": false})"));
+  json job = parse("[update]\nmax_parallel = 2\nmin_healthy_time = \"30s\"\n"
+                   "healthy_deadline = \"10m\"\nauto_revert = true\n");
+  EXPECT_EQ(job["update"], json::parse(R"({"max_parallel": 2, "min_healthy_time_ms": 30000,
+    "healthy_deadline_ms": 600000, "auto_revert": true})"));
+  EXPECT_EQ(validate_job_json(job, "web.json"), job);
+  EXPECT_EQ(problem_of("type = \"batch\"\n[update]\n"),
+            "web.toml line 3, update: only service jobs are updated in steps; leave it out");
+  EXPECT_EQ(problem_of("[update]\nmin_healthy_time = \"5m\"\nhealthy_deadline = \"1m\"\n"),
+            "web.toml line 2, update: healthy_deadline (1m) must be longer than min_healthy_time (5m)");
 }
 
 TEST(JobSpecPlacement, RescheduleDefaultsFollowTheJobType) {
