@@ -564,4 +564,85 @@ TEST(BinpackPlugin, PlacesThroughTheAbi) {
   std::filesystem::remove_all(tmpl);
 }
 
+// Rules and usage as JSON, and a caller built against ABI 1.0 whose node
+// structs end before usage_json.
+TEST(BinpackPlugin, ReadsRulesAndUsageAndOneZeroSizedStructs) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  char tmpl[] = "/tmp/flotilla-binpack-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  {
+    flotilla::PluginHost host(&loop, {"n", tmpl, "(test)"});
+    flotilla::PluginSettings s;
+    s.name = "scheduler-binpack";
+    s.path = SCHEDULER_BINPACK_PATH;
+    host.start({s});
+    void *self = nullptr;
+    auto *vt = host.find<flotilla_scheduler_v1>(FLOTILLA_SCHEDULER_INTERFACE_ID, &self);
+    ASSERT_NE(vt, nullptr);
+    flotilla_sched_node nodes[3] = {};
+    const char *names[3] = {"a", "b", "c"};
+    const char *attrs[3] = {R"({"os":"linux"})", R"({"os":"linux"})", R"({"os":"windows"})"};
+    const char *usage[3] = {R"({"ports_used":[8080]})", R"({"devices":{"gpu":1}})", nullptr};
+    for (int i = 0; i < 3; ++i) {
+      nodes[i].struct_size = sizeof nodes[i];
+      nodes[i].name = names[i];
+      nodes[i].capacity = {sizeof(flotilla_resources), 4000, 4096, 10000};
+      nodes[i].used = {sizeof(flotilla_resources), 0, 0, 0};
+      nodes[i].eligible = 1;
+      nodes[i].attributes_json = attrs[i];
+      nodes[i].usage_json = usage[i];
+    }
+    flotilla_sched_ask ask{};
+    ask.struct_size = sizeof ask;
+    ask.job = "web";
+    ask.group = "web";
+    ask.resources = {sizeof(flotilla_resources), 100, 64, 0};
+    ask.constraints_json =
+        R"({"constraints":[{"attribute":"${attr.os}","operator":"=","value":"linux"}],"ports":[8080]})";
+    flotilla_sched_placement out[1];
+    flotilla_buf explain{};
+    ASSERT_EQ(vt->place(self, nodes, 3, &ask, 1, out, &explain), FLOTILLA_OK)
+        << flotilla::PluginHost::last_error();
+    EXPECT_EQ(out[0].node_index, 1);  // a holds the port, c is windows
+    ask.constraints_json = R"({"devices":{"gpu":2}})";
+    ASSERT_EQ(vt->place(self, nodes, 3, &ask, 1, out, &explain), FLOTILLA_OK);
+    EXPECT_EQ(out[0].node_index, -1);
+    ASSERT_NE(explain.data, nullptr);
+    EXPECT_NE(std::string(explain.data, explain.len).find("3 device gpu exhausted"), std::string::npos)
+        << std::string(explain.data, explain.len);
+    explain.release(&explain);
+    ask.constraints_json = R"({"constraints":[{"attribute":"${attr.os}","operator":"~","value":"x"}]})";
+    EXPECT_EQ(vt->place(self, nodes, 3, &ask, 1, out, &explain), FLOTILLA_E_INVALID);
+    EXPECT_NE(flotilla::PluginHost::last_error().find("not an operator"), std::string::npos);
+
+    // ABI 1.0: the node struct ended after attributes_json.
+    struct node_v10 {
+      uint32_t struct_size;
+      const char *name;
+      flotilla_resources capacity, used;
+      int eligible;
+      const char *attributes_json;
+    };
+    node_v10 old[2] = {};
+    for (int i = 0; i < 2; ++i) {
+      old[i].struct_size = sizeof old[i];
+      old[i].name = names[i];
+      old[i].capacity = {sizeof(flotilla_resources), 1000, 1024, 1000};
+      old[i].used = {sizeof(flotilla_resources), i == 0 ? 1000 : 0, 0, 0};
+      old[i].eligible = 1;
+      old[i].attributes_json = attrs[i];
+    }
+    ASSERT_LT(sizeof(node_v10), sizeof(flotilla_sched_node));
+    ask.constraints_json = nullptr;
+    ASSERT_EQ(vt->place(self, reinterpret_cast<const flotilla_sched_node *>(old), 2, &ask, 1, out,
+                        &explain),
+              FLOTILLA_OK);
+    EXPECT_EQ(out[0].node_index, 1);  // node 0 is full; node 1 read at the 1.0 stride
+  }
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_loop_close(&loop);
+  std::filesystem::remove_all(tmpl);
+}
+
 }  // namespace
