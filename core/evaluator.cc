@@ -615,7 +615,8 @@ void Evaluator::become_leader() {
             if (e.kv.key == kLeaderKey && (e.type == StoreEvent::Type::remove || e.kv.value != node_))
               return lose_leadership("leader key changed");
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
-                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus)) {
+                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus) ||
+                starts_with(e.kv.key, kNodeControl)) {
               request_evaluation();
               return;
             }

@@ -3,7 +3,7 @@
 // lead (same node name: the case of a restarted daemon whose old lease has
 // not expired yet). Every evaluation is one compare-and-swap transaction, so
 // whatever the interleaving no node is over-committed and every allocation
-// is written once.
+// is written once. And drained and lost nodes through the store.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -65,6 +65,14 @@ struct Cluster {
       done = true;
     });
     ASSERT_TRUE(loop.run_until([&] { return done; }, "put " + key));
+  }
+  void remove(const std::string &key) {
+    bool done = false;
+    writer->remove(key, false, [&](StoreResult r, int64_t, int64_t) {
+      EXPECT_TRUE(r.ok()) << r.message;
+      done = true;
+    });
+    ASSERT_TRUE(loop.run_until([&] { return done; }, "remove " + key));
   }
   std::vector<KeyValue> list(const std::string &prefix) {
     std::vector<KeyValue> out;
@@ -198,6 +206,60 @@ TEST(SchedulerRace, TwoLeadersNeverDoubleBookANode) {
   a.stop([&] { stopped_a = true; });
   b.stop([&] { stopped_b = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped_a && stopped_b; }, "evaluators to stop"));
+}
+
+// Through the store: a drain written where POST /v1/nodes/<n>/drain writes
+// it, and a node whose record disappears (its lease ran out), each move
+// the allocations to the nodes that are left.
+TEST(SchedulerStore, DrainedAndLostNodesAllocationsArePlacedAgain) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  for (int i = 0; i < 3; ++i) {
+    std::string n = "node-" + std::to_string(i);
+    c.put("/flotilla/nodes/" + n, node_record(n, 4000, 8192));
+  }
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  c.put("/flotilla/jobs/web", job_spec("web", 3, 100, 64, true));  // one per node
+  // The live allocations: node -> count.
+  auto live = [&] {
+    std::map<std::string, int> on;
+    for (const auto &kv : c.list("/flotilla/allocs/")) {
+      json a = json::parse(kv.value);
+      if (a["desired_status"] == "run") on[a["node"]]++;
+    }
+    return on;
+  };
+  ASSERT_TRUE(c.loop.run_until([&] { return live().size() == 3; }, "three allocations"));
+
+  c.put("/flotilla/node-control/node-0", json{{"drain", true}, {"eligible", false}});
+  // distinct_hosts: with node-0 drained only two can run.
+  ASSERT_TRUE(c.loop.run_until([&] { return !live().count("node-0"); }, "node-0 drained"));
+  auto after_drain = live();
+  EXPECT_EQ(after_drain["node-1"], 1);
+  EXPECT_EQ(after_drain["node-2"], 1);
+  ASSERT_TRUE(c.loop.run_until([&] { return !c.list("/flotilla/job-status/").empty(); },
+                               "the third explained"));
+  EXPECT_NE(c.list("/flotilla/job-status/")[0].value.find("distinct_hosts"), std::string::npos);
+
+  // Undrained, the third goes back; then node-1 is lost.
+  c.put("/flotilla/node-control/node-0", json{{"drain", false}, {"eligible", true}});
+  ASSERT_TRUE(c.loop.run_until([&] { return live().size() == 3; }, "node-0 back"));
+  c.put("/flotilla/nodes/node-3", node_record("node-3", 4000, 8192));
+  c.remove("/flotilla/nodes/node-1");
+  ASSERT_TRUE(c.loop.run_until([&] { return !live().count("node-1") && live().size() == 3; },
+                               "node-1's allocation placed again"));
+  EXPECT_EQ(live()["node-3"], 1);
+  int stopped_lost = 0;
+  for (const auto &kv : c.list("/flotilla/allocs/")) {
+    json a = json::parse(kv.value);
+    if (a.value("desired_description", "") == "node node-1 lost") ++stopped_lost;
+  }
+  EXPECT_EQ(stopped_lost, 1);
+
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
 }
 
 }  // namespace
