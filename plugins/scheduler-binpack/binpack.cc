@@ -255,9 +255,15 @@ struct Cluster::Index {
   static constexpr int L = 64;
   static constexpr size_t kMaxShapes = 16;
   static constexpr uint32_t kNone = UINT32_MAX;
+  // A cell keeps each node's free CPU and memory next to its index, so the
+  // search reads cells sequentially instead of chasing every node.
+  struct Entry {
+    uint32_t node;
+    int64_t cpu, mem;
+  };
   struct Grid {
     int64_t ref_cpu = 1, ref_mem = 1;
-    std::vector<std::vector<uint32_t>> cells = std::vector<std::vector<uint32_t>>(L * L);
+    std::vector<std::vector<Entry>> cells = std::vector<std::vector<Entry>>(L * L);
     uint64_t row_mask[L] = {};
     uint64_t rows = 0;
   };
@@ -297,7 +303,7 @@ struct Cluster::Index {
     uint32_t cell = static_cast<uint32_t>(c * L + m);
     cell_of[n] = grid_of[n] * L * L + cell;
     pos[n] = static_cast<uint32_t>(g.cells[cell].size());
-    g.cells[cell].push_back(n);
+    g.cells[cell].push_back({n, free.cpu_mhz, free.memory_mb});
     g.row_mask[c] |= uint64_t{1} << m;
     g.rows |= uint64_t{1} << c;
   }
@@ -306,9 +312,9 @@ struct Cluster::Index {
     Grid &g = grids[grid_of[n]];
     uint32_t cell = cell_of[n] % (L * L);
     auto &v = g.cells[cell];
-    uint32_t last = v.back();
+    Entry last = v.back();
     v[pos[n]] = last;
-    pos[last] = pos[n];
+    pos[last.node] = pos[n];
     v.pop_back();
     cell_of[n] = kNone;
     if (v.empty()) {
@@ -504,8 +510,10 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   // full cluster the next feasible ones can be far apart.
   const size_t kLookAfterFirst = 32 * static_cast<size_t>(want);
   size_t looked = 0, looked_at_first = 0;
-  auto consider = [&](uint32_t n) {
+  auto consider = [&](const Index::Entry &e) {
     ++looked;
+    if (e.cpu < ask.cpu_mhz || e.mem < ask.memory_mb) return;
+    const uint32_t n = e.node;
     if (!fits(free_[n], ask) || !dynamic_ok(g, n) || !static_ok(g, n)) return;
     if (n_found == 0) looked_at_first = looked;
     found[n_found++] = n;
