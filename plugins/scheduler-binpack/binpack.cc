@@ -264,7 +264,8 @@ struct Cluster::Index {
   struct Grid {
     int64_t ref_cpu = 1, ref_mem = 1;
     std::vector<std::vector<Entry>> cells = std::vector<std::vector<Entry>>(L * L);
-    uint64_t row_mask[L] = {};
+    uint64_t row_mask[L] = {};  // bit m: cell (c, m) is non-empty
+    uint64_t col_mask[L] = {};  // bit c: cell (c, m) is non-empty
     uint64_t rows = 0;
   };
   std::vector<Grid> grids;
@@ -305,6 +306,7 @@ struct Cluster::Index {
     pos[n] = static_cast<uint32_t>(g.cells[cell].size());
     g.cells[cell].push_back({n, free.cpu_mhz, free.memory_mb});
     g.row_mask[c] |= uint64_t{1} << m;
+    g.col_mask[m] |= uint64_t{1} << c;
     g.rows |= uint64_t{1} << c;
   }
   void remove(uint32_t n) {
@@ -320,6 +322,7 @@ struct Cluster::Index {
     if (v.empty()) {
       int c = static_cast<int>(cell / L), m = static_cast<int>(cell % L);
       g.row_mask[c] &= ~(uint64_t{1} << m);
+      g.col_mask[m] &= ~(uint64_t{1} << c);
       if (!g.row_mask[c]) g.rows &= ~(uint64_t{1} << c);
     }
   }
@@ -455,50 +458,36 @@ double Cluster::spread_score(const GroupState &g, size_t n) const {
 int64_t Cluster::pick_indexed(GroupState &g) {
   const Index &ix = *index_;
   const Resources &ask = g.g.resources;
+  // Cells are visited fullest first: by shell d = max(c, m) (the emptier
+  // dimension's level), and within a shell by c + m, across every grid. A
+  // shell's cells are row d (m from the ask's level to d) and column d (c
+  // from the ask's level to d - 1), read from the row and column masks.
   struct Cell {
-    int key;
-    uint16_t grid;
+    uint16_t sum, grid;
     uint8_t c, m;
-    bool operator>(const Cell &o) const {
-      if (key != o.key) return key > o.key;
-      if (grid != o.grid) return grid > o.grid;
-      return c != o.c ? c > o.c : m > o.m;
+    bool operator<(const Cell &o) const {
+      if (sum != o.sum) return sum < o.sum;
+      if (grid != o.grid) return grid < o.grid;
+      return c != o.c ? c < o.c : m < o.m;
     }
   };
-  // Fullest first by the emptier dimension, then by both: a node with little
-  // of either left beats one with none of one and much of the other.
-  auto cell_key = [](int c, int m) { return std::max(c, m) * 2 * Index::L + c + m; };
-  auto next_in_row = [&](const Index::Grid &gr, int c, int from) -> int {
-    if (from >= Index::L) return -1;
-    uint64_t mm = gr.row_mask[c] & (~uint64_t{0} << from);
-    return mm ? std::countr_zero(mm) : -1;
-  };
-  // Rows are opened lazily: an opener entry stands for a grid's next
-  // non-empty row r with the least key any of its cells can have
-  // (cell_key(r, am)); popping it opens the row and queues the next one.
-  constexpr uint8_t kOpener = 255;
-  thread_local std::vector<Cell> heap;
-  heap.clear();
   int ac[Index::kMaxShapes + 1], am[Index::kMaxShapes + 1];
-  auto next_row = [&](const Index::Grid &gr, int from) -> int {
-    if (from >= Index::L) return -1;
-    uint64_t rows = gr.rows & (~uint64_t{0} << from);
-    return rows ? std::countr_zero(rows) : -1;
-  };
-  auto push = [&](Cell cell) {
-    heap.push_back(cell);
-    std::push_heap(heap.begin(), heap.end(), std::greater<Cell>());
-  };
+  bool usable[Index::kMaxShapes + 1];
+  int first_shell = Index::L;
   for (size_t gi = 0; gi < ix.grids.size(); ++gi) {
     const Index::Grid &gr = ix.grids[gi];
     ac[gi] = Index::level(ask.cpu_mhz, gr.ref_cpu);
     am[gi] = Index::level(ask.memory_mb, gr.ref_mem);
     // An ask larger than the grid's nodes cannot fit any of them.
-    if (ask.cpu_mhz > gr.ref_cpu || ask.memory_mb > gr.ref_mem) continue;
-    int r = next_row(gr, ac[gi]);
-    if (r >= 0)
-      push({cell_key(r, am[gi]), static_cast<uint16_t>(gi), static_cast<uint8_t>(r), kOpener});
+    usable[gi] = ask.cpu_mhz <= gr.ref_cpu && ask.memory_mb <= gr.ref_mem;
+    if (usable[gi]) first_shell = std::min(first_shell, std::max(ac[gi], am[gi]));
   }
+  auto bits_between = [](uint64_t mask, int lo, int hi) {  // bits lo..hi inclusive
+    if (lo > hi) return uint64_t{0};
+    uint64_t upto = hi >= 63 ? ~uint64_t{0} : ((uint64_t{1} << (hi + 1)) - 1);
+    return mask & upto & (~uint64_t{0} << lo);
+  };
+  Cell shell[2 * Index::L * (Index::kMaxShapes + 1)];
   // A boundary cell (the ask's own level in a dimension) may hold many
   // nodes that just miss; look at a few and come back only if nothing else fits.
   constexpr size_t kBoundaryLook = 4;
@@ -521,27 +510,33 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   auto enough = [&] {
     return n_found >= want || (n_found > 0 && looked - looked_at_first >= kLookAfterFirst);
   };
-  while (!heap.empty() && !enough()) {
-    std::pop_heap(heap.begin(), heap.end(), std::greater<Cell>());
-    Cell cell = heap.back();
-    heap.pop_back();
-    const Index::Grid &gr = ix.grids[cell.grid];
-    if (cell.m == kOpener) {
-      int m = next_in_row(gr, cell.c, am[cell.grid]);
-      if (m >= 0) push({cell_key(cell.c, m), cell.grid, cell.c, static_cast<uint8_t>(m)});
-      int r = next_row(gr, cell.c + 1);
-      if (r >= 0) push({cell_key(r, am[cell.grid]), cell.grid, static_cast<uint8_t>(r), kOpener});
-      continue;
+  for (int d = first_shell; d < Index::L && !enough(); ++d) {
+    size_t n_cells = 0;
+    for (size_t gi = 0; gi < ix.grids.size(); ++gi) {
+      if (!usable[gi] || d < ac[gi] || d < am[gi]) continue;
+      const Index::Grid &gr = ix.grids[gi];
+      for (uint64_t ms = bits_between(gr.row_mask[d], am[gi], d); ms; ms &= ms - 1) {
+        int m = std::countr_zero(ms);
+        shell[n_cells++] = {static_cast<uint16_t>(d + m), static_cast<uint16_t>(gi),
+                            static_cast<uint8_t>(d), static_cast<uint8_t>(m)};
+      }
+      for (uint64_t cs = bits_between(gr.col_mask[d], ac[gi], d - 1); cs; cs &= cs - 1) {
+        int c = std::countr_zero(cs);
+        shell[n_cells++] = {static_cast<uint16_t>(c + d), static_cast<uint16_t>(gi),
+                            static_cast<uint8_t>(c), static_cast<uint8_t>(d)};
+      }
     }
-    const auto &nodes = gr.cells[cell.c * Index::L + cell.m];
-    const bool boundary = cell.c == ac[cell.grid] || cell.m == am[cell.grid];
-    size_t look = boundary ? std::min(nodes.size(), kBoundaryLook) : nodes.size();
-    size_t i = 0;
-    for (; i < look && !enough(); ++i) consider(nodes[i]);
-    if (look < nodes.size() && i == look && n_found == 0)
-      skipped_cells.emplace_back(cell.grid, static_cast<uint32_t>(cell.c * Index::L + cell.m));
-    int m = next_in_row(gr, cell.c, cell.m + 1);
-    if (m >= 0) push({cell_key(cell.c, m), cell.grid, cell.c, static_cast<uint8_t>(m)});
+    std::sort(shell, shell + n_cells);
+    for (size_t k = 0; k < n_cells && !enough(); ++k) {
+      const Cell &cell = shell[k];
+      const auto &nodes = ix.grids[cell.grid].cells[cell.c * Index::L + cell.m];
+      const bool boundary = cell.c == ac[cell.grid] || cell.m == am[cell.grid];
+      size_t look = boundary ? std::min(nodes.size(), kBoundaryLook) : nodes.size();
+      size_t i = 0;
+      for (; i < look && !enough(); ++i) consider(nodes[i]);
+      if (look < nodes.size() && i == look && n_found == 0)
+        skipped_cells.emplace_back(cell.grid, static_cast<uint32_t>(cell.c * Index::L + cell.m));
+    }
   }
   for (size_t k = 0; n_found == 0 && k < skipped_cells.size(); ++k) {
     const auto &nodes = ix.grids[skipped_cells[k].first].cells[skipped_cells[k].second];
