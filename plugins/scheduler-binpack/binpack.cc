@@ -490,7 +490,7 @@ int64_t Cluster::pick_indexed(GroupState &g) {
   Cell shell[2 * Index::L * (Index::kMaxShapes + 1)];
   // A boundary cell (the ask's own level in a dimension) may hold many
   // nodes that just miss; look at a few and come back only if nothing else fits.
-  constexpr size_t kBoundaryLook = 4;
+  constexpr size_t kBoundaryLook = 12;
   std::vector<std::pair<uint16_t, uint32_t>> skipped_cells;
   uint32_t found[64];
   const int want = std::min(options_.candidates, 64);
