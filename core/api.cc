@@ -396,6 +396,44 @@ void get_node(const StatePtr &s, Request &, const Params &p, Responder &r) {
       });
 }
 
+// POST /v1/nodes/{name}/drain {"drain": true, "eligible": false}: the
+// scheduler stops and re-places the node's allocations (drain) or places no
+// new ones there (eligible false). Kept under /flotilla/node-control/ so the
+// node's own record, which it rewrites, does not undo it.
+void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder &r) {
+  if (!s->store()) return r.send(no_store());
+  std::string name = p[0];
+  json body = json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
+  if (!body.is_object() || (body.contains("drain") && !body["drain"].is_boolean()) ||
+      (body.contains("eligible") && !body["eligible"].is_boolean()))
+    return r.send(error_json(400, "invalid",
+                             "the body must be a JSON object like {\"drain\": true} or "
+                             "{\"eligible\": false}; both keys are booleans"));
+  bool drain = body.value("drain", true);
+  json control = {{"drain", drain}, {"eligible", body.value("eligible", !drain)}};
+  read_snapshot(
+      s, {{std::string(kNodesPrefix) + name, true}},
+      [s, r, name, control](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t) mutable {
+        guarded(r, [&] {
+          if (!res.ok()) return r.send(store_failure(res, "reading node " + name));
+          if (kvs[0].empty())
+            return r.send(error_json(404, "not_found", "node \"" + name + "\" not found"));
+          StoreClient *store = s->store();
+          if (!store) return r.send(no_store());
+          store->put("/flotilla/node-control/" + name, control.dump(),
+                     [r, name, control](StoreResult w, int64_t rev) mutable {
+                       guarded(r, [&] {
+                         if (!w.ok()) return r.send(store_failure(w, "writing node " + name));
+                         json out = control;
+                         out["name"] = name;
+                         out["revision"] = rev;
+                         r.send(Response::json(200, out));
+                       });
+                     });
+        });
+      });
+}
+
 // ---- jobs ---------------------------------------------------------------------
 
 void store_job(StatePtr s, std::string name, json job, Responder r, int attempt);
@@ -1144,6 +1182,7 @@ const std::vector<Route> &routes() {
       {{"v1", "metrics"}, {{"GET", get_metrics}}},
       {{"v1", "nodes"}, {{"GET", list_nodes}}},
       {{"v1", "nodes", "*"}, {{"GET", get_node}}},
+      {{"v1", "nodes", "*", "drain"}, {{"POST", post_node_drain}}},
       {{"v1", "jobs"}, {{"GET", list_jobs}, {"POST", post_job}}},
       {{"v1", "jobs", "*"}, {{"GET", get_job}, {"DELETE", delete_job}}},
       {{"v1", "allocs"}, {{"GET", list_allocs}}},

@@ -1,6 +1,8 @@
 #include "evaluator.h"
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
 #include <map>
 #include <random>
 #include <set>
@@ -54,13 +56,177 @@ bool terminal(const std::string &client_status) {
          client_status == "stopped" || client_status == "lost";
 }
 
+// ---- placement rules and reschedule policy (scheduler issue) ---------------
+
+const std::string kPlacementEpoch = "/flotilla/sched/epoch";
+const std::string kNodeControl = "/flotilla/node-control/";
+
+json member(const json &o, const char *key, json def) {
+  if (!o.is_object()) return def;
+  auto it = o.find(key);
+  return it == o.end() ? def : *it;
+}
+
+// Static host ports and device counts one allocation of the job takes.
+json job_ports(const json &job) {
+  json ports = json::array();
+  for (const auto &t : tasks_of(job))
+    for (const auto &p : member(member(t, "resources", json::object()), "ports", json::array()))
+      ports.push_back(p);
+  return ports;
+}
+json job_devices(const json &job) {
+  json devices = json::object();
+  for (const auto &t : tasks_of(job)) {
+    json d = member(member(t, "resources", json::object()), "devices", json::object());
+    for (auto it = d.begin(); it != d.end(); ++it)
+      devices[it.key()] = devices.value(it.key(), 0) + it.value().get<int64_t>();
+  }
+  return devices;
+}
+
+// The job's placement rules as scheduler/1 takes them (docs/abi-json.md).
+json placement_rules(const json &job) {
+  json rules = {{"datacenters", member(job, "datacenters", json::array())},
+                {"constraints", member(job, "constraint", json::array())},
+                {"affinities", member(job, "affinity", json::array())},
+                {"spreads", json::array()},
+                {"distinct_hosts", job.value("distinct_hosts", false)},
+                {"ports", job_ports(job)},
+                {"devices", job_devices(job)},
+                {"total", job.value("count", 1)}};
+  const std::string pool = job.value("node_pool", "all");
+  if (pool != "all") rules["pool"] = pool;
+  for (const auto &sp : member(job, "spread", json::array())) {
+    json s = {{"attribute", sp.value("attribute", "")}, {"weight", sp.value("weight", 50)},
+              {"targets", member(sp, "target", json::array())}};
+    rules["spreads"].push_back(std::move(s));
+  }
+  return rules;
+}
+
+// A node's attributes with its datacenter and pool filled in.
+json node_attributes(const json &rec) {
+  json attrs = member(rec, "attributes", json::object());
+  if (!attrs.contains("datacenter")) attrs["datacenter"] = rec.value("datacenter", "dc1");
+  if (!attrs.contains("pool") && rec.contains("pool")) attrs["pool"] = rec["pool"];
+  return attrs;
+}
+
+bool node_drained(const json &rec) { return rec.value("drain", false); }
+
+// "2026-11-25T14:38:54.123Z" -> ms since the epoch; -1 when unreadable.
+int64_t parse_rfc3339_ms(const std::string &t) {
+  struct tm tm{};
+  int ms = 0;
+  if (t.size() < 20 || sscanf(t.c_str(), "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                              &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+    return -1;
+  if (t[19] == '.') ms = std::atoi(t.substr(20, 3).c_str());
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  return static_cast<int64_t>(timegm(&tm)) * 1000 + ms;
+}
+
+int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The job's [reschedule] policy, with the defaults of docs/jobspec.md for
+// specs stored before it existed.
+struct ReschedulePolicy {
+  int64_t attempts, interval_ms, delay_ms, max_delay_ms;
+  bool exponential, unlimited;
+};
+ReschedulePolicy reschedule_policy(const json &job) {
+  const bool batch = job.value("type", "service") == "batch";
+  json r = member(job, "reschedule", json::object());
+  return {r.value("attempts", batch ? 1 : 0),
+          r.value("interval_ms", batch ? int64_t{24} * 3600 * 1000 : int64_t{3600} * 1000),
+          r.value("delay_ms", batch ? int64_t{5000} : int64_t{30000}),
+          r.value("max_delay_ms", int64_t{3600} * 1000),
+          r.value("delay_function", batch ? "constant" : "exponential") == "exponential",
+          r.value("unlimited", !batch)};
+}
+
+// [update] of a service job: replace at most max_parallel old-version
+// allocations at a time, each step once the new ones have run for
+// min_healthy_time; a new one that fails or is not healthy by
+// healthy_deadline stops the update, or with auto_revert writes the
+// previous version's spec back as a new version. Returns how many old
+// allocations may be replaced now, -1 for all.
+int64_t rolling_update(const std::string &name, const json &job, const std::vector<json> &list,
+                       const json &statuses, int64_t now_ms, Evaluator::Plan &out) {
+  if (job.value("type", "service") != "service" || !job.contains("update")) return -1;
+  const json update = member(job, "update", json::object());
+  const int64_t max_parallel = update.value("max_parallel", 1);
+  if (max_parallel <= 0) return -1;
+  const int64_t min_healthy = update.value("min_healthy_time_ms", 10000);
+  const int64_t deadline = update.value("healthy_deadline_ms", 300000);
+  const int64_t version = job.value("version", 1);
+  int64_t in_flight = 0;
+  bool has_old = false;
+  json old_spec;
+  std::string unhealthy;
+  for (const auto &a : list) {
+    if (a.value("desired_status", "") != "run") continue;
+    if (a.value("job_version", 0) < version) {
+      has_old = true;
+      if (a.contains("spec")) old_spec = a["spec"];
+      continue;
+    }
+    const std::string id = a.value("id", "");
+    json st = member(statuses, id.c_str(), json::object());
+    const std::string status = st.value("status", "pending");
+    if (status == "failed") {
+      unhealthy = id + " failed";
+      continue;
+    }
+    int64_t started = -1;
+    if (status == "running")
+      for (const auto &t : member(st, "tasks", json::object()))
+        started = std::max(started, parse_rfc3339_ms(t.value("started_at", "")));
+    if (started >= 0 && now_ms - started >= min_healthy) continue;  // healthy
+    int64_t created = parse_rfc3339_ms(a.value("created_at", ""));
+    if (created >= 0 && now_ms >= created + deadline) {
+      unhealthy = id + " was not healthy within " + std::to_string(deadline / 1000) + "s";
+      continue;
+    }
+    ++in_flight;
+    int64_t due = created >= 0 ? created + deadline : now_ms + deadline;
+    if (started >= 0) due = std::min(due, started + min_healthy);
+    if (out.next_evaluation_ms == 0 || due < out.next_evaluation_ms) out.next_evaluation_ms = due;
+  }
+  if (!has_old) return -1;
+  if (unhealthy.empty()) return std::max<int64_t>(0, max_parallel - in_flight);
+  if (update.value("auto_revert", false) && old_spec.is_object() && !job.contains("reverted_from")) {
+    json back = old_spec;
+    back.erase("mod_revision");
+    back["version"] = version + 1;
+    back["reverted_from"] = version;
+    out.job_updates.push_back(std::move(back));
+    out.failures[name] = {{"message", "update to version " + std::to_string(version) +
+                                          " reverted: allocation " + unhealthy},
+                          {"unplaced", 0}};
+  } else {
+    out.failures[name] = {{"message", "update to version " + std::to_string(version) +
+                                          " stopped: allocation " + unhealthy},
+                          {"unplaced", 0}};
+  }
+  return 0;
+}
+
 }  // namespace
 
 Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json &allocs,
                                 const json &statuses, const flotilla_scheduler_v1 *scheduler,
                                 void *scheduler_self,
-                                const std::function<std::string(const std::string &, int)> &new_id) {
+                                const std::function<std::string(const std::string &, int)> &new_id,
+                                int64_t now_ms) {
   Plan out;
+  if (now_ms < 0) now_ms = wall_ms();
 
   // Nodes in name order, with what live allocations already use.
   std::vector<std::string> node_names;
@@ -73,6 +239,15 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
     return statuses[id].value("status", "pending");
   };
 
+  // Beyond CPU, memory and disk: ports, devices and each job's allocations
+  // per node, as usage_json (docs/abi-json.md).
+  std::map<std::string, json> usage;
+  for (const auto &n : node_names)
+    usage[n] = {{"ports_used", json::array()},
+                {"devices", member(nodes[n], "devices", json::object())},
+                {"devices_used", json::object()},
+                {"job_allocs", json::object()}};
+
   std::map<std::string, std::vector<json>> by_job;
   for (auto it = allocs.begin(); it != allocs.end(); ++it) {
     const json &a = it.value();
@@ -80,10 +255,18 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
     if (a.value("desired_status", "") == "run" && !terminal(client_status(a.value("id", "")))) {
       auto u = used.find(a.value("node", ""));
       if (u != used.end()) {
-        const json &r = a.value("resources", json::object());
+        json r = member(a, "resources", json::object());
         u->second.cpu_mhz += r.value("cpu_mhz", 0);
         u->second.memory_mb += r.value("memory_mb", 0);
         u->second.disk_mb += r.value("disk_mb", 0);
+        json &use = usage[u->first];
+        for (const auto &p : member(a, "ports", json::array())) use["ports_used"].push_back(p);
+        json d = member(a, "devices", json::object());
+        for (auto di = d.begin(); di != d.end(); ++di)
+          use["devices_used"][di.key()] =
+              use["devices_used"].value(di.key(), 0) + di.value().get<int64_t>();
+        const std::string job = a.value("job", "");
+        use["job_allocs"][job] = use["job_allocs"].value(job, 0) + 1;
       }
     }
   }
@@ -119,6 +302,11 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
     const std::string type = job.value("type", "service");
     std::set<int> live;                      // indices already covered
     std::set<std::string> nodes_with_alloc;  // for system jobs
+    std::map<int, json> replaces;            // index -> failed allocation it replaces
+    const ReschedulePolicy policy = reschedule_policy(job);
+    // Rolling update: how many old-version allocations may be replaced now
+    // (-1: all of them, no [update] policy).
+    int64_t rolling_budget = rolling_update(name, job, list, statuses, now_ms, out);
     for (const auto &a : list) {
       if (a.value("desired_status", "") != "run") continue;
       const std::string node = a.value("node", "");
@@ -127,13 +315,56 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
         stop_alloc(a, "node " + node + " lost");
         continue;
       }
-      if (a.value("job_version", 0) < version) {
-        stop_alloc(a, "job updated to version " + std::to_string(version));
+      if (node_drained(nodes[node]) && !terminal(st)) {
+        stop_alloc(a, "node " + node + " drained");
         continue;
       }
-      // A failed allocation is not placed again here: rescheduling with
-      // back-off belongs to the reschedule policy (scheduler issue).
-      live.insert(a.value("index", 0));
+      if (a.value("job_version", 0) < version) {
+        if (rolling_budget != 0) {
+          if (rolling_budget > 0) --rolling_budget;
+          stop_alloc(a, "job updated to version " + std::to_string(version));
+          continue;
+        }
+        live.insert(a.value("index", 0));  // replaced in a later step of the update
+        nodes_with_alloc.insert(node);
+        continue;
+      }
+      const int index = a.value("index", 0);
+      if (st == "failed" && type != "system") {
+        // The reschedule policy: how many times within interval, after
+        // which delay (doubling each time when exponential).
+        json r = member(a, "reschedule", json::object());
+        int64_t attempts = r.value("attempts", 0);
+        int64_t recent = 0;
+        for (const auto &t : member(r, "times_ms", json::array()))
+          if (now_ms - t.get<int64_t>() < policy.interval_ms) ++recent;
+        if (!policy.unlimited && recent >= policy.attempts) {
+          live.insert(index);
+          out.failures[name] = {
+              {"message", "allocation " + a.value("id", "") + " failed and has used its " +
+                              std::to_string(policy.attempts) + " reschedule attempts"},
+              {"unplaced", 0}};
+          continue;
+        }
+        int64_t delay = policy.delay_ms;
+        for (int64_t k = 0; policy.exponential && k < attempts && delay < policy.max_delay_ms; ++k)
+          delay *= 2;
+        delay = std::min(delay, std::max(policy.max_delay_ms, policy.delay_ms));
+        json status = member(statuses, a.value("id", "").c_str(), json::object());
+        int64_t failed_at = parse_rfc3339_ms(status.value("updated_at", ""));
+        if (failed_at < 0) failed_at = now_ms;
+        if (now_ms < failed_at + delay) {
+          live.insert(index);
+          int64_t due = failed_at + delay;
+          if (out.next_evaluation_ms == 0 || due < out.next_evaluation_ms)
+            out.next_evaluation_ms = due;
+          continue;
+        }
+        stop_alloc(a, "failed; rescheduled");
+        replaces[index] = a;
+        continue;
+      }
+      live.insert(index);
       nodes_with_alloc.insert(node);
     }
 
@@ -144,7 +375,9 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
       // One per eligible node: each missing one is pinned to its node.
       candidates.clear();
       for (const auto &n : node_names)
-        if (nodes[n].value("eligible", true) && !nodes_with_alloc.count(n)) candidates.push_back(n);
+        if (nodes[n].value("eligible", true) && !node_drained(nodes[n]) &&
+            !nodes_with_alloc.count(n))
+          candidates.push_back(n);
       int next = 0;
       for (size_t i = 0; i < candidates.size(); ++i) {
         while (live.count(next)) ++next;
@@ -165,8 +398,10 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
     }
 
     std::vector<flotilla_sched_node> sn;
-    std::vector<std::string> attrs;
+    std::vector<std::string> attrs, usages;
     attrs.reserve(candidates.size());
+    usages.reserve(candidates.size());
+    const std::string rules = placement_rules(job).dump();
     for (const auto &n : candidates) {
       const json &rec = nodes[n];
       const json &res = rec.value("resources", json::object());
@@ -176,9 +411,12 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
       s.capacity = {sizeof(flotilla_resources), res.value("cpu_mhz", 0), res.value("memory_mb", 0),
                     res.value("disk_mb", 0)};
       s.used = used[n];
-      s.eligible = rec.value("eligible", true) && rec.value("status", "ready") == "ready";
-      attrs.push_back(rec.value("attributes", json::object()).dump());
+      s.eligible = rec.value("eligible", true) && !node_drained(rec) &&
+                   rec.value("status", "ready") == "ready";
+      attrs.push_back(node_attributes(rec).dump());
       s.attributes_json = attrs.back().c_str();
+      usages.push_back(usage[n].dump());
+      s.usage_json = usages.back().c_str();
       sn.push_back(s);
     }
     std::vector<flotilla_sched_ask> asks;
@@ -190,6 +428,7 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
       a.group = name.c_str();
       a.index = static_cast<uint32_t>(idx);
       a.resources = ask;
+      a.constraints_json = rules.c_str();
       asks.push_back(a);
     }
     if (type == "system") {
@@ -234,9 +473,27 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
                 {"desired_status", "run"},
                 {"resources",
                  {{"cpu_mhz", ask.cpu_mhz}, {"memory_mb", ask.memory_mb}, {"disk_mb", ask.disk_mb}}},
+                {"ports", job_ports(job)},
+                {"devices", job_devices(job)},
                 {"spec", job},
                 {"created_at", rfc3339_now()}};
       a["spec"].erase("mod_revision");
+      if (auto prev = replaces.find(missing[i]); prev != replaces.end()) {
+        json r = member(prev->second, "reschedule", json::object());
+        json times = json::array();
+        for (const auto &t : member(r, "times_ms", json::array()))
+          if (now_ms - t.get<int64_t>() < policy.interval_ms) times.push_back(t);
+        times.push_back(now_ms);
+        a["reschedule"] = {{"attempts", r.value("attempts", 0) + 1}, {"times_ms", times}};
+        a["previous_alloc"] = prev->second.value("id", "");
+      }
+      // Later jobs in this evaluation see this one's ports, devices and count.
+      json &use = usage[node];
+      for (const auto &p : a["ports"]) use["ports_used"].push_back(p);
+      for (auto di = a["devices"].begin(); di != a["devices"].end(); ++di)
+        use["devices_used"][di.key()] =
+            use["devices_used"].value(di.key(), 0) + di.value().get<int64_t>();
+      use["job_allocs"][name] = use["job_allocs"].value(name, 0) + 1;
       used[node].cpu_mhz += ask.cpu_mhz;
       used[node].memory_mb += ask.memory_mb;
       used[node].disk_mb += ask.disk_mb;
@@ -254,12 +511,15 @@ Evaluator::Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, s
   eval_timer_ = new uv_timer_t;
   uv_timer_init(loop_, eval_timer_);
   eval_timer_->data = this;
+  retry_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, retry_timer_);
+  retry_timer_->data = this;
 }
 
 Evaluator::~Evaluator() {
   leader_watch_.reset();
   cluster_watch_.reset();
-  for (uv_timer_t *t : {keepalive_timer_, eval_timer_}) {
+  for (uv_timer_t *t : {keepalive_timer_, eval_timer_, retry_timer_}) {
     uv_timer_stop(t);
     uv_close(reinterpret_cast<uv_handle_t *>(t),
              [](uv_handle_t *h) { delete reinterpret_cast<uv_timer_t *>(h); });
@@ -277,6 +537,7 @@ void Evaluator::stop(std::function<void()> done) {
   stopping_ = true;
   uv_timer_stop(keepalive_timer_);
   uv_timer_stop(eval_timer_);
+  uv_timer_stop(retry_timer_);
   leader_watch_.reset();
   cluster_watch_.reset();
   leader_ = false;
@@ -357,7 +618,8 @@ void Evaluator::become_leader() {
             if (e.kv.key == kLeaderKey && (e.type == StoreEvent::Type::remove || e.kv.value != node_))
               return lose_leadership("leader key changed");
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
-                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus)) {
+                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus) ||
+                starts_with(e.kv.key, kNodeControl)) {
               request_evaluation();
               return;
             }
@@ -373,6 +635,18 @@ void Evaluator::lose_leadership(const std::string &why) {
   log::warn("scheduler", "no longer leading scheduling: " + why);
   cluster_watch_.reset();
   uv_timer_stop(eval_timer_);
+}
+
+// A failed allocation waits out its reschedule delay: evaluate again then.
+void Evaluator::schedule_retry(int64_t at_ms) {
+  if (at_ms <= 0 || stopping_) return;
+  uint64_t wait = static_cast<uint64_t>(std::max<int64_t>(0, at_ms - wall_ms()));
+  uint64_t due = uv_now(loop_) + wait;
+  if (uv_is_active(reinterpret_cast<uv_handle_t *>(retry_timer_)) && retry_due_ <= due) return;
+  retry_due_ = due;
+  uv_timer_start(
+      retry_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->request_evaluation(); },
+      wait, 0);
 }
 
 void Evaluator::request_evaluation() {
@@ -403,9 +677,11 @@ void Evaluator::evaluate() {
       return finish();
     }
     json jobs = json::object(), nodes = json::object(), allocs = json::object(),
-         statuses = json::object(), job_status = json::object();
+         statuses = json::object(), job_status = json::object(), control = json::object();
     std::map<std::string, int64_t> job_revs;
+    int64_t epoch_rev = 0;  // 0: the placement epoch key does not exist yet
     for (const auto &kv : kvs) {
+      if (kv.key == kPlacementEpoch) epoch_rev = kv.mod_revision;
       auto parse = [&](const std::string &prefix, json &into) {
         if (!starts_with(kv.key, prefix)) return false;
         json v = json::parse(kv.value, nullptr, false);
@@ -417,9 +693,16 @@ void Evaluator::evaluate() {
         continue;
       }
       if (parse(kNodes, nodes) || parse(kAllocs, allocs) || parse(kStatus, statuses) ||
-          parse(kJobStatus, job_status))
+          parse(kJobStatus, job_status) || parse(kNodeControl, control))
         continue;
     }
+    // Drain and eligibility set through the API outlive the node's own record.
+    for (auto it = control.begin(); it != control.end(); ++it)
+      if (nodes.contains(it.key())) {
+        if (it.value().contains("drain")) nodes[it.key()]["drain"] = it.value()["drain"];
+        if (it.value().contains("eligible") && !it.value().value("eligible", true))
+          nodes[it.key()]["eligible"] = false;
+      }
     void *sched_self = nullptr;
     auto *sched =
         plugins_->find<flotilla_scheduler_v1>(FLOTILLA_SCHEDULER_INTERFACE_ID, &sched_self);
@@ -430,6 +713,7 @@ void Evaluator::evaluate() {
                     snprintf(suffix, sizeof suffix, "%06x", static_cast<unsigned>(rng() & 0xffffff));
                     return job + "-" + std::to_string(index) + "-" + suffix;
                   });
+    schedule_retry(p.next_evaluation_ms);
 
     // One transaction for the whole evaluation, valid only while this node
     // leads and no job it looked at changed.
@@ -443,6 +727,10 @@ void Evaluator::evaluate() {
     for (const auto &a : p.updated_allocs) {
       ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
       touched_jobs.insert(a["job"]);
+    }
+    for (const auto &j : p.job_updates) {  // auto_revert
+      ops.push_back(StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
+      touched_jobs.insert(j["name"]);
     }
     // Placement failures are kept next to the job so `job status` can say why.
     for (auto it = jobs.begin(); it != jobs.end(); ++it) {
@@ -462,6 +750,13 @@ void Evaluator::evaluate() {
     for (auto it = job_status.begin(); it != job_status.end(); ++it)
       if (!jobs.contains(it.key())) ops.push_back(StoreOp::remove(kJobStatus + it.key()));
     if (ops.empty()) return finish();
+    // Every evaluation that writes bumps one key and requires it unchanged
+    // since the read: two schedulers that both believe they lead (a lease
+    // that has not expired yet, a restart) can never both place on what
+    // they read as free capacity. The loser evaluates again.
+    ops.push_back(StoreOp::put(kPlacementEpoch, node_));
+    cmp.push_back(epoch_rev ? StoreCompare::mod_revision_is(kPlacementEpoch, epoch_rev)
+                            : StoreCompare::absent(kPlacementEpoch));
     for (const auto &j : touched_jobs) {
       auto rev = job_revs.find(j);
       if (rev != job_revs.end())

@@ -38,11 +38,18 @@ class Evaluator {
     std::vector<nlohmann::json> new_allocs;         // full records
     std::vector<nlohmann::json> updated_allocs;     // full records with desired_status changed
     nlohmann::json failures = nlohmann::json::object();  // job -> explanation
+    // When a failed allocation's reschedule delay ends (ms since the epoch),
+    // or 0: evaluate again then.
+    int64_t next_evaluation_ms = 0;
+    // Job specs to write back (auto_revert of a failed rolling update).
+    std::vector<nlohmann::json> job_updates;
   };
+  // now_ms: wall clock in ms since the epoch (-1: now), for reschedule delays.
   static Plan plan(const nlohmann::json &jobs, const nlohmann::json &nodes,
                    const nlohmann::json &allocs, const nlohmann::json &statuses,
                    const flotilla_scheduler_v1 *scheduler, void *scheduler_self,
-                   const std::function<std::string(const std::string &job, int index)> &new_id);
+                   const std::function<std::string(const std::string &job, int index)> &new_id,
+                   int64_t now_ms = -1);
 
  private:
   void campaign();
@@ -51,6 +58,7 @@ class Evaluator {
   void lose_leadership(const std::string &why);
   void request_evaluation();
   void evaluate();
+  void schedule_retry(int64_t at_ms);
 
   uv_loop_t *loop_;
   StoreClient *store_;
@@ -62,6 +70,8 @@ class Evaluator {
   bool eval_running_ = false, eval_again_ = false;
   uv_timer_t *keepalive_timer_ = nullptr;  // closed asynchronously
   uv_timer_t *eval_timer_ = nullptr;
+  uv_timer_t *retry_timer_ = nullptr;  // reschedule delays
+  uint64_t retry_due_ = 0;             // loop time retry_timer_ fires
   std::unique_ptr<StoreClient::Watch> leader_watch_, cluster_watch_;
 };
 

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <regex>
 #include <set>
 #include <span>
 #include <sstream>
@@ -799,8 +800,11 @@ constexpr std::string_view kSignals[] = {"SIGHUP",  "SIGINT",  "SIGQUIT",  "SIGK
 
 // ---- sections -------------------------------------------------------------
 
-constexpr KeyRule kJobKeys[] = {{"name"},     {"type"},    {"count"}, {"datacenters"},
-                                {"priority"}, {"restart"}, {"task"}};
+constexpr KeyRule kJobKeys[] = {{"name"},       {"type"},           {"count"},
+                                {"datacenters"}, {"priority"},      {"restart"},
+                                {"task"},       {"node_pool"},      {"distinct_hosts"},
+                                {"constraint"}, {"affinity"},       {"spread"},
+                                {"reschedule"}, {"update"}};
 constexpr KeyRule kRestartKeys[] = {{"attempts"},
                                     {"interval", KeyKind::duration},
                                     {"delay", KeyKind::duration},
@@ -819,12 +823,284 @@ constexpr KeyRule kTaskKeys[] = {{"name"},
                                  {"resources"},
                                  {"logs"},
                                  {"security"}};
-constexpr KeyRule kResourceKeys[] = {{"cpu"}, {"memory"}, {"memory_max"}, {"disk"}, {"pids"}};
+constexpr KeyRule kResourceKeys[] = {{"cpu"},  {"memory"}, {"memory_max"}, {"disk"},
+                                     {"pids"}, {"ports"},  {"devices"}};
 constexpr KeyRule kLogKeys[] = {{"max_files"}, {"max_file_size"}};
 constexpr KeyRule kSecurityKeys[] = {{"profile"}, {"cap_add"},          {"cap_drop"},
                                      {"user"},    {"read_only_rootfs"}, {"no_new_privileges"}};
 
 constexpr std::int64_t kHourMs = 3600 * 1000;
+
+
+// ---- placement: constraints, affinities, spread, reschedule (scheduler) ----
+// Each appears in the canonical form only when the spec gives it; the
+// scheduler applies the documented defaults otherwise.
+
+constexpr KeyRule kConstraintKeys[] = {{"attribute"}, {"operator"}, {"value"}};
+constexpr KeyRule kAffinityKeys[] = {{"attribute"}, {"operator"}, {"value"}, {"weight"}};
+constexpr KeyRule kSpreadKeys[] = {{"attribute"}, {"weight"}, {"target"}};
+constexpr KeyRule kSpreadTargetKeys[] = {{"value"}, {"percent"}};
+constexpr KeyRule kRescheduleKeys[] = {{"attempts"},
+                                       {"interval", KeyKind::duration},
+                                       {"delay", KeyKind::duration},
+                                       {"delay_function"},
+                                       {"max_delay", KeyKind::duration},
+                                       {"unlimited"}};
+constexpr std::string_view kOperators[] = {"=",      "!=",           "<",      "<=",
+                                           ">",      ">=",           "version", "regexp",
+                                           "set_contains", "is_set", "is_not_set"};
+constexpr std::string_view kDelayFunctions[] = {"constant", "exponential"};
+constexpr KeyRule kUpdateKeys[] = {{"max_parallel"},
+                                   {"min_healthy_time", KeyKind::duration},
+                                   {"healthy_deadline", KeyKind::duration},
+                                   {"auto_revert"}};
+
+// "${attr.os}", "${node.name}", "${node.datacenter}", "${node.pool}".
+bool is_attribute_ref(const std::string &a) {
+  static const std::regex re(R"(\$\{(attr\.[A-Za-z0-9_.-]{1,128}|node\.(name|datacenter|pool))\})");
+  return std::regex_match(a, re);
+}
+
+// A version condition: ">= 1.2, < 2" (clauses of an optional operator and
+// a dotted version).
+bool is_version_condition(const std::string &v) {
+  static const std::regex clause(R"(\s*(=|==|!=|<|<=|>|>=)?\s*v?[0-9]+(\.[0-9]+)*\s*)");
+  std::stringstream in(v);
+  std::string part;
+  bool any = false;
+  while (std::getline(in, part, ',')) {
+    if (!std::regex_match(part, clause)) return false;
+    any = true;
+  }
+  return any;
+}
+
+// null_is_unset: JSON null means "not given" (the canonical form writes it).
+std::optional<bool> boolean(Section &s, std::string_view name, bool null_is_unset = false) {
+  const json *v = s.get(name);
+  if (!v || (null_is_unset && v->is_null() && s.c.form() == Form::json)) return std::nullopt;
+  if (!v->is_boolean()) {
+    s.c.problem(s.key(name), "must be true or false, got " + s.c.describe(*v, s.key(name)));
+    return std::nullopt;
+  }
+  return v->get<bool>();
+}
+
+// An array of tables ([[constraint]] in TOML); check is called on each.
+template <typename Check>
+json table_list(Checker &c, const json *v, const std::string &path, std::string_view toml_name,
+                std::size_t max_items, Check check) {
+  json out = json::array();
+  if (!v) return out;
+  const std::string are = c.form() == Form::toml
+                              ? "an array of tables, written [[" + std::string(toml_name) + "]]"
+                              : "an array of objects";
+  if (!v->is_array()) {
+    c.problem(path, "must be " + are + ", got " + c.describe(*v, path));
+    return out;
+  }
+  if (v->size() > max_items) {
+    c.problem(path, "has " + std::to_string(v->size()) + " entries; at most " +
+                        std::to_string(max_items) + " are allowed");
+    return out;
+  }
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    const std::string at = index_path(path, i);
+    if (!(*v)[i].is_object()) {
+      c.problem(at, "must be " + std::string(c.form() == Form::toml ? "a table" : "an object") +
+                        ", got " + c.describe((*v)[i], at));
+      continue;
+    }
+    out.push_back(check((*v)[i], at));
+  }
+  return out;
+}
+
+json check_attribute(Section &s) {
+  auto a = text(s, "attribute", "a node attribute like \"${attr.os}\"", Presence::required);
+  if (a && !is_attribute_ref(*a)) {
+    s.c.problem(s.key("attribute"),
+                quote_value(*a) +
+                    " is not a node attribute: write ${attr.<name>}, ${node.name}, "
+                    "${node.datacenter} or ${node.pool}");
+    a.reset();
+  }
+  return a.value_or("");
+}
+
+// attribute, operator, value: what constraints and affinities share.
+json check_condition(Section &s) {
+  json out = {{"attribute", check_attribute(s)}};
+  const std::string op = choice(s, "operator", kOperators).value_or("=");
+  out["operator"] = op;
+  const bool needs_value = op != "is_set" && op != "is_not_set";
+  auto value = text(s, "value", "the value to compare with",
+                    needs_value ? Presence::required : Presence::optional, Empty::allowed);
+  if (value && !needs_value && !value->empty()) {  // "" is the canonical form
+    s.c.problem(s.key("value"), "is not used with operator \"" + op + "\"; leave it out");
+    value.reset();
+  }
+  if (value && op == "version" && !is_version_condition(*value)) {
+    s.c.problem(s.key("value"), quote_value(*value) +
+                                    " is not a version condition: write it like \">= 1.2, < 2\"");
+  } else if (value && op == "regexp") {
+    try {
+      std::regex re(*value);
+    } catch (const std::regex_error &e) {
+      s.c.problem(s.key("value"),
+                  quote_value(*value) + " is not a regular expression: " + e.what());
+    }
+  }
+  out["value"] = value.value_or("");
+  return out;
+}
+
+json check_reschedule(Checker &c, const json *r, const std::string &path, const std::string &type) {
+  const bool batch = type == "batch";
+  std::int64_t attempts = batch ? 1 : 0, interval = batch ? 24 * kHourMs : kHourMs;
+  std::int64_t delay = batch ? 5000 : 30000, max_delay = kHourMs;
+  std::string function = batch ? "constant" : "exponential";
+  bool unlimited = !batch;
+  if (type == "system")
+    c.problem(path, "system jobs are not rescheduled (they run on every node); leave it out");
+  Section s(c, *r, path, kRescheduleKeys);
+  auto given_attempts = integer(s, "attempts", {0, 1000, "an integer from 0 to 1000", ""});
+  attempts = given_attempts.value_or(attempts);
+  interval = duration(s, "interval", {1000, kMaxDurationMs}).value_or(interval);
+  delay = duration(s, "delay", {0, 24 * kHourMs}).value_or(delay);
+  max_delay = duration(s, "max_delay", {0, kMaxDurationMs}).value_or(max_delay);
+  function = choice(s, "delay_function", kDelayFunctions).value_or(function);
+  auto given_unlimited = boolean(s, "unlimited");
+  // Attempts given alone mean a limit; unlimited given alone means none.
+  unlimited = given_unlimited.value_or(given_attempts ? false : unlimited);
+  if (unlimited && given_attempts && given_unlimited)
+    c.problem(s.key("attempts"), "is not used when unlimited = true; leave one out");
+  if (max_delay < delay)
+    c.problem(path, "max_delay (" + format_duration_ms(max_delay) + ") is shorter than delay (" +
+                        format_duration_ms(delay) + ")");
+  return {{"attempts", attempts},     {"interval_ms", interval},
+          {"delay_ms", delay},        {"delay_function", function},
+          {"max_delay_ms", max_delay}, {"unlimited", unlimited}};
+}
+
+json check_update(Checker &c, const json *u, const std::string &path, const std::string &type) {
+  if (type != "service")
+    c.problem(path, "only service jobs are updated in steps; leave it out");
+  Section s(c, *u, path, kUpdateKeys);
+  std::int64_t max_parallel =
+      integer(s, "max_parallel", {0, 1000, "an integer from 0 to 1000 (0: all at once)", ""})
+          .value_or(1);
+  auto min_healthy = duration(s, "min_healthy_time", {0, kHourMs});
+  auto deadline = duration(s, "healthy_deadline", {1000, 24 * kHourMs});
+  if (min_healthy.value_or(10000) >= deadline.value_or(300000) && (min_healthy || deadline))
+    c.problem(path, "healthy_deadline (" + format_duration_ms(deadline.value_or(300000)) +
+                        ") must be longer than min_healthy_time (" +
+                        format_duration_ms(min_healthy.value_or(10000)) + ")");
+  bool auto_revert = boolean(s, "auto_revert").value_or(false);
+  return {{"max_parallel", max_parallel},
+          {"min_healthy_time_ms", min_healthy.value_or(10000)},
+          {"healthy_deadline_ms", deadline.value_or(300000)},
+          {"auto_revert", auto_revert}};
+}
+
+// The job's placement keys, added to out only when given.
+void check_job_placement(Section &s, const std::string &type, json &out) {
+  Checker &c = s.c;
+  if (const json *v = s.get("node_pool")) {
+    auto pool = as_text(c, *v, s.key("node_pool"), "a node pool name or \"all\"");
+    if (pool && *pool != "all" && !is_valid_name(*pool))
+      c.problem(s.key("node_pool"), quote_value(*pool) + " is not a pool name: " + kNameRule);
+    else if (pool)
+      out["node_pool"] = *pool;
+  }
+  if (auto d = boolean(s, "distinct_hosts")) out["distinct_hosts"] = *d;
+  if (const json *v = s.get("constraint"))
+    out["constraint"] = table_list(c, v, s.key("constraint"), "constraint", 100,
+                                   [&](const json &t, const std::string &at) {
+                                     Section cs(c, t, at, kConstraintKeys);
+                                     return check_condition(cs);
+                                   });
+  if (const json *v = s.get("affinity"))
+    out["affinity"] = table_list(c, v, s.key("affinity"), "affinity", 100,
+                                 [&](const json &t, const std::string &at) {
+                                   Section as(c, t, at, kAffinityKeys);
+                                   json a = check_condition(as);
+                                   auto w = integer(as, "weight",
+                                                    {-100, 100, "an integer from -100 to 100, not 0", ""});
+                                   if (w && *w == 0) {
+                                     c.problem(as.key("weight"), "must not be 0 (an affinity of weight 0 does nothing)");
+                                     w.reset();
+                                   }
+                                   a["weight"] = w.value_or(50);
+                                   return a;
+                                 });
+  if (const json *v = s.get("spread"))
+    out["spread"] = table_list(c, v, s.key("spread"), "spread", 10, [&](const json &t, const std::string &at) {
+      Section ss(c, t, at, kSpreadKeys);
+      json sp = {{"attribute", check_attribute(ss)}};
+      sp["weight"] = integer(ss, "weight", {1, 100, "an integer from 1 to 100", ""}).value_or(50);
+      std::int64_t sum = 0;
+      std::set<std::string> seen;
+      sp["target"] = table_list(c, ss.get("target"), ss.key("target"), "spread.target", 100,
+                                [&](const json &tt, const std::string &tat) {
+                                  Section ts(c, tt, tat, kSpreadTargetKeys);
+                                  auto value = text(ts, "value", "an attribute value", Presence::required,
+                                                    Empty::allowed);
+                                  if (value && !seen.insert(*value).second)
+                                    c.problem(ts.key("value"), quote_value(*value) + " is listed twice");
+                                  auto pct = integer(ts, "percent", {0, 100, "an integer from 0 to 100", " (%)"});
+                                  if (!pct && !ts.get("percent")) c.problem(ts.key("percent"), "is required: the share of allocations, 0 to 100");
+                                  sum += pct.value_or(0);
+                                  return json{{"value", value.value_or("")}, {"percent", pct.value_or(0)}};
+                                });
+      if (sum > 100)
+        c.problem(ss.key("target"), "percents add up to " + std::to_string(sum) + "; at most 100");
+      return sp;
+    });
+  if (const json *r = sub_object(s, "reschedule", "[reschedule]"))
+    out["reschedule"] = check_reschedule(c, r, s.key("reschedule"), type);
+  if (const json *u = sub_object(s, "update", "[update]"))
+    out["update"] = check_update(c, u, s.key("update"), type);
+  if (type == "system" && out.value("distinct_hosts", false))
+    c.problem(s.key("distinct_hosts"), "system jobs already run once per node; leave it out");
+}
+
+// [task.resources] ports and devices, added to out only when given.
+void check_resource_placement(Checker &c, const json &resources, const std::string &path, json &out) {
+  if (auto it = resources.find("ports"); it != resources.end()) {
+    const std::string at = child_path(path, "ports");
+    if (!it->is_array() || it->size() > 64) {
+      c.problem(at, "must be an array of up to 64 port numbers, got " + c.describe(*it, at));
+    } else {
+      json ports = json::array();
+      std::set<std::int64_t> seen;
+      for (std::size_t i = 0; i < it->size(); ++i) {
+        auto p = as_integer(c, (*it)[i], index_path(at, i), {1, 65535, "a port number from 1 to 65535", ""});
+        if (p && !seen.insert(*p).second) c.problem(index_path(at, i), std::to_string(*p) + " is listed twice");
+        else if (p) ports.push_back(*p);
+      }
+      out["ports"] = ports;
+    }
+  }
+  if (auto it = resources.find("devices"); it != resources.end()) {
+    const std::string at = child_path(path, "devices");
+    if (!it->is_object()) {
+      c.problem(at, "must be a table of device name = count, got " + c.describe(*it, at));
+    } else {
+      json devices = json::object();
+      for (auto d = it->begin(); d != it->end(); ++d) {
+        const std::string dat = child_path(at, d.key());
+        static const std::regex name(R"([a-z0-9][a-z0-9._/-]{0,127})");
+        if (!std::regex_match(d.key(), name)) {
+          c.problem(dat, "is not a device name: 1 to 128 lowercase letters, digits, '.', '_', '/' and '-', like \"nvidia/gpu\"", true);
+          continue;
+        }
+        if (auto n = as_integer(c, d.value(), dat, {1, 1024, "an integer from 1 to 1024", ""})) devices[d.key()] = *n;
+      }
+      out["devices"] = devices;
+    }
+  }
+}
 
 json check_restart(Checker &c, const json *restart, const std::string &path,
                    const std::string &job_type) {
@@ -917,11 +1193,13 @@ json check_resources(Checker &c, const json *resources, const std::string &path)
     pids = integer(s, "pids", {1, 4194304, "a positive integer (processes and threads)", ""})
                .value_or(pids);
   }
-  return {{"cpu", cpu},
-          {"memory", memory},
-          {"memory_max", memory_max.value_or(memory)},
-          {"disk", disk},
-          {"pids", pids}};
+  json out = {{"cpu", cpu},
+              {"memory", memory},
+              {"memory_max", memory_max.value_or(memory)},
+              {"disk", disk},
+              {"pids", pids}};
+  if (resources) check_resource_placement(c, *resources, path, out);
+  return out;
 }
 
 json check_logs(Checker &c, const json *logs, const std::string &path) {
@@ -945,17 +1223,6 @@ bool is_capability_spelling(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
   });
-}
-
-// null_is_unset: JSON null means "not given" (the canonical form writes it).
-std::optional<bool> boolean(Section &s, std::string_view name, bool null_is_unset = false) {
-  const json *v = s.get(name);
-  if (!v || (null_is_unset && v->is_null() && s.c.form() == Form::json)) return std::nullopt;
-  if (!v->is_boolean()) {
-    s.c.problem(s.key(name), "must be true or false, got " + s.c.describe(*v, s.key(name)));
-    return std::nullopt;
-  }
-  return v->get<bool>();
 }
 
 // [task.security]: written only when the task has the table, so a job
@@ -1144,6 +1411,7 @@ json check_job(Checker &c, const json &job) {
   out["priority"] = integer(s, "priority", {1, 100, "an integer from 1 to 100", ""}).value_or(50);
 
   out["restart"] = check_restart(c, sub_object(s, "restart", "[restart]"), s.key("restart"), type);
+  check_job_placement(s, type, out);
 
   json tasks = json::array();
   const json *t = s.get("task");

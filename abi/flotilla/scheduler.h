@@ -33,6 +33,15 @@ typedef struct flotilla_sched_node {
   flotilla_resources used; /* by allocations already placed */
   int eligible;            /* 0: drained or ineligible */
   const char *attributes_json; /* {"os":"linux", "datacenter":"dc1", ...} */
+
+  /* ---- since 1.1 ---------------------------------------------------- */
+
+  /* What the node has and what is taken beyond CPU, memory and disk, or
+   * NULL: {"ports_used":[8080], "devices":{"gpu":2}, "devices_used":{"gpu":1},
+   * "job_allocs":{"web":2}} — job_allocs counts the live allocations of each
+   * asked job on this node (anti-affinity, distinct_hosts, spread). Borrowed
+   * for the call. */
+  const char *usage_json;
 } flotilla_sched_node;
 
 typedef struct flotilla_sched_ask {
@@ -41,7 +50,10 @@ typedef struct flotilla_sched_ask {
   const char *group;
   uint32_t index;
   flotilla_resources resources;
-  const char *constraints_json; /* the group's constraints/affinities, or NULL */
+  /* The group's placement rules, or NULL (since 1.1 the schema is
+   * docs/abi-json.md, "placement rules": datacenters, pool, constraints, affinities,
+   * spreads, distinct_hosts, ports, devices, total). */
+  const char *constraints_json;
 } flotilla_sched_ask;
 
 typedef struct flotilla_sched_placement {
@@ -55,6 +67,10 @@ typedef struct flotilla_scheduler_v1 {
   /* ---- since 1.0 ---------------------------------------------------- */
 
   /* Fill placements[i] for every asks[i]; nodes' `used` is not modified.
+   * Arrays are walked with the caller's struct_size as the stride (read from
+   * the first element), so a 1.0 caller's smaller structs still work.
+   * Consecutive asks with the same job, group and constraints_json are one
+   * group: they see each other (anti-affinity, spread, distinct_hosts).
    * When any ask did not fit, *explain_out (if not NULL) receives a JSON
    * object explaining why per dimension; the caller releases it. Returns
    * FLOTILLA_OK even when some asks did not fit. */

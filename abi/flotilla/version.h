@@ -11,6 +11,10 @@
  * Changelog of interface versions (newest last):
  *   1.0  first stable ABI: entry, host table, store/1, runtime/1,
  *        network/1, security/1, discovery/1, scheduler/1.
+ *   1.1  scheduler/1: flotilla_sched_node.usage_json (ports, devices and
+ *        per-job allocation counts); constraints_json gets a documented
+ *        schema (docs/abi-json.md, "placement rules"). Arrays passed to place() are
+ *        strided by the caller's struct_size.
  */
 #ifndef FLOTILLA_VERSION_H
 #define FLOTILLA_VERSION_H
@@ -18,7 +22,7 @@
 #include <stddef.h>
 
 #define FLOTILLA_ABI_VERSION_MAJOR 1
-#define FLOTILLA_ABI_VERSION_MINOR 0
+#define FLOTILLA_ABI_VERSION_MINOR 1
 
 /* True when a struct received across the ABI, whose size the sender wrote in
  * struct_size, is large enough to contain FIELD. Read a field appended in a

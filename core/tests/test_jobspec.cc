@@ -525,7 +525,9 @@ TEST(JobSpecProblems, UnknownKeysSuggestOrListWhatIsAccepted) {
   EXPECT_EQ(problem_of(kMinimal + "[[tasks]]\nname = \"x\"\n"),
             "web.toml line 7, tasks: unknown key; did you mean \"task\"?");
   // Sections that later versions add are refused until then.
-  const std::string job_keys = "name, type, count, datacenters, priority, restart, task";
+  const std::string job_keys =
+      "name, type, count, datacenters, priority, restart, task, node_pool, distinct_hosts, "
+      "constraint, affinity, spread, reschedule, update";
   EXPECT_EQ(problem_of(kMinimal + "\n[[service]]\nname = \"web\"\n"),
             "web.toml line 8, service: unknown key; accepted here: " + job_keys);
   EXPECT_EQ(problem_of(kMinimal + "[network]\nmode = \"bridge\"\n"),
@@ -533,7 +535,7 @@ TEST(JobSpecProblems, UnknownKeysSuggestOrListWhatIsAccepted) {
   EXPECT_EQ(problem_of(kMinimal + "[group]\ncount = 1\n"),
             "web.toml line 7, group: unknown key; accepted here: " + job_keys);
   EXPECT_EQ(problem_of("constraints = []\n" + kMinimal),
-            "web.toml line 1, constraints: unknown key; accepted here: " + job_keys);
+            "web.toml line 1, constraints: unknown key; did you mean \"constraint\"?");
 }
 
 // ---- [task.security] ------------------------------------------------------
@@ -745,7 +747,8 @@ TEST(JobSpecJson, HostileValuesGiveCleanProblems) {
   job["\xc3"] = 1;
   EXPECT_EQ(json_problem_of(job),
             "web.json, \"\\xC3\": unknown key; accepted here: name, type, count, datacenters, "
-            "priority, restart, task");
+            "priority, restart, task, node_pool, distinct_hosts, constraint, affinity, spread, "
+            "reschedule, update");
   // Deep nesting under an unknown key is never walked recursively.
   json deep = 1;
   for (int i = 0; i < 100000; ++i) deep = json::array({std::move(deep)});

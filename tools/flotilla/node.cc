@@ -1,4 +1,4 @@
-// flotilla node status
+// flotilla node status, flotilla node drain
 #include "cli.h"
 
 namespace flotilla::cli {
@@ -30,11 +30,40 @@ int node_status(Cli &cli, Args &args) {
   return kExitOk;
 }
 
+// POST /v1/nodes/<name>/drain: --undo lifts a drain; --ineligible only
+// stops new placements.
+int node_drain(Cli &cli, Args &args) {
+  bool undo = args.flag({"--undo"});
+  bool ineligible = args.flag({"--ineligible"});
+  std::string name = args.positional("NODE (the node's name)");
+  args.done();
+  json body = undo ? json{{"drain", false}, {"eligible", true}}
+                   : ineligible ? json{{"drain", false}, {"eligible", false}}
+                                : json{{"drain", true}};
+  HttpResponse r = cli.client.request("POST", "/v1/nodes/" + url_escape(name) + "/drain",
+                                      body.dump(), "application/json");
+  if (r.status >= 400) return api_error(cli, r, name);
+  if (cli.json) {
+    print_json(r);
+    return kExitOk;
+  }
+  std::printf(undo ? "Node \"%s\" takes allocations again\n"
+              : ineligible ? "Node \"%s\" keeps its allocations but takes no new ones\n"
+                           : "Node \"%s\" is draining: its allocations are placed elsewhere\n",
+              name.c_str());
+  return kExitOk;
+}
+
 }  // namespace
 
 const std::vector<Command> &node_commands() {
   static const std::vector<Command> commands = {
       {"node", "status", "", "list the nodes of the cluster", "", node_status},
+      {"node", "drain", "[--undo | --ineligible] NODE", "move a node's allocations elsewhere",
+       "The scheduler stops every allocation on NODE and places it again on other nodes,\n"
+       "and places nothing new there. --undo lets NODE take allocations again;\n"
+       "--ineligible keeps what runs there but places nothing new.",
+       node_drain},
   };
   return commands;
 }
