@@ -3,8 +3,8 @@
 // lead (same node name: the case of a restarted daemon whose old lease has
 // not expired yet). Every evaluation is one compare-and-swap transaction, so
 // whatever the interleaving no node is over-committed and every allocation
-// is written once. Then drain, lost nodes and a rolling update through the
-// store.
+// is written once. Then drain, lost nodes, a rolling update and a reschedule
+// delay through the store.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -12,6 +12,7 @@
 #include <set>
 
 #include "evaluator.h"
+#include "rfc3339.h"
 #include "store_harness.h"
 
 using flotilla::Evaluator;
@@ -311,6 +312,45 @@ TEST(SchedulerStore, RollingUpdateStepsThroughTheStore) {
   ASSERT_TRUE(c.loop.run_until([&] { return versions()[2] == 2; }, "the second step"));
   EXPECT_EQ(versions()[1], 0);
 
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
+
+// A failed allocation through the store: nothing changes in the cluster
+// after the failure is reported, so only the evaluator's own timer for the
+// reschedule delay can bring the replacement.
+TEST(SchedulerStore, FailedAllocationIsReplacedWhenItsDelayEnds) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  c.put("/flotilla/nodes/node-0", node_record("node-0", 8000, 8192));
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  json j = job_spec("web", 1, 100, 64);
+  j["reschedule"] = {{"attempts", 0},  {"interval_ms", 3600000}, {"delay_ms", 300},
+                     {"delay_function", "constant"}, {"max_delay_ms", 300}, {"unlimited", true}};
+  c.put("/flotilla/jobs/web", j);
+  auto allocs = [&] {
+    std::vector<json> out;
+    for (const auto &kv : c.list("/flotilla/allocs/")) out.push_back(json::parse(kv.value));
+    return out;
+  };
+  ASSERT_TRUE(c.loop.run_until([&] { return allocs().size() == 1; }, "the allocation"));
+  const json first = allocs()[0];
+  c.put("/flotilla/alloc-status/" + first["id"].get<std::string>(),
+        json{{"id", first["id"]}, {"status", "failed"},
+             {"updated_at", flotilla::rfc3339_now(true)}});
+  ASSERT_TRUE(c.loop.run_until([&] { return allocs().size() == 2; }, "the replacement"));
+  for (const auto &a : allocs()) {
+    if (a["id"] == first["id"]) {
+      EXPECT_EQ(a["desired_status"], "stop");
+      EXPECT_EQ(a["desired_description"], "failed; rescheduled");
+    } else {
+      EXPECT_EQ(a["desired_status"], "run");
+      EXPECT_EQ(a["previous_alloc"], first["id"]);
+      EXPECT_EQ(a["reschedule"]["attempts"], 1);
+    }
+  }
   bool stopped = false;
   e.stop([&] { stopped = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
