@@ -3,7 +3,8 @@
 // lead (same node name: the case of a restarted daemon whose old lease has
 // not expired yet). Every evaluation is one compare-and-swap transaction, so
 // whatever the interleaving no node is over-committed and every allocation
-// is written once. And drained and lost nodes through the store.
+// is written once. Then drain, lost nodes, a rolling update and a reschedule
+// delay through the store.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -11,6 +12,7 @@
 #include <set>
 
 #include "evaluator.h"
+#include "rfc3339.h"
 #include "store_harness.h"
 
 using flotilla::Evaluator;
@@ -257,6 +259,98 @@ TEST(SchedulerStore, DrainedAndLostNodesAllocationsArePlacedAgain) {
   }
   EXPECT_EQ(stopped_lost, 1);
 
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
+
+// A rolling update through the store: one old allocation replaced at a
+// time, the next only once the new one reports running for
+// min_healthy_time (statuses written here as a node's reconciler would).
+TEST(SchedulerStore, RollingUpdateStepsThroughTheStore) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  c.put("/flotilla/nodes/node-0", node_record("node-0", 8000, 8192));
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  json v1 = job_spec("web", 2, 100, 64);
+  c.put("/flotilla/jobs/web", v1);
+  auto run_allocs = [&] {
+    std::vector<json> out;
+    for (const auto &kv : c.list("/flotilla/allocs/")) {
+      json a = json::parse(kv.value);
+      if (a["desired_status"] == "run") out.push_back(a);
+    }
+    return out;
+  };
+  auto report_running = [&](const json &a) {  // started long ago: healthy at once
+    c.put("/flotilla/alloc-status/" + a["id"].get<std::string>(),
+          json{{"id", a["id"]}, {"status", "running"},
+               {"tasks", {{"t", {{"started_at", "2020-01-01T00:00:00.000Z"}}}}},
+               {"updated_at", "2020-01-01T00:00:00.000Z"}});
+  };
+  ASSERT_TRUE(c.loop.run_until([&] { return run_allocs().size() == 2; }, "two allocations"));
+  for (const auto &a : run_allocs()) report_running(a);
+
+  json v2 = job_spec("web", 2, 200, 64);
+  v2["version"] = 2;
+  v2["update"] = {{"max_parallel", 1}, {"min_healthy_time_ms", 1000},
+                  {"healthy_deadline_ms", 600000}, {"auto_revert", false}};
+  c.put("/flotilla/jobs/web", v2);
+  auto versions = [&] {
+    std::map<int, int> n;
+    for (const auto &a : run_allocs()) n[a["job_version"].get<int>()]++;
+    return n;
+  };
+  ASSERT_TRUE(c.loop.run_until([&] { return versions()[2] == 1; }, "the first new allocation"));
+  // The new one has not reported: the second old one stays.
+  auto mid = versions();
+  EXPECT_EQ(mid[1], 1);
+  EXPECT_EQ(mid[2], 1);
+  for (const auto &a : run_allocs())
+    if (a["job_version"] == 2) report_running(a);
+  ASSERT_TRUE(c.loop.run_until([&] { return versions()[2] == 2; }, "the second step"));
+  EXPECT_EQ(versions()[1], 0);
+
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
+
+// A failed allocation through the store: nothing changes in the cluster
+// after the failure is reported, so only the evaluator's own timer for the
+// reschedule delay can bring the replacement.
+TEST(SchedulerStore, FailedAllocationIsReplacedWhenItsDelayEnds) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  c.put("/flotilla/nodes/node-0", node_record("node-0", 8000, 8192));
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  json j = job_spec("web", 1, 100, 64);
+  j["reschedule"] = {{"attempts", 0},  {"interval_ms", 3600000}, {"delay_ms", 300},
+                     {"delay_function", "constant"}, {"max_delay_ms", 300}, {"unlimited", true}};
+  c.put("/flotilla/jobs/web", j);
+  auto allocs = [&] {
+    std::vector<json> out;
+    for (const auto &kv : c.list("/flotilla/allocs/")) out.push_back(json::parse(kv.value));
+    return out;
+  };
+  ASSERT_TRUE(c.loop.run_until([&] { return allocs().size() == 1; }, "the allocation"));
+  const json first = allocs()[0];
+  c.put("/flotilla/alloc-status/" + first["id"].get<std::string>(),
+        json{{"id", first["id"]}, {"status", "failed"},
+             {"updated_at", flotilla::rfc3339_now(true)}});
+  ASSERT_TRUE(c.loop.run_until([&] { return allocs().size() == 2; }, "the replacement"));
+  for (const auto &a : allocs()) {
+    if (a["id"] == first["id"]) {
+      EXPECT_EQ(a["desired_status"], "stop");
+      EXPECT_EQ(a["desired_description"], "failed; rescheduled");
+    } else {
+      EXPECT_EQ(a["desired_status"], "run");
+      EXPECT_EQ(a["previous_alloc"], first["id"]);
+      EXPECT_EQ(a["reschedule"]["attempts"], 1);
+    }
+  }
   bool stopped = false;
   e.stop([&] { stopped = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
