@@ -409,7 +409,8 @@ void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder
     return r.send(error_json(400, "invalid",
                              "the body must be a JSON object like {\"drain\": true} or "
                              "{\"eligible\": false}; both keys are booleans"));
-  bool drain = body.value("drain", true);
+  // An empty body drains; {"eligible": false} alone only stops new placements.
+  bool drain = body.value("drain", !body.contains("eligible"));
   json control = {{"drain", drain}, {"eligible", body.value("eligible", !drain)}};
   read_snapshot(
       s, {{std::string(kNodesPrefix) + name, true}},

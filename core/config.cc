@@ -732,6 +732,34 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
                   }
                   cfg.node.datacenter = *s;
                 }},
+               {"devices",
+                [&](const toml::node &x, const std::string &k) {
+                  const toml::table *devs = r.section(x, k);
+                  if (!devs) return;
+                  for (auto &&[dk, dv] : *devs) {
+                    std::string sub = join_key(k, dk.str());
+                    const std::string_view name = dk.str();
+                    bool ok = !name.empty() && name.size() <= 128 &&
+                              ((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')) &&
+                              std::all_of(name.begin(), name.end(), [](char c) {
+                                return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                                       c == '.' || c == '_' || c == '/' || c == '-';
+                              });
+                    if (!ok) {
+                      r.error(static_cast<int>(dk.source().begin.line), sub,
+                              "device names are lowercase letters, digits, '.', '_', '/' and '-', "
+                              "starting with a letter or digit (quote a name with dots or "
+                              "slashes: \"nvidia/gpu\" = 2)");
+                      continue;
+                    }
+                    const auto *n = dv.as_integer();
+                    if (!n || n->get() < 0 || n->get() > 1024) {
+                      r.error(dv, sub, "must be an integer count from 0 to 1024, got " + describe(dv));
+                      continue;
+                    }
+                    cfg.node.devices[std::string(name)] = n->get();
+                  }
+                }},
                {"attributes",
                 [&](const toml::node &x, const std::string &k) {
                   const toml::table *attrs = r.section(x, k);

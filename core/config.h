@@ -37,6 +37,7 @@ struct DaemonConfig {
     std::string data_dir = "/var/lib/flotilla";
     std::string datacenter = "dc1";
     std::map<std::string, std::string> attributes;
+    std::map<std::string, int64_t> devices;  // [node.devices]: name -> count offered
   } node;
 
   struct Api {

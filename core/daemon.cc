@@ -129,6 +129,10 @@ std::string Daemon::node_record() const {
       {"attributes", attrs},
       {"plugins", plugins},
   };
+  // Devices the scheduler may hand out by count ([task.resources] devices).
+  nlohmann::json devices = nlohmann::json::object();
+  for (const auto &[name, count] : config_.node.devices) devices[name] = count;
+  j["devices"] = devices;
   return j.dump();
 }
 

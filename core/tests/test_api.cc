@@ -930,6 +930,24 @@ TEST_P(ApiTest, AllocationsAreListedAndShown) {
   EXPECT_EQ(call("GET", "/v1/allocs/nope").status, 404);
 }
 
+TEST_P(ApiTest, DrainingANodeWritesItsControlRecord) {
+  EXPECT_EQ(call("POST", "/v1/nodes/nope/drain").status, 404);
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
+  HttpResponse r = call("POST", "/v1/nodes/node-1/drain");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(body(r)["drain"], true);
+  EXPECT_EQ(*stored("/flotilla/node-control/node-1"), json({{"drain", true}, {"eligible", false}}));
+  r = call("POST", "/v1/nodes/node-1/drain", R"({"eligible": false})", "application/json");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(*stored("/flotilla/node-control/node-1"), json({{"drain", false}, {"eligible", false}}))
+      << "eligible false alone keeps what runs there";
+  r = call("POST", "/v1/nodes/node-1/drain", R"({"drain": false})", "application/json");
+  EXPECT_EQ(*stored("/flotilla/node-control/node-1"), json({{"drain", false}, {"eligible", true}}));
+  EXPECT_EQ(call("POST", "/v1/nodes/node-1/drain", R"({"drain": "yes"})", "application/json").status,
+            400);
+  EXPECT_EQ(call("POST", "/v1/nodes/node-1/drain", "[1]", "application/json").status, 400);
+}
+
 TEST_P(ApiTest, NodesAreListedAndShown) {
   store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
   json nodes = body(call("GET", "/v1/nodes"))["nodes"];

@@ -153,6 +153,18 @@ TEST(Config, UnknownTableWithoutSuggestionListsAccepted) {
                "[security], [gc], [plugin.<name>]"));
 }
 
+TEST(Config, NodeDevicesAreCountsByName) {
+  DaemonConfig c =
+      parse_config("[node]\nname = \"n\"\n[node.devices]\n\"nvidia/gpu\" = 2\nfpga = 0\n", "t.toml");
+  EXPECT_EQ(c.node.devices.at("nvidia/gpu"), 2);
+  EXPECT_EQ(c.node.devices.at("fpga"), 0);
+  EXPECT_EQ(error_of("[node.devices]\ngpu = \"two\"\n"),
+            at(2, "node.devices.gpu: must be an integer count from 0 to 1024, got a string \"two\""));
+  EXPECT_NE(error_of("[node.devices]\nGPU = 1\n").find("device names are lowercase"),
+            std::string::npos);
+  EXPECT_NE(error_of("[node.devices]\ngpu = 5000\n").find("from 0 to 1024"), std::string::npos);
+}
+
 TEST(Config, GcKeepsEndedAllocationsForADurationAndUpToACount) {
   DaemonConfig d = parse_config("", "t.toml");
   EXPECT_EQ(d.gc.terminal_after_ms, 4 * 3600 * 1000);

@@ -166,6 +166,42 @@ class ContainersGcTime : public Containers {
   }
 };
 
+// [node.devices]: the node offers devices by count; the scheduler hands them
+// out and explains a job that asks for more.
+class ContainersDevices : public Containers {
+ protected:
+  std::string extra_config() const override { return "[node.devices]\n\"example/dev\" = 1\n\n"; }
+};
+
+TEST_F(ContainersDevices, TheNodeOffersItsDevicesAndTheSchedulerCountsThem) {
+  json node = json::parse(d_->get("/v1/nodes").body)["nodes"][0];
+  EXPECT_EQ(node["devices"]["example/dev"], 1) << node.dump();
+  auto job = [](const std::string &name, int count) {
+    return "name = \"" + name + R"("
+type = "batch"
+[[task]]
+name = "say"
+image = "busybox:latest"
+command = "/bin/echo"
+args = ["with a device"]
+[task.resources.devices]
+"example/dev" = )" + std::to_string(count) + "\n";
+  };
+  run_job(job("dev-one", 1));
+  json a = wait_for("dev-one", {"complete", "failed"});
+  EXPECT_EQ(status_of(a), "complete") << a.dump();
+  run_job(job("dev-two", 2));
+  json j;
+  for (int i = 0; i < 300; ++i) {  // a 30 s guard
+    j = json::parse(d_->get("/v1/jobs/dev-two").body, nullptr, false);
+    if (j.is_object() && j.contains("placement")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(j.is_object() && j.contains("placement")) << j.dump();
+  EXPECT_NE(j["placement"].dump().find("example/dev"), std::string::npos) << j.dump();
+  EXPECT_TRUE(allocs("dev-two").empty()) << allocs("dev-two").dump();
+}
+
 std::string batch_job(const std::string &name) {
   return "name = \"" + name + R"("
 type = "batch"
