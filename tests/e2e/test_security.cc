@@ -211,7 +211,9 @@ class Security : public ::testing::Test {
   static std::string status_of(const json &alloc) {
     if (alloc.contains("status") && alloc["status"].is_object())
       return alloc["status"].value("status", "");
-    return alloc.value("client_status", alloc.value("status", ""));
+    // No status yet: the node has not reported on a fresh allocation.
+    if (!alloc.contains("status") || !alloc["status"].is_string()) return "";
+    return alloc["status"].get<std::string>();
   }
 
   // POST a job; the HTTP status and body.
