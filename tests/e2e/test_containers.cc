@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include "alloc_status.h"
 #include "daemon_harness.h"
 
 using nlohmann::json;
@@ -110,13 +111,7 @@ class Containers : public ::testing::Test {
       if (j.contains(k)) return j[k];
     return json::array();
   }
-  static std::string status_of(const json &alloc) {
-    if (alloc.contains("status") && alloc["status"].is_object())
-      return alloc["status"].value("status", "");
-    // No status yet: the node has not reported on a fresh allocation.
-    if (!alloc.contains("status") || !alloc["status"].is_string()) return "";
-    return alloc["status"].get<std::string>();
-  }
+  static std::string status_of(const json &alloc) { return e2e::alloc_status(alloc); }
   static json task_of(const json &alloc, const std::string &task) {
     if (alloc.contains("status") && alloc["status"].is_object() &&
         alloc["status"].contains("tasks"))

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "alloc_status.h"
 #include "daemon_harness.h"
 
 using nlohmann::json;
@@ -208,13 +209,7 @@ class Security : public ::testing::Test {
       if (j.contains(k) && j[k].is_array() && !j[k].empty()) return j[k][0];
     return json::object();
   }
-  static std::string status_of(const json &alloc) {
-    if (alloc.contains("status") && alloc["status"].is_object())
-      return alloc["status"].value("status", "");
-    // No status yet: the node has not reported on a fresh allocation.
-    if (!alloc.contains("status") || !alloc["status"].is_string()) return "";
-    return alloc["status"].get<std::string>();
-  }
+  static std::string status_of(const json &alloc) { return e2e::alloc_status(alloc); }
 
   // POST a job; the HTTP status and body.
   e2e::HttpReply submit(const std::string &toml) {
