@@ -1160,12 +1160,162 @@ void delete_image(const StatePtr &s, Request &, const Params &p, Responder &r) {
 
 using RouteFn = void (*)(const StatePtr &, Request &, const Params &, Responder &);
 
+// ---- blocking queries -----------------------------------------------------------
+//
+// As Nomad's: a GET with ?index=N answers once something the answer shows
+// changed after store revision N -- at once when that happened already --
+// or when ?wait= (default 5m, at most 10m) has passed, whichever comes
+// first. The answer's "revision" is the next call's index. Clients wait for
+// a change without polling, and learn of it as soon as it is durable.
+
+constexpr int64_t kBlockingDefaultWaitMs = 5 * 60 * 1000;
+constexpr int64_t kBlockingMaxWaitMs = 10 * 60 * 1000;
+
+// Whether a store change touches what a route shows (for ?index= waits).
+using Relevance = bool (*)(const StoreEvent &e, const Request &req, const Params &p);
+
+bool under(const std::string &key, std::string_view prefix) {
+  return key.size() >= prefix.size() && std::string_view(key).substr(0, prefix.size()) == prefix;
+}
+
+// An allocation's record or status that belongs to job `name`: its "job"
+// field or, for a deleted key (no value left), its id, "<job>-<index>-..."
+// (a job named "web" may wake on "web-api"'s deletions, which is harmless).
+bool alloc_of_job(const StoreEvent &e, const std::string &name) {
+  std::string id;
+  if (under(e.kv.key, kAllocsPrefix))
+    id = key_suffix(e.kv.key, kAllocsPrefix);
+  else if (under(e.kv.key, kAllocStatusPrefix))
+    id = key_suffix(e.kv.key, kAllocStatusPrefix);
+  else
+    return false;
+  std::string job;
+  if (e.type == StoreEvent::Type::put) job = string_field(parse_record(e.kv.value), "job");
+  return job.empty() ? under(id, name + "-") : job == name;
+}
+
+bool nodes_changed(const StoreEvent &e, const Request &, const Params &) {
+  return under(e.kv.key, kNodesPrefix) || under(e.kv.key, "/flotilla/node-control/");
+}
+bool node_changed(const StoreEvent &e, const Request &, const Params &p) {
+  return e.kv.key == std::string(kNodesPrefix) + p[0] ||
+         e.kv.key == "/flotilla/node-control/" + p[0];
+}
+bool jobs_changed(const StoreEvent &e, const Request &, const Params &) {
+  return under(e.kv.key, kJobsPrefix) || under(e.kv.key, kAllocsPrefix) ||
+         under(e.kv.key, kAllocStatusPrefix);
+}
+bool job_changed(const StoreEvent &e, const Request &, const Params &p) {
+  return e.kv.key == std::string(kJobsPrefix) + p[0] ||
+         e.kv.key == "/flotilla/job-status/" + p[0] || alloc_of_job(e, p[0]);
+}
+bool allocs_changed(const StoreEvent &e, const Request &req, const Params &) {
+  if (auto it = req.query.find("job"); it != req.query.end() && !it->second.empty())
+    return alloc_of_job(e, it->second);
+  return under(e.kv.key, kAllocsPrefix) || under(e.kv.key, kAllocStatusPrefix);
+}
+bool alloc_changed(const StoreEvent &e, const Request &, const Params &p) {
+  return e.kv.key == std::string(kAllocsPrefix) + p[0] ||
+         e.kv.key == std::string(kAllocStatusPrefix) + p[0];
+}
+
+// ?index= and ?wait=. Answers 400 and returns false when either is malformed.
+bool parse_blocking(const Request &req, Responder &r, int64_t &index, int64_t &wait_ms) {
+  auto bad = [&](const std::string &why) {
+    r.send(error_json(400, "invalid", why));
+    return false;
+  };
+  const std::string &text = req.query.at("index");
+  try {
+    size_t used = 0;
+    index = std::stoll(text, &used);
+    if (used != text.size() || index < 0) throw std::invalid_argument("");
+  } catch (const std::exception &) {
+    return bad("index=\"" + text + "\" is not a store revision (a whole number >= 0, as the "
+               "\"revision\" of an earlier answer)");
+  }
+  wait_ms = kBlockingDefaultWaitMs;
+  if (auto it = req.query.find("wait"); it != req.query.end()) {
+    try {
+      wait_ms = parse_duration_ms(it->second);
+    } catch (const std::invalid_argument &e) {
+      return bad("wait=\"" + it->second + "\": " + e.what());
+    }
+    if (wait_ms > kBlockingMaxWaitMs)
+      return bad("wait=\"" + it->second + "\" is longer than the 10m a query may wait");
+  }
+  return true;
+}
+
+// One GET waiting for a change: a store watch from index + 1 (which first
+// replays what changed since then), a timer, and the client's departure or
+// the server's shutdown; the first of them answers with a fresh read.
+class BlockingQuery : public std::enable_shared_from_this<BlockingQuery> {
+ public:
+  BlockingQuery(StatePtr s, Request req, Params p, Responder r, RouteFn fn, Relevance relevant)
+      : s_(std::move(s)),
+        req_(std::move(req)),
+        p_(std::move(p)),
+        r_(std::move(r)),
+        fn_(fn),
+        relevant_(relevant) {}
+
+  void start(int64_t index, int64_t wait_ms) {
+    std::weak_ptr<BlockingQuery> weak = weak_from_this();
+    r_.on_cancel([weak] {
+      if (auto self = weak.lock()) self->answer();
+    });
+    if (done_) return;
+    StoreClient *store = s_->store();
+    if (!store) return answer();
+    timer_ = std::make_unique<http::Timer>(s_->ctx.loop);
+    timer_->start(static_cast<uint64_t>(wait_ms), 0, [weak] {
+      if (auto self = weak.lock()) self->answer();
+    });
+    self_ = shared_from_this();  // alive until it answered
+    watch_ = store->watch("/flotilla/", true, index + 1,
+                          [weak](StoreResult res, const std::vector<StoreEvent> &evs, int64_t) {
+                            auto self = weak.lock();
+                            if (!self) return;
+                            // An error (history compacted, store gone): answer
+                            // with what is there now.
+                            if (!res.ok()) return self->answer();
+                            for (const auto &e : evs)
+                              if (self->relevant_(e, self->req_, self->p_)) return self->answer();
+                          });
+  }
+
+ private:
+  void answer() {
+    if (done_) return;
+    done_ = true;
+    auto keep = std::move(self_);
+    if (timer_) timer_->stop();
+    timer_.reset();
+    watch_.reset();
+    guarded(r_, [&] { fn_(s_, req_, p_, r_); });
+  }
+
+  StatePtr s_;
+  Request req_;
+  Params p_;
+  Responder r_;
+  RouteFn fn_;
+  Relevance relevant_;
+  bool done_ = false;
+  std::shared_ptr<BlockingQuery> self_;
+  std::unique_ptr<http::Timer> timer_;
+  std::unique_ptr<StoreClient::Watch> watch_;
+};
+
 struct Route {
   std::vector<std::string_view> pattern;  // "*" matches one segment
   std::vector<std::pair<std::string_view, RouteFn>> methods;
   // The "*" segment is an image reference, which may hold '/' written as
   // %2F ("library%2Fbusybox:1.36").
   bool slash_in_param = false;
+  // GET with ?index= waits for a change this says is relevant.
+  Relevance blocking = nullptr;
 };
 
 bool valid_image_ref_param(std::string_view ref) {
@@ -1181,13 +1331,13 @@ const std::vector<Route> &routes() {
       {{"v1", "health"}, {{"GET", get_health}}},
       {{"v1", "plugins"}, {{"GET", get_plugins}}},
       {{"v1", "metrics"}, {{"GET", get_metrics}}},
-      {{"v1", "nodes"}, {{"GET", list_nodes}}},
-      {{"v1", "nodes", "*"}, {{"GET", get_node}}},
+      {{"v1", "nodes"}, {{"GET", list_nodes}}, false, nodes_changed},
+      {{"v1", "nodes", "*"}, {{"GET", get_node}}, false, node_changed},
       {{"v1", "nodes", "*", "drain"}, {{"POST", post_node_drain}}},
-      {{"v1", "jobs"}, {{"GET", list_jobs}, {"POST", post_job}}},
-      {{"v1", "jobs", "*"}, {{"GET", get_job}, {"DELETE", delete_job}}},
-      {{"v1", "allocs"}, {{"GET", list_allocs}}},
-      {{"v1", "allocs", "*"}, {{"GET", get_alloc}}},
+      {{"v1", "jobs"}, {{"GET", list_jobs}, {"POST", post_job}}, false, jobs_changed},
+      {{"v1", "jobs", "*"}, {{"GET", get_job}, {"DELETE", delete_job}}, false, job_changed},
+      {{"v1", "allocs"}, {{"GET", list_allocs}}, false, allocs_changed},
+      {{"v1", "allocs", "*"}, {{"GET", get_alloc}}, false, alloc_changed},
       {{"v1", "allocs", "*", "logs"}, {{"GET", alloc_logs}}},
       {{"v1", "images"}, {{"GET", list_images}, {"POST", post_image}}},
       {{"v1", "images", "*"}, {{"DELETE", delete_image}}, true},
@@ -1214,8 +1364,18 @@ void route(const StatePtr &s, Request req, Responder r) {
       if (!(route.slash_in_param ? valid_image_ref_param(p) : valid_name(p)))
         return r.send(
             error_json(400, "invalid", "\"" + p + "\" is not a valid name in " + req.path));
-    for (const auto &[method, fn] : route.methods)
-      if (method == req.method) return guarded(r, [&] { fn(s, req, params, r); });
+    for (const auto &[method, fn] : route.methods) {
+      if (method != req.method) continue;
+      if (method == "GET" && route.blocking && req.query.count("index")) {
+        int64_t index = 0, wait_ms = 0;
+        if (!parse_blocking(req, r, index, wait_ms)) return;
+        if (!s->store()) return r.send(no_store());
+        auto q = std::make_shared<BlockingQuery>(s, std::move(req), std::move(params), r, fn,
+                                                 route.blocking);
+        return q->start(index, wait_ms);
+      }
+      return guarded(r, [&] { fn(s, req, params, r); });
+    }
     std::string allow;
     for (const auto &[method, fn] : route.methods)
       allow += (allow.empty() ? "" : ", ") + std::string(method);

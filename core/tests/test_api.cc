@@ -957,6 +957,129 @@ TEST_P(ApiTest, NodesAreListedAndShown) {
   EXPECT_EQ(call("GET", "/v1/nodes/node-2").status, 404);
 }
 
+// ---- blocking queries ----------------------------------------------------------------------
+
+// Whether a request started with std::async has answered within `ms`. Only
+// used to show that it has NOT answered yet (a slow machine cannot make a
+// waiting query answer early), or with a generous bound that it has.
+template <class T>
+bool answered_within(std::future<T> &f, int ms) {
+  return f.wait_for(std::chrono::milliseconds(ms)) == std::future_status::ready;
+}
+
+TEST_P(ApiTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  seed_allocs();
+  const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
+  auto waiting = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/jobs/web?index=" + std::to_string(rev) + "&wait=5m");
+  });
+  // Changes to other jobs' allocations and to nodes do not answer it.
+  store_put("/flotilla/alloc-status/db-0", {{"id", "db-0"}, {"job", "db"}, {"status", "running"}});
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}});
+  EXPECT_FALSE(answered_within(waiting, 300)) << "answered before the job changed";
+  // A status report for one of its allocations does.
+  store_put("/flotilla/alloc-status/web-1",
+            {{"id", "web-1"}, {"job", "web"}, {"status", "running"}});
+  ASSERT_TRUE(answered_within(waiting, 20000));
+  HttpResponse r = waiting.get();
+  ASSERT_EQ(r.status, 200) << r.body;
+  json j = body(r);
+  EXPECT_GT(j["revision"].get<int64_t>(), rev);
+  EXPECT_EQ(j["allocs"][1]["status"]["status"], "running");
+}
+
+TEST_P(ApiTest, ABlockingQueryAnswersAtOnceWhenTheChangeCameAfterItsIndex) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  const int64_t before = body(call("GET", "/v1/jobs/web"))["revision"];
+  seed_allocs();  // changes web after `before`
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}});
+  auto waiting = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/jobs/web?index=" + std::to_string(before) + "&wait=10m");
+  });
+  ASSERT_TRUE(answered_within(waiting, 20000)) << "waited although the job changed already";
+  json j = body(waiting.get());
+  EXPECT_EQ(j["allocs"].size(), 2u);
+  EXPECT_GT(j["revision"].get<int64_t>(), before);
+}
+
+TEST_P(ApiTest, ABlockingQueryAnswersWhenItsWaitEndsWithTheSameRevision) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
+  HttpResponse r = call("GET", "/v1/jobs/web?index=" + std::to_string(rev) + "&wait=200ms");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(body(r)["revision"], rev);
+}
+
+TEST_P(ApiTest, DeletingAnAllocationAnswersItsBlockingQueries) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  seed_allocs();
+  const int64_t rev = body(call("GET", "/v1/allocs/web-0"))["revision"];
+  auto alloc = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/allocs/web-0?index=" + std::to_string(rev));
+  });
+  auto job = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/jobs/web?index=" + std::to_string(rev));
+  });
+  auto db = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/allocs?job=db&index=" + std::to_string(rev) + "&wait=300ms");
+  });
+  // Another allocation of the job changing answers the job, not web-0.
+  store_put("/flotilla/alloc-status/web-1", {{"id", "web-1"}, {"job", "web"}, {"status", "failed"}});
+  ASSERT_TRUE(answered_within(job, 20000));
+  EXPECT_EQ(body(job.get())["allocs"][1]["status"]["status"], "failed");
+  EXPECT_FALSE(answered_within(alloc, 300));
+  std::promise<bool> ok;
+  loop_.run([&] {
+    store_->remove("/flotilla/allocs/web-0", false,
+                   [&](StoreResult r, int64_t, int64_t) { ok.set_value(r.ok()); });
+  });
+  ASSERT_TRUE(ok.get_future().get());
+  ASSERT_TRUE(answered_within(alloc, 20000));
+  EXPECT_EQ(alloc.get().status, 404);
+  // db's allocations never changed: its query ran out its 300ms wait and
+  // shows them as they were (at the store's current revision).
+  HttpResponse d = db.get();
+  ASSERT_EQ(d.status, 200);
+  json dbs = body(d)["allocs"];
+  ASSERT_EQ(dbs.size(), 1u);
+  EXPECT_EQ(dbs[0]["id"], "db-0");
+}
+
+TEST_P(ApiTest, ShuttingDownAnswersWaitingQueries) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
+  auto waiting = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/jobs/web?index=" + std::to_string(rev) + "&wait=10m");
+  });
+  EXPECT_FALSE(answered_within(waiting, 300));
+  std::promise<void> done;
+  loop_.run([&] { api_->shutdown(60000, [&] { done.set_value(); }); });
+  ASSERT_TRUE(answered_within(waiting, 20000)) << "shutdown left a blocking query waiting";
+  EXPECT_EQ(waiting.get().status, 200);
+  done.get_future().get();
+  loop_.run([&] { api_.reset(); });
+}
+
+TEST_P(ApiTest, BlockingQueryParametersAreChecked) {
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  for (const char *q : {"index=abc", "index=-1", "index=12x", "index=1&wait=11m",
+                        "index=1&wait=soon"}) {
+    HttpResponse r = call("GET", std::string("/v1/jobs/web?") + q);
+    EXPECT_EQ(r.status, 400) << q;
+    EXPECT_EQ(body(r)["error"]["code"], "invalid") << q;
+  }
+  // Without watches (the fake store) a blocking query answers at once.
+  if (backend() == Backend::fake) {
+    EXPECT_EQ(call("GET", "/v1/jobs/web?index=1000&wait=10m").status, 200);
+  }
+}
+
 // ---- logs --------------------------------------------------------------------------------------
 
 TEST_P(ApiTest, LogsWithoutARuntimePluginAre501) {
