@@ -4,8 +4,13 @@
 #include <gtest/gtest.h>
 #include <uv.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "config.h"
 #include "error.h"
@@ -272,3 +277,134 @@ TEST_F(PluginHostTest, StopIsIdempotentAndInterfacesDisappear) {
 }
 
 }  // namespace
+
+// ---- process_spawn, through the host table a plugin gets ------------------------------------
+
+struct Exit {
+  bool done = false;
+  int64_t pid = 0, status = 0;
+  int signal = 0;
+};
+
+class SpawnTest : public PluginHostTest {
+ protected:
+  // The host table, as the fixture plugin received it (its instance).
+  const flotilla_host *table() {
+    if (start_error({fixture("a", "fixture-good-a")}) != "") return nullptr;
+    void *self = nullptr;
+    host().find<int>("test.a/1", &self);
+    return static_cast<const flotilla_host *>(self);
+  }
+  static void on_exit(void *user, int64_t pid, int64_t status, int sig) {
+    auto *e = static_cast<Exit *>(user);
+    *e = {true, pid, status, sig};
+  }
+  // Runs `sh -c script`; stdout and stderr to files; returns the exit.
+  Exit run(const flotilla_host *h, const std::string &script, bool detached = false,
+           const char *const *envp = nullptr, const char *cwd = nullptr) {
+    int out = ::open((dir_ + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int err = ::open((dir_ + "/err").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const char *argv[] = {"sh", "-c", script.c_str(), nullptr};
+    flotilla_process_spec spec{};
+    spec.struct_size = sizeof spec;
+    spec.file = "sh";
+    spec.argv = argv;
+    spec.envp = envp;
+    spec.cwd = cwd;
+    spec.stdin_fd = -1;
+    spec.stdout_fd = out;
+    spec.stderr_fd = err;
+    spec.detached = detached;
+    Exit e;
+    int64_t pid = 0;
+    EXPECT_EQ(h->process_spawn(h->host_ctx, &spec, &SpawnTest::on_exit, &e, &pid), FLOTILLA_OK)
+        << PluginHost::last_error();
+    ::close(out);
+    ::close(err);
+    EXPECT_GT(pid, 0);
+    EXPECT_TRUE(run_until([&] { return e.done; })) << "no exit reported for: " << script;
+    EXPECT_EQ(e.pid, pid);
+    return e;
+  }
+  std::string file(const std::string &name) {
+    std::ifstream in(dir_ + "/" + name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+};
+
+TEST_F(SpawnTest, ExitCodesSignalsStdioEnvironmentAndDirectory) {
+  const flotilla_host *h = table();
+  ASSERT_NE(h, nullptr);
+  const char *env[] = {"FOO=bar", "PATH=/usr/bin:/bin", nullptr};
+  Exit e = run(h, "echo out; echo err >&2; pwd; echo \"$FOO\"; cat; exit 3", false, env,
+               dir_.c_str());
+  EXPECT_EQ(e.status, 3);
+  EXPECT_EQ(e.signal, 0);
+  // stdin -1 is /dev/null: cat sees end of file at once.
+  EXPECT_EQ(file("out"), "out\n" + fs::canonical(dir_).string() + "\nbar\n");
+  EXPECT_EQ(file("err"), "err\n");
+
+  e = run(h, "kill -TERM $$");
+  EXPECT_EQ(e.status, -1);
+  EXPECT_EQ(e.signal, SIGTERM);
+}
+
+TEST_F(SpawnTest, SignalsAreAtTheirDefaultsAndDetachedChildrenHaveTheirOwnSession) {
+  const flotilla_host *h = table();
+  ASSERT_NE(h, nullptr);
+  // What the daemon blocks or ignores, its children must not inherit.
+  sigset_t usr1, old;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &usr1, &old), 0);
+  struct sigaction ign {}, old_usr2 {};
+  ign.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGUSR2, &ign, &old_usr2), 0);
+  // The spawned process itself (exec, no fork: a shell may block signals
+  // around its own forks) shows its session (field 6 of stat) and masks.
+  const std::string script = "exec cat /proc/self/stat /proc/self/status";
+  Exit attached = run(h, script);
+  std::string a = file("out");
+  Exit detached = run(h, script, true);
+  std::string d = file("out");
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  sigaction(SIGUSR2, &old_usr2, nullptr);
+  EXPECT_EQ(attached.status, 0);
+  EXPECT_EQ(detached.status, 0);
+  auto session = [](const std::string &stat) {
+    // pid (comm) state ppid pgrp session ...
+    std::istringstream in(stat.substr(stat.find(')') + 2));
+    std::string state, ppid, pgrp, sid;
+    in >> state >> ppid >> pgrp >> sid;
+    return sid;
+  };
+  EXPECT_EQ(session(a), std::to_string(getsid(0)));
+  EXPECT_EQ(session(d), std::to_string(detached.pid));
+  auto mask = [](const std::string &out, const std::string &name) {
+    size_t at = out.find(name + ":\t");
+    return at == std::string::npos ? ~0ull : std::stoull(out.substr(at + name.size() + 2), nullptr, 16);
+  };
+  for (const std::string &out : {a, d}) {
+    EXPECT_EQ(mask(out, "SigBlk"), 0u) << out;
+    EXPECT_EQ(mask(out, "SigIgn") & (1ull << (SIGUSR2 - 1)), 0u) << out;
+  }
+}
+
+TEST_F(SpawnTest, AMissingProgramIsNotFound) {
+  const flotilla_host *h = table();
+  ASSERT_NE(h, nullptr);
+  for (const char *prog : {"/nonexistent/flotilla-test-prog", "flotilla-no-such-program"}) {
+    const char *argv[] = {prog, nullptr};
+    flotilla_process_spec spec{};
+    spec.struct_size = sizeof spec;
+    spec.file = prog;
+    spec.argv = argv;
+    spec.stdin_fd = spec.stdout_fd = spec.stderr_fd = -1;
+    int64_t pid = 0;
+    EXPECT_EQ(h->process_spawn(h->host_ctx, &spec, nullptr, nullptr, &pid), FLOTILLA_E_NOT_FOUND)
+        << prog;
+    EXPECT_NE(PluginHost::last_error().find(prog), std::string::npos) << PluginHost::last_error();
+  }
+}
