@@ -21,8 +21,13 @@ constexpr int64_t kLeaderTtlSeconds = 10;
 constexpr uint64_t kLeaderKeepaliveMs = 3000;
 // Changes that arrive in the same loop iteration share one evaluation, and
 // changes during an evaluation share the next one (eval_again_); waiting
-// longer would only add to every job's start latency.
-constexpr uint64_t kEvalDebounceMs = 0;
+// longer for a job, node or allocation change would only add to every job's
+// start latency.
+// Allocation status reports are the most frequent change and rarely need an
+// answer at once (a failed allocation waits out its reschedule delay
+// anyway): they share an evaluation over a few milliseconds, which keeps the
+// scheduler off the loop while a container start is being reported.
+constexpr uint64_t kStatusEvalDelayMs = 5;
 
 const std::string kJobs = "/flotilla/jobs/";
 const std::string kNodes = "/flotilla/nodes/";
@@ -614,16 +619,18 @@ void Evaluator::become_leader() {
           if (!w.ok()) {
             return lose_leadership("cluster watch ended: " + w.message);
           }
+          bool status_only = false;
           for (const auto &e : evs) {
             if (e.kv.key == kLeaderKey && (e.type == StoreEvent::Type::remove || e.kv.value != node_))
               return lose_leadership("leader key changed");
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
-                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kStatus) ||
-                starts_with(e.kv.key, kNodeControl)) {
+                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kNodeControl)) {
               request_evaluation();
               return;
             }
+            if (starts_with(e.kv.key, kStatus)) status_only = true;
           }
+          if (status_only) request_evaluation(kStatusEvalDelayMs);
         });
     request_evaluation();
   });
@@ -649,16 +656,19 @@ void Evaluator::schedule_retry(int64_t at_ms) {
       wait, 0);
 }
 
-void Evaluator::request_evaluation() {
+void Evaluator::request_evaluation(uint64_t delay_ms) {
   if (!leader_ || stopping_) return;
   if (eval_running_) {
     eval_again_ = true;
     return;
   }
-  if (uv_is_active(reinterpret_cast<uv_handle_t *>(eval_timer_))) return;
+  // A pending evaluation that is due sooner covers this request too.
+  const uint64_t due = uv_now(loop_) + delay_ms;
+  if (uv_is_active(reinterpret_cast<uv_handle_t *>(eval_timer_)) && eval_due_ <= due) return;
+  eval_due_ = due;
   uv_timer_start(
       eval_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->evaluate(); },
-      kEvalDebounceMs, 0);
+      delay_ms, 0);
 }
 
 void Evaluator::evaluate() {

@@ -56,7 +56,8 @@ class Evaluator {
   void keepalive();
   void become_leader();
   void lose_leadership(const std::string &why);
-  void request_evaluation();
+  // Evaluate after delay_ms (0: in the next loop iteration).
+  void request_evaluation(uint64_t delay_ms = 0);
   void evaluate();
   void schedule_retry(int64_t at_ms);
 
@@ -71,6 +72,7 @@ class Evaluator {
   uv_timer_t *keepalive_timer_ = nullptr;  // closed asynchronously
   uv_timer_t *eval_timer_ = nullptr;
   uv_timer_t *retry_timer_ = nullptr;  // reschedule delays
+  uint64_t eval_due_ = 0;              // loop time eval_timer_ fires
   uint64_t retry_due_ = 0;             // loop time retry_timer_ fires
   std::unique_ptr<StoreClient::Watch> leader_watch_, cluster_watch_;
 };
