@@ -118,6 +118,11 @@ struct RuncRuntime::Container {
   UniqueFd notify_fd;
   flotilla_handle notify_watch = 0;
   std::string notify_buf;
+  // The shim is started with the bundle still being prepared and waits on
+  // this pipe: 'g' once the bundle is ready, end of file when it is not.
+  UniqueFd go_fd;
+  bool preparing = false;
+  bool shim_lost = false;  // the shim ended while the bundle was prepared
   uint64_t create_reply = 0;
   uint64_t kill_timer = 0;
   std::vector<std::function<void()>> on_exit;  // run once the monitor has exited
@@ -434,9 +439,21 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
   c->rec.created_at = now_rfc3339();
   c->st.status = kStatusCreating;
   c->create_reply = add_reply({cb, nullptr, nullptr, user});
+  c->preparing = true;
   ContainerRecord rec = c->rec;
   ContainerPaths paths = c->paths;
   containers_[id] = std::move(c);
+  // The shim starts now, in parallel with the bundle (about a millisecond
+  // of process start-up off every container start), and waits until the
+  // bundle is ready before it reads anything.
+  if (std::string error = start_shim(id); !error.empty()) {
+    uint64_t rid = containers_[id]->create_reply;
+    erase(id);
+    defer([this, rid, id, error] {
+      answer(rid, FLOTILLA_E_INTERNAL, "cannot create container " + id + ": " + error);
+    });
+    return FLOTILLA_OK;
+  }
 
   // The bundle is made off the loop: image lookup, passwd, overlay mount.
   auto digest = std::make_shared<std::string>();
@@ -539,58 +556,67 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
       [this, id, digest](flotilla_status st, const std::string &msg) {
         Container *c = find(id);
         if (!c) return;
+        c->preparing = false;
         c->rec.image_digest = *digest;
         if (st != FLOTILLA_OK) {
+          // Nothing of the container is left on disk; closing the go pipe
+          // (erase) ends the waiting shim before it touched anything.
           uint64_t rid = c->create_reply;
-          containers_.erase(id);
+          erase(id);
           answer(rid, st, "cannot create container " + id + ": " + msg);
           return;
         }
-        spawn_shim(id);
+        if (c->shim_lost) {
+          uint64_t rid = c->create_reply;
+          c->st.status = kStatusStopped;
+          remove_internal(id, [this, rid, id](flotilla_status, const std::string &) {
+            answer(rid, FLOTILLA_E_INTERNAL,
+                   "cannot create container " + id +
+                       ": its monitor (plugin.runtime-runc.shim) exited before the bundle was "
+                       "ready");
+          });
+          return;
+        }
+        // Release the shim. Should it have died just now, its notify pipe
+        // reports that (handle_notify) and the container is removed there.
+        ssize_t ignored = ::write(c->go_fd.get(), "g", 1);
+        (void)ignored;
+        c->go_fd.reset();
       });
   return FLOTILLA_OK;
 }
 
-void RuncRuntime::spawn_shim(const std::string &id) {
+std::string RuncRuntime::start_shim(const std::string &id) {
   Container *c = find(id);
-  int p[2];
-  std::string error;
-  if (::pipe2(p, O_CLOEXEC) != 0) {
-    error = std::string("pipe: ") + std::strerror(errno);
-  } else {
-    UniqueFd rd(p[0]), wr(p[1]);
-    ::fcntl(rd.get(), F_SETFL, O_NONBLOCK);
-    std::string config_path = c->paths.shim_config.string();
-    const char *argv[] = {config_.shim.c_str(), config_path.c_str(), nullptr};
-    flotilla_process_spec spec{};
-    spec.struct_size = sizeof spec;
-    spec.file = config_.shim.c_str();
-    spec.argv = argv;
-    spec.stdin_fd = -1;
-    spec.stdout_fd = wr.get();
-    spec.stderr_fd = -1;
-    spec.detached = 1;
-    int64_t pid = 0;
-    // The shim's exit is watched through a pidfd, which also works for
-    // shims a previous daemon started.
-    if (host_->process_spawn(host_->host_ctx, &spec, nullptr, nullptr, &pid) != FLOTILLA_OK) {
-      error = "cannot start the monitor " + config_.shim + " (plugin.runtime-runc.shim)";
-    } else {
-      wr.reset();
-      c->shim_pid = static_cast<pid_t>(pid);
-      watch_shim(c, UniqueFd(pidfd_open(c->shim_pid)));
-      c->notify_fd = std::move(rd);
-      c->notify_watch = host_->fd_watch(host_->host_ctx, c->notify_fd.get(), FLOTILLA_FD_READABLE,
-                                        &RuncRuntime::on_notify, c);
-      host_->metric_counter_add(host_->host_ctx, "runtime_runc_shims_started_total", 1);
-      return;
-    }
-  }
-  uint64_t rid = c->create_reply;
-  c->st.status = kStatusStopped;
-  remove_internal(id, [this, rid, id, error](flotilla_status, const std::string &) {
-    answer(rid, FLOTILLA_E_INTERNAL, "cannot create container " + id + ": " + error);
-  });
+  int n[2], g[2];
+  if (::pipe2(n, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
+  UniqueFd notify_rd(n[0]), notify_wr(n[1]);
+  if (::pipe2(g, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
+  UniqueFd go_rd(g[0]), go_wr(g[1]);
+  ::fcntl(notify_rd.get(), F_SETFL, O_NONBLOCK);
+  std::string config_path = c->paths.shim_config.string();
+  const char *argv[] = {config_.shim.c_str(), "--wait-for-go", config_path.c_str(), nullptr};
+  flotilla_process_spec spec{};
+  spec.struct_size = sizeof spec;
+  spec.file = config_.shim.c_str();
+  spec.argv = argv;
+  spec.stdin_fd = go_rd.get();
+  spec.stdout_fd = notify_wr.get();
+  spec.stderr_fd = -1;
+  spec.detached = 1;
+  int64_t pid = 0;
+  if (host_->process_spawn(host_->host_ctx, &spec, nullptr, nullptr, &pid) != FLOTILLA_OK)
+    return "cannot start the monitor " + config_.shim + " (plugin.runtime-runc.shim)";
+  c->go_fd = std::move(go_wr);
+  c->shim_pid = static_cast<pid_t>(pid);
+  // The shim's exit is watched through a pidfd, which also works for shims
+  // a previous daemon started.
+  watch_shim(c, UniqueFd(pidfd_open(c->shim_pid)));
+  c->notify_fd = std::move(notify_rd);
+  c->notify_watch = host_->fd_watch(host_->host_ctx, c->notify_fd.get(), FLOTILLA_FD_READABLE,
+                                    &RuncRuntime::on_notify, c);
+  host_->metric_counter_add(host_->host_ctx, "runtime_runc_shims_started_total", 1);
+  return {};
 }
 
 void RuncRuntime::on_notify(void *user, int fd, uint32_t) {
@@ -613,6 +639,10 @@ void RuncRuntime::handle_notify(Container *c, bool eof) {
   host_->fd_unwatch(host_->host_ctx, c->notify_watch);
   c->notify_watch = 0;
   c->notify_fd.reset();
+  if (c->preparing) {  // it cannot report before it is released: it died
+    c->shim_lost = true;
+    return;
+  }
   std::string id = c->rec.id;
   uint64_t rid = c->create_reply;
   c->create_reply = 0;
@@ -670,6 +700,10 @@ void RuncRuntime::on_shim_exit(void *user, int, uint32_t) {
 void RuncRuntime::shim_exited(const std::string &id) {
   Container *c = find(id);
   if (!c) return;
+  if (c->preparing) {  // the end of the bundle's preparation deals with it
+    c->shim_lost = true;
+    return;
+  }
   auto state = std::make_shared<ShimState>();
   fs::path file = c->paths.shim_state;
   queue(

@@ -95,7 +95,8 @@ class RuncRuntime {
   flotilla_status lookup(const char *id, Container *&c, bool allow_busy = false);
   flotilla_status create_now(const std::string &id, const std::string &task_json,
                              flotilla_runtime_state_cb cb, void *user);
-  void spawn_shim(const std::string &id);
+  // Starts the container's shim, waiting on its go pipe; "" or what failed.
+  std::string start_shim(const std::string &id);
   static void on_notify(void *user, int fd, uint32_t events);
   void handle_notify(Container *c, bool eof);
   void watch_shim(Container *c, UniqueFd pidfd);

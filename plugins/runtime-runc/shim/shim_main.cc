@@ -1,12 +1,13 @@
 // flotilla-runc-shim: the monitor of one container, so that containers
 // outlive flotillad (as containerd's shims and conmon do).
 //
-//   flotilla-runc-shim <container dir>/shim.json
+//   flotilla-runc-shim [--wait-for-go] <container dir>/shim.json
 //
 // Started detached by the runtime-runc plugin, it
 //  1. leaves the daemon's life behind: own session, SIGHUP/SIGINT/SIGPIPE
 //     ignored, every inherited descriptor but stdout (the plugin's notify
-//     pipe) closed;
+//     pipe) closed; with --wait-for-go it then waits for the bundle to be
+//     ready (a 'g' on stdin; end of file: it exits, having touched nothing);
 //  2. becomes a child subreaper, so the container's init — orphaned when
 //     `<runtime> create` exits — is reparented to it and reaped by it;
 //  3. runs `<runtime> --root R --log L --log-format json create --bundle B
@@ -321,9 +322,28 @@ int run(const std::string &config_path) {
 
 }  // namespace
 
+// --wait-for-go: the plugin starts the shim while it still prepares the
+// bundle. Until one 'g' arrives on stdin nothing is read or written; end of
+// file instead (the bundle failed, the daemon died) means leave quietly.
+bool wait_for_go() {
+  char b = 0;
+  ssize_t n;
+  do {
+    n = ::read(0, &b, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n != 1 || b != 'g') return false;
+  int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null >= 0) {
+    ::dup2(null, 0);
+    ::close(null);
+  }
+  return true;
+}
+
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s <container dir>/shim.json\n", argv[0]);
+  const bool wait = argc == 3 && std::strcmp(argv[1], "--wait-for-go") == 0;
+  if (argc != 2 && !wait) {
+    std::fprintf(stderr, "usage: %s [--wait-for-go] <container dir>/shim.json\n", argv[0]);
     return 2;
   }
   // Nobody but the plugin's stop/remove (through the OCI runtime) should end
@@ -333,8 +353,9 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (::getsid(0) != ::getpid()) ::setsid();
   close_inherited_fds();
+  if (wait && !wait_for_go()) return 0;
 
-  std::string config_path = argv[1];
+  std::string config_path = argv[argc - 1];
   std::string dir = config_path.substr(0, config_path.rfind('/'));
   if (dir.empty()) dir = ".";
   int log_fd = ::open((dir + "/" + shim::kShimLogFile).c_str(),

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -398,6 +399,20 @@ class RuntimeE2E : public ::testing::TestWithParam<std::string> {
     EXPECT_FALSE(fs::exists(container_dir(cid))) << "container directory left";
   }
 
+  // Live processes whose command line mentions `text` (zombies have none).
+  static std::vector<int> processes_naming(const std::string &text) {
+    std::vector<int> out;
+    std::error_code ec;
+    for (const auto &e : fs::directory_iterator("/proc", ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string cmdline = slurp(e.path() / "cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      if (cmdline.find(text) != std::string::npos) out.push_back(std::stoi(name));
+    }
+    return out;
+  }
+
   json wait_state(const std::string &cid, const std::string &status) {
     json last;
     daemon().run_until([&] {
@@ -533,6 +548,31 @@ TEST_P(RuntimeE2E, AMissingImageIsNotFoundAndSaysHowToImport) {
   ASSERT_EQ(c.status, FLOTILLA_E_NOT_FOUND) << c.error;
   EXPECT_NE(c.error.find("nosuch/image:1.0"), std::string::npos) << c.error;
   EXPECT_NE(c.error.find("flotilla image import"), std::string::npos) << c.error;
+  expect_nothing_left(cid);
+  // The shim, started while the bundle was prepared, was never released
+  // and has left.
+  EXPECT_TRUE(daemon().run_until([&] { return processes_naming(container_dir(cid)).empty(); }))
+      << "a shim of " << cid << " is still running";
+}
+
+TEST_P(RuntimeE2E, AShimThatDiesBeforeReportingFailsTheCreateAndLeavesNothing) {
+  // A "shim" that exits at once, before or after the bundle is ready (the
+  // plugin must cope with both).
+  const std::string fake = dir_ + "/dying-shim";
+  {
+    std::ofstream w(fake);
+    w << "#!/bin/sh\nexit 0\n";
+  }
+  chmod(fake.c_str(), 0755);
+  config_["shim"] = fake;
+  import_busybox();
+  const std::string cid = id("noshim");
+  Result c = daemon().create(cid, busybox_task({"sleep", "100"}));
+  ASSERT_NE(c.status, FLOTILLA_OK);
+  EXPECT_NE(c.error.find("monitor"), std::string::npos) << c.error;
+  EXPECT_NE(c.error.find("exited before"), std::string::npos) << c.error;
+  EXPECT_NE(c.error.find(cid), std::string::npos) << c.error;
+  EXPECT_EQ(json::parse(daemon().list().text).size(), 0u);
   expect_nothing_left(cid);
 }
 
