@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "alloc_status.h"
+#include "container_daemon.h"
 #include "daemon_harness.h"
 
 using nlohmann::json;
@@ -39,10 +40,7 @@ class Containers : public ::testing::Test {
     if (access("/usr/sbin/runc", X_OK) != 0 && access("/usr/bin/runc", X_OK) != 0)
       GTEST_SKIP() << "SKIPPED: runc is not installed";
     d_ = std::make_unique<e2e::Daemon>();
-    d_->write_config(extra_config() + "[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH "\"\n\n"
-                     "[plugin.runtime-runc]\npath = \"" RUNTIME_RUNC_PATH "\"\nshim = \"" RUNC_SHIM_PATH
-                     "\"\nroot = \"" + d_->dir() + "/oci-root\"\ncgroup_parent = \"flotilla-e2e-" +
-                     std::to_string(getpid()) + "\"\n");
+    d_->write_config(extra_config() + e2e::container_plugins_config(*d_, cgroup_parent()));
     ASSERT_TRUE(d_->start()) << d_->log();
     // The quickstart image, built the way set-up builds it.
     std::string image = d_->dir() + "/busybox-oci";
@@ -54,54 +52,18 @@ class Containers : public ::testing::Test {
 
   void TearDown() override {
     if (!d_) return;
-    // Stop every job so the daemon removes its containers, then make sure:
-    // delete whatever the OCI runtime still has under this test's root,
-    // unmount anything under the test dir, kill shims this test's daemon
-    // started (by the pid they recorded).
-    if (d_->running()) {
-      auto jobs = json::parse(d_->get("/v1/jobs").body, nullptr, false);
-      if (jobs.is_object() && jobs.contains("jobs")) jobs = jobs["jobs"];
-      if (jobs.is_array())
-        for (const auto &j : jobs)
-          e2e::http(d_->socket(), "DELETE", "/v1/jobs/" + j.value("name", "") + "?purge=true");
-      for (int i = 0; i < 100 && !containers_gone(); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      d_->signal(SIGTERM);
-      d_->wait_exit();
-    }
-    std::string root = d_->dir() + "/oci-root";
-    std::error_code ec;
-    for (const auto &e : fs::directory_iterator(root, ec))
-      e2e::run({"/usr/sbin/runc", "--root", root, "delete", "--force", e.path().filename()});
-    std::string data = d_->dir() + "/data";
-    for (const auto &e : fs::recursive_directory_iterator(data, ec)) {
-      if (e.path().filename() != "shim-state.json") continue;
-      json s = json::parse(slurp(e.path()), nullptr, false);
-      if (s.is_object() && s.value("shim_pid", 0) > 0) ::kill(s.value("shim_pid", 0), SIGKILL);
-    }
-    std::istringstream mounts(slurp("/proc/self/mountinfo"));
-    std::string line;
-    std::vector<std::string> ours;
-    while (std::getline(mounts, line))
-      if (line.find(d_->dir()) != std::string::npos) {
-        std::istringstream ls(line);
-        std::string f;
-        for (int i = 0; i < 5 && ls >> f; ++i) {}
-        ours.push_back(f);
-      }
-    for (auto it = ours.rbegin(); it != ours.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
+    e2e::remove_everything(*d_, cgroup_parent());
     d_.reset();
   }
+
+  static std::string cgroup_parent() { return "flotilla-e2e-" + std::to_string(getpid()); }
 
   e2e::RunResult flotilla(std::vector<std::string> args) {
     args.insert(args.begin(), {cli(), "--socket", d_->socket()});
     return e2e::run(args);
   }
 
-  bool containers_gone() {
-    std::error_code ec;
-    return fs::is_empty(d_->dir() + "/oci-root", ec) || !fs::exists(d_->dir() + "/oci-root");
-  }
+  bool containers_gone() { return e2e::containers_gone(*d_); }
 
   // The job's allocations with their status, as GET /v1/jobs/<name> gives.
   json allocs(const std::string &job) {

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "alloc_status.h"
+#include "container_daemon.h"
 #include "daemon_harness.h"
 
 using nlohmann::json;
@@ -118,89 +119,24 @@ class Security : public ::testing::Test {
   }
 
   std::string config(const std::string &policy, const std::string &extra) {
-    return "[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH
-           "\"\n\n"
-           "[plugin.runtime-runc]\npath = \"" RUNTIME_RUNC_PATH "\"\nshim = \"" RUNC_SHIM_PATH
-           "\"\nroot = \"" +
-           d_->dir() + "/oci-root\"\ncgroup_parent = \"flotilla-e2e-sec-" +
-           std::to_string(getpid()) +
-           "\"\n\n[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH "\"\n" + policy + "\n" + extra;
+    return e2e::container_plugins_config(*d_, cgroup_parent()) +
+           "\n[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH "\"\n" + policy + "\n" + extra;
   }
 
   void TearDown() override {
     if (!d_) return;
-    if (d_->running()) {
-      auto jobs = json::parse(d_->get("/v1/jobs").body, nullptr, false);
-      if (jobs.is_object() && jobs.contains("jobs")) jobs = jobs["jobs"];
-      if (jobs.is_array())
-        for (const auto &j : jobs)
-          e2e::http(d_->socket(), "DELETE", "/v1/jobs/" + j.value("name", "") + "?purge=true");
-      for (int i = 0; i < 100 && !containers_gone(); ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      d_->signal(SIGTERM);
-      d_->wait_exit();
-    }
-    std::string root = d_->dir() + "/oci-root";
-    std::error_code ec;
-    for (const auto &e : fs::directory_iterator(root, ec))
-      e2e::run({"/usr/sbin/runc", "--root", root, "delete", "--force", e.path().filename()});
-    for (const auto &e : fs::recursive_directory_iterator(d_->dir() + "/data", ec)) {
-      if (e.path().filename() != "shim-state.json") continue;
-      json s = json::parse(slurp(e.path()), nullptr, false);
-      if (s.is_object() && s.value("shim_pid", 0) > 0) ::kill(s.value("shim_pid", 0), SIGKILL);
-    }
-    std::istringstream mounts(slurp("/proc/self/mountinfo"));
-    std::string line;
-    std::vector<std::string> ours;
-    while (std::getline(mounts, line))
-      if (line.find(d_->dir()) != std::string::npos) {
-        std::istringstream ls(line);
-        std::string f;
-        for (int i = 0; i < 5 && ls >> f; ++i) {
-        }
-        ours.push_back(f);
-      }
-    for (auto it = ours.rbegin(); it != ours.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
-    remove_cgroup_parent();
+    e2e::remove_everything(*d_, cgroup_parent());
     d_.reset();
   }
 
-  // The cgroup parent this test process named, in every cgroup hierarchy,
-  // deepest first (rmdir only removes empty cgroups: nothing else is hit).
-  static void remove_cgroup_parent() {
-    const std::string name = "flotilla-e2e-sec-" + std::to_string(getpid());
-    std::istringstream mounts(slurp("/proc/self/mountinfo"));
-    std::string line;
-    while (std::getline(mounts, line)) {
-      std::istringstream ls(line);
-      std::vector<std::string> f;
-      for (std::string w; ls >> w;) f.push_back(w);
-      auto dash = std::find(f.begin(), f.end(), "-");
-      if (f.size() < 5 || dash == f.end() || dash + 1 == f.end()) continue;
-      if (dash[1] != "cgroup" && dash[1] != "cgroup2") continue;
-      std::string top = f[4] + "/" + name;
-      std::error_code ec;
-      if (!fs::exists(top, ec)) continue;
-      std::vector<fs::path> dirs;
-      for (const auto &e : fs::recursive_directory_iterator(top, ec))
-        if (e.is_directory(ec)) dirs.push_back(e.path());
-      std::sort(dirs.begin(), dirs.end(), [](const fs::path &a, const fs::path &b) {
-        return a.string().size() > b.string().size();
-      });
-      for (const auto &d : dirs) ::rmdir(d.c_str());
-      ::rmdir(top.c_str());
-    }
-  }
+  static std::string cgroup_parent() { return "flotilla-e2e-sec-" + std::to_string(getpid()); }
 
   e2e::RunResult flotilla(std::vector<std::string> args) {
     args.insert(args.begin(), {cli(), "--socket", d_->socket()});
     return e2e::run(args);
   }
 
-  bool containers_gone() {
-    std::error_code ec;
-    return !fs::exists(d_->dir() + "/oci-root") || fs::is_empty(d_->dir() + "/oci-root", ec);
-  }
+  bool containers_gone() { return e2e::containers_gone(*d_); }
 
   json first_alloc(const std::string &job) {
     json j = json::parse(d_->get("/v1/jobs/" + job).body, nullptr, false);
