@@ -16,6 +16,7 @@
 #include <memory>
 #include <string>
 
+#include "etcd_fixture.h"
 #include "store_harness.h"
 
 namespace flotilla::store_test {
@@ -748,11 +749,29 @@ BackendInstance start_store_local(const std::string &) {
   return b;
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance,
-                         ::testing::Values(StoreBackend{"local", start_store_local, ""}),
-                         [](const ::testing::TestParamInfo<StoreBackend> &info) {
-                           return info.param.name;
-                         });
+// A real etcd per test (tests/etcd/etcd_fixture.h): no lease, compaction
+// or revision of one test can leak into the next.
+BackendInstance start_store_etcd(const std::string &) {
+  auto etcd = std::make_shared<test::EtcdCluster>();
+  BackendInstance b;
+  b.settings = store_etcd_settings(etcd->plugin_config());
+  b.server = etcd;
+  return b;
+}
+
+std::string etcd_skip_reason() {
+#ifndef STORE_ETCD_PLUGIN_PATH
+  return "this build has no store-etcd (-Dplugin-store-etcd=disabled)";
+#else
+  return test::EtcdCluster::skip_reason();
+#endif
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Backends, StoreConformance,
+    ::testing::Values(StoreBackend{"local", start_store_local, ""},
+                      StoreBackend{"etcd", start_store_etcd, etcd_skip_reason()}),
+    [](const ::testing::TestParamInfo<StoreBackend> &info) { return info.param.name; });
 
 }  // namespace
 }  // namespace flotilla::store_test

@@ -73,6 +73,16 @@ PluginSettings store_local_settings(nlohmann::json config) {
   return s;
 }
 
+PluginSettings store_etcd_settings(nlohmann::json config) {
+  PluginSettings s;
+  s.name = "store-etcd";
+#ifdef STORE_ETCD_PLUGIN_PATH
+  s.path = STORE_ETCD_PLUGIN_PATH;
+#endif
+  s.config = std::move(config);
+  return s;
+}
+
 LoadedStore::LoadedStore(TestLoop &loop, const PluginSettings &settings,
                          const std::string &data_dir)
     : loop_(loop) {

@@ -56,6 +56,9 @@ class TestLoop {
 
 // The settings that load store-local from the build tree.
 PluginSettings store_local_settings(nlohmann::json config = nlohmann::json::object());
+// The settings that load store-etcd from the build tree (empty path when
+// the build has no store-etcd).
+PluginSettings store_etcd_settings(nlohmann::json config);
 
 // One store plugin started by a real PluginHost; stopped on destruction.
 class LoadedStore {
