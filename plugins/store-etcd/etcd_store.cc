@@ -580,7 +580,13 @@ bool EtcdStore::transport_failure(const grpc::Status &s) const {
 void EtcdStore::endpoint_failed(uint64_t generation, const std::string &why) {
   if (closing_ || !conn_ || generation != conn_->generation) return;
   const size_t next = (conn_->endpoint + 1) % config_.endpoints.size();
-  log(FLOTILLA_LOG_WARN, where() + ": " + why + "; connecting to " + config_.endpoints[next].url);
+  // While etcd stays away, say so once, then every 50th attempt.
+  if (failovers_in_a_row_ % 50 == 0)
+    log(FLOTILLA_LOG_WARN,
+        where() + ": " + why + "; connecting to " + config_.endpoints[next].url +
+            (failovers_in_a_row_ ? " (" + std::to_string(failovers_in_a_row_) + " attempts so far)"
+                                 : ""));
+  ++failovers_in_a_row_;
   ++failovers_;
   host_->metric_counter_add(host_->host_ctx, "store_etcd_failovers_total", 1);
   conn_ = connect(next);
@@ -592,6 +598,7 @@ void EtcdStore::endpoint_failed(uint64_t generation, const std::string &why) {
 // ---- requests ---------------------------------------------------------------------
 
 void EtcdStore::seen(const pb::ResponseHeader &h) {
+  failovers_in_a_row_ = 0;
   if (h.revision() > last_revision_) {
     last_revision_ = h.revision();
     host_->metric_gauge_set(host_->host_ctx, "store_etcd_revision",
@@ -734,6 +741,8 @@ void EtcdStore::unary(Request &r, Start start, Done done) {
   const uint64_t now = now_ms();
   call->ctx.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(r.deadline > now ? r.deadline - now : 1));
+  // A member without a leader answers at once instead of timing out.
+  call->ctx.AddMetadata("hasleader", "true");
   call->on_done = std::move(done);
   call->reader = start(*conn_, &call->ctx);
   (*call->live)[call] = &call->ctx;
@@ -1424,9 +1433,10 @@ void EtcdStore::watch_stream_dead(WatchStream *s, const grpc::Status &status) {
   if (closing_) return;
   if (transport_failure(status)) endpoint_failed(s->generation(), status.error_message());
   if (watches_.empty()) return;
-  log(FLOTILLA_LOG_INFO, "watch stream to " + config_.endpoints[s->conn().endpoint].url +
-                             " ended (" + status.error_message() + "); resuming " +
-                             std::to_string(watches_.size()) + " watches");
+  if (failovers_in_a_row_ <= 1)
+    log(FLOTILLA_LOG_INFO, "watch stream to " + config_.endpoints[s->conn().endpoint].url +
+                               " ended (" + status.error_message() + "); resuming " +
+                               std::to_string(watches_.size()) + " watches");
   for (auto &[id, w] : watches_) {
     w->server_id = -1;
     if (w->zero_hold) {

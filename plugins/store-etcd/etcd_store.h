@@ -193,6 +193,7 @@ class EtcdStore {
   std::shared_ptr<Conn> conn_;
   uint64_t generation_ = 0;
   int failovers_ = 0;
+  int failovers_in_a_row_ = 0;  // since the last answer from etcd
 
   int64_t last_revision_ = 0;  // the highest revision any response carried
 

@@ -106,7 +106,7 @@ class TcpProxy {
       ssize_t n = ::read(from, buf, sizeof buf);
       if (n <= 0) break;
       for (ssize_t off = 0; off < n;) {
-        ssize_t w = ::write(to, buf + off, n - off);
+        ssize_t w = ::send(to, buf + off, n - off, MSG_NOSIGNAL);
         if (w <= 0) return;
         off += w;
       }
@@ -201,10 +201,17 @@ class StoreEtcd : public ::testing::Test {
   void run_until(const std::function<bool()> &done, const std::string &what) {
     loop_.run_until(done, what);
   }
-  // Runs the loop for about ms milliseconds.
+  // Runs the loop for ms milliseconds (a timer wakes it at the end).
   void run_for(int ms) {
-    auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-    loop_.run_until([&] { return std::chrono::steady_clock::now() >= until; }, "time to pass");
+    bool fired = false;
+    uv_timer_t t;
+    uv_timer_init(loop_.get(), &t);
+    t.data = &fired;
+    uv_timer_start(
+        &t, [](uv_timer_t *h) { *static_cast<bool *>(h->data) = true; }, ms, 0);
+    loop_.run_until([&] { return fired; }, "time to pass");
+    uv_close(reinterpret_cast<uv_handle_t *>(&t), nullptr);
+    uv_run(loop_.get(), UV_RUN_NOWAIT);
   }
 
   TempDir dir_{"store-etcd"};

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
 # Idle resident memory of flotillad: with the store only (baseline), and with
 # every plugin this build made. Target: under 15 MiB with all plugins.
+# With store-etcd built, also a cluster node: store-etcd against a real etcd
+# started here (free loopback ports, a temporary data directory, killed by
+# pid), alone and with every other plugin. Target: under 20 MiB.
 #   tools/bench/idle_rss.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "${1:-build}" && pwd)
 tmp=$(mktemp -d /tmp/flotilla-rss-XXXXXX)
 pid=""
-cleanup() { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+etcd_pid=""
+cleanup() {
+  [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+  [ -n "$etcd_pid" ] && kill -KILL "$etcd_pid" 2>/dev/null
+  wait 2>/dev/null; rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 plugin_tables() {  # every flotilla-*.so under plugins/ of the build
   find "$build/plugins" -name 'flotilla-*.so' | sort | while read -r so; do
     name=$(basename "$so" .so); name=${name#flotilla-}
+    # One store per daemon: store-local here unless $1 names another.
+    case "$name" in store-*) [ "$name" != "${1:-store-local}" ] && continue;; esac
     printf '[plugin.%s]\npath = "%s"\n' "$name" "$so"
     # The runtime's per-container monitor lives next to it in the build tree.
     [ "$name" = runtime-runc ] && printf 'shim = "%s"\n' "$build/plugins/runtime-runc/shim/flotilla-runc-shim"
+    [ "$name" = store-etcd ] && printf 'endpoints = ["%s"]\n' "$etcd_url"
     echo
   done
 }
@@ -54,4 +65,27 @@ if [ "$all" -lt "$limit" ]; then
 else
   echo "  target < 15 MiB with all plugins: MISSED ($((all / 1024)) MiB)"
   exit 1
+fi
+
+etcd_so="$build/plugins/store-etcd/flotilla-store-etcd.so"
+if [ -f "$etcd_so" ] && [ -x /usr/bin/etcd ]; then
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  cport=$(free_port); pport=$(free_port)
+  etcd_url="http://127.0.0.1:$cport"
+  /usr/bin/etcd --name rss --data-dir "$tmp/etcd" --listen-client-urls "$etcd_url" \
+    --advertise-client-urls "$etcd_url" --listen-peer-urls "http://127.0.0.1:$pport" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+    --initial-cluster "rss=http://127.0.0.1:$pport" --logger zap --log-outputs stderr \
+    >"$tmp/etcd.log" 2>&1 &
+  etcd_pid=$!
+  for _ in $(seq 200); do grep -q "serving client traffic" "$tmp/etcd.log" && break; sleep 0.05; done
+  etcd_only=$(measure "store-etcd only" "$(printf '[plugin.store-etcd]\npath = "%s"\nendpoints = ["%s"]\n' "$etcd_so" "$etcd_url")")
+  etcd_all=$(measure "every built plugin, store-etcd" "$(plugin_tables store-etcd)")
+  echo "  store-etcd over store-local: +$(((etcd_only - base) / 1024)).$(( ((etcd_only - base) % 1024) * 10 / 1024 )) MiB (gRPC, protobuf, the channel and its threads)"
+  if [ "$etcd_all" -lt $((20 * 1024)) ]; then
+    echo "  target < 20 MiB for a cluster node with store-etcd: met ($((etcd_all / 1024)) MiB)"
+  else
+    echo "  target < 20 MiB for a cluster node with store-etcd: MISSED ($((etcd_all / 1024)) MiB)"
+    exit 1
+  fi
 fi
