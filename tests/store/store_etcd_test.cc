@@ -288,11 +288,13 @@ TEST_F(StoreEtcd, RangesArePagedAtTheRevisionOfTheFirstPage) {
                 },
                 &ctx),
             FLOTILLA_OK);
+  std::vector<int64_t> rewrite_rev(35, 0);
   for (int i = 0; i < 35; ++i) {
     char name[16];
     std::snprintf(name, sizeof name, "/pg/%02d", i);
-    store->client().put(name, "new", [&](StoreResult res, int64_t) {
+    store->client().put(name, "new", [&, i](StoreResult res, int64_t rev) {
       EXPECT_OK(res);
+      rewrite_rev[i] = rev;
       ++rewritten;
     });
   }
@@ -300,9 +302,13 @@ TEST_F(StoreEtcd, RangesArePagedAtTheRevisionOfTheFirstPage) {
   ASSERT_OK(listed->result);
   ASSERT_EQ(listed->kvs.size(), 35u);
   EXPECT_FALSE(listed->more);
-  for (const auto &kv : listed->kvs) {
+  // Each key as it was at the read's revision: rewritten iff the rewrite
+  // came at or before it, whichever page the key was on.
+  for (size_t i = 0; i < listed->kvs.size(); ++i) {
+    const auto &kv = listed->kvs[i];
     EXPECT_LE(kv.mod_revision, listed->revision) << kv.key << " is newer than the read";
-    EXPECT_EQ(kv.value, "old") << kv.key;
+    EXPECT_EQ(kv.value, rewrite_rev[i] <= listed->revision ? "new" : "old")
+        << kv.key << " rewritten at " << rewrite_rev[i] << ", read at " << listed->revision;
   }
   EXPECT_GE(metric(*store, "store_etcd_range_pages_total") - pages_before, 4)
       << "35 keys, 10 a page";
