@@ -14,7 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "confine.h"
+#include "node/confine.h"
 #include "error.h"
 #include "flotilla_build_config.h"
 #include "log.h"

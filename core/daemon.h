@@ -7,12 +7,12 @@
 #include <memory>
 #include <string>
 
-#include "api.h"
+#include "api/api_server.h"
 #include "config.h"
-#include "evaluator.h"
+#include "sched/evaluator.h"
 #include "plugin_host.h"
-#include "reconciler.h"
-#include "runtime_client.h"
+#include "node/reconciler.h"
+#include "node/runtime_client.h"
 #include "store_client.h"
 
 namespace flotilla {

@@ -27,7 +27,7 @@
 #include <thread>
 
 #include "../../tools/flotilla/http_client.h"
-#include "api.h"
+#include "api/api_server.h"
 #include "flotilla_build_config.h"
 #include "loop_thread.h"
 

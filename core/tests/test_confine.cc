@@ -12,7 +12,7 @@
 #include <sstream>
 #include <thread>
 
-#include "confine.h"
+#include "node/confine.h"
 #include "error.h"
 
 namespace flotilla {

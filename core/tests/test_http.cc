@@ -22,7 +22,7 @@
 
 #include "../../tools/flotilla/http_client.h"
 #include "error.h"
-#include "http_server.h"
+#include "api/http_server.h"
 #include "loop_thread.h"
 
 namespace flotilla::http {

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "plugin_host.h"
-#include "reconciler.h"
-#include "runtime_client.h"
+#include "node/reconciler.h"
+#include "node/runtime_client.h"
 #include "store_client.h"
 
 using flotilla::KeyValue;

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <set>
 
-#include "evaluator.h"
+#include "sched/evaluator.h"
 
 using flotilla::Evaluator;
 using nlohmann::json;

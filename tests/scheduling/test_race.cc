@@ -11,7 +11,7 @@
 #include <random>
 #include <set>
 
-#include "evaluator.h"
+#include "sched/evaluator.h"
 #include "rfc3339.h"
 #include "store_harness.h"
 

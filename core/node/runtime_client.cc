@@ -1,4 +1,4 @@
-#include "runtime_client.h"
+#include "node/runtime_client.h"
 
 #include <memory>
 

@@ -1,4 +1,4 @@
-#include "api.h"
+#include "api/api_server.h"
 
 #include <fcntl.h>
 #include <flotilla/runtime.h>
@@ -19,8 +19,8 @@
 #include "jobspec.h"
 #include "log.h"
 #include "rfc3339.h"
-#include "reconciler.h"
-#include "runtime_client.h"
+#include "node/reconciler.h"
+#include "node/runtime_client.h"
 
 namespace flotilla {
 namespace {

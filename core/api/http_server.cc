@@ -1,4 +1,4 @@
-#include "http_server.h"
+#include "api/http_server.h"
 
 #include <grp.h>
 #include <http_parser.h>

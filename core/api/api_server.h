@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "config.h"
-#include "http_server.h"
+#include "api/http_server.h"
 #include "plugin_host.h"
 #include "store_client.h"
 

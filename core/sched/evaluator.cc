@@ -1,4 +1,4 @@
-#include "evaluator.h"
+#include "sched/evaluator.h"
 
 #include <algorithm>
 #include <chrono>

@@ -15,7 +15,7 @@
 #include <string>
 
 #include "plugin_host.h"
-#include "runtime_client.h"
+#include "node/runtime_client.h"
 #include "store_client.h"
 
 namespace flotilla {

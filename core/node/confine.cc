@@ -1,4 +1,4 @@
-#include "confine.h"
+#include "node/confine.h"
 
 #include <dirent.h>
 #include <seccomp.h>

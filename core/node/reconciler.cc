@@ -1,4 +1,4 @@
-#include "reconciler.h"
+#include "node/reconciler.h"
 
 #include <flotilla/security.h>
 
