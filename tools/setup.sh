@@ -91,6 +91,9 @@ run_tests() {
   build build-ci -Dwerror=true -Dbuildtype=debugoptimized
   say "running every test suite (unit, then end-to-end)"
   meson test -C build-ci --suite unit --print-errorlogs --num-processes 2 --logbase unit
+  # libFuzzer targets, each for -Dfuzz_seconds (60): built by their own
+  # scripts with clang-14 from the few files they cover.
+  meson test -C build-ci --suite fuzz --print-errorlogs --num-processes 1 --logbase fuzz
   meson test -C build-ci --suite e2e --print-errorlogs --num-processes 1 --logbase e2e
   # GCC warns spuriously (-Wmaybe-uninitialized) under the sanitizers, so
   # warnings are fatal in build-ci only.
@@ -99,7 +102,8 @@ run_tests() {
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --logbase asan-unit
   local passed=0 failed=0 n
-  for log in build-ci/meson-logs/unit.json build-ci/meson-logs/e2e.json \
+  for log in build-ci/meson-logs/unit.json build-ci/meson-logs/fuzz.json \
+             build-ci/meson-logs/e2e.json \
              build-asan/meson-logs/asan-unit.json; do
     n=$(grep -c '"result": "OK"' "$log" || true); passed=$((passed + n))
     n=$(grep -c '"result": "\(FAIL\|TIMEOUT\|ERROR\)"' "$log" || true); failed=$((failed + n))

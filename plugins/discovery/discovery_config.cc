@@ -1,0 +1,225 @@
+#include "discovery_config.h"
+
+#include <arpa/inet.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "dns_zone.h"
+
+namespace flotilla::discovery {
+
+using json = nlohmann::json;
+
+std::string SocketAddress::text() const {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET) {
+    auto *a = reinterpret_cast<const sockaddr_in *>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, buf, sizeof buf);
+    return std::string(buf) + ":" + std::to_string(ntohs(a->sin_port));
+  }
+  if (ss.ss_family == AF_INET6) {
+    auto *a = reinterpret_cast<const sockaddr_in6 *>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof buf);
+    return "[" + std::string(buf) + "]:" + std::to_string(ntohs(a->sin6_port));
+  }
+  return "?";
+}
+
+bool parse_socket_address(const std::string &text, uint16_t default_port, SocketAddress &out) {
+  std::string host = text;
+  std::string port;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos) return false;
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') return false;
+      port = text.substr(close + 2);
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    auto colon = text.find(':');
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  unsigned long p = default_port;
+  if (!port.empty()) {
+    if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5) return false;
+    p = std::stoul(port);
+    if (p > 65535) return false;
+  }
+  out = SocketAddress{};
+  auto *v4 = reinterpret_cast<sockaddr_in *>(&out.ss);
+  auto *v6 = reinterpret_cast<sockaddr_in6 *>(&out.ss);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(p));
+    out.len = sizeof(sockaddr_in);
+    return true;
+  }
+  std::string h6 = host.substr(0, host.find('%'));  // fe80::1%eth0: scope not kept
+  if (inet_pton(AF_INET6, h6.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(p));
+    out.len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
+}
+
+namespace {
+
+bool same_address(const SocketAddress &a, const SocketAddress &b) {
+  return a.len == b.len && std::memcmp(&a.ss, &b.ss, a.len) == 0;
+}
+
+class Reader {
+ public:
+  Reader(const json &t, std::vector<ConfigProblem> &p) : t_(t), p_(p) {}
+
+  void str(const char *key, std::string &out) {
+    if (!t_.contains(key)) return;
+    if (!t_[key].is_string()) return bad(key, "must be a string");
+    out = t_[key].get<std::string>();
+  }
+  void boolean(const char *key, bool &out) {
+    if (!t_.contains(key)) return;
+    if (!t_[key].is_boolean()) return bad(key, "must be true or false");
+    out = t_[key].get<bool>();
+  }
+  template <class T>
+  void number(const char *key, T &out, int64_t lo, int64_t hi, const char *unit) {
+    if (!t_.contains(key)) return;
+    const json &v = t_[key];
+    if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi)
+      return bad(key, "must be a whole number of " + std::string(unit) + " from " +
+                          std::to_string(lo) + " to " + std::to_string(hi) + ", not " + v.dump());
+    out = static_cast<T>(v.get<int64_t>());
+  }
+  void strings(const char *key, std::vector<std::string> &out) {
+    if (!t_.contains(key)) return;
+    const json &v = t_[key];
+    if (!v.is_array()) return bad(key, "must be an array of strings");
+    std::vector<std::string> r;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_string())
+        return bad(std::string(key) + "[" + std::to_string(i) + "]", "must be a string");
+      r.push_back(v[i].get<std::string>());
+    }
+    out = std::move(r);
+  }
+  void bad(const std::string &key, const std::string &message) { p_.push_back({key, message}); }
+
+ private:
+  const json &t_;
+  std::vector<ConfigProblem> &p_;
+};
+
+}  // namespace
+
+std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg) {
+  std::vector<ConfigProblem> problems;
+  if (!table.is_object()) {
+    problems.push_back({"", "must be a table"});
+    return problems;
+  }
+  static const std::set<std::string> known = {"domain",
+                                              "listen",
+                                              "ttl",
+                                              "negative_ttl",
+                                              "answer_limit",
+                                              "edns_udp_size",
+                                              "forward",
+                                              "upstreams",
+                                              "resolv_conf",
+                                              "forward_timeout_ms",
+                                              "forward_max_inflight",
+                                              "tcp_idle_timeout_ms",
+                                              "tcp_max_connections",
+                                              "lease_ttl"};
+  for (auto it = table.begin(); it != table.end(); ++it)
+    if (!known.count(it.key()))
+      problems.push_back(
+          {it.key(), "is not a key of this plugin (see plugins/discovery/README.md)"});
+
+  Reader r(table, problems);
+  r.str("domain", cfg.domain);
+  r.strings("listen", cfg.listen);
+  r.number("ttl", cfg.ttl, 0, 86400, "seconds");
+  r.number("negative_ttl", cfg.negative_ttl, 0, 86400, "seconds");
+  r.number("answer_limit", cfg.answer_limit, 0, 65535, "records");
+  r.number("edns_udp_size", cfg.edns_udp_size, 512, 4096, "bytes");
+  r.boolean("forward", cfg.forward);
+  r.strings("upstreams", cfg.upstreams);
+  r.str("resolv_conf", cfg.resolv_conf);
+  r.number("forward_timeout_ms", cfg.forward_timeout_ms, 10, 60000, "milliseconds");
+  r.number("forward_max_inflight", cfg.forward_max_inflight, 1, 1000000, "queries");
+  r.number("tcp_idle_timeout_ms", cfg.tcp_idle_timeout_ms, 100, 3600000, "milliseconds");
+  r.number("tcp_max_connections", cfg.tcp_max_connections, 1, 100000, "connections");
+  r.number("lease_ttl", cfg.lease_ttl, 2, 3600, "seconds");
+
+  // The domain: one or more DNS labels.
+  {
+    std::string d = cfg.domain;
+    if (!d.empty() && d.back() == '.') d.pop_back();
+    bool ok = !d.empty() && d.size() <= 200;
+    std::stringstream ss(d);
+    std::string label;
+    while (ok && std::getline(ss, label, '.')) ok = is_dns_label(label);
+    if (!ok)
+      problems.push_back({"domain", "\"" + cfg.domain +
+                                        "\" is not a domain of lowercase DNS labels "
+                                        "(letters, digits, '-'), e.g. \"flotilla\""});
+  }
+  cfg.listen_addrs.clear();
+  for (size_t i = 0; i < cfg.listen.size(); ++i) {
+    SocketAddress a;
+    if (!parse_socket_address(cfg.listen[i], 53, a))
+      problems.push_back({"listen[" + std::to_string(i) + "]",
+                          "\"" + cfg.listen[i] +
+                              "\" is not an address with an optional port, e.g. "
+                              "\"10.42.1.1:53\" or \"[fd00::1]:53\""});
+    else
+      cfg.listen_addrs.push_back(a);
+  }
+  cfg.upstream_addrs.clear();
+  for (size_t i = 0; i < cfg.upstreams.size(); ++i) {
+    SocketAddress a;
+    if (!parse_socket_address(cfg.upstreams[i], 53, a))
+      problems.push_back({"upstreams[" + std::to_string(i) + "]",
+                          "\"" + cfg.upstreams[i] +
+                              "\" is not an address with an optional port, e.g. \"10.0.0.2\" "
+                              "or \"127.0.0.1:5353\""});
+    else
+      cfg.upstream_addrs.push_back(a);
+  }
+  return problems;
+}
+
+std::vector<SocketAddress> read_resolv_conf(const std::string &path,
+                                            const std::vector<SocketAddress> &exclude,
+                                            std::string &error) {
+  std::vector<SocketAddress> out;
+  std::ifstream in(path);
+  if (!in) {
+    error = path + ": " + std::strerror(errno);
+    return out;
+  }
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string word, addr;
+    if (!(ls >> word) || word != "nameserver" || !(ls >> addr)) continue;
+    SocketAddress a;
+    if (!parse_socket_address(addr.find(':') != std::string::npos ? "[" + addr + "]" : addr, 53, a))
+      continue;
+    bool self = false;
+    for (const auto &e : exclude) self = self || same_address(a, e);
+    if (!self) out.push_back(a);
+  }
+  return out;
+}
+
+}  // namespace flotilla::discovery

@@ -1,0 +1,191 @@
+#include "health_check.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace flotilla::discovery {
+
+using json = nlohmann::json;
+
+const char *health_name(Health h) {
+  switch (h) {
+    case Health::passing:
+      return "passing";
+    case Health::critical:
+      return "critical";
+    default:
+      return "starting";
+  }
+}
+
+std::string parse_check(const json &j, CheckSpec &out) {
+  if (!j.is_object()) return "a check must be an object";
+  out.type = j.value("type", "");
+  if (out.type != "tcp" && out.type != "http")
+    return "type: \"" + out.type + "\" is not a check type this plugin runs (tcp, http)";
+  auto num = [&](const char *key, uint32_t &v, uint32_t lo) -> std::string {
+    if (!j.contains(key)) return "";
+    if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo ||
+        j[key].get<int64_t>() > 86400000)
+      return std::string(key) + ": must be a whole number >= " + std::to_string(lo);
+    v = static_cast<uint32_t>(j[key].get<int64_t>());
+    return "";
+  };
+  for (auto [key, field, lo] :
+       {std::tuple{"interval_ms", &out.interval_ms, 10u},
+        std::tuple{"timeout_ms", &out.timeout_ms, 1u},
+        std::tuple{"success_before_passing", &out.success_before_passing, 1u},
+        std::tuple{"failures_before_critical", &out.failures_before_critical, 1u}}) {
+    std::string e = num(key, *field, lo);
+    if (!e.empty()) return e;
+  }
+  if (j.contains("path")) {
+    if (!j["path"].is_string() || j["path"].get<std::string>().empty() ||
+        j["path"].get<std::string>()[0] != '/')
+      return "path: must be an absolute HTTP path, e.g. \"/health\"";
+    out.path = j["path"].get<std::string>();
+  }
+  if (j.contains("expect_status")) {
+    if (!j["expect_status"].is_number_integer() || j["expect_status"].get<int>() < 100 ||
+        j["expect_status"].get<int>() > 599)
+      return "expect_status: must be an HTTP status from 100 to 599";
+    out.expect_status = j["expect_status"].get<int>();
+  }
+  return "";
+}
+
+bool CheckState::record(bool ok) {
+  const Health before = health_;
+  if (ok) {
+    failures_ = 0;
+    if (++successes_ >= spec_.success_before_passing) health_ = Health::passing;
+  } else {
+    successes_ = 0;
+    if (++failures_ >= spec_.failures_before_critical) health_ = Health::critical;
+  }
+  return health_ != before;
+}
+
+HealthCheck::HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result)
+    : host_(host), spec_(std::move(spec)), on_result_(std::move(on_result)) {
+  std::string a =
+      spec_.address.find(':') != std::string::npos ? "[" + spec_.address + "]" : spec_.address;
+  target_ok_ = parse_socket_address(a + ":" + std::to_string(spec_.port), 0, target_);
+  if (spec_.type == "http") {
+    request_ = "GET " + spec_.path + " HTTP/1.0\r\nHost: " + a + ":" + std::to_string(spec_.port) +
+               "\r\nUser-Agent: flotilla-health-check\r\nConnection: close\r\n\r\n";
+  }
+}
+
+HealthCheck::~HealthCheck() {
+  if (interval_) host_->timer_stop(host_->host_ctx, interval_);
+  close_run();
+}
+
+void HealthCheck::start() {
+  run();
+  interval_ =
+      host_->timer_start(host_->host_ctx, spec_.interval_ms, spec_.interval_ms, on_interval, this);
+}
+
+void HealthCheck::on_interval(void *user) {
+  auto *c = static_cast<HealthCheck *>(user);
+  // A run still going when the next is due has taken longer than the
+  // interval: it ends as a failure, then the next one starts.
+  if (c->fd_ >= 0) c->end(false, "still running when the next check was due");
+  c->run();
+}
+
+void HealthCheck::on_timeout(void *user) {
+  auto *c = static_cast<HealthCheck *>(user);
+  c->timeout_ = 0;
+  c->end(false, "timed out after " + std::to_string(c->spec_.timeout_ms) + " ms");
+}
+
+void HealthCheck::on_fd(void *user, int, uint32_t events) {
+  static_cast<HealthCheck *>(user)->on_event(events);
+}
+
+void HealthCheck::close_run() {
+  if (timeout_) host_->timer_stop(host_->host_ctx, timeout_);
+  timeout_ = 0;
+  if (watch_) host_->fd_unwatch(host_->host_ctx, watch_);
+  watch_ = 0;
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
+void HealthCheck::end(bool ok, const std::string &output) {
+  close_run();
+  on_result_(ok, output);  // may destroy this check: nothing after it
+}
+
+void HealthCheck::run() {
+  if (!target_ok_) return end(false, "no address to check (\"" + spec_.address + "\")");
+  fd_ = socket(target_.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) return end(false, std::string("socket: ") + std::strerror(errno));
+  connected_ = false;
+  sent_ = 0;
+  response_.clear();
+  int rc = connect(fd_, reinterpret_cast<const sockaddr *>(&target_.ss), target_.len);
+  if (rc < 0 && errno != EINPROGRESS)
+    return end(false, "connect " + target_.text() + ": " + std::strerror(errno));
+  watch_ = host_->fd_watch(host_->host_ctx, fd_, FLOTILLA_FD_WRITABLE, on_fd, this);
+  timeout_ = host_->timer_start(host_->host_ctx, spec_.timeout_ms, 0, on_timeout, this);
+}
+
+void HealthCheck::on_event(uint32_t events) {
+  if (!connected_) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) return end(false, "connect " + target_.text() + ": " + std::strerror(err));
+    connected_ = true;
+    if (spec_.type == "tcp") return end(true, "connected to " + target_.text());
+  }
+  if (events & FLOTILLA_FD_WRITABLE) {
+    while (sent_ < request_.size()) {
+      ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
+      if (n < 0) {
+        if (errno == EAGAIN) return;
+        return end(false, std::string("send: ") + std::strerror(errno));
+      }
+      sent_ += static_cast<size_t>(n);
+    }
+    host_->fd_unwatch(host_->host_ctx, watch_);
+    watch_ = host_->fd_watch(host_->host_ctx, fd_, FLOTILLA_FD_READABLE, on_fd, this);
+    return;
+  }
+  char buf[1024];
+  for (;;) {
+    ssize_t n = recv(fd_, buf, sizeof buf, 0);
+    if (n < 0 && errno == EAGAIN) break;
+    if (n <= 0) break;
+    response_.append(buf, static_cast<size_t>(n));
+    if (response_.find("\r\n") != std::string::npos || response_.size() > 4096) break;
+  }
+  auto eol = response_.find("\r\n");
+  if (eol == std::string::npos) {
+    if (response_.size() > 4096) return end(false, "no HTTP status line");
+    // Wait for more, unless the peer closed.
+    char probe;
+    ssize_t n = recv(fd_, &probe, 1, MSG_PEEK);
+    if (n == 0) return end(false, "connection closed before an HTTP status line");
+    return;
+  }
+  // "HTTP/1.1 200 OK"
+  std::string line = response_.substr(0, eol);
+  int status = 0;
+  auto sp = line.find(' ');
+  if (line.rfind("HTTP/", 0) == 0 && sp != std::string::npos)
+    status = std::atoi(line.c_str() + sp + 1);
+  if (status == 0) return end(false, "not an HTTP status line: " + line.substr(0, 80));
+  const bool ok =
+      spec_.expect_status ? status == spec_.expect_status : (status >= 200 && status < 300);
+  end(ok, "HTTP " + std::to_string(status));
+}
+
+}  // namespace flotilla::discovery

@@ -1,0 +1,90 @@
+// Health checks on the daemon's loop: no thread per check. A tcp check is a
+// non-blocking connect; an http check a GET whose status line is read; each
+// run has its own timeout timer and the next run starts `interval` after the
+// previous one began. The threshold logic (starting → passing after
+// success_before_passing successes; → critical after
+// failures_before_critical failures in a row) lives in CheckState, which
+// the unit tests drive without sockets.
+#pragma once
+
+#include <flotilla/host.h>
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "discovery_config.h"
+
+namespace flotilla::discovery {
+
+struct CheckSpec {
+  std::string type;  // "tcp" | "http"
+  uint32_t interval_ms = 10000;
+  uint32_t timeout_ms = 2000;
+  uint32_t success_before_passing = 1;
+  uint32_t failures_before_critical = 1;
+  std::string path = "/";  // http
+  int expect_status = 0;   // http: 0 means any 2xx
+  std::string address;     // filled from the endpoint
+  uint16_t port = 0;
+};
+
+// Reads one check from the registration JSON; "" or a message naming the
+// field.
+std::string parse_check(const nlohmann::json &j, CheckSpec &out);
+
+enum class Health { starting, passing, critical };
+const char *health_name(Health h);
+
+class CheckState {
+ public:
+  explicit CheckState(const CheckSpec &spec) : spec_(spec) {}
+  // One result; true when the health changed.
+  bool record(bool ok);
+  Health health() const { return health_; }
+  uint32_t consecutive_failures() const { return failures_; }
+
+ private:
+  const CheckSpec &spec_;
+  Health health_ = Health::starting;
+  uint32_t successes_ = 0, failures_ = 0;
+};
+
+class HealthCheck {
+ public:
+  // [loop-thread] Called after every run, with its output ("connected",
+  // "HTTP 200", "timed out after 2000 ms", ...).
+  using ResultFn = std::function<void(bool ok, const std::string &output)>;
+
+  HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result);
+  ~HealthCheck();  // stops the timers and closes a run in progress
+  HealthCheck(const HealthCheck &) = delete;
+  HealthCheck &operator=(const HealthCheck &) = delete;
+
+  void start();  // first run at once
+  const CheckSpec &spec() const { return spec_; }
+
+ private:
+  static void on_interval(void *user);
+  static void on_timeout(void *user);
+  static void on_fd(void *user, int fd, uint32_t events);
+  void run();
+  void end(bool ok, const std::string &output);
+  void close_run();
+  void on_event(uint32_t events);
+
+  const flotilla_host *host_;
+  CheckSpec spec_;
+  ResultFn on_result_;
+  SocketAddress target_;
+  bool target_ok_ = false;
+  flotilla_handle interval_ = 0, timeout_ = 0, watch_ = 0;
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string request_, response_;
+  size_t sent_ = 0;
+};
+
+}  // namespace flotilla::discovery

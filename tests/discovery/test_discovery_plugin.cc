@@ -1,0 +1,485 @@
+// The discovery plugin through the real plugin host, on the real
+// store-local plugin, answering over real UDP and TCP sockets on loopback:
+// the store watch keeps DNS current, health checks move instances in and
+// out of DNS, negative answers, TC then TCP, malformed packets, and
+// forwarding to a real dnsmasq on loopback.
+#include <arpa/inet.h>
+#include <flotilla/discovery.h>
+#include <flotilla/store.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "dns_test_support.h"
+#include "plugin_host.h"
+#include "store_client.h"
+
+extern char **environ;
+
+namespace {
+
+using json = nlohmann::json;
+using flotilla::PluginHost;
+using flotilla::PluginSettings;
+using flotilla::StoreClient;
+using flotilla::StoreResult;
+namespace dt = flotilla::discovery::test;
+using Clock = std::chrono::steady_clock;
+
+// A loopback port nobody listens on right now (UDP and TCP).
+uint16_t free_port() {
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+sockaddr_in loopback(uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  return a;
+}
+
+// A TCP listener the health checks connect to; closing it fails them.
+class Listener {
+ public:
+  Listener() : port_(free_port()) { open(); }
+  ~Listener() { close_it(); }
+  void open() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a = loopback(port_);
+    if (bind(fd_, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0 || listen(fd_, 64) != 0)
+      ADD_FAILURE() << "listener on " << port_ << ": " << std::strerror(errno);
+  }
+  void close_it() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  uint16_t port_;
+  int fd_ = -1;
+};
+
+class DiscoveryPlugin : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/tmp/flotilla-discovery-test-" + std::to_string(getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    uv_loop_init(&loop_);
+    dns_port_ = free_port();
+  }
+
+  void TearDown() override {
+    store_.reset();
+    if (host_) host_->stop();
+    for (int i = 0; i < 5; ++i) uv_run(&loop_, UV_RUN_NOWAIT);
+    host_.reset();
+    uv_loop_close(&loop_);
+    if (dnsmasq_pid_ > 0) {
+      kill(dnsmasq_pid_, SIGTERM);
+      waitpid(dnsmasq_pid_, nullptr, 0);
+    }
+    std::filesystem::remove_all(dir_);
+  }
+
+  void start(json extra = json::object()) {
+    PluginSettings store;
+    store.name = "store-local";
+    store.path = STORE_LOCAL_PLUGIN_PATH;
+    PluginSettings disc;
+    disc.name = "discovery";
+    disc.path = DISCOVERY_PLUGIN_PATH;
+    disc.config = {{"listen", {"127.0.0.1:" + std::to_string(dns_port_)}},
+                   {"lease_ttl", 2},
+                   {"forward_timeout_ms", 300},
+                   {"upstreams", json::array()},
+                   {"resolv_conf", dir_ + "/no-resolv.conf"}};
+    for (auto it = extra.begin(); it != extra.end(); ++it) disc.config[it.key()] = it.value();
+    PluginHost::Options opts;
+    opts.node_name = "node-a";
+    opts.data_dir = dir_;
+    opts.config_path = "(test)";
+    host_ = std::make_unique<PluginHost>(&loop_, opts);
+    host_->start({store, disc});
+    void *s = nullptr;
+    auto *vt = host_->find<flotilla_store_v1>(FLOTILLA_STORE_INTERFACE_ID, &s);
+    ASSERT_TRUE(vt);
+    store_ = std::make_unique<StoreClient>(vt, s);
+    disc_ = host_->find<flotilla_discovery_v1>(FLOTILLA_DISCOVERY_INTERFACE_ID, &disc_self_);
+    ASSERT_TRUE(disc_);
+  }
+
+  // Runs the loop until done() or the guard (a hang guard, not a timing
+  // assertion) runs out.
+  bool run_until(const std::function<bool()> &done, double guard_s = 20) {
+    auto end = Clock::now() + std::chrono::duration<double>(guard_s);
+    while (!done()) {
+      if (Clock::now() > end) return false;
+      uv_run(&loop_, UV_RUN_NOWAIT);
+      usleep(1000);
+    }
+    return true;
+  }
+
+  void put(const std::string &key, const json &value) {
+    bool done = false;
+    store_->put(key, value.dump(), [&](StoreResult r, int64_t) {
+      EXPECT_TRUE(r.ok()) << r.message;
+      done = true;
+    });
+    ASSERT_TRUE(run_until([&] { return done; }));
+  }
+  void remove(const std::string &key) {
+    bool done = false;
+    store_->remove(key, false, [&](StoreResult, int64_t, int64_t) { done = true; });
+    ASSERT_TRUE(run_until([&] { return done; }));
+  }
+
+  // One query over UDP to the plugin; the loop runs while we wait.
+  std::optional<dt::Reply> udp(const std::vector<uint8_t> &q, uint16_t port = 0,
+                               double wait_s = 5) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    sockaddr_in a = loopback(port ? port : dns_port_);
+    sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    std::vector<uint8_t> buf(65535);
+    ssize_t n = -1;
+    run_until([&] { return (n = recv(fd, buf.data(), buf.size(), 0)) >= 0; }, wait_s);
+    close(fd);
+    if (n < 0) return std::nullopt;
+    return dt::parse_reply(buf.data(), static_cast<size_t>(n));
+  }
+  std::optional<dt::Reply> udp(const std::string &name, uint16_t type, uint16_t edns = 0) {
+    return udp(dt::make_query(name, type, edns));
+  }
+
+  std::optional<dt::Reply> tcp(const std::string &name, uint16_t type) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = loopback(dns_port_);
+    // connect() to loopback completes in the kernel without our loop.
+    if (connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
+      close(fd);
+      return std::nullopt;
+    }
+    auto q = dt::make_query(name, type);
+    std::vector<uint8_t> frame = {static_cast<uint8_t>(q.size() >> 8),
+                                  static_cast<uint8_t>(q.size() & 0xff)};
+    frame.insert(frame.end(), q.begin(), q.end());
+    send(fd, frame.data(), frame.size(), 0);
+    std::vector<uint8_t> in;
+    uint8_t buf[65536];
+    run_until(
+        [&] {
+          ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+          if (n > 0) in.insert(in.end(), buf, buf + n);
+          return in.size() >= 2 && in.size() >= 2u + ((in[0] << 8) | in[1]);
+        },
+        5);
+    close(fd);
+    if (in.size() < 2) return std::nullopt;
+    return dt::parse_reply(in.data() + 2, in.size() - 2);
+  }
+
+  static json endpoint(const std::string &addr, const std::string &health = "passing",
+                       int port = 8080) {
+    return {{"node", "node-b"}, {"addresses", {addr}}, {"port", port}, {"health", health}};
+  }
+
+  void register_alloc(const std::string &alloc, const json &doc) {
+    std::optional<flotilla_status> st;
+    auto cb = [](void *user, flotilla_status s) {
+      *static_cast<std::optional<flotilla_status> *>(user) = s;
+    };
+    ASSERT_EQ(disc_->register_alloc(disc_self_, alloc.c_str(), doc.dump().c_str(), cb, &st),
+              FLOTILLA_OK)
+        << PluginHost::last_error();
+    ASSERT_TRUE(run_until([&] { return st.has_value(); }));
+    EXPECT_EQ(*st, FLOTILLA_OK);
+  }
+
+  std::multiset<std::string> a_records(const std::string &name) {
+    auto r = udp(dt::make_query(name, KNOT_RRTYPE_A), 0, 1);
+    if (!r) return {"(no reply)"};
+    return {r->answer.begin(), r->answer.end()};
+  }
+
+  void start_dnsmasq(uint16_t port) {
+    if (access("/usr/sbin/dnsmasq", X_OK) != 0) GTEST_SKIP() << "SKIPPED: dnsmasq is not installed";
+    std::vector<std::string> args = {"dnsmasq",
+                                     "--keep-in-foreground",
+                                     "--conf-file=/dev/null",
+                                     "--no-resolv",
+                                     "--no-hosts",
+                                     "--bind-interfaces",
+                                     "--listen-address=127.0.0.1",
+                                     "--port=" + std::to_string(port),
+                                     "--address=/external.test/192.0.2.7",
+                                     "--pid-file=" + dir_ + "/dnsmasq.pid"};
+    if (getuid() == 0) args.push_back("--user=root");
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ASSERT_EQ(
+        posix_spawn(&dnsmasq_pid_, "/usr/sbin/dnsmasq", nullptr, nullptr, argv.data(), environ), 0);
+    // Ready once it answers.
+    auto probe = dt::make_query("external.test.", KNOT_RRTYPE_A);
+    bool up = run_until([&] { return udp(probe, port, 0.2).has_value(); }, 10);
+    ASSERT_TRUE(up) << "dnsmasq did not answer on 127.0.0.1:" << port;
+  }
+
+  std::string dir_;
+  uv_loop_t loop_{};
+  uint16_t dns_port_ = 0;
+  std::unique_ptr<PluginHost> host_;
+  std::unique_ptr<StoreClient> store_;
+  const flotilla_discovery_v1 *disc_ = nullptr;
+  void *disc_self_ = nullptr;
+  pid_t dnsmasq_pid_ = -1;
+};
+
+TEST_F(DiscoveryPlugin, ANewServiceResolvesWithinOneSecondOfItsRecord) {
+  start();
+  auto nx = udp("web.service.flotilla.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(nx);
+  EXPECT_EQ(nx->rcode, KNOT_RCODE_NXDOMAIN);
+  const auto t0 = Clock::now();
+  put("/flotilla/services/web/alloc1", endpoint("10.42.1.5"));
+  ASSERT_TRUE(run_until([&] { return a_records("web.service.flotilla.").count("A 10.42.1.5"); }));
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  RecordProperty("new_service_resolves_ms", std::to_string(ms));
+  EXPECT_LT(ms, 1000.0);
+}
+
+TEST_F(DiscoveryPlugin, ExactlyThePassingBackendsAndTheirSrv) {
+  start();
+  put("/flotilla/services/web/b1", endpoint("10.42.2.5", "passing", 8080));
+  put("/flotilla/services/web/c1", endpoint("10.42.3.5", "passing", 9090));
+  put("/flotilla/services/web/c2", endpoint("10.42.3.6", "critical", 9090));
+  ASSERT_TRUE(run_until([&] {
+    return a_records("web.service.flotilla.") ==
+           std::multiset<std::string>{"A 10.42.2.5", "A 10.42.3.5"};
+  }));
+  auto srv = udp("_web._tcp.service.flotilla.", KNOT_RRTYPE_SRV);
+  ASSERT_TRUE(srv);
+  EXPECT_EQ(std::multiset<std::string>(srv->answer.begin(), srv->answer.end()),
+            (std::multiset<std::string>{"SRV 1 1 8080 b1.alloc.flotilla.",
+                                        "SRV 1 1 9090 c1.alloc.flotilla."}));
+  // the last passing one goes critical: NODATA with the SOA, not a timeout
+  put("/flotilla/services/web/b1", endpoint("10.42.2.5", "critical"));
+  put("/flotilla/services/web/c1", endpoint("10.42.3.5", "critical"));
+  ASSERT_TRUE(run_until([&] { return a_records("web.service.flotilla.").empty(); }));
+  auto nodata = udp("web.service.flotilla.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(nodata);
+  EXPECT_EQ(nodata->rcode, KNOT_RCODE_NOERROR);
+  EXPECT_EQ(nodata->authority, (std::vector<std::string>{"SOA 1"}));
+  // removed entirely: NXDOMAIN
+  remove("/flotilla/services/web/b1");
+  remove("/flotilla/services/web/c1");
+  remove("/flotilla/services/web/c2");
+  ASSERT_TRUE(run_until([&] {
+    auto r = udp("web.service.flotilla.", KNOT_RRTYPE_A);
+    return r && r->rcode == KNOT_RCODE_NXDOMAIN;
+  }));
+}
+
+TEST_F(DiscoveryPlugin, TruncatedOverUdpCompleteOverTcp) {
+  start();
+  for (int i = 0; i < 80; ++i)
+    put("/flotilla/services/big/a" + std::to_string(i), endpoint("10.42.7." + std::to_string(i)));
+  ASSERT_TRUE(run_until([&] {
+    auto r = tcp("big.service.flotilla.", KNOT_RRTYPE_A);
+    return r && r->answer.size() == 80;
+  }));
+  auto u = udp("big.service.flotilla.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(u);
+  EXPECT_TRUE(u->tc);
+  auto t = tcp("big.service.flotilla.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(t);
+  EXPECT_FALSE(t->tc);
+  EXPECT_EQ(t->answer.size(), 80u);
+}
+
+TEST_F(DiscoveryPlugin, MalformedPacketsNeitherCrashNorStall) {
+  start();
+  put("/flotilla/services/web/a1", endpoint("10.42.1.5"));
+  std::vector<std::vector<uint8_t>> junk = {
+      {},
+      {0x12},
+      {0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1},
+      {0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+      std::vector<uint8_t>(4000, 0x3f),
+  };
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a = loopback(dns_port_);
+  for (int round = 0; round < 50; ++round)
+    for (const auto &j : junk)
+      sendto(fd, j.data(), j.size(), 0, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  close(fd);
+  ASSERT_TRUE(run_until([&] { return a_records("web.service.flotilla.").count("A 10.42.1.5"); }))
+      << "the server still answers";
+}
+
+TEST_F(DiscoveryPlugin, HealthChecksMoveAnInstanceOutOfDnsAndBack) {
+  start();
+  Listener healthy;
+  const uint32_t interval = 200, failures = 2;
+  json doc = {{"addresses", {"127.0.0.1"}},
+              {"services",
+               {{{"name", "api"},
+                 {"port", healthy.port()},
+                 {"tags", {"v1"}},
+                 {"checks",
+                  {{{"type", "tcp"},
+                    {"interval_ms", interval},
+                    {"timeout_ms", 100},
+                    {"failures_before_critical", failures}}}}}}}};
+  register_alloc("alloc-api-1", doc);
+  ASSERT_TRUE(run_until([&] { return a_records("api.service.flotilla.").count("A 127.0.0.1"); }));
+  EXPECT_EQ(a_records("v1.api.service.flotilla."), std::multiset<std::string>{"A 127.0.0.1"});
+
+  // the check fails: out of DNS within interval × failures + 1 s
+  healthy.close_it();
+  const auto t0 = Clock::now();
+  ASSERT_TRUE(run_until([&] { return a_records("api.service.flotilla.").empty(); }));
+  const double out_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  RecordProperty("withdrawn_ms", std::to_string(out_ms));
+  EXPECT_LT(out_ms, interval * failures + 1000.0);
+  auto nodata = udp("api.service.flotilla.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(nodata);
+  EXPECT_EQ(nodata->rcode, KNOT_RCODE_NOERROR) << "known but not healthy: NODATA";
+
+  // the record says why
+  std::optional<json> rec;
+  store_->get("/flotilla/services/api/alloc-api-1",
+              [&](StoreResult, std::optional<flotilla::KeyValue> kv, int64_t) {
+                rec = kv ? json::parse(kv->value) : json();
+              });
+  ASSERT_TRUE(run_until([&] { return rec.has_value(); }));
+  EXPECT_EQ(rec->value("health", ""), "critical");
+  EXPECT_NE(rec->value("output", "").find("connect"), std::string::npos) << rec->dump();
+
+  // it passes again: back
+  healthy.open();
+  ASSERT_TRUE(run_until([&] { return a_records("api.service.flotilla.").count("A 127.0.0.1"); }));
+
+  // lookup() serves the healthy endpoints
+  std::optional<std::string> eps;
+  auto cb = [](void *user, flotilla_status, const char *j) {
+    *static_cast<std::optional<std::string> *>(user) = j;
+  };
+  ASSERT_EQ(disc_->lookup(disc_self_, "api", cb, &eps), FLOTILLA_OK);
+  ASSERT_TRUE(run_until([&] { return eps.has_value(); }));
+  EXPECT_EQ(json::parse(*eps).size(), 1u) << *eps;
+
+  // deregistered: gone
+  std::optional<flotilla_status> st;
+  auto done = [](void *user, flotilla_status s) {
+    *static_cast<std::optional<flotilla_status> *>(user) = s;
+  };
+  ASSERT_EQ(disc_->deregister_alloc(disc_self_, "alloc-api-1", done, &st), FLOTILLA_OK);
+  ASSERT_TRUE(run_until([&] {
+    auto r = udp("api.service.flotilla.", KNOT_RRTYPE_A);
+    return r && r->rcode == KNOT_RCODE_NXDOMAIN;
+  }));
+}
+
+TEST_F(DiscoveryPlugin, BadRegistrationsAreRefusedWithTheField) {
+  start();
+  json doc = {{"addresses", {"127.0.0.1"}}, {"services", {{{"name", "Bad_Name"}, {"port", 80}}}}};
+  auto cb = [](void *, flotilla_status) {};
+  EXPECT_EQ(disc_->register_alloc(disc_self_, "a1", doc.dump().c_str(), cb, nullptr),
+            FLOTILLA_E_INVALID);
+  EXPECT_NE(PluginHost::last_error().find("services[0].name"), std::string::npos)
+      << PluginHost::last_error();
+  doc = {{"addresses", {"127.0.0.1"}},
+         {"services", {{{"name", "web"}, {"port", 80}, {"checks", {{{"type", "smoke"}}}}}}}};
+  EXPECT_EQ(disc_->register_alloc(disc_self_, "a1", doc.dump().c_str(), cb, nullptr),
+            FLOTILLA_E_INVALID);
+  EXPECT_NE(PluginHost::last_error().find("checks[0].type"), std::string::npos)
+      << PluginHost::last_error();
+}
+
+TEST_F(DiscoveryPlugin, OtherNamesGoToTheUpstreamDnsmasq) {
+  const uint16_t up = free_port();
+  start_dnsmasq(up);
+  if (HasFatalFailure() || IsSkipped()) return;
+  // The first upstream answers nothing (no one listens): the second does.
+  start({{"upstreams",
+          {"127.0.0.1:" + std::to_string(free_port()), "127.0.0.1:" + std::to_string(up)}}});
+  auto r = udp("external.test.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcode, KNOT_RCODE_NOERROR);
+  EXPECT_EQ(r->answer, (std::vector<std::string>{"A 192.0.2.7"}));
+  EXPECT_EQ(r->id, 0x1234) << "the client's id, not ours";
+  auto t = tcp("external.test.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->answer, (std::vector<std::string>{"A 192.0.2.7"}));
+  // many at once, none waits for another
+  std::vector<int> fds;
+  sockaddr_in a = loopback(dns_port_);
+  for (int i = 0; i < 50; ++i) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    auto q = dt::make_query("n" + std::to_string(i) + ".external.test.", KNOT_RRTYPE_A, 0,
+                            static_cast<uint16_t>(i));
+    sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    fds.push_back(fd);
+  }
+  std::set<int> answered;
+  ASSERT_TRUE(run_until([&] {
+    uint8_t buf[4096];
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (recv(fds[i], buf, sizeof buf, 0) > 0) answered.insert(static_cast<int>(i));
+    return answered.size() == fds.size();
+  }));
+  for (int fd : fds) close(fd);
+}
+
+TEST_F(DiscoveryPlugin, WithoutUpstreamsForeignNamesGetServfailAtOnce) {
+  start();
+  auto r = udp("example.com.", KNOT_RRTYPE_A);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->rcode, KNOT_RCODE_SERVFAIL);
+}
+
+TEST_F(DiscoveryPlugin, BadConfigNamesEveryKey) {
+  try {
+    start({{"ttl", "five"}, {"listen", {"nowhere"}}});
+    FAIL() << "started with a bad config";
+  } catch (const std::exception &e) {
+    // Each problem is reported through config_error (and logged) as it is
+    // found; the exception carries the last.
+    std::string m = e.what();
+    EXPECT_NE(m.find("plugin.discovery.listen[0]"), std::string::npos) << m;
+  }
+}
+
+}  // namespace
