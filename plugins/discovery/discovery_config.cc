@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -138,7 +140,10 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
                                               "forward_max_inflight",
                                               "tcp_idle_timeout_ms",
                                               "tcp_max_connections",
-                                              "lease_ttl"};
+                                              "lease_ttl",
+                                              "vip_cidr",
+                                              "vip_table",
+                                              "vip_masquerade_mark"};
   for (auto it = table.begin(); it != table.end(); ++it)
     if (!known.count(it.key()))
       problems.push_back(
@@ -159,6 +164,38 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
   r.number("tcp_idle_timeout_ms", cfg.tcp_idle_timeout_ms, 100, 3600000, "milliseconds");
   r.number("tcp_max_connections", cfg.tcp_max_connections, 1, 100000, "connections");
   r.number("lease_ttl", cfg.lease_ttl, 2, 3600, "seconds");
+  r.str("vip_cidr", cfg.vip_cidr);
+  r.str("vip_table", cfg.vip_table);
+  r.number("vip_masquerade_mark", cfg.vip_masquerade_mark, 1, 0x7fffffff, "(a mark bit)");
+
+  if (!cfg.vip_cidr.empty()) {
+    auto slash = cfg.vip_cidr.find('/');
+    in_addr a{};
+    int bits = -1;
+    if (slash != std::string::npos &&
+        inet_pton(AF_INET, cfg.vip_cidr.substr(0, slash).c_str(), &a) == 1 &&
+        cfg.vip_cidr.find_first_not_of("0123456789", slash + 1) == std::string::npos &&
+        slash + 1 < cfg.vip_cidr.size() && cfg.vip_cidr.size() - slash <= 3)
+      bits = std::stoi(cfg.vip_cidr.substr(slash + 1));
+    if (bits < 8 || bits > 30) {
+      problems.push_back({"vip_cidr", "\"" + cfg.vip_cidr +
+                                          "\" is not an IPv4 CIDR from /8 to /30, e.g. "
+                                          "\"10.43.0.0/16\""});
+    } else {
+      const uint32_t mask = bits == 0 ? 0 : ~0u << (32 - bits);
+      cfg.vip_base = ntohl(a.s_addr) & mask;
+      cfg.vip_size = ~mask + 1;
+    }
+  }
+  {
+    const std::string &t = cfg.vip_table;
+    bool ok = !t.empty() && t.size() <= 64 && std::all_of(t.begin(), t.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    });
+    if (!ok)
+      problems.push_back(
+          {"vip_table", "\"" + t + "\" is not an nftables table name ([A-Za-z0-9_])"});
+  }
 
   // The domain: one or more DNS labels.
   {

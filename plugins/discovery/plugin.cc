@@ -7,6 +7,7 @@
 //  - view: a store watch on /flotilla/services/ and /flotilla/vips/ keeps
 //    the DNS zone (dns_zone.cc) current; no query reads the store;
 //  - DNS: dns_server.cc on the daemon's loop, dns_forwarder.cc upstream.
+#include <arpa/inet.h>
 #include <flotilla/flotilla.h>
 
 #include <cstring>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <new>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,8 @@
 #include "dns_server.h"
 #include "dns_zone.h"
 #include "health_check.h"
+#include "vip_map.h"
+#include "vip_sync.h"
 
 namespace {
 
@@ -31,6 +35,9 @@ using namespace flotilla::discovery;
 
 const std::string kServices = "/flotilla/services/";
 const std::string kVips = "/flotilla/vips/";
+// One key per allocated VIP address, so two services never get the same
+// one: both keys are created in one compare-and-swap transaction.
+const std::string kVipAddresses = "/flotilla/vip-addresses/";
 
 struct Instance;
 
@@ -63,6 +70,9 @@ struct Instance {
   flotilla_lease_id lease = 0;
   bool granting = false;
   std::map<std::string, std::unique_ptr<Local>> locals;  // "<svc>/<alloc>"
+  std::unique_ptr<VipSync> vips;                         // null: no vip_cidr
+  std::set<std::string> vip_allocating;                  // services with a txn in flight
+  std::set<uint32_t> vip_refused;                        // addresses a txn lost
   AnswerStats reported;
 
   void log(flotilla_log_level level, const std::string &m) const {
@@ -84,6 +94,8 @@ flotilla_key_range prefix_range(const std::string &p) {
 }
 
 // ---- the view: store → zone ---------------------------------------------
+
+void view_changed(Instance &inst);
 
 bool parse_endpoint(const std::string &key, const char *value, size_t len, Endpoint &e) {
   // /flotilla/services/<svc>/<alloc>
@@ -137,6 +149,129 @@ void apply_kv(Instance &inst, bool put, const flotilla_kv &kv) {
   }
 }
 
+// ---- virtual IPs ----------------------------------------------------------
+
+std::string ipv4_text(uint32_t host_order) {
+  in_addr a{htonl(host_order)};
+  char buf[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a, buf, sizeof buf);
+  return buf;
+}
+
+bool is_ipv4(const std::string &s) {
+  in_addr a{};
+  return inet_pton(AF_INET, s.c_str(), &a) == 1;
+}
+
+struct VipReq {
+  Life life;
+  std::string service;
+  uint32_t address;
+};
+
+// A service an instance of this node belongs to, seen without a VIP: take
+// the lowest free address of vip_cidr by compare-and-swap. The node that
+// wins writes it; everyone learns it through the watch.
+void allocate_vip(Instance &inst, const std::string &service) {
+  if (inst.vip_allocating.count(service)) return;
+  std::set<uint32_t> used(inst.vip_refused);
+  for (const auto &s : inst.zone->services()) {
+    in_addr a{};
+    if (inet_pton(AF_INET, inst.zone->vip(s).c_str(), &a) == 1) used.insert(ntohl(a.s_addr));
+  }
+  uint32_t pick = 0;
+  for (uint32_t i = 1; i + 1 < inst.cfg.vip_size; ++i) {  // not the network nor broadcast
+    if (!used.count(inst.cfg.vip_base + i)) {
+      pick = inst.cfg.vip_base + i;
+      break;
+    }
+  }
+  if (!pick) {
+    inst.log(FLOTILLA_LOG_ERROR, "vip_cidr " + inst.cfg.vip_cidr + " is full: service " + service +
+                                     " gets no virtual IP");
+    return;
+  }
+  const std::string addr = ipv4_text(pick);
+  const std::string k1 = kVips + service, k2 = kVipAddresses + addr;
+  const std::string v1 = json{{"address", addr}}.dump(), v2 = json{{"service", service}}.dump();
+  flotilla_compare cmp[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    cmp[i].struct_size = sizeof(flotilla_compare);
+    cmp[i].key = i ? k2.c_str() : k1.c_str();
+    cmp[i].key_len = i ? k2.size() : k1.size();
+    cmp[i].target = FLOTILLA_CMP_VERSION;
+    cmp[i].op = FLOTILLA_CMP_EQUAL;
+    cmp[i].number = 0;
+  }
+  flotilla_op ops[2] = {};
+  for (int i = 0; i < 2; ++i) {
+    ops[i].struct_size = sizeof(flotilla_op);
+    ops[i].type = FLOTILLA_OP_PUT;
+    ops[i].key = i ? k2.c_str() : k1.c_str();
+    ops[i].key_len = i ? k2.size() : k1.size();
+    ops[i].value = i ? v2.c_str() : v1.c_str();
+    ops[i].value_len = i ? v2.size() : v1.size();
+  }
+  auto *req = new VipReq{inst.life, service, pick};
+  auto cb = [](void *user, flotilla_status st, int succeeded, int64_t) {
+    std::unique_ptr<VipReq> r(static_cast<VipReq *>(user));
+    Instance *i = *r->life;
+    if (!i) return;
+    i->vip_allocating.erase(r->service);
+    if (st == FLOTILLA_OK && succeeded) {
+      i->log(FLOTILLA_LOG_INFO,
+             "service " + r->service + " has virtual IP " + ipv4_text(r->address));
+      return;
+    }
+    // Lost the race for the address (or the service got one meanwhile):
+    // the watch brings the winner; try another address if still needed.
+    i->log(FLOTILLA_LOG_DEBUG, "virtual IP " + ipv4_text(r->address) + " for " + r->service +
+                                   (st == FLOTILLA_OK ? ": taken meanwhile" : ": store error"));
+    i->vip_refused.insert(r->address);
+  };
+  inst.vip_allocating.insert(service);
+  if (inst.store->txn(inst.store_self, cmp, 2, ops, 2, nullptr, 0, cb, req) != FLOTILLA_OK) {
+    inst.log(FLOTILLA_LOG_WARN,
+             "virtual IP for " + service + ": the store refused the transaction");
+    inst.vip_allocating.erase(service);
+    delete req;
+  }
+}
+
+// After every change of the view: VIPs to allocate, and the kernel map.
+void view_changed(Instance &inst) {
+  if (!inst.vips) return;
+  std::set<std::string> mine;
+  for (const auto &[key, l] : inst.locals) mine.insert(l->endpoint.service);
+  std::map<std::string, VipService> want;
+  for (const auto &name : inst.zone->services()) {
+    const auto *eps = inst.zone->endpoints(name);
+    const std::string vip = inst.zone->vip(name);
+    if (vip.empty()) {
+      if (eps && !eps->empty() && mine.count(name)) allocate_vip(inst, name);
+      continue;
+    }
+    if (!is_ipv4(vip) || !eps || eps->empty()) continue;
+    VipService s;
+    s.name = name;
+    s.vip = vip;
+    for (const auto &[alloc, e] : *eps) {
+      if (!s.port) s.port = e.port;
+      if (!e.passing() || !e.port) continue;
+      for (const auto &a : e.addresses)
+        if (is_ipv4(a)) {
+          s.backends.push_back({a, e.port});
+          break;
+        }
+    }
+    if (!s.port) continue;
+    std::sort(s.backends.begin(), s.backends.end());
+    s.backends.erase(std::unique(s.backends.begin(), s.backends.end()), s.backends.end());
+    want.emplace(name, std::move(s));
+  }
+  inst.vips->want(std::move(want));
+}
+
 void start_list(Instance &inst);
 
 void schedule_relist(Instance &inst, const char *why) {
@@ -167,6 +302,7 @@ void on_watch(void *user, flotilla_status status, const flotilla_watch_event *ev
   for (size_t i = 0; i < n; ++i)
     apply_kv(*inst, events[i].type == FLOTILLA_EVENT_PUT, events[i].kv);
   inst->zone->commit();
+  view_changed(*inst);
 }
 
 struct ListReq {
@@ -198,6 +334,7 @@ void on_list(void *user, flotilla_status status, const flotilla_kv *kvs, size_t 
     return;
   }
   inst->zone->commit();
+  view_changed(*inst);
   // Watches from the revision the lists saw: nothing is missed between.
   auto rs = prefix_range(kServices);
   auto rv = prefix_range(kVips);
@@ -405,6 +542,7 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
       publish(*inst, key, ref);
       for (auto &c : ref.checks) c->start();
     }
+    view_changed(*inst);
     defer(*inst, new Deferred{inst->life, cb, nullptr, user, FLOTILLA_OK, "", ""});
     return FLOTILLA_OK;
   } catch (const std::bad_alloc &) {
@@ -543,6 +681,20 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
     inst->log(FLOTILLA_LOG_INFO, "DNS for ." + inst->cfg.domain + " on " + where +
                                      (ups.empty() ? "" : "; forwarding to " + ups));
 
+    if (!inst->cfg.vip_cidr.empty()) {
+      inst->vips =
+          std::make_unique<VipSync>(host, inst->cfg.vip_table, inst->cfg.vip_masquerade_mark);
+      std::string vip_err;
+      if (!inst->vips->start(vip_err)) {
+        host->config_error(
+            host->host_ctx, "vip_cidr",
+            ("virtual IPs need nftables (table ip " + inst->cfg.vip_table + "): " + vip_err)
+                .c_str());
+        return FLOTILLA_E_INVALID;
+      }
+      inst->log(FLOTILLA_LOG_INFO,
+                "virtual IPs from " + inst->cfg.vip_cidr + " in table ip " + inst->cfg.vip_table);
+    }
     start_list(*inst);
     grant_lease(*inst);
     const uint64_t ka = std::max<uint64_t>(1000, inst->cfg.lease_ttl * 1000 / 3);
@@ -571,6 +723,9 @@ void deinit(void *instance) {
   // its containers running and registers them again.
   inst->server.reset();
   inst->forwarder.reset();
+  // The VIP table stays: traffic through it keeps flowing while the daemon
+  // restarts, and the next start replaces it.
+  inst->vips.reset();
 }
 
 const void *get_interface(void *instance, const char *id) {

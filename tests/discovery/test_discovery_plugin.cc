@@ -28,6 +28,7 @@
 
 #include "config.h"
 #include "dns_test_support.h"
+#include "nft.h"
 #include "plugin_host.h"
 #include "store_client.h"
 
@@ -480,6 +481,48 @@ TEST_F(DiscoveryPlugin, BadConfigNamesEveryKey) {
     std::string m = e.what();
     EXPECT_NE(m.find("plugin.discovery.listen[0]"), std::string::npos) << m;
   }
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(DiscoveryPlugin, AVipIsAllocatedServedAndMappedInTheKernel) {
+  if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (nftables)";
+  const std::string table = "fltvipt" + std::to_string(getpid());
+  struct DropTable {
+    std::string t;
+    ~DropTable() {
+      try {
+        flotilla::nft::Context().apply(flotilla::nft::Batch().delete_table_if_exists("ip", t));
+      } catch (...) {
+      }
+    }
+  } drop{table};
+  start({{"vip_cidr", "10.243.0.0/24"}, {"vip_table", table}});
+  register_alloc("alloc-v1",
+                 {{"addresses", {"10.42.9.5"}}, {"services", {{{"name", "api"}, {"port", 8080}}}}});
+  register_alloc("alloc-v2",
+                 {{"addresses", {"10.42.9.6"}}, {"services", {{{"name", "api"}, {"port", 8080}}}}});
+  ASSERT_TRUE(run_until([&] { return a_records("api.vip.flotilla.").size() == 1; }));
+  EXPECT_EQ(a_records("api.vip.flotilla."), std::multiset<std::string>{"A 10.243.0.1"});
+  flotilla::nft::Context ctx;
+  auto services = [&] {
+    return flotilla::nft::set_elements(ctx.list_json("table ip " + table), "services").size();
+  };
+  ASSERT_TRUE(run_until([&] { return services() == 2; })) << "tcp and udp keys for the VIP";
+  auto chain = ctx.list_json("chain ip " + table + " svc-api").dump();
+  EXPECT_NE(chain.find("\"mod\":2"), std::string::npos) << chain;
+  // both gone: the VIP is refused at once
+  std::optional<flotilla_status> st;
+  auto done = [](void *user, flotilla_status s) {
+    *static_cast<std::optional<flotilla_status> *>(user) = s;
+  };
+  disc_->deregister_alloc(disc_self_, "alloc-v1", done, &st);
+  ASSERT_TRUE(run_until([&] {
+    auto c = ctx.list_json("chain ip " + table + " svc-api").dump();
+    return c.find("\"mod\":1") != std::string::npos;
+  }));
 }
 
 }  // namespace
