@@ -822,7 +822,8 @@ constexpr KeyRule kTaskKeys[] = {{"name"},
                                  {"env"},
                                  {"resources"},
                                  {"logs"},
-                                 {"security"}};
+                                 {"security"},
+                                 {"service"}};
 constexpr KeyRule kResourceKeys[] = {{"cpu"},  {"memory"}, {"memory_max"}, {"disk"},
                                      {"pids"}, {"ports"},  {"devices"}};
 constexpr KeyRule kLogKeys[] = {{"max_files"}, {"max_file_size"}};
@@ -831,6 +832,17 @@ constexpr KeyRule kSecurityKeys[] = {{"profile"}, {"cap_add"},          {"cap_dr
 
 constexpr std::int64_t kHourMs = 3600 * 1000;
 
+// [[task.service]] and its checks (plugins/discovery).
+constexpr KeyRule kServiceKeys[] = {{"name"}, {"port"}, {"tags"}, {"check"}};
+constexpr KeyRule kCheckKeys[] = {{"type"},
+                                  {"interval", KeyKind::duration},
+                                  {"timeout", KeyKind::duration},
+                                  {"success_before_passing"},
+                                  {"failures_before_critical"},
+                                  {"path"},
+                                  {"expect_status"},
+                                  {"port"}};
+constexpr std::string_view kCheckTypes[] = {"tcp", "http", "exec", "grpc"};
 
 // ---- placement: constraints, affinities, spread, reschedule (scheduler) ----
 // Each appears in the canonical form only when the spec gives it; the
@@ -1278,6 +1290,108 @@ json check_security(Checker &c, const json &security, const std::string &path) {
   return out;
 }
 
+// A service port: a container port number, or the name of one of the
+// task's port mappings (none have names yet, so a name is refused with why).
+json check_service_port(Section &s) {
+  const json *v = s.get("port");
+  const std::string at = s.key("port");
+  if (!v) {
+    s.c.problem(at, "is required: the container port the service listens on, like 8080");
+    return 0;
+  }
+  if (v->is_string() && !s.c.is_date(at)) {
+    const std::string name = v->get<std::string>();
+    s.c.problem(at, quote_value(name) +
+                        " names a port mapping, but this task has no named port mappings; "
+                        "give the container port number, like 8080");
+    return 0;
+  }
+  return as_integer(s.c, *v, at,
+                    {1, 65535, "a port number from 1 to 65535 or a port mapping name", ""})
+      .value_or(0);
+}
+
+json check_service_check(Checker &c, const json &check, const std::string &path) {
+  Section s(c, check, path, kCheckKeys);
+  json out = json::object();
+  const auto type = choice(s, "type", kCheckTypes);
+  if (!s.get("type")) c.problem(s.key("type"), "is required: " + one_of_list(kCheckTypes));
+  if (type && (*type == "exec" || *type == "grpc"))
+    c.problem(s.key("type"),
+              quote_value(*type) +
+                  " checks are not run by the discovery plugin yet (exec needs a runtime exec "
+                  "call the ABI does not have; grpc needs an HTTP/2 client); use \"tcp\" or "
+                  "\"http\"");
+  out["type"] = type.value_or("tcp");
+  const auto interval = duration(s, "interval", {100, kHourMs});
+  const auto timeout = duration(s, "timeout", {10, kHourMs});
+  out["interval_ms"] = interval.value_or(10000);
+  out["timeout_ms"] = timeout.value_or(2000);
+  if (out["timeout_ms"].get<std::int64_t>() > out["interval_ms"].get<std::int64_t>())
+    c.problem(s.get("timeout") ? s.key("timeout") : path,
+              "timeout (" + format_duration_ms(out["timeout_ms"].get<std::int64_t>()) +
+                  ") is longer than interval (" +
+                  format_duration_ms(out["interval_ms"].get<std::int64_t>()) +
+                  "); a check must end before the next");
+  out["success_before_passing"] =
+      integer(s, "success_before_passing", {1, 100, "an integer from 1 to 100", ""}).value_or(1);
+  out["failures_before_critical"] =
+      integer(s, "failures_before_critical", {1, 100, "an integer from 1 to 100", ""}).value_or(1);
+  if (out["type"] == "http") {
+    std::string p = "/";
+    if (auto given = text(s, "path", "an HTTP path like \"/health\"")) {
+      if (given->front() != '/')
+        c.problem(s.key("path"),
+                  "must start with '/', like \"/health\", got " + quote_value(*given));
+      else
+        p = *given;
+    }
+    out["path"] = p;
+    if (auto st = integer(s, "expect_status", {100, 599, "an HTTP status from 100 to 599", ""}))
+      out["expect_status"] = *st;  // absent: any 2xx
+  } else {
+    for (const char *k : {"path", "expect_status"})
+      if (s.get(k)) c.problem(s.key(k), "is only used with type = \"http\"");
+  }
+  if (s.get("port"))
+    out["port"] = integer(s, "port", {1, 65535, "a port number from 1 to 65535", ""}).value_or(0);
+  return out;
+}
+
+json check_service(Checker &c, const json &service, const std::string &path) {
+  Section s(c, service, path, kServiceKeys);
+  json out = json::object();
+  auto name = text(s, "name", "a service name like \"web\"", Presence::required);
+  if (name && !is_valid_name(*name)) {
+    c.problem(s.key("name"), quote_value(*name) +
+                                 " is not a valid service name (it becomes a DNS "
+                                 "label): " +
+                                 kNameRule);
+    name.reset();
+  }
+  out["name"] = name.value_or("");
+  out["port"] = check_service_port(s);
+  std::set<std::string> seen;
+  auto tags =
+      text_list(s, "tags", "a tag", "tags", 64, [&](const std::string &at, const std::string &t) {
+        if (!is_valid_name(t)) {
+          c.problem(at,
+                    quote_value(t) + " is not a valid tag (it becomes a DNS label): " + kNameRule);
+          return false;
+        }
+        if (!seen.insert(t).second) {
+          c.problem(at, quote_value(t) + " is listed twice");
+          return false;
+        }
+        return true;
+      });
+  out["tags"] = tags.value_or(std::vector<std::string>{});
+  out["check"] = table_list(
+      c, s.get("check"), s.key("check"), "task.service.check", 16,
+      [&](const json &ch, const std::string &at) { return check_service_check(c, ch, at); });
+  return out;
+}
+
 json check_task(Checker &c, const json &task, const std::string &path) {
   Section s(c, task, path, kTaskKeys);
   json out = json::object();
@@ -1359,6 +1473,10 @@ json check_task(Checker &c, const json &task, const std::string &path) {
   out["logs"] = check_logs(c, sub_object(s, "logs", "[task.logs]"), s.key("logs"));
   if (const json *sec = sub_object(s, "security", "[task.security]"))
     out["security"] = check_security(c, *sec, s.key("security"));
+  if (s.get("service"))
+    out["service"] = table_list(
+        c, s.get("service"), s.key("service"), "task.service", 16,
+        [&](const json &svc, const std::string &at) { return check_service(c, svc, at); });
   return out;
 }
 
@@ -1429,6 +1547,7 @@ json check_job(Checker &c, const json &job) {
                          std::to_string(kJobSpecMaxTasks));
   } else {
     std::map<std::string, std::size_t> names;
+    std::map<std::string, std::string> services;  // name -> where first given
     for (std::size_t i = 0; i < t->size(); ++i) {
       const std::string at = index_path(tpath, i);
       const json &task = (*t)[i];
@@ -1445,6 +1564,17 @@ json check_job(Checker &c, const json &job) {
           c.problem(child_path(at, "name"), quote_value(tname) + " is already the name of task[" +
                                                 std::to_string(it->second) +
                                                 "]; task names must be unique within a job");
+      }
+      if (checked.contains("service")) {
+        for (std::size_t k = 0; k < checked["service"].size(); ++k) {
+          const std::string sname = checked["service"][k].value("name", "");
+          if (sname.empty()) continue;
+          auto [it, fresh] = services.emplace(sname, index_path(child_path(at, "service"), k));
+          if (!fresh)
+            c.problem(child_path(index_path(child_path(at, "service"), k), "name"),
+                      quote_value(sname) + " is already the name of " + it->second +
+                          "; service names must be unique within a job");
+        }
       }
       tasks.push_back(std::move(checked));
     }

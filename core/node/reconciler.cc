@@ -1,5 +1,6 @@
 #include "node/reconciler.h"
 
+#include <flotilla/discovery.h>
 #include <flotilla/security.h>
 
 #include <algorithm>
@@ -54,6 +55,7 @@ struct Reconciler::Alloc {
   bool collected = false;  // ... by garbage collection, after it ended
   uint64_t ended_ms = 0;   // loop time the node first saw it ended; 0: it has not
   std::string final_status;  // set when the allocation was stopped
+  json addresses = json::array();  // the network attachment's, for services
 };
 
 namespace {
@@ -259,6 +261,7 @@ void Reconciler::on_alloc_put(const json &record, int64_t mod_revision) {
       if (st == "running" || st == "created") {
         t.state = "running";
         if (st == "created") run_task(*a, t);  // created but never started
+        else register_services(*a, t);          // its checks run here again
         continue;
       }
       // It exited while the daemon was down: judge the exit now.
@@ -404,6 +407,7 @@ void Reconciler::run_task(Alloc &a, Task &t) {
       if (tt->state == "starting") {  // an exit event may have come first
         tt->state = "running";
         tt->started_at = rfc3339_now(true);
+        register_services(*al, *tt);
       }
       report(*al);
     });
@@ -430,11 +434,60 @@ void Reconciler::run_task(Alloc &a, Task &t) {
     if (state.is_object() && state.value("status", "") != "created") {
       tt->state = "running";
       tt->started_at = rfc3339_now(true);
+      register_services(*al, *tt);
       return report(*al);
     }
     do_start();
   });
   report(a);
+}
+
+// The task's [[task.service]]s, to the discovery plugin: it checks them on
+// this node and publishes their health. Registering again replaces.
+void Reconciler::register_services(Alloc &a, Task &t) {
+  if (!t.spec.contains("service") || t.spec["service"].empty()) return;
+  void *self = nullptr;
+  auto *disc = plugins_->find<flotilla_discovery_v1>(FLOTILLA_DISCOVERY_INTERFACE_ID, &self);
+  if (!disc) {
+    log::warn("reconciler",
+              "the task has services but no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID
+              "; they are not registered",
+              {{"alloc", a.id}, {"task", t.name}});
+    return;
+  }
+  json services = json::array();
+  for (const json &svc : t.spec["service"]) {
+    json checks = json::array();
+    for (const json &c : svc.value("check", json::array())) checks.push_back(c);
+    json one = {{"name", svc.value("name", "")},
+                {"port", svc.value("port", 0)},
+                {"tags", svc.value("tags", json::array())},
+                {"checks", checks},
+                {"task", t.name}};
+    services.push_back(std::move(one));
+  }
+  // The addresses: the network plugin's attachment when there is one; a
+  // host-network task is reached at the node's own address, which the
+  // discovery plugin knows (host_address).
+  json doc = {{"network", t.spec.value("network", "bridge")},
+              {"addresses", a.addresses},
+              {"services", services}};
+  auto done = [](void *, flotilla_status) {};
+  if (disc->register_alloc(self, a.id.c_str(), doc.dump().c_str(), done, nullptr) != FLOTILLA_OK)
+    log::warn("reconciler", "the discovery plugin refused the task's services",
+              {{"alloc", a.id}, {"task", t.name}, {"error", PluginHost::last_error()}});
+}
+
+void Reconciler::deregister_services(Alloc &a) {
+  bool any = false;
+  for (const auto &t : a.tasks)
+    any = any || (t.spec.contains("service") && !t.spec["service"].empty());
+  if (!any) return;
+  void *self = nullptr;
+  auto *disc = plugins_->find<flotilla_discovery_v1>(FLOTILLA_DISCOVERY_INTERFACE_ID, &self);
+  if (!disc) return;
+  auto done = [](void *, flotilla_status) {};
+  disc->deregister_alloc(self, a.id.c_str(), done, nullptr);
 }
 
 void Reconciler::task_failed_to_start(Alloc &a, Task &t, const std::string &why) {
@@ -568,6 +621,7 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
     return;
   }
   a.stopping = true;
+  deregister_services(a);
   log::info("reconciler", "stopping allocation", {{"alloc", a.id}, {"why", why}});
   for (auto &t : a.tasks) {
     if (t.restart_timer) {

@@ -53,6 +53,8 @@ class Reconciler {
   void on_task_exit(const std::string &container, int64_t exit_code, int signal,
                     const std::string &finished_at);
   void task_failed_to_start(Alloc &a, Task &t, const std::string &why);
+  void register_services(Alloc &a, Task &t);
+  void deregister_services(Alloc &a);
   void apply_restart_policy(Alloc &a, Task &t);
   void stop_alloc(Alloc &a, const std::string &why, bool purge);
   void collect_if_job_gone(Alloc &a);

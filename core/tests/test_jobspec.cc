@@ -310,7 +310,7 @@ TEST(JobSpecProblems, Restart) {
   EXPECT_EQ(problem_of(kMinimal + "restart = 3\n"),
             "web.toml line 7, task[0].restart: unknown key; accepted here: name, image, "
             "command, args, workdir, user, kill_timeout, kill_signal, network, env, resources, "
-            "logs, security");
+            "logs, security, service");
   EXPECT_EQ(problem_of("restart = 3\n" + kMinimal),
             "web.toml line 1, restart: must be a table ([restart]), got an integer 3");
 }
@@ -581,6 +581,113 @@ TEST(JobSpecSecurity, BadValuesNameTheKey) {
   EXPECT_EQ(problem_of(kMinimal + "security = 1\n"),
             "web.toml line 7, task[0].security: must be a table ([task.security]), got an "
             "integer 1");
+}
+
+TEST(JobSpecService, ServicesAndChecksAreCanonicalised) {
+  json plain = parse_jobspec(kMinimal, "web.toml");
+  EXPECT_FALSE(plain["task"][0].contains("service"));
+  json job = parse_jobspec(kMinimal + R"(
+[[task.service]]
+name = "web"
+port = 8080
+tags = ["v1", "canary"]
+
+  [[task.service.check]]
+  type = "http"
+  path = "/health"
+  interval = "1s"
+  timeout = "500ms"
+  failures_before_critical = 3
+
+  [[task.service.check]]
+  type = "tcp"
+
+[[task.service]]
+name = "metrics"
+port = 9100
+)",
+                           "web.toml");
+  const json &svc = job["task"][0]["service"];
+  ASSERT_EQ(svc.size(), 2u);
+  EXPECT_EQ(svc[0]["name"], "web");
+  EXPECT_EQ(svc[0]["port"], 8080);
+  EXPECT_EQ(svc[0]["tags"], json({"v1", "canary"}));
+  json http = {{"type", "http"},
+               {"interval_ms", 1000},
+               {"timeout_ms", 500},
+               {"success_before_passing", 1},
+               {"failures_before_critical", 3},
+               {"path", "/health"}};
+  EXPECT_EQ(svc[0]["check"][0], http);
+  EXPECT_EQ(svc[0]["check"][1], json({{"type", "tcp"},
+                                      {"interval_ms", 10000},
+                                      {"timeout_ms", 2000},
+                                      {"success_before_passing", 1},
+                                      {"failures_before_critical", 1}}));
+  EXPECT_EQ(svc[1]["check"], json::array());
+  // The canonical JSON goes back in unchanged.
+  EXPECT_EQ(validate_job_json(job, "web.json"), job);
+}
+
+TEST(JobSpecService, BadValuesNameTheLineAndKey) {
+  const std::string head = kMinimal + "[[task.service]]\n";  // line 7
+  EXPECT_EQ(problem_of(head + "name = \"Web\"\nport = 80\n"),
+            "web.toml line 8, task[0].service[0].name: \"Web\" is not a valid service name (it "
+            "becomes a DNS label): use 1 to 63 lowercase letters, digits and '-', starting and "
+            "ending with a letter or digit");
+  EXPECT_EQ(problem_of(head + "name = \"web\"\nport = 70000\n"),
+            "web.toml line 9, task[0].service[0].port: must be at most 65535, got 70000");
+  EXPECT_NE(problem_of(head + "name = \"web\"\nport = \"http\"\n")
+                .find("line 9, task[0].service[0].port: \"http\" names a port mapping"),
+            std::string::npos);
+  EXPECT_NE(problem_of(head + "name = \"web\"\n").find("task[0].service[0].port: is required"),
+            std::string::npos);
+  EXPECT_EQ(problem_of(head + "name = \"web\"\nport = 80\ntags = [\"a\", \"a\"]\n"),
+            "web.toml line 10, task[0].service[0].tags[1]: \"a\" is listed twice");
+  const std::string check = head + "name = \"web\"\nport = 80\n[[task.service.check]]\n";  // 10
+  EXPECT_NE(
+      problem_of(check + "type = \"smoke\"\n").find("line 11, task[0].service[0].check[0].type"),
+      std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"exec\"\n").find("are not run by the discovery plugin yet"),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n")
+                .find("line 13, task[0].service[0].check[0].timeout: timeout (2s) is longer than "
+                      "interval (1s)"),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"tcp\"\npath = \"/x\"\n")
+                .find("check[0].path: is only used with type = \"http\""),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"http\"\nfailures_before_critical = 0\n")
+                .find("line 12, task[0].service[0].check[0].failures_before_critical"),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"tcp\"\nintervall = \"1s\"\n")
+                .find("check[0].intervall: unknown key"),
+            std::string::npos);
+}
+
+TEST(JobSpecService, NamesAreUniqueWithinTheJob) {
+  auto problems = problems_of(R"(name = "web"
+
+[[task]]
+name = "a"
+image = "busybox:latest"
+command = "/bin/httpd"
+  [[task.service]]
+  name = "web"
+  port = 80
+
+[[task]]
+name = "b"
+image = "busybox:latest"
+command = "/bin/httpd"
+  [[task.service]]
+  name = "web"
+  port = 81
+)");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].to_string("web.toml"),
+            "web.toml line 16, task[1].service[0].name: \"web\" is already the name of "
+            "task[0].service[0]; service names must be unique within a job");
 }
 
 TEST(JobSpecProblems, EveryProblemIsCollectedInFileOrder) {
@@ -916,6 +1023,19 @@ TEST(JobSpecExamples, WebIsHttpdOnTheHostNetwork) {
   EXPECT_NE(job["task"][0]["args"].back().get<std::string>().find("exec httpd -f -p 8080"),
             std::string::npos);
   EXPECT_EQ(job["task"][0]["network"], "host");
+}
+
+TEST(JobSpecExamples, TwoServicesByNameAndByVip) {
+  json web = parse_jobspec(read_file(FLOTILLA_TEST_SOURCE_DIR "/examples/jobs/service-web.toml"),
+                           "service-web.toml");
+  ASSERT_EQ(web["task"][0]["service"].size(), 1u);
+  EXPECT_EQ(web["task"][0]["service"][0]["name"], "web");
+  EXPECT_EQ(web["task"][0]["service"][0]["check"][0]["type"], "http");
+  json client = parse_jobspec(
+      read_file(FLOTILLA_TEST_SOURCE_DIR "/examples/jobs/service-client.toml"), "service-client.toml");
+  const std::string loop = client["task"][0]["args"].back();
+  EXPECT_NE(loop.find("web.service.flotilla"), std::string::npos);
+  EXPECT_NE(loop.find("web.vip.flotilla"), std::string::npos);
 }
 
 }  // namespace

@@ -141,6 +141,7 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
                                               "tcp_idle_timeout_ms",
                                               "tcp_max_connections",
                                               "lease_ttl",
+                                              "host_address",
                                               "vip_cidr",
                                               "vip_table",
                                               "vip_masquerade_mark"};
@@ -164,6 +165,15 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
   r.number("tcp_idle_timeout_ms", cfg.tcp_idle_timeout_ms, 100, 3600000, "milliseconds");
   r.number("tcp_max_connections", cfg.tcp_max_connections, 1, 100000, "connections");
   r.number("lease_ttl", cfg.lease_ttl, 2, 3600, "seconds");
+  r.str("host_address", cfg.host_address);
+  if (!cfg.host_address.empty()) {
+    SocketAddress probe;
+    if (!parse_socket_address(cfg.host_address.find(':') != std::string::npos
+                                  ? "[" + cfg.host_address + "]"
+                                  : cfg.host_address,
+                              1, probe))
+      problems.push_back({"host_address", "\"" + cfg.host_address + "\" is not an IP address"});
+  }
   r.str("vip_cidr", cfg.vip_cidr);
   r.str("vip_table", cfg.vip_table);
   r.number("vip_masquerade_mark", cfg.vip_masquerade_mark, 1, 0x7fffffff, "(a mark bit)");

@@ -36,8 +36,9 @@ struct DiscoveryConfig {
   uint32_t forward_max_inflight = 1024;
   uint32_t tcp_idle_timeout_ms = 10000;
   uint32_t tcp_max_connections = 512;
-  uint32_t lease_ttl = 15;  // seconds: the registry's endpoints live under it
-  std::string vip_cidr;     // IPv4 service CIDR; empty: no virtual IPs
+  uint32_t lease_ttl = 15;   // seconds: the registry's endpoints live under it
+  std::string host_address;  // for host-network tasks; empty: the first non-loopback IPv4
+  std::string vip_cidr;      // IPv4 service CIDR; empty: no virtual IPs
   std::string vip_table = "flotilla_vip";
   uint32_t vip_masquerade_mark = 0x4000;
   uint32_t vip_base = 0, vip_size = 0;  // parsed vip_cidr (host order)

@@ -9,6 +9,8 @@
 //  - DNS: dns_server.cc on the daemon's loop, dns_forwarder.cc upstream.
 #include <arpa/inet.h>
 #include <flotilla/flotilla.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 
 #include <cstring>
 #include <map>
@@ -52,7 +54,6 @@ struct Local {
   std::vector<std::unique_ptr<HealthCheck>> checks;
   std::vector<CheckSpec> specs;
   std::string output;  // the last check's output
-  int64_t check_restart_limit = 0;
 };
 
 struct Instance {
@@ -74,6 +75,7 @@ struct Instance {
   std::set<std::string> vip_allocating;                  // services with a txn in flight
   std::set<uint32_t> vip_refused;                        // addresses a txn lost
   AnswerStats reported;
+  std::string host_address;  // host_address, or the first non-loopback IPv4
 
   void log(flotilla_log_level level, const std::string &m) const {
     host->log(host->host_ctx, level, m.c_str());
@@ -489,6 +491,9 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
     if (doc.contains("addresses") && doc["addresses"].is_array())
       for (const auto &a : doc["addresses"])
         if (a.is_string()) addresses.push_back(a.get<std::string>());
+    // A host-network task is reached at the node's own address.
+    if (addresses.empty() && doc.value("network", "") == "host" && !inst->host_address.empty())
+      addresses.push_back(inst->host_address);
     const json services = doc.value("services", json::array());
     if (!services.is_array())
       return inst->error(FLOTILLA_E_INVALID, "register_alloc: services must be an array");
@@ -522,7 +527,6 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
           spec.port = l->endpoint.port;
         l->specs.push_back(spec);
       }
-      l->check_restart_limit = s.value("check_restart_limit", 0);
       // No checks: passing once registered (as Consul and Nomad).
       l->endpoint.health = l->specs.empty() ? "passing" : "starting";
       made.push_back(std::move(l));
@@ -617,6 +621,21 @@ void report_stats(void *user) {
 
 // ---- entry -------------------------------------------------------------------
 
+std::string first_host_ipv4() {
+  ifaddrs *list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string out;
+  for (ifaddrs *i = list; i && out.empty(); i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK))
+      continue;
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in *>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+    out = buf;
+  }
+  freeifaddrs(list);
+  return out;
+}
+
 void deinit(void *instance);
 
 flotilla_status init(const flotilla_host *host, void **instance_out) {
@@ -695,6 +714,8 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
       inst->log(FLOTILLA_LOG_INFO,
                 "virtual IPs from " + inst->cfg.vip_cidr + " in table ip " + inst->cfg.vip_table);
     }
+    inst->host_address =
+        inst->cfg.host_address.empty() ? first_host_ipv4() : inst->cfg.host_address;
     start_list(*inst);
     grant_lease(*inst);
     const uint64_t ka = std::max<uint64_t>(1000, inst->cfg.lease_ttl * 1000 / 3);

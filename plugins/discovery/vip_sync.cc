@@ -1,6 +1,8 @@
 #include "vip_sync.h"
 
+#include <atomic>
 #include <set>
+#include <thread>
 
 #include "conntrack_flush.h"
 #include "nft.h"
@@ -9,13 +11,13 @@ namespace flotilla::discovery {
 
 struct VipSync::Job {
   VipSync *owner = nullptr;
-  bool *alive = nullptr;  // false once the VipSync is gone
   nft::Batch batch;
   std::map<std::string, VipService> target;                    // what applied_ becomes
   std::vector<std::pair<std::string, std::string>> udp_flush;  // vip, backend
   std::string error;
   int flushed = 0;
   std::chrono::steady_clock::time_point since;
+  std::atomic<bool> worked{false};  // work() has returned
 };
 
 namespace {
@@ -29,13 +31,19 @@ nft::Context &thread_context() {
 }  // namespace
 
 VipSync::VipSync(const flotilla_host *host, std::string table, uint32_t mark)
-    : host_(host), map_(std::move(table), mark), alive_(new bool(true)) {}
+    : host_(host), map_(std::move(table), mark) {}
 
 VipSync::~VipSync() {
-  if (in_flight_)
-    *alive_ = false;  // the job frees it
-  else
-    delete alive_;
+  // A batch in flight: wait for its work to return (it touches only its
+  // job), then free the job here, since no `after` runs once the plugin's
+  // deinit has returned.
+  // A job the pool never started (the daemon stopping) is left alone after
+  // 2 s rather than freed under a worker that might still pick it up.
+  if (in_flight_ && job_) {
+    for (int i = 0; i < 2000 && !job_->worked.load(); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (job_->worked.load()) delete job_;
+  }
 }
 
 bool VipSync::start(std::string &error) {
@@ -63,7 +71,6 @@ void VipSync::schedule() {
   if (in_flight_ || desired_ == applied_) return;
   auto job = std::make_unique<Job>();
   job->owner = this;
-  job->alive = alive_;
   job->since = changed_at_;
   std::set<std::string> names;
   for (auto &[n, s] : desired_) names.insert(n);
@@ -85,14 +92,20 @@ void VipSync::schedule() {
   job->target = desired_;
   in_flight_ = true;
   Job *raw = job.release();
+  job_ = raw;
   if (host_->queue_work(host_->host_ctx, work, after, raw) != FLOTILLA_OK) {
     in_flight_ = false;
+    job_ = nullptr;
     delete raw;
   }
 }
 
 void VipSync::work(void *user) {
   auto *job = static_cast<Job *>(user);
+  struct Mark {
+    Job *j;
+    ~Mark() { j->worked.store(true); }
+  } mark{job};
   try {
     thread_context().apply(job->batch);
   } catch (const std::exception &e) {
@@ -108,12 +121,9 @@ void VipSync::work(void *user) {
 
 void VipSync::after(void *user, flotilla_status status) {
   std::unique_ptr<Job> job(static_cast<Job *>(user));
-  if (!*job->alive) {
-    delete job->alive;
-    return;
-  }
   VipSync &s = *job->owner;
   s.in_flight_ = false;
+  s.job_ = nullptr;
   if (status != FLOTILLA_OK || !job->error.empty()) {
     std::string m = "VIP table " + s.map_.table() + ": batch refused (" +
                     (job->error.empty() ? "cancelled" : job->error) + "); rebuilding the table";

@@ -47,7 +47,7 @@ class VipSync {
   VipMap map_;
   std::map<std::string, VipService> desired_, applied_;
   bool in_flight_ = false;
-  bool *alive_ = nullptr;  // shared with the job in flight
+  Job *job_ = nullptr;     // the job in flight
   uint64_t batches_ = 0;
   double last_apply_ms_ = 0;
   std::chrono::steady_clock::time_point changed_at_{};
