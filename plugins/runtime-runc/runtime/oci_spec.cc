@@ -246,8 +246,12 @@ json make_oci_config(const BundleInputs &in, const RuntimeConfig &config) {
     namespaces.push_back(ns);
   }
 
+  // The runtime-spec version whose fields the bundle uses: the security
+  // plugin's seccomp patch sets linux.seccomp.defaultErrnoRet and
+  // syscalls[].errnoRet, which runtime-spec added in 1.1.0 (runc 1.1 and
+  // crun 1.8, Debian 12's, read them).
   json spec = {
-      {"ociVersion", "1.0.2"},
+      {"ociVersion", "1.1.0"},
       {"process", process},
       {"root", {{"path", in.rootfs}, {"readonly", false}}},
       {"hostname", hostname},

@@ -217,6 +217,26 @@ TEST(OciSpec, OciPatchesMergeLast) {
   EXPECT_EQ(spec["linux"]["cgroupsPath"], "/flotilla/a1b2.web");  // untouched keys stay
 }
 
+// The security plugin's seccomp patch uses defaultErrnoRet and errnoRet,
+// which runtime-spec added in 1.1.0; config.json must not claim 1.0.2.
+TEST(OciSpec, DeclaresTheSpecVersionOfTheFieldsItUses) {
+  json doc = task_doc();
+  doc["oci"] = json::array(
+      {{{"linux",
+         {{"seccomp",
+           {{"defaultAction", "SCMP_ACT_ERRNO"},
+            {"defaultErrnoRet", 1},
+            {"syscalls", json::array({{{"names", {"uname"}},
+                                       {"action", "SCMP_ACT_ERRNO"},
+                                       {"errnoRet", 38}}})}}}}}}});
+  BundleInputs in = inputs();
+  in.task = parse_task_json(doc.dump());
+  json spec = make_oci_config(in, {});
+  ASSERT_TRUE(spec["linux"]["seccomp"].contains("defaultErrnoRet"));
+  EXPECT_EQ(spec["ociVersion"], "1.1.0");
+  EXPECT_EQ(make_oci_config(inputs(), {})["ociVersion"], "1.1.0");
+}
+
 TEST(RuntimeConfig, DefaultsAndErrors) {
   RuntimeConfig c = parse_runtime_config(json::object(), "/var/lib/flotilla/plugins/runtime-runc");
   EXPECT_EQ(c.binary, "runc");
