@@ -61,8 +61,9 @@ void check_schema_version(const json &doc, std::string_view what) {
   if (v->get<int64_t>() == 1) {
     throw ImageError(FLOTILLA_E_UNSUPPORTED,
                      std::string(what) +
-                         ": Docker schema 1 manifests are not supported; convert the image "
-                         "with `skopeo copy --format oci`");
+                         ": Docker schema 1 manifests are not supported; copy the image again "
+                         "from where it came as OCI, e.g. `skopeo copy docker://NAME:TAG "
+                         "oci:DIR:TAG`, then import DIR");
   }
   if (v->get<int64_t>() != 2) {
     throw invalid(what, "unsupported schemaVersion " + std::to_string(v->get<int64_t>()));
@@ -216,8 +217,9 @@ DocumentKind classify_document(const json &doc, std::string_view declared, std::
   if (own.starts_with("application/vnd.docker.distribution.manifest.v1")) {
     throw ImageError(FLOTILLA_E_UNSUPPORTED,
                      std::string(what) +
-                         ": Docker schema 1 manifests are not supported; convert the image "
-                         "with `skopeo copy --format oci`");
+                         ": Docker schema 1 manifests are not supported; copy the image again "
+                         "from where it came as OCI, e.g. `skopeo copy docker://NAME:TAG "
+                         "oci:DIR:TAG`, then import DIR");
   }
   check_schema_version(doc, what);
   if (!declared.empty() && !own.empty() && declared != own) {

@@ -102,6 +102,13 @@ std::string find_shim() {
 
 }  // namespace
 
+std::string missing_image_message(const std::string &ref) {
+  return "image \"" + ref +
+         "\" is not in this node's image store; import it with `flotilla image import PATH "
+         "--tag " +
+         ref + "`, PATH being an OCI image layout directory or an oci-archive tarball";
+}
+
 // ---- internal types -------------------------------------------------------
 
 struct RuncRuntime::Container {
@@ -470,11 +477,7 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
             r = images->acquire(task.image);
           } catch (const ImageError &e) {
             if (e.status() == FLOTILLA_E_NOT_FOUND)
-              throw RuntimeFailure(FLOTILLA_E_NOT_FOUND,
-                                   "image \"" + task.image +
-                                       "\" is not in this node's image store; import it first "
-                                       "with `flotilla image import <oci-layout-or-archive> " +
-                                       task.image + "` (" + e.what() + ")");
+              throw RuntimeFailure(FLOTILLA_E_NOT_FOUND, missing_image_message(task.image));
             throw;
           }
           *digest = r.record.digest;

@@ -29,6 +29,11 @@ namespace flotilla::runc {
 
 class ImageStore;
 
+// What create answers for an image the store does not have: the reference
+// once, and a `flotilla image import` command that the CLI accepts as it
+// stands once PATH is filled in.
+std::string missing_image_message(const std::string &ref);
+
 class RuncRuntime {
  public:
   // Reads the config (bad keys go to host->config_error), finds the shim

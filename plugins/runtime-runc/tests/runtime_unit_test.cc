@@ -1,15 +1,24 @@
 // Unit tests of runtime-runc without containers: the task JSON, the OCI
 // config.json it becomes, the plugin's config keys and log rotation.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "oci_spec.h"
 #include "rotating_log.h"
+#include "runc_runtime.h"
 #include "runtime_config.h"
 #include "task_spec.h"
 
@@ -235,6 +244,58 @@ TEST(OciSpec, DeclaresTheSpecVersionOfTheFieldsItUses) {
   ASSERT_TRUE(spec["linux"]["seccomp"].contains("defaultErrnoRet"));
   EXPECT_EQ(spec["ociVersion"], "1.1.0");
   EXPECT_EQ(make_oci_config(inputs(), {})["ociVersion"], "1.1.0");
+}
+
+// ---- hints ----------------------------------------------------------------------
+
+// The real CLI's exit code for argv (with --socket to nowhere, so a command
+// line it accepts ends in 3, "cannot reach the daemon"; 2 is a usage error).
+int cli_exit_code(std::vector<std::string> argv) {
+  argv.insert(argv.begin() + 1, {"--socket", "/nonexistent/flotilla-hint-test.sock"});
+  std::vector<char *> cargv;
+  for (auto &a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, argv[0].c_str(), &fa, nullptr, cargv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return -rc;
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The hint for a missing image names the image once and is a command the
+// CLI takes as it is (before: `flotilla image import <oci-layout-or-archive>
+// REF`, which the CLI refuses, followed by the image store's own message).
+TEST(Hints, MissingImageHintIsACommandTheCliAccepts) {
+  const std::string cli = FLOTILLA_CLI_PATH;
+  if (!fs::exists(cli)) GTEST_SKIP() << "the CLI is not built at " << cli;
+  for (std::string ref : {"nosuch:1.0", "library/busybox:1.36", "app"}) {
+    std::string msg = missing_image_message(ref);
+    size_t a = msg.find('`'), b = msg.find('`', a + 1);
+    ASSERT_NE(b, std::string::npos) << msg;
+    EXPECT_EQ(msg.find('`', b + 1), std::string::npos) << "one command: " << msg;
+    EXPECT_EQ(msg.find("image store"), msg.rfind("image store")) << "said twice: " << msg;
+    std::istringstream words(msg.substr(a + 1, b - a - 1));
+    std::vector<std::string> argv;
+    for (std::string w; words >> w;) argv.push_back(w == "PATH" ? fs::temp_directory_path().string() : w);
+    ASSERT_GE(argv.size(), 2u) << msg;
+    ASSERT_EQ(argv[0], "flotilla") << msg;
+    argv[0] = cli;
+    EXPECT_EQ(cli_exit_code(argv), 3) << "the CLI does not take the hint `" << msg.substr(a + 1, b - a - 1) << "`";
+    // The image the command would import is the one asked for.
+    auto tag = std::find(argv.begin(), argv.end(), "--tag");
+    ASSERT_NE(tag, argv.end()) << msg;
+    ASSERT_NE(tag + 1, argv.end()) << msg;
+    EXPECT_EQ(*(tag + 1), ref) << msg;
+  }
+  // The check itself: a command the CLI refuses is caught.
+  EXPECT_EQ(cli_exit_code({cli, "image", "import", "/tmp", "nosuch:1.0"}), 2);
 }
 
 TEST(RuntimeConfig, DefaultsAndErrors) {
