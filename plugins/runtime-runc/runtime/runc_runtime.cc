@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -582,7 +583,7 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
         }
         // Release the shim. Should it have died just now, its notify pipe
         // reports that (handle_notify) and the container is removed there.
-        ssize_t ignored = ::write(c->go_fd.get(), "g", 1);
+        ssize_t ignored = ::send(c->go_fd.get(), "g", 1, MSG_NOSIGNAL);
         (void)ignored;
         c->go_fd.reset();
       });
@@ -594,7 +595,11 @@ std::string RuncRuntime::start_shim(const std::string &id) {
   int n[2], g[2];
   if (::pipe2(n, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
   UniqueFd notify_rd(n[0]), notify_wr(n[1]);
-  if (::pipe2(g, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
+  // The release channel is a socket, not a pipe, so that writing to a shim
+  // that died can use MSG_NOSIGNAL: a plugin must not raise SIGPIPE in a host
+  // that may not ignore it (the test binaries do not).
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, g) != 0)
+    return std::string("socketpair: ") + std::strerror(errno);
   UniqueFd go_rd(g[0]), go_wr(g[1]);
   ::fcntl(notify_rd.get(), F_SETFL, O_NONBLOCK);
   std::string config_path = c->paths.shim_config.string();
