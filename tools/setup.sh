@@ -15,7 +15,16 @@ cd "$here"
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts the daemon)"
+need_root() {
+  [ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and starts the daemon)"
+}
+
+# What `start` builds: only what it installs (flotillad, flotilla, the
+# plugins, the shim), optimised, without the test suites and benchmarks
+# that only `test` runs. tools/tests/setup_start_targets.sh checks that every
+# program and plugin these options build is one `meson install` installs.
+start_options=(--prefix=/usr/local --sysconfdir=/etc --localstatedir=/var
+               -Doptimization=2 -Ddebug=false -Dtests=false -Dbenchmarks=false)
 
 install_packages() {
   local want missing=()
@@ -56,8 +65,9 @@ stop_daemon() {
 }
 
 start() {
+  need_root
   install_packages
-  build build --prefix=/usr/local --sysconfdir=/etc --localstatedir=/var
+  build build "${start_options[@]}"
   say "installing into /usr/local"
   meson install -C build --quiet
   ldconfig
@@ -87,6 +97,7 @@ MSG
 }
 
 run_tests() {
+  need_root
   install_packages
   build build-ci -Dwerror=true -Dbuildtype=debugoptimized
   say "running every test suite (unit, then end-to-end)"
@@ -113,8 +124,9 @@ run_tests() {
 }
 
 case "${1:-}" in
-  start) start ;;
-  stop) stop_daemon ;;
+  start) start; say "ready in ${SECONDS}s" ;;
+  stop) need_root; stop_daemon ;;
   test) run_tests ;;
+  start-options) printf '%s\n' "${start_options[@]}" ;;  # for tools/tests
   *) echo "usage: tools/setup.sh start|stop|test" >&2; exit 2 ;;
 esac
