@@ -1303,6 +1303,24 @@ TEST_P(CliTest, HelpExits0) {
   EXPECT_TRUE(contains(r.out, "--follow")) << r.out;
 }
 
+// Exit 1 is the daemon's refusal; a file that cannot be read is a local
+// problem with its own code, as the help says (before: exit 1).
+TEST_P(CliTest, UnreadableLocalFileExits4AsTheHelpSays) {
+  std::string missing = (dir_.path / "nonexistent.toml").string();
+  CliRun r = flotilla({"job", "run", missing});
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_TRUE(contains(r.err, "cannot read " + missing)) << r.err;
+  r = flotilla({"job", "run", "--check", missing});
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  r = flotilla({"image", "import", (dir_.path / "no-such-layout").string(), "--tag", "x:1"});
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_TRUE(contains(r.err, "no-such-layout")) << r.err;
+  r = flotilla({"help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.out, "1 the daemon refused or failed the request")) << r.out;
+  EXPECT_TRUE(contains(r.out, "4 a local file could not be read")) << r.out;
+}
+
 TEST_P(CliTest, UnreachableDaemonExits3AndSaysWhere) {
   std::string nowhere = (dir_.path / "nobody-home.sock").string();
   CliRun r = flotilla({"--socket", nowhere, "job", "status"}, false);

@@ -20,6 +20,7 @@ enum ExitCode : int {
   kExitApiError = 1,     // the daemon refused or failed the request
   kExitUsage = 2,        // bad command line
   kExitUnreachable = 3,  // the daemon cannot be reached
+  kExitLocal = 4,        // a local file named on the command line could not be read
 };
 
 // A bad command line; main prints the message and the command's usage.
@@ -28,7 +29,7 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A failure that is not the API's, e.g. an unreadable job file (exit 1).
+// A local failure, not the daemon's: an unreadable job file (exit 4).
 class LocalError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

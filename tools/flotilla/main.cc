@@ -3,7 +3,7 @@
 //   flotilla [--socket PATH] [--json] <command> [arguments]
 //
 // Exit codes: 0 ok, 1 the daemon refused or failed the request, 2 bad
-// usage, 3 the daemon cannot be reached.
+// usage, 3 the daemon cannot be reached, 4 a local file could not be read.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -51,7 +51,7 @@ void print_usage(std::FILE *out) {
                "  -h, --help     help; `flotilla <command> --help` for one command\n"
                "\n"
                "Exit codes: 0 ok, 1 the daemon refused or failed the request, 2 bad usage,\n"
-               "3 the daemon cannot be reached.\n",
+               "3 the daemon cannot be reached, 4 a local file could not be read.\n",
                kDefaultSocket);
 }
 
@@ -200,7 +200,7 @@ int run(int argc, char **argv) {
     return kExitApiError;
   } catch (const LocalError &e) {
     std::fprintf(stderr, "Error: %s\n", e.what());
-    return kExitApiError;
+    return kExitLocal;
   }
 }
 

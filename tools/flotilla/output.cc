@@ -103,7 +103,7 @@ void print_fields(const std::vector<std::pair<std::string, std::string>> &fields
 json body_json(const HttpResponse &r) {
   json j = json::parse(r.body, nullptr, false);
   if (j.is_discarded())
-    throw LocalError("the daemon answered " + std::to_string(r.status) +
+    throw ProtocolError("the daemon answered " + std::to_string(r.status) +
                      " with a body that is not JSON");
   return j;
 }
