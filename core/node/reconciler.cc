@@ -526,8 +526,18 @@ void Reconciler::on_task_exit(const std::string &container, int64_t exit_code, i
   apply_restart_policy(*a, *t);
 }
 
+// The wait before a restart: `delay` lengthened by a random fraction of it,
+// up to `jitter` (u is that randomness, from [0, 1)). Never shorter than
+// `delay`, as Nomad's "a random jitter of up to 25% is added to the delay".
+namespace {
+uint64_t restart_delay_ms(uint64_t delay, double jitter, double u) {
+  const double factor = 1.0 + std::clamp(jitter, 0.0, 1.0) * std::clamp(u, 0.0, 1.0);
+  return static_cast<uint64_t>(static_cast<double>(delay) * factor);
+}
+}  // namespace
+
 // The job's [restart] policy: up to `attempts` restarts inside `interval`,
-// each after `delay` +- jitter; then "fail" marks the task failed, "delay"
+// each after `delay` plus up to `jitter` of it; then "fail" marks the task failed, "delay"
 // waits out the interval and starts counting again.
 void Reconciler::apply_restart_policy(Alloc &a, Task &t) {
   const json &policy = a.record.value("spec", json::object()).value("restart", json::object());
@@ -543,8 +553,7 @@ void Reconciler::apply_restart_policy(Alloc &a, Task &t) {
   uint64_t wait = 0;
   if (static_cast<int>(t.failures_ms.size()) <= attempts) {
     static std::mt19937_64 rng{std::random_device{}()};
-    double factor = 1.0 + jitter * (std::uniform_real_distribution<double>(-1.0, 1.0)(rng));
-    wait = static_cast<uint64_t>(static_cast<double>(delay) * std::max(0.0, factor));
+    wait = restart_delay_ms(delay, jitter, std::uniform_real_distribution<double>(0.0, 1.0)(rng));
   } else if (mode == "delay") {
     wait = interval;
     t.failures_ms.clear();

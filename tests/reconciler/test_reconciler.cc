@@ -316,6 +316,36 @@ TEST_F(ReconcilerTest, RestartPolicyRestartsThenFails) {
   EXPECT_EQ(fake_.count("create s1.t"), 3) << "two restarts, no more";
 }
 
+// [restart] jitter only lengthens the delay (as Nomad's docs define it):
+// with delay 100 ms and jitter 1, every restart waits 100 to 200 ms. Before,
+// the jitter was applied both ways, so about half the restarts came early.
+TEST_F(ReconcilerTest, RestartJitterOnlyLengthensTheDelay) {
+  start_reconciler();
+  constexpr int kRestarts = 8;
+  constexpr int64_t kDelayMs = 100;
+  json restart = {{"attempts", kRestarts}, {"interval_ms", 600000}, {"delay_ms", kDelayMs},
+                  {"jitter", 1.0}, {"mode", "fail"}};
+  put("/flotilla/allocs/j1", alloc("j1", "service", restart));
+  std::vector<int64_t> waits;
+  for (int attempt = 1; attempt <= kRestarts + 1; ++attempt) {
+    ASSERT_TRUE(run_until([&] {
+      return fake_.count("create j1.t") == attempt && fake_.containers.count("j1.t") &&
+             fake_.containers.at("j1.t").status == "running";
+    })) << "attempt " << attempt;
+    if (attempt == kRestarts + 1) break;
+    auto exited = std::chrono::steady_clock::now();
+    fake_.exit("j1.t", 1);
+    ASSERT_TRUE(run_until([&] { return fake_.count("create j1.t") == attempt + 1; }));
+    waits.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(
+                        std::chrono::steady_clock::now() - exited)
+                        .count());
+  }
+  std::string all;
+  for (int64_t w : waits) all += std::to_string(w) + " ";
+  // A few ms of slack: a timer counts from the loop's cached time.
+  for (int64_t w : waits) EXPECT_GE(w, kDelayMs - 5) << "waits (ms): " << all;
+}
+
 TEST_F(ReconcilerTest, ACreateFailureIsReportedAsAFailedStart) {
   fake_.fail_create = "f1.t";
   start_reconciler();
