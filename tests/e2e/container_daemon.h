@@ -73,29 +73,19 @@ inline void remove_cgroup_tree(const std::string &name) {
   }
 }
 
-// Everything a container-running daemon made: its jobs are purged so that
-// it removes their containers, then it is stopped; whatever is left under
-// its OCI root is deleted, shims it started are killed by the pid they
-// recorded, mounts under its dir are unmounted, and cgroup_parent goes.
-inline void remove_everything(Daemon &d, const std::string &cgroup_parent) {
+// What a container-running daemon (its scratch dir) leaves once it is
+// stopped (or killed):
+// whatever is left under its OCI root is deleted, shims it started are
+// killed by the pid they recorded, mounts under its dir are unmounted, and
+// cgroup_parent goes.
+inline void remove_leftovers(const std::string &dir, const std::string &cgroup_parent) {
   namespace fs = std::filesystem;
   using nlohmann::json;
-  if (d.running()) {
-    auto jobs = json::parse(d.get("/v1/jobs").body, nullptr, false);
-    if (jobs.is_object() && jobs.contains("jobs")) jobs = jobs["jobs"];
-    if (jobs.is_array())
-      for (const auto &j : jobs)
-        http(d.socket(), "DELETE", "/v1/jobs/" + j.value("name", "") + "?purge=true");
-    for (int i = 0; i < 100 && !containers_gone(d); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    d.signal(SIGTERM);
-    d.wait_exit();
-  }
-  std::string root = d.dir() + "/oci-root";
+  std::string root = dir + "/oci-root";
   std::error_code ec;
   for (const auto &e : fs::directory_iterator(root, ec))
     run({"/usr/sbin/runc", "--root", root, "delete", "--force", e.path().filename()});
-  for (const auto &e : fs::recursive_directory_iterator(d.dir() + "/data", ec)) {
+  for (const auto &e : fs::recursive_directory_iterator(dir + "/data", ec)) {
     if (e.path().filename() != "shim-state.json") continue;
     json s = json::parse(read_text(e.path()), nullptr, false);
     if (s.is_object() && s.value("shim_pid", 0) > 0) ::kill(s.value("shim_pid", 0), SIGKILL);
@@ -104,7 +94,7 @@ inline void remove_everything(Daemon &d, const std::string &cgroup_parent) {
   std::string line;
   std::vector<std::string> ours;
   while (std::getline(mounts, line))
-    if (line.find(d.dir()) != std::string::npos) {
+    if (line.find(dir) != std::string::npos) {
       std::istringstream ls(line);
       std::string f;
       for (int i = 0; i < 5 && ls >> f; ++i) {
@@ -113,6 +103,34 @@ inline void remove_everything(Daemon &d, const std::string &cgroup_parent) {
     }
   for (auto it = ours.rbegin(); it != ours.rend(); ++it) ::umount2(it->c_str(), MNT_DETACH);
   remove_cgroup_tree(cgroup_parent);
+}
+inline void remove_leftovers(Daemon &d, const std::string &cgroup_parent) {
+  remove_leftovers(d.dir(), cgroup_parent);
+}
+
+// The names of the jobs the daemon's API lists.
+inline std::vector<std::string> job_names(const Daemon &d) {
+  auto jobs = nlohmann::json::parse(d.get("/v1/jobs").body, nullptr, false);
+  if (jobs.is_object() && jobs.contains("jobs")) jobs = jobs["jobs"];
+  std::vector<std::string> names;
+  if (jobs.is_array())
+    for (const auto &j : jobs) names.push_back(j.value("name", ""));
+  return names;
+}
+
+// Everything a container-running daemon made: its jobs are purged so that
+// it removes their containers, then it is stopped and remove_leftovers
+// takes what is left.
+inline void remove_everything(Daemon &d, const std::string &cgroup_parent) {
+  if (d.running()) {
+    for (const auto &name : job_names(d))
+      http(d.socket(), "DELETE", "/v1/jobs/" + name + "?purge=true");
+    for (int i = 0; i < 100 && !containers_gone(d); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    d.signal(SIGTERM);
+    d.wait_exit();
+  }
+  remove_leftovers(d, cgroup_parent);
 }
 
 }  // namespace flotilla::e2e

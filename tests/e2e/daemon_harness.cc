@@ -1,6 +1,7 @@
 #include "daemon_harness.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -101,7 +102,30 @@ HttpReply http(const std::string &socket, const std::string &method, const std::
   return r;
 }
 
-RunResult run(const std::vector<std::string> &argv) {
+// Into a network namespace: fork, setns, exec. Between fork and exec the
+// child makes only async-signal-safe calls (the test may have threads).
+int spawn_in_netns(const std::string &netns, char *const argv[], int out_fd, pid_t *pid_out) {
+  int ns = ::open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+  if (ns < 0) return errno;
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    int e = errno;
+    ::close(ns);
+    return e;
+  }
+  if (pid == 0) {
+    if (::setns(ns, CLONE_NEWNET) != 0) _exit(126);
+    ::dup2(out_fd, 1);
+    ::dup2(out_fd, 2);
+    ::execve(argv[0], argv, environ);
+    _exit(127);
+  }
+  ::close(ns);
+  *pid_out = pid;
+  return 0;
+}
+
+RunResult run(const std::vector<std::string> &argv, const std::string &netns) {
   RunResult r;
   char tmpl[] = "/tmp/flotilla-e2e-out-XXXXXX";
   int out = mkstemp(tmpl);
@@ -114,7 +138,9 @@ RunResult run(const std::vector<std::string> &argv) {
   for (const auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid;
-  if (posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ) == 0) {
+  int rc = netns.empty() ? posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ)
+                         : spawn_in_netns(netns, args.data(), out, &pid);
+  if (rc == 0) {
     int status = 0;
     waitpid(pid, &status, 0);
     r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -129,8 +155,8 @@ RunResult run(const std::vector<std::string> &argv) {
   return r;
 }
 
-Daemon::Daemon(std::string extra_config) {
-  dir_ = "/tmp/flotilla-e2e-" + std::to_string(getpid()) + "-" + std::to_string(g_counter++);
+Daemon::Daemon(std::string extra_config, DaemonOptions options) : options_(std::move(options)) {
+  dir_ = options_.dir_prefix + std::to_string(getpid()) + "-" + std::to_string(g_counter++);
   std::filesystem::remove_all(dir_);
   std::filesystem::create_directories(dir_ + "/data");
   write_config(extra_config);
@@ -138,15 +164,20 @@ Daemon::Daemon(std::string extra_config) {
 
 void Daemon::write_config(const std::string &extra_config) {
   std::ofstream f(config_path(), std::ios::trunc);
-  f << "[node]\nname = \"e2e-node\"\ndata_dir = \"" << dir_ << "/data\"\n\n"
+  f << "[node]\nname = \"" << options_.node_name << "\"\ndata_dir = \"" << dir_ << "/data\"\n\n"
     << "[api]\nsocket = \"" << socket() << "\"\n\n"
-    << "[log]\nlevel = \"debug\"\n\n"
-    << "[plugin.store-local]\npath = \"" << STORE_LOCAL_PATH << "\"\n\n"
+    << "[log]\nlevel = \"debug\"\n\n";
+  if (options_.store_config.empty())
+    f << "[plugin.store-local]\npath = \"" << STORE_LOCAL_PATH << "\"\n\n";
+  else
+    f << options_.store_config << "\n";
+  f
     << "[plugin.hello]\npath = \"" << HELLO_C99_PATH << "\"\ngreeting = \"Ahoy\"\n\n"
     << extra_config << "\n";
 }
 
 Daemon::~Daemon() {
+  if (keep_dir_) return;
   if (pid_ > 0) {
     ::kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
@@ -162,23 +193,29 @@ std::string Daemon::log() const {
   return ss.str();
 }
 
-bool Daemon::start() {
+bool Daemon::start(bool wait) {
   std::string bin = build_dir() + "/core/flotillad";
   std::string logpath = dir_ + "/flotillad.log";
   int logfd = ::open(logpath.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, logfd, 1);
-  posix_spawn_file_actions_adddup2(&fa, logfd, 2);
   std::string cfg = config_path();
   char *args[] = {const_cast<char *>(bin.c_str()), const_cast<char *>("--config"),
                   const_cast<char *>(cfg.c_str()), nullptr};
   pid_t pid;
-  int rc = posix_spawn(&pid, bin.c_str(), &fa, nullptr, args, environ);
-  posix_spawn_file_actions_destroy(&fa);
+  int rc;
+  if (options_.netns.empty()) {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, logfd, 1);
+    posix_spawn_file_actions_adddup2(&fa, logfd, 2);
+    rc = posix_spawn(&pid, bin.c_str(), &fa, nullptr, args, environ);
+    posix_spawn_file_actions_destroy(&fa);
+  } else {
+    rc = spawn_in_netns(options_.netns, args, logfd, &pid);
+  }
   ::close(logfd);
   if (rc != 0) return false;
   pid_ = pid;
+  if (!wait) return true;
   for (int i = 0; i < 400; ++i) {
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
@@ -193,6 +230,13 @@ bool Daemon::start() {
 
 void Daemon::signal(int signo) {
   if (pid_ > 0) ::kill(pid_, signo);
+}
+
+void Daemon::kill_now() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
 }
 
 int Daemon::wait_exit(int timeout_ms) {
