@@ -53,8 +53,8 @@ RunResult ip(const std::vector<std::string> &args) {
 
 void must(const RunResult &r, const std::string &what) {
   if (r.exit_code != 0)
-    throw std::runtime_error(what + " failed (exit " + std::to_string(r.exit_code) + "): " +
-                             r.output);
+    throw std::runtime_error(what + " failed (exit " + std::to_string(r.exit_code) +
+                             "): " + r.output);
 }
 
 std::string toml_list(const std::vector<std::string> &items) {
@@ -313,7 +313,8 @@ std::string Cluster::host_config(const Host &h) const {
   if (options_.lease_ttl_s > 0)
     cfg += "[cluster]\nlease_ttl = \"" + std::to_string(options_.lease_ttl_s) + "s\"\n\n";
 #if defined(RUNTIME_RUNC_PATH) && defined(SCHEDULER_BINPACK_PATH)
-  if (options_.containers) cfg += e2e::container_plugins_config(*h.daemon_, h.cgroup_parent()) + "\n";
+  if (options_.containers)
+    cfg += e2e::container_plugins_config(*h.daemon_, h.cgroup_parent()) + "\n";
 #endif
   return cfg + options_.extra_config;
 }
@@ -370,8 +371,9 @@ void Cluster::build() {
           return e2e::run(argv, underlay_netns_path()).exit_code == 0;
         },
         std::chrono::seconds(30), std::chrono::milliseconds(100));
-    if (!ok) throw std::runtime_error("etcd member m" + std::to_string(i) +
-                                      " never became healthy:\n" + tail(etcd_.log(i), 4000));
+    if (!ok)
+      throw std::runtime_error("etcd member m" + std::to_string(i) + " never became healthy:\n" +
+                               tail(etcd_.log(i), 4000));
   }
 
   for (auto &h : hosts_) {
@@ -379,8 +381,8 @@ void Cluster::build() {
     o.node_name = h->name_;
     o.netns = h->netns_path();
     o.dir_prefix = dir_ + "/" + h->name_ + "-";
-    o.store_config = options_.store_config ? options_.store_config(*this, *h)
-                                           : default_store_config(*h);
+    o.store_config =
+        options_.store_config ? options_.store_config(*this, *h) : default_store_config(*h);
     h->daemon_ = std::make_unique<e2e::Daemon>("", o);
     record("daemon", h->daemon_->dir() + " " + h->cgroup_parent_);
     h->daemon_->write_config(host_config(*h));

@@ -90,7 +90,7 @@ class Etcd {
 class Host {
  public:
   int index() const { return index_; }
-  const std::string &name() const { return name_; }  // node name: h<i>
+  const std::string &name() const { return name_; }    // node name: h<i>
   const std::string &netns() const { return netns_; }  // ip netns name
   std::string netns_path() const { return "/run/netns/" + netns_; }
   std::string ip() const { return "10.88.0." + std::to_string(11 + index_); }

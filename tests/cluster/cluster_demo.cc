@@ -28,7 +28,9 @@ std::string current() {
   return dir;
 }
 
-std::string cli() { return flotilla::e2e::build_dir() + "/tools/flotilla/flotilla"; }
+std::string cli() {
+  return flotilla::e2e::build_dir() + "/tools/flotilla/flotilla";
+}
 
 std::vector<std::string> sockets(const std::string &dir) {
   std::vector<std::string> out;
@@ -70,7 +72,8 @@ int up(int hosts) {
       std::cout << "  " << c.host(i).name() << "  " << c.host(i).ip() << "  netns "
                 << c.host(i).netns() << "  " << cli() << " --socket " << c.host(i).socket()
                 << " node status\n";
-    std::cout << "logs: " << c.dir() << "/*/flotillad.log; stop it all: tools/cluster-demo.sh down\n";
+    std::cout << "logs: " << c.dir()
+              << "/*/flotillad.log; stop it all: tools/cluster-demo.sh down\n";
   } catch (const std::exception &e) {
     std::cerr << "cluster-demo: " << e.what() << "\n";
     return 1;

@@ -157,8 +157,9 @@ TEST_F(ThreeHosts, ACountSixJobSpreadsOverAllAndMovesOffAKilledHostThenRunsOnceW
       std::chrono::seconds(kTtl + 5));
   ASSERT_TRUE(moved) << "not moved within TTL + 5 s: " << allocs(other, "web").dump(1)
                      << cluster().logs();
-  std::cout << "[ measured ] " << victim.name() << " killed -> its allocations run elsewhere: "
-            << moved->count() << " ms (TTL " << kTtl << " s)\n";
+  std::cout << "[ measured ] " << victim.name()
+            << " killed -> its allocations run elsewhere: " << moved->count() << " ms (TTL " << kTtl
+            << " s)\n";
 
   // Back again: its old containers are stopped, nothing runs twice.
   ASSERT_TRUE(victim.start()) << victim.log();
@@ -185,12 +186,13 @@ TEST_F(ThreeHosts, KillingTheLeaderLetsAnotherPlaceTheNextJobWithinTheTtl) {
       },
       std::chrono::seconds(kTtl + 5));
   ASSERT_TRUE(placed) << cluster().logs();
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
   std::string now = cluster().leader();
   EXPECT_FALSE(now.empty());
   EXPECT_NE(now, old);
-  std::cout << "[ measured ] leader " << old << " killed -> " << now << " placed the next job: "
-            << ms.count() << " ms (TTL " << kTtl << " s)\n";
+  std::cout << "[ measured ] leader " << old << " killed -> " << now
+            << " placed the next job: " << ms.count() << " ms (TTL " << kTtl << " s)\n";
   // The TTL, plus etcd's lease expiry check (every 500 ms) and one election.
   EXPECT_LE(ms.count(), kTtl * 1000 + 1000);
   EXPECT_TRUE(wait_until([&] { return running(h, "next") == 1; }, 30s)) << cluster().logs();

@@ -37,7 +37,9 @@ char process_state(int pid) {
   return paren == std::string::npos || paren + 2 >= stat.size() ? '?' : stat[paren + 2];
 }
 
-std::string netns_list() { return flotilla::e2e::run({"/usr/sbin/ip", "netns", "list"}).output; }
+std::string netns_list() {
+  return flotilla::e2e::run({"/usr/sbin/ip", "netns", "list"}).output;
+}
 
 class Harness : public flotilla::cluster::ClusterTest {
  protected:
@@ -99,8 +101,8 @@ TEST_F(Harness, KillPauseAndRestartActOnTheHostsOwnDaemon) {
   cluster().etcd().kill(0);
   EXPECT_FALSE(etcd_reachable_from(h1, cluster().etcd().endpoint(0)));
   ASSERT_TRUE(cluster().etcd().start(0)) << cluster().etcd().log(0);
-  EXPECT_TRUE(wait_until([&] { return etcd_reachable_from(h1, cluster().etcd().endpoint(0)); },
-                         20s));
+  EXPECT_TRUE(
+      wait_until([&] { return etcd_reachable_from(h1, cluster().etcd().endpoint(0)); }, 20s));
 }
 
 // Not through the fixture: the test destroys a cluster itself and then looks

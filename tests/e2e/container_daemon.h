@@ -33,7 +33,8 @@ inline std::string read_text(const std::string &path) {
 // [plugin.scheduler-binpack] and [plugin.runtime-runc] with the OCI root in
 // the daemon's scratch dir and containers under cgroup_parent.
 inline std::string container_plugins_config(const Daemon &d, const std::string &cgroup_parent) {
-  return "[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH "\"\n\n"
+  return "[plugin.scheduler-binpack]\npath = \"" SCHEDULER_BINPACK_PATH
+         "\"\n\n"
          "[plugin.runtime-runc]\npath = \"" RUNTIME_RUNC_PATH "\"\nshim = \"" RUNC_SHIM_PATH
          "\"\nroot = \"" +
          d.dir() + "/oci-root\"\ncgroup_parent = \"" + cgroup_parent + "\"\n";

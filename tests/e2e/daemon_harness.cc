@@ -21,8 +21,12 @@ extern char **environ;
 
 namespace flotilla::e2e {
 
-std::string build_dir() { return FLOTILLA_TEST_BUILD_DIR; }
-std::string source_dir() { return FLOTILLA_TEST_SOURCE_DIR; }
+std::string build_dir() {
+  return FLOTILLA_TEST_BUILD_DIR;
+}
+std::string source_dir() {
+  return FLOTILLA_TEST_SOURCE_DIR;
+}
 
 namespace {
 
@@ -98,7 +102,8 @@ HttpReply http(const std::string &socket, const std::string &method, const std::
   r.body = resp.substr(hdr_end + 4);
   std::string lower;
   for (char c : headers) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower.find("transfer-encoding: chunked") != std::string::npos) r.body = decode_chunked(r.body);
+  if (lower.find("transfer-encoding: chunked") != std::string::npos)
+    r.body = decode_chunked(r.body);
   return r;
 }
 
@@ -171,8 +176,7 @@ void Daemon::write_config(const std::string &extra_config) {
     f << "[plugin.store-local]\npath = \"" << STORE_LOCAL_PATH << "\"\n\n";
   else
     f << options_.store_config << "\n";
-  f
-    << "[plugin.hello]\npath = \"" << HELLO_C99_PATH << "\"\ngreeting = \"Ahoy\"\n\n"
+  f << "[plugin.hello]\npath = \"" << HELLO_C99_PATH << "\"\ngreeting = \"Ahoy\"\n\n"
     << extra_config << "\n";
 }
 
