@@ -45,7 +45,7 @@ std::string start_time(int pid) {
   return f;
 }
 
-RunResult ip(const std::vector<std::string> &args) {
+RunResult ip_cmd(const std::vector<std::string> &args) {
   std::vector<std::string> argv{kIp};
   argv.insert(argv.end(), args.begin(), args.end());
   return e2e::run(argv);
@@ -57,7 +57,7 @@ void must(const RunResult &r, const std::string &what) {
                              "): " + r.output);
 }
 
-std::string toml_list(const std::vector<std::string> &items) {
+[[maybe_unused]] std::string toml_list(const std::vector<std::string> &items) {
   std::string s = "[";
   for (size_t i = 0; i < items.size(); ++i) s += (i ? ", \"" : "\"") + items[i] + "\"";
   return s + "]";
@@ -179,14 +179,16 @@ void Host::resume() {
 }
 
 void Host::cut_link() {
-  must(ip({"-n", cluster_->underlay_netns(), "link", "set", "h" + std::to_string(index_), "down"}),
+  must(ip_cmd(
+           {"-n", cluster_->underlay_netns(), "link", "set", "h" + std::to_string(index_), "down"}),
        "cutting " + name_ + "'s link");
   link_cut_ = true;
 }
 
 void Host::restore_link() {
-  must(ip({"-n", cluster_->underlay_netns(), "link", "set", "h" + std::to_string(index_), "up"}),
-       "restoring " + name_ + "'s link");
+  must(
+      ip_cmd({"-n", cluster_->underlay_netns(), "link", "set", "h" + std::to_string(index_), "up"}),
+      "restoring " + name_ + "'s link");
   link_cut_ = false;
 }
 
@@ -302,7 +304,10 @@ std::string Cluster::default_store_config(const Host &) const {
 #ifdef STORE_ETCD_PATH
   return "[store]\nplugin = \"store-etcd\"\n\n[plugin.store-etcd]\npath = \"" STORE_ETCD_PATH
          "\"\nendpoints = " +
-         toml_list(etcd_.endpoints()) + "\n";
+         toml_list(etcd_.endpoints()) +
+         // Short, for tests: a request fails over (or reports the store
+         // unreachable) within seconds, not etcd's defaults.
+         "\ndial_timeout_ms = 1000\nrequest_timeout_ms = 2000\n";
 #else
   return "";
 #endif
@@ -329,12 +334,12 @@ void Cluster::build() {
   // test's own network namespace is never touched.
   const std::string ul = underlay_netns();
   record("netns", ul);
-  must(ip({"netns", "add", ul}), "ip netns add " + ul);
-  must(ip({"-n", ul, "link", "set", "lo", "up"}), "underlay lo up");
-  must(ip({"-n", ul, "link", "add", "br0", "type", "bridge"}), "underlay bridge");
+  must(ip_cmd({"netns", "add", ul}), "ip netns add " + ul);
+  must(ip_cmd({"-n", ul, "link", "set", "lo", "up"}), "underlay lo up");
+  must(ip_cmd({"-n", ul, "link", "add", "br0", "type", "bridge"}), "underlay bridge");
   for (int i = 0; i < std::max(1, options_.etcd_members); ++i)
-    must(ip({"-n", ul, "addr", "add", etcd_.ip(i) + "/24", "dev", "br0"}), "underlay address");
-  must(ip({"-n", ul, "link", "set", "br0", "up"}), "underlay bridge up");
+    must(ip_cmd({"-n", ul, "addr", "add", etcd_.ip(i) + "/24", "dev", "br0"}), "underlay address");
+  must(ip_cmd({"-n", ul, "link", "set", "br0", "up"}), "underlay bridge up");
 
   for (int i = 0; i < options_.hosts; ++i) {
     auto h = std::make_unique<Host>();
@@ -346,16 +351,16 @@ void Cluster::build() {
     h->wg_interface_ = "wg" + std::to_string(i) + "-" + prefix_.substr(3, 8);
     if (h->wg_interface_.size() > 15) h->wg_interface_.resize(15);
     record("netns", h->netns_);
-    must(ip({"netns", "add", h->netns_}), "ip netns add " + h->netns_);
+    must(ip_cmd({"netns", "add", h->netns_}), "ip netns add " + h->netns_);
     // Both ends are made in their namespaces: no name in ours, ever.
     const std::string peer = "h" + std::to_string(i);
-    must(ip({"link", "add", "eth0", "netns", h->netns_, "type", "veth", "peer", "name", peer,
-             "netns", ul}),
+    must(ip_cmd({"link", "add", "eth0", "netns", h->netns_, "type", "veth", "peer", "name", peer,
+                 "netns", ul}),
          "veth for " + h->name_);
-    must(ip({"-n", ul, "link", "set", peer, "master", "br0", "up"}), "bridge port " + peer);
-    must(ip({"-n", h->netns_, "addr", "add", h->ip() + "/24", "dev", "eth0"}), "host address");
-    must(ip({"-n", h->netns_, "link", "set", "eth0", "up"}), "host eth0 up");
-    must(ip({"-n", h->netns_, "link", "set", "lo", "up"}), "host lo up");
+    must(ip_cmd({"-n", ul, "link", "set", peer, "master", "br0", "up"}), "bridge port " + peer);
+    must(ip_cmd({"-n", h->netns_, "addr", "add", h->ip() + "/24", "dev", "eth0"}), "host address");
+    must(ip_cmd({"-n", h->netns_, "link", "set", "eth0", "up"}), "host eth0 up");
+    must(ip_cmd({"-n", h->netns_, "link", "set", "lo", "up"}), "host lo up");
     hosts_.push_back(std::move(h));
   }
 
@@ -419,7 +424,7 @@ void Cluster::teardown() {
     if (!h->daemon_) continue;
     if (h->paused_) h->resume();
     if (h->link_cut_) {
-      ip({"-n", underlay_netns(), "link", "set", "h" + std::to_string(h->index_), "up"});
+      ip_cmd({"-n", underlay_netns(), "link", "set", "h" + std::to_string(h->index_), "up"});
       h->link_cut_ = false;
     }
   }
@@ -475,7 +480,7 @@ void Cluster::remove(const std::string &dir) {
                std::chrono::seconds(5), std::chrono::milliseconds(20));
   }
   for (const auto &[ddir, cgroup] : daemons) e2e::remove_leftovers(ddir, cgroup);
-  for (auto it = netns.rbegin(); it != netns.rend(); ++it) ip({"netns", "delete", *it});
+  for (auto it = netns.rbegin(); it != netns.rend(); ++it) ip_cmd({"netns", "delete", *it});
   std::error_code ec;
   for (const auto &d : dirs) fs::remove_all(d, ec);
   fs::remove_all(dir, ec);
