@@ -43,8 +43,8 @@ struct ClusterOptions {
   // store-local (a single-host smoke test, or before store-etcd is built).
   int etcd_members = 1;
   // [cluster] lease_ttl of every daemon (node record and scheduler
-  // leadership), seconds; 0 leaves the daemon's default.
-  int lease_ttl_s = 3;
+  // leadership), seconds; 0 leaves the daemon's default (10 s).
+  int lease_ttl_s = 0;
   // runtime-runc and scheduler-binpack on every host, and the busybox
   // image imported into each (needs runc and busybox-static).
   bool containers = true;
