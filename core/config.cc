@@ -475,7 +475,8 @@ class ConfigReader {
       if (!near.empty()) {
         what += top ? "; did you mean [" + near + "]?" : "; did you mean \"" + near + "\"?";
       } else if (top) {
-        what += "; accepted: [node], [api], [log], [plugins], [store], [security], [gc], [plugin.<name>]";
+        what += "; accepted: [node], [api], [log], [plugins], [store], [security], [gc], "
+                "[cluster], [plugin.<name>]";
       } else {
         what += "; accepted here: " + join_names(names);
       }
@@ -947,6 +948,31 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
            });
   };
 
+  auto cluster_section = [&](const toml::node &v, const std::string &key) {
+    const toml::table *t = r.section(v, key);
+    if (!t) return;
+    r.walk(*t, key,
+           {
+               {"lease_ttl",
+                [&](const toml::node &x, const std::string &k) {
+                  auto s = r.string(x, k);
+                  if (!s) return;
+                  try {
+                    int64_t ms = parse_duration_ms(*s);
+                    // etcd leases count whole seconds.
+                    if (ms < 1000 || ms > 300000 || ms % 1000 != 0)
+                      throw std::invalid_argument("must be whole seconds from 1s to 5m");
+                    cfg.cluster.lease_ttl_ms = ms;
+                  } catch (const std::invalid_argument &e) {
+                    r.error(x, k,
+                            quote_for_message(*s) + ": " + e.what() +
+                                " (a duration in whole seconds from \"1s\" to \"5m\", like "
+                                "\"10s\")");
+                  }
+                }},
+           });
+  };
+
   auto plugin_section = [&](const toml::node &v, const std::string &key) {
     const toml::table *t = v.as_table();
     if (!t) {
@@ -965,6 +991,7 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
              {"store", store_section},
              {"security", security_section},
              {"gc", gc_section},
+             {"cluster", cluster_section},
              {"plugin", plugin_section},
          });
 

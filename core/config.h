@@ -66,6 +66,14 @@ struct DaemonConfig {
     int64_t max_terminal = 50;                    // and at most this many allocations' worth
   } gc;
 
+  // [cluster]: membership and leadership. The node record and the
+  // scheduler leadership live under leases of lease_ttl_ms, renewed every
+  // third of it; a node that stops is lost, and a leader replaced, one TTL
+  // after its last renewal.
+  struct Cluster {
+    int64_t lease_ttl_ms = 10000;
+  } cluster;
+
   std::vector<PluginSettings> plugins;  // in file order, disabled ones included
 };
 

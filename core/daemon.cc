@@ -24,8 +24,6 @@ namespace flotilla {
 
 namespace {
 
-constexpr int64_t kNodeLeaseTtlSeconds = 15;
-constexpr uint64_t kHeartbeatMs = 5000;
 constexpr uint64_t kShutdownGraceMs = 10000;
 
 // Total CPU in MHz as the scheduler counts it: cores x nominal clock.
@@ -139,7 +137,7 @@ std::string Daemon::node_record() const {
 // The node record lives under a lease: if this daemon dies, the record
 // disappears after the TTL and the cluster knows the node is gone.
 void Daemon::register_node() {
-  store_->lease_grant(kNodeLeaseTtlSeconds, [this](StoreResult r, int64_t lease, int64_t) {
+  store_->lease_grant(config_.cluster.lease_ttl_ms / 1000, [this](StoreResult r, int64_t lease, int64_t) {
     if (stopping_) return;
     if (!r.ok()) {
       log::error("core", "cannot register node: lease grant failed: " + r.message +
@@ -168,8 +166,22 @@ void Daemon::keep_node_alive() {
     return;
   }
   store_->lease_keepalive(lease_, [this](StoreResult r, int64_t, int64_t) {
-    if (r.ok() || stopping_) return;
-    log::warn("core", "node lease lost (" + r.message + "); registering again");
+    if (stopping_) return;
+    if (r.ok()) {
+      if (store_trouble_) log::info("core", "node lease renewed again: the store answers");
+      store_trouble_ = false;
+      return;
+    }
+    if (r.status != FLOTILLA_E_NOT_FOUND) {
+      // The store is away (or slow): the lease may well outlive this (etcd
+      // extends every lease when it comes back), so keep renewing it rather
+      // than registering again under a new one.
+      if (!store_trouble_)
+        log::warn("core", "cannot renew the node lease (" + r.message + "); retrying");
+      store_trouble_ = true;
+      return;
+    }
+    log::warn("core", "node lease expired (" + r.message + "); registering again");
     lease_ = 0;
     register_node();
   });
@@ -238,13 +250,17 @@ void Daemon::start() {
                       "; this node runs no allocations (add [plugin.runtime-runc])");
   }
   register_node();
-  evaluator_ = std::make_unique<Evaluator>(&loop_, store_.get(), plugins_.get(), config_.node.name);
+  evaluator_ = std::make_unique<Evaluator>(&loop_, store_.get(), plugins_.get(), config_.node.name,
+                                           config_.cluster.lease_ttl_ms);
   evaluator_->start();
+  // The lease is renewed every third of its TTL: two renewals may be lost
+  // before it expires.
+  const uint64_t heartbeat_ms = static_cast<uint64_t>(config_.cluster.lease_ttl_ms / 3);
   uv_timer_init(&loop_, &heartbeat_);
   heartbeat_.data = this;
   uv_timer_start(
       &heartbeat_, [](uv_timer_t *t) { static_cast<Daemon *>(t->data)->keep_node_alive(); },
-      kHeartbeatMs, kHeartbeatMs);
+      heartbeat_ms, heartbeat_ms);
 
   for (auto [sig, signo] : {std::pair{&sig_term_, SIGTERM}, {&sig_int_, SIGINT}, {&sig_hup_, SIGHUP}}) {
     uv_signal_init(&loop_, sig);

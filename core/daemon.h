@@ -55,6 +55,7 @@ class Daemon {
   uv_signal_t sig_term_{}, sig_int_{}, sig_hup_{};
   uv_timer_t heartbeat_{};
   int64_t lease_ = 0;
+  bool store_trouble_ = false;  // the last lease renewal failed (store away)
   int lock_fd_ = -1;
   bool stopping_ = false;
   uint64_t started_ms_ = 0;

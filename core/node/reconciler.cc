@@ -20,6 +20,9 @@ namespace {
 const std::string kAllocs = "/flotilla/allocs/";
 const std::string kStatus = "/flotilla/alloc-status/";
 const std::string kJobs = "/flotilla/jobs/";
+// After a failed read or an ended watch: soon, but not in a tight loop
+// while the store is away.
+constexpr uint64_t kResyncDelayMs = 1000;
 
 bool terminal(const std::string &s) {
   return s == "complete" || s == "failed" || s == "stopped" || s == "lost";
@@ -100,6 +103,7 @@ void Reconciler::stop() {
   stopped_ = true;
   watch_.reset();
   if (gc_timer_) close_timer(gc_timer_);
+  if (sync_timer_) close_timer(sync_timer_);
   if (exit_sub_) plugins_->events().unsubscribe(exit_sub_);
   exit_sub_ = 0;
   for (auto &[id, a] : allocs_)
@@ -145,52 +149,84 @@ void Reconciler::start() {
           previous_[kv.key.substr(kStatus.size())] = s;
       }
       // 3. The allocations, then every change after them.
-      store_->list(kAllocs, [this](StoreResult r3, std::vector<KeyValue> allocs, int64_t rev) {
-        if (stopped_) return;
-        if (!r3.ok()) {
-          log::error("reconciler", "cannot read allocations: " + r3.message);
-          return;
-        }
-        std::set<std::string> wanted;
-        for (const auto &kv : allocs) {
-          json a = json::parse(kv.value, nullptr, false);
-          if (!a.is_object()) continue;
-          if (a.value("node", "") == node_) wanted.insert(a.value("id", ""));
-          on_alloc_put(a, kv.mod_revision);
-        }
-        // Containers of allocations the store no longer has: leftovers.
-        for (auto it = containers_.begin(); it != containers_.end(); ++it) {
-          std::string cid = it.key();
-          std::string alloc = cid.substr(0, cid.rfind('.'));
-          if (wanted.count(alloc)) continue;
-          log::info("reconciler", "removing leftover container", {{"container", cid}});
-          runtime_->stop(cid, 5000, [this, cid](StoreResult, json) {
-            runtime_->remove(cid, [cid](StoreResult rr) {
-              if (!rr.ok()) log::warn("reconciler", "cannot remove " + cid + ": " + rr.message);
-            });
-          });
-        }
-        watch_ = store_->watch(kAllocs, true, rev + 1,
-                               [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
-                                 if (!w.ok()) {
-                                   log::error("reconciler", "allocation watch ended: " + w.message);
-                                   return;
-                                 }
-                                 for (const auto &e : evs) {
-                                   std::string id = e.kv.key.substr(kAllocs.size());
-                                   if (e.type == StoreEvent::Type::remove) {
-                                     on_alloc_deleted(id);
-                                     continue;
-                                   }
-                                   json a = json::parse(e.kv.value, nullptr, false);
-                                   if (a.is_object()) on_alloc_put(a, e.kv.mod_revision);
-                                 }
-                               });
-        log::info("reconciler", "watching allocations",
-                  {{"node", node_}, {"allocations", std::to_string(allocs_.size())},
-                   {"containers_found", std::to_string(containers_.size())}});
-      });
+      sync_allocs(true);
     });
+  });
+}
+
+void Reconciler::sync_allocs_later(bool first) {
+  if (stopped_) return;
+  sync_first_ = first;
+  if (!sync_timer_) {
+    sync_timer_ = new uv_timer_t;
+    uv_timer_init(loop_, sync_timer_);
+    sync_timer_->data = this;
+  }
+  uv_timer_start(
+      sync_timer_,
+      [](uv_timer_t *t) {
+        auto *self = static_cast<Reconciler *>(t->data);
+        self->sync_allocs(self->sync_first_);
+      },
+      kResyncDelayMs, 0);
+}
+
+void Reconciler::sync_allocs(bool first) {
+  store_->list(kAllocs, [this, first](StoreResult r3, std::vector<KeyValue> allocs, int64_t rev) {
+    if (stopped_) return;
+    if (!r3.ok()) {
+      log::error("reconciler", "cannot read allocations: " + r3.message + "; trying again");
+      return sync_allocs_later(first);
+    }
+    std::set<std::string> wanted, present;
+    for (const auto &kv : allocs) {
+      json a = json::parse(kv.value, nullptr, false);
+      if (!a.is_object()) continue;
+      present.insert(a.value("id", ""));
+      if (a.value("node", "") == node_) wanted.insert(a.value("id", ""));
+      on_alloc_put(a, kv.mod_revision);
+    }
+    if (first) {
+      // Containers of allocations the store no longer has: leftovers.
+      for (auto it = containers_.begin(); it != containers_.end(); ++it) {
+        std::string cid = it.key();
+        std::string alloc = cid.substr(0, cid.rfind('.'));
+        if (wanted.count(alloc)) continue;
+        log::info("reconciler", "removing leftover container", {{"container", cid}});
+        runtime_->stop(cid, 5000, [this, cid](StoreResult, json) {
+          runtime_->remove(cid, [cid](StoreResult rr) {
+            if (!rr.ok()) log::warn("reconciler", "cannot remove " + cid + ": " + rr.message);
+          });
+        });
+      }
+    } else {
+      // Deleted while the watch was down.
+      std::vector<std::string> gone;
+      for (const auto &[id, a] : allocs_)
+        if (!present.count(id)) gone.push_back(id);
+      for (const auto &id : gone) on_alloc_deleted(id);
+    }
+    watch_ = store_->watch(kAllocs, true, rev + 1,
+                           [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
+                             if (!w.ok()) {
+                               log::warn("reconciler", "allocation watch ended (" + w.message +
+                                                           "); reading every allocation again");
+                               return sync_allocs_later(false);
+                             }
+                             for (const auto &e : evs) {
+                               std::string id = e.kv.key.substr(kAllocs.size());
+                               if (e.type == StoreEvent::Type::remove) {
+                                 on_alloc_deleted(id);
+                                 continue;
+                               }
+                               json a = json::parse(e.kv.value, nullptr, false);
+                               if (a.is_object()) on_alloc_put(a, e.kv.mod_revision);
+                             }
+                           });
+    log::info("reconciler", first ? "watching allocations" : "watching allocations again",
+              {{"node", node_}, {"allocations", std::to_string(allocs_.size())},
+               {"containers_found", std::to_string(containers_.size())},
+               {"revision", std::to_string(rev)}});
   });
 }
 

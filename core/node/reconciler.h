@@ -46,6 +46,11 @@ class Reconciler {
   struct Alloc;
 
  private:
+  // Read every allocation and watch from there; again (after a pause) when
+  // the read fails or the watch ends (its start revision compacted, the
+  // store lost): what changed meanwhile is found by comparing.
+  void sync_allocs(bool first);
+  void sync_allocs_later(bool first);
   void on_alloc_put(const nlohmann::json &record, int64_t mod_revision);
   void on_alloc_deleted(const std::string &id);
   void run_task(Alloc &a, Task &t);
@@ -78,6 +83,8 @@ class Reconciler {
   int64_t gc_after_ms_ = 4 * 3600 * 1000;
   int64_t gc_max_terminal_ = 50;
   uv_timer_t *gc_timer_ = nullptr;
+  uv_timer_t *sync_timer_ = nullptr;
+  bool sync_first_ = true;  // the pending sync is the first one
 };
 
 }  // namespace flotilla

@@ -17,8 +17,6 @@ using nlohmann::json;
 namespace {
 
 constexpr const char *kLeaderKey = "/flotilla/leader/scheduler";
-constexpr int64_t kLeaderTtlSeconds = 10;
-constexpr uint64_t kLeaderKeepaliveMs = 3000;
 // Changes that arrive in the same loop iteration share one evaluation, and
 // changes during an evaluation share the next one (eval_again_); waiting
 // longer for a job, node or allocation change would only add to every job's
@@ -229,7 +227,7 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
                                 const json &statuses, const flotilla_scheduler_v1 *scheduler,
                                 void *scheduler_self,
                                 const std::function<std::string(const std::string &, int)> &new_id,
-                                int64_t now_ms) {
+                                int64_t now_ms, bool judge_lost_nodes) {
   Plan out;
   if (now_ms < 0) now_ms = wall_ms();
 
@@ -317,6 +315,11 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
       const std::string node = a.value("node", "");
       const std::string st = client_status(a.value("id", ""));
       if (!nodes.contains(node)) {
+        if (!judge_lost_nodes) {
+          out.lost_nodes_unjudged = true;
+          live.insert(a.value("index", 0));
+          continue;
+        }
         stop_alloc(a, "node " + node + " lost");
         continue;
       }
@@ -508,8 +511,13 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
   return out;
 }
 
-Evaluator::Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node)
-    : loop_(loop), store_(store), plugins_(plugins), node_(std::move(node)) {
+Evaluator::Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node,
+                     int64_t lease_ttl_ms)
+    : loop_(loop),
+      store_(store),
+      plugins_(plugins),
+      node_(std::move(node)),
+      ttl_ms_(std::max<int64_t>(1000, lease_ttl_ms)) {
   keepalive_timer_ = new uv_timer_t;
   uv_timer_init(loop_, keepalive_timer_);
   keepalive_timer_->data = this;
@@ -534,7 +542,7 @@ Evaluator::~Evaluator() {
 void Evaluator::start() {
   uv_timer_start(
       keepalive_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->keepalive(); },
-      kLeaderKeepaliveMs, kLeaderKeepaliveMs);
+      ttl_ms_ / 3, ttl_ms_ / 3);
   campaign();
 }
 
@@ -555,9 +563,10 @@ void Evaluator::stop(std::function<void()> done) {
 void Evaluator::campaign() {
   if (stopping_ || leader_) return;
   if (lease_ == 0) {
-    store_->lease_grant(kLeaderTtlSeconds, [this](StoreResult r, int64_t lease, int64_t) {
+    store_->lease_grant(ttl_ms_ / 1000, [this](StoreResult r, int64_t lease, int64_t) {
       if (stopping_) return;
       if (!r.ok()) {
+        store_trouble();
         log::warn("scheduler", "cannot get a leader lease: " + r.message + "; will retry");
         return;  // keepalive() retries
       }
@@ -573,19 +582,23 @@ void Evaluator::campaign() {
                 if (stopping_) return;
                 if (!r.ok()) {
                   log::warn("scheduler", "leader election failed: " + r.message);
-                  return;
+                  store_trouble();
+                  return;  // keepalive() campaigns again
                 }
-                if (won) return become_leader();
+                if (won) return confirm_leadership();
                 StoreCompare mine{kLeaderKey, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_};
                 store_->txn({mine}, {StoreOp::put(kLeaderKey, node_, lease_)}, {},
                             [this, rev](StoreResult r2, bool won2, int64_t) {
                               if (stopping_ || !r2.ok()) return;
-                              if (won2) return become_leader();
+                              if (won2) return confirm_leadership();
                               // Someone else leads: wait for the key to go.
                               leader_watch_ = store_->watch(
                                   kLeaderKey, false, rev + 1,
                                   [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
-                                    if (!w.ok()) return;
+                                    if (!w.ok()) {
+                                      leader_watch_.reset();  // keepalive() campaigns again
+                                      return;
+                                    }
                                     for (const auto &e : evs)
                                       if (e.type == StoreEvent::Type::remove) {
                                         leader_watch_.reset();
@@ -600,37 +613,90 @@ void Evaluator::keepalive() {
   if (stopping_) return;
   if (lease_ == 0) return campaign();
   store_->lease_keepalive(lease_, [this](StoreResult r, int64_t, int64_t) {
-    if (stopping_ || r.ok()) return;
+    if (stopping_) return;
+    if (r.ok()) {
+      // Not leading and not waiting for the leader key to go (a campaign
+      // or a watch failed): campaign again.
+      if (!leader_ && !leader_watch_) campaign();
+      // An evaluation the store refused: again, now that it answers.
+      if (leader_ && evaluate_when_store_answers_) {
+        evaluate_when_store_answers_ = false;
+        request_evaluation();
+      }
+      return;
+    }
+    store_trouble();
+    if (r.status != FLOTILLA_E_NOT_FOUND) return;  // the store is away: keep the lease
     lease_ = 0;
-    lose_leadership("leader lease lost: " + r.message);
+    leader_watch_.reset();
+    lose_leadership("leader lease expired: " + r.message);
     campaign();
+  });
+}
+
+void Evaluator::store_trouble() {
+  judge_after_ = uv_now(loop_) + static_cast<uint64_t>(ttl_ms_);
+  evaluate_when_store_answers_ = true;
+}
+
+void Evaluator::confirm_leadership() {
+  store_->get(kLeaderKey, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
+    if (stopping_ || leader_) return;
+    if (!r.ok()) {
+      store_trouble();
+      return;  // keepalive() campaigns again
+    }
+    // A daemon restarted under the same name may hold it under a newer
+    // lease: the same key, the same fence; the epoch keeps the two apart.
+    if (!kv || kv->value != node_) return;  // lost it meanwhile
+    leader_create_rev_ = kv->create_revision;
+    become_leader();
+  });
+}
+
+void Evaluator::check_leadership() {
+  store_->get(kLeaderKey, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
+    if (stopping_ || !leader_ || !r.ok()) return;
+    if (kv && kv->create_revision == leader_create_rev_) return;
+    lose_leadership(kv ? "another node (" + kv->value + ") leads now" : "the leader key is gone");
   });
 }
 
 void Evaluator::become_leader() {
   leader_ = true;
-  log::info("scheduler", "this node leads scheduling", {{"node", node_}});
+  // Every node gets one TTL to renew its lease under this leader before a
+  // missing record counts as a lost node.
+  judge_after_ = std::max(judge_after_, uv_now(loop_) + static_cast<uint64_t>(ttl_ms_));
+  log::info("scheduler", "this node leads scheduling",
+            {{"node", node_}, {"fence", std::to_string(leader_create_rev_)}});
   store_->list("/flotilla/", [this](StoreResult r, std::vector<KeyValue>, int64_t rev) {
     if (!leader_ || stopping_) return;
-    if (!r.ok()) return lose_leadership("cannot read the cluster: " + r.message);
+    if (!r.ok()) {
+      store_trouble();
+      return lose_leadership("cannot read the cluster: " + r.message);
+    }
     cluster_watch_ = store_->watch(
         "/flotilla/", true, rev + 1,
         [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
           if (!w.ok()) {
+            // keepalive() campaigns again, and the new term reads afresh.
             return lose_leadership("cluster watch ended: " + w.message);
           }
-          bool status_only = false;
+          bool changed = false, status_only = false;
           for (const auto &e : evs) {
-            if (e.kv.key == kLeaderKey && (e.type == StoreEvent::Type::remove || e.kv.value != node_))
+            if (e.kv.key == kLeaderKey &&
+                (e.type == StoreEvent::Type::remove || e.kv.create_revision != leader_create_rev_))
               return lose_leadership("leader key changed");
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
-                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kNodeControl)) {
-              request_evaluation();
-              return;
-            }
-            if (starts_with(e.kv.key, kStatus)) status_only = true;
+                starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kNodeControl))
+              changed = true;
+            else if (starts_with(e.kv.key, kStatus))
+              status_only = true;
           }
-          if (status_only) request_evaluation(kStatusEvalDelayMs);
+          if (changed)
+            request_evaluation();
+          else if (status_only)
+            request_evaluation(kStatusEvalDelayMs);
         });
     request_evaluation();
   });
@@ -639,6 +705,7 @@ void Evaluator::become_leader() {
 void Evaluator::lose_leadership(const std::string &why) {
   if (!leader_) return;
   leader_ = false;
+  leader_create_rev_ = 0;
   log::warn("scheduler", "no longer leading scheduling: " + why);
   cluster_watch_.reset();
   uv_timer_stop(eval_timer_);
@@ -683,8 +750,10 @@ void Evaluator::evaluate() {
     if (!leader_ || stopping_) return finish();
     if (!r.ok()) {
       log::error("scheduler", "cannot read the cluster: " + r.message);
-      eval_again_ = true;
-      return finish();
+      store_trouble();
+      // Not at once: keepalive() evaluates again once the store answers.
+      eval_running_ = false;
+      return;
     }
     json jobs = json::object(), nodes = json::object(), allocs = json::object(),
          statuses = json::object(), job_status = json::object(), control = json::object();
@@ -717,17 +786,24 @@ void Evaluator::evaluate() {
     auto *sched =
         plugins_->find<flotilla_scheduler_v1>(FLOTILLA_SCHEDULER_INTERFACE_ID, &sched_self);
     static std::mt19937_64 rng{std::random_device{}()};
+    const uint64_t now = uv_now(loop_);
     Plan p = plan(jobs, nodes, allocs, statuses, sched, sched_self,
                   [](const std::string &job, int index) {
                     char suffix[8];
                     snprintf(suffix, sizeof suffix, "%06x", static_cast<unsigned>(rng() & 0xffffff));
                     return job + "-" + std::to_string(index) + "-" + suffix;
-                  });
+                  },
+                  -1, now >= judge_after_);
     schedule_retry(p.next_evaluation_ms);
+    if (p.lost_nodes_unjudged) schedule_retry(wall_ms() + static_cast<int64_t>(judge_after_ - now));
 
     // One transaction for the whole evaluation, valid only while this node
-    // leads and no job it looked at changed.
-    std::vector<StoreCompare> cmp{{kLeaderKey, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_}};
+    // leads and no job it looked at changed. The fence is the leader key's
+    // create_revision: a leader that was paused or cut off past its lease
+    // finds a new key there (a new create_revision), even if it bears the
+    // same name, and writes nothing.
+    std::vector<StoreCompare> cmp{
+        {kLeaderKey, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}}};
     std::vector<StoreOp> ops;
     std::set<std::string> touched_jobs;
     for (const auto &a : p.new_allocs) {
@@ -778,10 +854,14 @@ void Evaluator::evaluate() {
     store_->txn(cmp, ops, {}, [this, finish, placed, stopped](StoreResult tr, bool ok, int64_t rev) {
       if (!tr.ok()) {
         log::error("scheduler", "cannot write placements: " + tr.message);
-        eval_again_ = true;
+        store_trouble();
+        // Not at once: keepalive() evaluates again once the store answers.
+        eval_running_ = false;
+        return;
       } else if (!ok) {
         log::debug("scheduler", "cluster changed during evaluation; evaluating again");
         eval_again_ = true;
+        check_leadership();
       } else if (placed || stopped) {
         log::info("scheduler", "evaluation applied",
                   {{"placed", std::to_string(placed)},

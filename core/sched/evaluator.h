@@ -20,7 +20,10 @@ namespace flotilla {
 
 class Evaluator {
  public:
-  Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node_name);
+  // lease_ttl_ms: the leadership lease ([cluster] lease_ttl), renewed every
+  // third of it.
+  Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node_name,
+            int64_t lease_ttl_ms = 10000);
   ~Evaluator();
   Evaluator(const Evaluator &) = delete;
   Evaluator &operator=(const Evaluator &) = delete;
@@ -43,18 +46,32 @@ class Evaluator {
     int64_t next_evaluation_ms = 0;
     // Job specs to write back (auto_revert of a failed rolling update).
     std::vector<nlohmann::json> job_updates;
+    // Allocations on nodes without a record were left alone because
+    // judge_lost_nodes was false: evaluate again once nodes may be judged.
+    bool lost_nodes_unjudged = false;
   };
   // now_ms: wall clock in ms since the epoch (-1: now), for reschedule delays.
+  // judge_lost_nodes false: a node without a record is not (yet) taken for
+  // lost; its allocations stay as they are (a new leader, or one whose store
+  // was away, first lets every node renew its lease).
   static Plan plan(const nlohmann::json &jobs, const nlohmann::json &nodes,
                    const nlohmann::json &allocs, const nlohmann::json &statuses,
                    const flotilla_scheduler_v1 *scheduler, void *scheduler_self,
                    const std::function<std::string(const std::string &job, int index)> &new_id,
-                   int64_t now_ms = -1);
+                   int64_t now_ms = -1, bool judge_lost_nodes = true);
 
  private:
   void campaign();
   void keepalive();
+  // After winning the election: learn the key's create_revision (the fence
+  // every write compares), then lead.
+  void confirm_leadership();
   void become_leader();
+  // A write was refused: still leading? If the key is another's, stop.
+  void check_leadership();
+  // The store did not answer: nodes are not judged lost until one TTL after
+  // it answers again.
+  void store_trouble();
   void lose_leadership(const std::string &why);
   // Evaluate after delay_ms (0: in the next loop iteration).
   void request_evaluation(uint64_t delay_ms = 0);
@@ -65,8 +82,12 @@ class Evaluator {
   StoreClient *store_;
   PluginHost *plugins_;
   std::string node_;
+  int64_t ttl_ms_;
   int64_t lease_ = 0;
+  int64_t leader_create_rev_ = 0;  // the leader key's create_revision while leading
   bool leader_ = false;
+  uint64_t judge_after_ = 0;  // loop time from which nodes without a record are lost
+  bool evaluate_when_store_answers_ = false;
   bool stopping_ = false;
   bool eval_running_ = false, eval_again_ = false;
   uv_timer_t *keepalive_timer_ = nullptr;  // closed asynchronously

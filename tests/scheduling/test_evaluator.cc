@@ -142,6 +142,22 @@ TEST_F(EvaluatorPlan, NewJobVersionReplacesOldAllocations) {
   EXPECT_EQ(p.new_allocs[0]["resources"]["cpu_mhz"], 200);
 }
 
+// A new leader, or one whose store was away, does not take a missing node
+// record for a lost node until every node had a TTL to renew its lease.
+TEST_F(EvaluatorPlan, MissingNodesAreNotJudgedLostUntilAllowed) {
+  json jobs = {{"web", job("web", 1)}};
+  json allocs = apply(json::object(), plan(jobs, {{"n1", node()}}));
+  auto p = Evaluator::plan(jobs, {{"n2", node()}}, allocs, json::object(), sched_, self_,
+                           [](const std::string &j, int i) { return j + "-" + std::to_string(i); },
+                           -1, /*judge_lost_nodes=*/false);
+  EXPECT_TRUE(p.updated_allocs.empty());
+  EXPECT_TRUE(p.new_allocs.empty()) << "the index is still covered by n1's allocation";
+  EXPECT_TRUE(p.lost_nodes_unjudged);
+  auto judged = plan(jobs, {{"n2", node()}}, allocs);
+  EXPECT_FALSE(judged.lost_nodes_unjudged);
+  EXPECT_EQ(judged.updated_allocs.size(), 1u);
+}
+
 TEST_F(EvaluatorPlan, LostNodeAllocationsArePlacedElsewhere) {
   json jobs = {{"web", job("web", 1)}};
   json allocs = apply(json::object(), plan(jobs, {{"n1", node()}}));

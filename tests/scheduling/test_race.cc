@@ -220,7 +220,8 @@ TEST(SchedulerStore, DrainedAndLostNodesAllocationsArePlacedAgain) {
     std::string n = "node-" + std::to_string(i);
     c.put("/flotilla/nodes/" + n, node_record(n, 4000, 8192));
   }
-  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  // A 1 s lease: a new leader judges no node lost within its first TTL.
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1", 1000);
   e.start();
   c.put("/flotilla/jobs/web", job_spec("web", 3, 100, 64, true));  // one per node
   // The live allocations: node -> count.
@@ -357,3 +358,196 @@ TEST(SchedulerStore, FailedAllocationIsReplacedWhenItsDelayEnds) {
 }
 
 }  // namespace
+
+// ---- fencing: a leader that was paused past its lease -----------------------
+
+// A view of the store as a paused (SIGSTOPped) daemon has it: while paused,
+// nothing it asked for comes back and no watch event reaches it; on resume
+// all of it arrives, late, in order. Reads are copied when held.
+struct PausedView {
+  const flotilla_store_v1 *inner = nullptr;
+  void *inner_self = nullptr;
+  flotilla_store_v1 vt{};
+  bool paused = false;
+  bool pause_on_read = false;  // pause as soon as the next read is sent
+  std::vector<std::function<void()>> held;
+
+  struct Ctx {
+    PausedView *view;
+    void *cb;
+    void *user;
+  };
+  std::vector<std::unique_ptr<Ctx>> ctxs;
+  Ctx *ctx(void *cb, void *user) {
+    ctxs.push_back(std::make_unique<Ctx>(Ctx{this, cb, user}));
+    return ctxs.back().get();
+  }
+
+  // Owned copies of borrowed kvs, re-exposed as flotilla_kv.
+  struct Kvs {
+    std::vector<KeyValue> owned;
+    std::vector<flotilla_kv> view;
+    Kvs(const flotilla_kv *kvs, size_t n) {
+      for (size_t i = 0; i < n; ++i)
+        owned.push_back({std::string(kvs[i].key, kvs[i].key_len),
+                         std::string(kvs[i].value ? kvs[i].value : "", kvs[i].value_len),
+                         kvs[i].create_revision, kvs[i].mod_revision, kvs[i].version,
+                         kvs[i].lease});
+      for (const auto &o : owned)
+        view.push_back({sizeof(flotilla_kv), o.key.data(), o.key.size(), o.value.data(),
+                        o.value.size(), o.create_revision, o.mod_revision, o.version, o.lease});
+    }
+  };
+
+  void resume() {
+    paused = false;
+    auto h = std::move(held);
+    for (auto &f : h) f();
+  }
+
+  explicit PausedView(const flotilla_store_v1 *vt_in, void *self_in)
+      : inner(vt_in), inner_self(self_in) {
+    vt = *inner;
+    vt.range = [](void *self, const flotilla_key_range *r, int64_t rev, int64_t limit,
+                  flotilla_store_range_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      if (v->pause_on_read) v->paused = true, v->pause_on_read = false;
+      return v->inner->range(
+          v->inner_self, r, rev, limit,
+          [](void *u, flotilla_status st, const flotilla_kv *kvs, size_t n, int64_t rev2,
+             int more) {
+            auto *c = static_cast<Ctx *>(u);
+            auto cb2 = reinterpret_cast<flotilla_store_range_cb>(c->cb);
+            if (!c->view->paused) return cb2(c->user, st, kvs, n, rev2, more);
+            auto copy = std::make_shared<Kvs>(kvs, n);
+            c->view->held.push_back([c, cb2, st, copy, rev2, more] {
+              cb2(c->user, st, copy->view.data(), copy->view.size(), rev2, more);
+            });
+          },
+          v->ctx(reinterpret_cast<void *>(cb), user));
+    };
+    vt.watch = [](void *self, const flotilla_key_range *r, int64_t start,
+                  flotilla_store_watch_cb cb, void *user, flotilla_store_watch_id *id) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->watch(
+          v->inner_self, r, start,
+          [](void *u, flotilla_status st, const flotilla_watch_event *evs, size_t n, int64_t rev) {
+            auto *c = static_cast<Ctx *>(u);
+            auto cb2 = reinterpret_cast<flotilla_store_watch_cb>(c->cb);
+            if (!c->view->paused) return cb2(c->user, st, evs, n, rev);
+            struct Evs {
+              std::vector<KeyValue> kv;
+              std::vector<flotilla_watch_event> ev;
+            };
+            auto copy = std::make_shared<Evs>();
+            for (size_t i = 0; i < n; ++i) {
+              const flotilla_kv &k = evs[i].kv;
+              copy->kv.push_back({std::string(k.key, k.key_len),
+                                  std::string(k.value ? k.value : "", k.value_len),
+                                  k.create_revision, k.mod_revision, k.version, k.lease});
+            }
+            for (size_t i = 0; i < n; ++i) {
+              const KeyValue &o = copy->kv[i];
+              copy->ev.push_back(
+                  {sizeof(flotilla_watch_event),
+                   evs[i].type,
+                   {sizeof(flotilla_kv), o.key.data(), o.key.size(), o.value.data(), o.value.size(),
+                    o.create_revision, o.mod_revision, o.version, o.lease}});
+            }
+            c->view->held.push_back([c, cb2, st, copy, rev] {
+              cb2(c->user, st, copy->ev.data(), copy->ev.size(), rev);
+            });
+          },
+          v->ctx(reinterpret_cast<void *>(cb), user), id);
+    };
+    // Everything else goes straight through: a write sent after the resume
+    // reaches the store as it is then.
+    vt.put = [](void *self, const char *k, size_t kl, const char *val, size_t vl,
+                flotilla_lease_id lease, flotilla_store_write_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->put(v->inner_self, k, kl, val, vl, lease, cb, user);
+    };
+    vt.delete_range = [](void *self, const flotilla_key_range *r, flotilla_store_delete_cb cb,
+                         void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->delete_range(v->inner_self, r, cb, user);
+    };
+    vt.txn = [](void *self, const flotilla_compare *c, size_t nc, const flotilla_op *s, size_t ns,
+                const flotilla_op *f, size_t nf, flotilla_store_txn_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->txn(v->inner_self, c, nc, s, ns, f, nf, cb, user);
+    };
+    vt.watch_cancel = [](void *self, flotilla_store_watch_id id) {
+      auto *v = static_cast<PausedView *>(self);
+      v->inner->watch_cancel(v->inner_self, id);
+    };
+    vt.lease_grant = [](void *self, int64_t ttl, flotilla_lease_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->lease_grant(v->inner_self, ttl, cb, user);
+    };
+    vt.lease_keepalive = [](void *self, flotilla_lease_id l, flotilla_lease_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->lease_keepalive(v->inner_self, l, cb, user);
+    };
+    vt.lease_revoke = [](void *self, flotilla_lease_id l, flotilla_done_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->lease_revoke(v->inner_self, l, cb, user);
+    };
+    vt.compact = [](void *self, int64_t rev, flotilla_done_cb cb, void *user) {
+      auto *v = static_cast<PausedView *>(self);
+      return v->inner->compact(v->inner_self, rev, cb, user);
+    };
+  }
+};
+
+// The old leader read the cluster, was paused before writing, and while it
+// slept its key went and another node was elected; nothing else changed,
+// so the placement epoch alone would let its write through. The leader
+// key's create_revision does not: it writes nothing, and steps down.
+TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  PausedView view(c.store_vt, c.store_self);
+  StoreClient paused_store(&view.vt, &view);
+  for (int i = 0; i < 2; ++i)
+    c.put("/flotilla/nodes/node-" + std::to_string(i),
+          node_record("node-" + std::to_string(i), 4000, 8192));
+  Evaluator old(c.loop.get(), &paused_store, c.host.get(), "old");
+  old.start();
+  ASSERT_TRUE(c.loop.run_until([&] { return old.is_leader(); }, "the old leader to lead"));
+  c.loop.settle();
+
+  // It reads (for the new job) and is paused with the answer in flight.
+  view.pause_on_read = true;
+  c.put("/flotilla/jobs/web", job_spec("web", 2, 100, 64));
+  ASSERT_TRUE(c.loop.run_until([&] { return !view.held.empty(); }, "the old leader's read"));
+  // Meanwhile its lease ran out (the key went) and "new" was elected: a new
+  // key, a new create_revision. (No evaluator for it: the epoch must stay
+  // as the old leader read it.)
+  c.remove("/flotilla/leader/scheduler");
+  int64_t lease = 0;
+  c.writer->lease_grant(60, [&](StoreResult r, int64_t l, int64_t) {
+    EXPECT_TRUE(r.ok()) << r.message;
+    lease = l;
+  });
+  ASSERT_TRUE(c.loop.run_until([&] { return lease != 0; }, "a lease for the new leader"));
+  bool put = false;
+  c.writer->put(
+      "/flotilla/leader/scheduler", "new",
+      [&](StoreResult r, int64_t) {
+        EXPECT_TRUE(r.ok()) << r.message;
+        put = true;
+      },
+      lease);
+  ASSERT_TRUE(c.loop.run_until([&] { return put; }, "the new leader's key"));
+
+  view.resume();
+  ASSERT_TRUE(c.loop.run_until([&] { return !old.is_leader(); }, "the old leader to step down"));
+  c.loop.settle();
+  EXPECT_TRUE(c.list("/flotilla/allocs/").empty()) << "the fenced-off leader placed";
+  EXPECT_TRUE(c.list("/flotilla/sched/").empty()) << "the fenced-off leader bumped the epoch";
+
+  bool stopped = false;
+  old.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
