@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <set>
 
 #include "error.h"
@@ -50,6 +51,10 @@ Response status_error(flotilla_status status, std::string_view message) {
 Response store_failure(const StoreResult &res, std::string_view doing) {
   std::string message = std::string(doing) + ": ";
   message += res.message.empty() ? status_name(res.status) : res.message;
+  if (res.status == FLOTILLA_E_UNAVAILABLE)
+    message = "the state store is unreachable (" + message +
+              "); changes are refused until it answers again, reads answer from the last "
+              "state this node saw";
   return status_error(res.status, message);
 }
 
@@ -160,6 +165,24 @@ std::string ApiState::plugin_error() const {
 
 // ---- consistent reads -------------------------------------------------------
 
+namespace {
+
+// What each read last saw, per store. While the store cannot be reached
+// (etcd down, this node cut off), a read answers from it; its "revision"
+// says which state it shows. Running containers do not depend on the store,
+// and neither should looking at them.
+struct LastSeen {
+  std::vector<KeyValue> kvs;
+  int64_t revision = 0;
+};
+std::map<std::pair<const StoreClient *, std::string>, LastSeen> &last_seen() {
+  static std::map<std::pair<const StoreClient *, std::string>, LastSeen> seen;
+  return seen;
+}
+std::string seen_key(const ReadSpec &spec) { return (spec.exact ? "=" : "*") + spec.key; }
+
+}  // namespace
+
 void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb,
                    std::vector<std::vector<KeyValue>> done, int64_t revision) {
   StoreClient *store = s->store();
@@ -171,16 +194,32 @@ void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb
   std::string key = specs[i].key;
   store->list(
       key,
-      [s, specs = std::move(specs), cb = std::move(cb), done = std::move(done), revision](
+      [s, store, specs = std::move(specs), cb = std::move(cb), done = std::move(done), revision](
           StoreResult res, std::vector<KeyValue> kvs, int64_t rev) mutable {
         if (!res.ok()) {
+          if (res.status == FLOTILLA_E_UNAVAILABLE) {
+            // Unreachable: the last state seen, if every part was seen.
+            std::vector<std::vector<KeyValue>> cached;
+            int64_t oldest = 0;
+            for (const ReadSpec &sp : specs) {
+              auto it = last_seen().find({store, seen_key(sp)});
+              if (it == last_seen().end()) break;
+              cached.push_back(it->second.kvs);
+              if (oldest == 0 || it->second.revision < oldest) oldest = it->second.revision;
+            }
+            if (cached.size() == specs.size()) {
+              cb(StoreResult{}, std::move(cached), oldest);
+              return;
+            }
+          }
           cb(std::move(res), {}, 0);
           return;
         }
         const ReadSpec &spec = specs[done.size()];
         if (spec.exact) std::erase_if(kvs, [&](const KeyValue &kv) { return kv.key != spec.key; });
-        done.push_back(std::move(kvs));
         if (revision == 0) revision = rev;
+        last_seen()[{store, seen_key(spec)}] = LastSeen{kvs, revision};
+        done.push_back(std::move(kvs));
         if (done.size() == specs.size()) {
           cb(std::move(res), std::move(done), revision);
           return;
