@@ -28,8 +28,7 @@ demo=build/tests/cluster/cluster_demo
 if [ "$cmd" = up ]; then
   command -v meson >/dev/null || die "meson is missing: run tools/setup.sh start first (it installs the packages)"
   [ -f build/build.ninja ] || meson setup build >/dev/null
-  ninja -C build tests/cluster/cluster_demo core/flotillad tools/flotilla/flotilla \
-    $(ninja -C build -t targets all | grep -oE '^plugins/[^:]*\.so|^plugins/runtime-runc/shim/flotilla-runc-shim' | sort -u) >/dev/null
+  ninja -C build >/dev/null
 fi
 [ -x "$demo" ] || die "$demo is not built: run tools/cluster-demo.sh up"
 exec "$demo" "$@"
