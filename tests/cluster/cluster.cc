@@ -140,6 +140,29 @@ RunResult Etcd::ctl(const std::vector<std::string> &args) const {
   return e2e::run(argv, cluster_->underlay_netns_path());
 }
 
+std::vector<std::pair<std::string, std::string>> Etcd::ctl_watch_history(
+    const std::string &prefix) const {
+  std::string eps;
+  for (int i = 0; i < members(); ++i)
+    if (pids_[i] > 0) eps += (eps.empty() ? "" : ",") + endpoint(i);
+  // A watch does not end by itself: timeout stops it once the history is out.
+  RunResult r = e2e::run({"/usr/bin/timeout", "3", kEtcdctl, "--endpoints=" + eps, "watch",
+                          "--rev=1", "--prefix", prefix},
+                         cluster_->underlay_netns_path());
+  // Simple output: "PUT" or "DELETE", the key, the value, one per line
+  // (values here are one-line JSON).
+  std::vector<std::pair<std::string, std::string>> out;
+  std::istringstream in(r.output);
+  std::string type, key, value;
+  while (std::getline(in, type)) {
+    if (type == "PUT" && std::getline(in, key) && std::getline(in, value))
+      out.emplace_back(key, value);
+    else if (type == "DELETE")
+      std::getline(in, key);
+  }
+  return out;
+}
+
 int64_t Etcd::revision() const {
   RunResult r = ctl({"get", "/flotilla/", "--prefix", "--keys-only", "--limit=1", "-w", "json"});
   json j = json::parse(r.output, nullptr, false);

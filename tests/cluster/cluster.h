@@ -76,6 +76,10 @@ class Etcd {
   std::string log(int i) const;
   // etcdctl (API v3) against every running member, inside the underlay.
   RunResult ctl(const std::vector<std::string> &args) const;
+  // Every put under prefix since revision 1 (not compacted yet), in
+  // order, as (key, value): etcdctl watch --rev=1 for a few seconds.
+  std::vector<std::pair<std::string, std::string>> ctl_watch_history(
+      const std::string &prefix) const;
   // The store's current revision (0 when no member answers).
   int64_t revision() const;
   // Compact the history up to the current revision (physically).
