@@ -221,6 +221,39 @@ int64_t rolling_update(const std::string &name, const json &job, const std::vect
   return 0;
 }
 
+// etcd's limits on one transaction (--max-txn-ops, --max-request-bytes),
+// with room for the compares and the epoch put every chunk adds.
+constexpr size_t kMaxTxnOps = 128;
+constexpr size_t kMaxTxnBytes = 1024 * 1024;
+
+struct TxnChunk {
+  std::vector<StoreOp> ops;
+  std::vector<StoreCompare> job_compares;
+};
+struct ChunkedWrite {
+  StoreCompare fence;
+  std::string node;
+  std::vector<TxnChunk> chunks;
+};
+
+// Chunk i, then the next, each requiring the epoch as the previous left
+// it. done(result, all compares held, revision) after the last or the
+// first that failed.
+void write_chunks(StoreClient *store, std::shared_ptr<const ChunkedWrite> w, size_t i,
+                  StoreCompare epoch,
+                  std::function<void(StoreResult, bool, int64_t)> done) {
+  const TxnChunk &c = w->chunks[i];
+  std::vector<StoreCompare> cmp{w->fence, std::move(epoch)};
+  cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
+  std::vector<StoreOp> ops = c.ops;
+  ops.push_back(StoreOp::put(kPlacementEpoch, w->node));
+  store->txn(cmp, ops, {}, [store, w, i, done](StoreResult r, bool ok, int64_t rev) {
+    if (!r.ok() || !ok || i + 1 == w->chunks.size()) return done(std::move(r), ok, rev);
+    // The epoch was put in that transaction: its mod_revision is rev.
+    write_chunks(store, w, i + 1, StoreCompare::mod_revision_is(kPlacementEpoch, rev), done);
+  });
+}
+
 }  // namespace
 
 Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json &allocs,
@@ -797,27 +830,15 @@ void Evaluator::evaluate() {
     schedule_retry(p.next_evaluation_ms);
     if (p.lost_nodes_unjudged) schedule_retry(wall_ms() + static_cast<int64_t>(judge_after_ - now));
 
-    // One transaction for the whole evaluation, valid only while this node
-    // leads and no job it looked at changed. The fence is the leader key's
-    // create_revision: a leader that was paused or cut off past its lease
-    // finds a new key there (a new create_revision), even if it bears the
-    // same name, and writes nothing.
-    std::vector<StoreCompare> cmp{
-        {kLeaderKey, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}}};
-    std::vector<StoreOp> ops;
-    std::set<std::string> touched_jobs;
-    for (const auto &a : p.new_allocs) {
-      ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
-      touched_jobs.insert(a["job"]);
-    }
-    for (const auto &a : p.updated_allocs) {
-      ops.push_back(StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
-      touched_jobs.insert(a["job"]);
-    }
-    for (const auto &j : p.job_updates) {  // auto_revert
-      ops.push_back(StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
-      touched_jobs.insert(j["name"]);
-    }
+    // The evaluation's writes, each with the job whose unchanged record it
+    // depends on ("": none).
+    std::vector<std::pair<std::string, StoreOp>> ops;
+    for (const auto &a : p.new_allocs)
+      ops.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+    for (const auto &a : p.updated_allocs)
+      ops.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+    for (const auto &j : p.job_updates)  // auto_revert
+      ops.emplace_back(j["name"], StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
     // Placement failures are kept next to the job so `job status` can say why.
     for (auto it = jobs.begin(); it != jobs.end(); ++it) {
       const std::string &name = it.key();
@@ -825,51 +846,80 @@ void Evaluator::evaluate() {
       bool had = job_status.contains(name) && job_status[name].contains("placement");
       if (failed && (!had || job_status[name]["placement"]["message"] != p.failures[name]["message"] ||
                      job_status[name]["placement"]["unplaced"] != p.failures[name]["unplaced"])) {
-        ops.push_back(StoreOp::put(kJobStatus + name,
-                                   json{{"placement", p.failures[name]}}.dump()));
-        touched_jobs.insert(name);
+        ops.emplace_back(name, StoreOp::put(kJobStatus + name,
+                                            json{{"placement", p.failures[name]}}.dump()));
       } else if (!failed && had) {
-        ops.push_back(StoreOp::remove(kJobStatus + name));
-        touched_jobs.insert(name);
+        ops.emplace_back(name, StoreOp::remove(kJobStatus + name));
       }
     }
     for (auto it = job_status.begin(); it != job_status.end(); ++it)
-      if (!jobs.contains(it.key())) ops.push_back(StoreOp::remove(kJobStatus + it.key()));
+      if (!jobs.contains(it.key())) ops.emplace_back("", StoreOp::remove(kJobStatus + it.key()));
     if (ops.empty()) return finish();
-    // Every evaluation that writes bumps one key and requires it unchanged
-    // since the read: two schedulers that both believe they lead (a lease
-    // that has not expired yet, a restart) can never both place on what
-    // they read as free capacity. The loser evaluates again.
-    ops.push_back(StoreOp::put(kPlacementEpoch, node_));
-    cmp.push_back(epoch_rev ? StoreCompare::mod_revision_is(kPlacementEpoch, epoch_rev)
-                            : StoreCompare::absent(kPlacementEpoch));
-    for (const auto &j : touched_jobs) {
-      auto rev = job_revs.find(j);
-      if (rev != job_revs.end())
-        cmp.push_back(StoreCompare::mod_revision_is(kJobs + j, rev->second));
-      else
-        cmp.push_back(StoreCompare::absent(kJobs + j));
-    }
-    size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size();
-    store_->txn(cmp, ops, {}, [this, finish, placed, stopped](StoreResult tr, bool ok, int64_t rev) {
-      if (!tr.ok()) {
-        log::error("scheduler", "cannot write placements: " + tr.message);
-        store_trouble();
-        // Not at once: keepalive() evaluates again once the store answers.
-        eval_running_ = false;
-        return;
-      } else if (!ok) {
-        log::debug("scheduler", "cluster changed during evaluation; evaluating again");
-        eval_again_ = true;
-        check_leadership();
-      } else if (placed || stopped) {
-        log::info("scheduler", "evaluation applied",
-                  {{"placed", std::to_string(placed)},
-                   {"stopped", std::to_string(stopped)},
-                   {"revision", std::to_string(rev)}});
+
+    // Transactions within etcd's limits (128 operations, 128 compares, 1.5
+    // MiB a request), a job's writes together as far as they fit. Each is
+    // valid only while this node leads and no job it writes for changed,
+    // and each bumps the placement epoch and requires it as the previous one
+    // left it: two schedulers that both believe they lead can never both
+    // place on what they read as free capacity, and a chain that is broken
+    // half-way stops there (the next evaluation sees what was written). The
+    // fence is the leader key's create_revision: a leader that was paused or
+    // cut off past its lease finds a new key there, even one bearing its
+    // name, and writes nothing.
+    auto plan_write = std::make_shared<ChunkedWrite>();
+    plan_write->fence = {kLeaderKey, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}};
+    plan_write->node = node_;
+    std::stable_sort(ops.begin(), ops.end(),
+                     [](const auto &a, const auto &b) { return a.first < b.first; });
+    plan_write->chunks.emplace_back();
+    std::set<std::string> in_chunk;
+    size_t bytes = 0;
+    for (auto &[job, op] : ops) {
+      const size_t size = op.key.size() + op.value.size();
+      const bool new_job = !job.empty() && !in_chunk.count(job);
+      if (!plan_write->chunks.back().ops.empty() &&
+          (plan_write->chunks.back().ops.size() + 1 > kMaxTxnOps - 1 ||
+           bytes + size > kMaxTxnBytes || (new_job && in_chunk.size() + 2 >= kMaxTxnOps))) {
+        plan_write->chunks.emplace_back();
+        in_chunk.clear();
+        bytes = 0;
       }
-      finish();
-    });
+      TxnChunk &c = plan_write->chunks.back();
+      if (!job.empty() && in_chunk.insert(job).second) {
+        auto rev = job_revs.find(job);
+        c.job_compares.push_back(rev != job_revs.end()
+                                     ? StoreCompare::mod_revision_is(kJobs + job, rev->second)
+                                     : StoreCompare::absent(kJobs + job));
+      }
+      c.ops.push_back(std::move(op));
+      bytes += size;
+    }
+    const size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size(),
+                 n_txns = plan_write->chunks.size();
+    write_chunks(
+        store_, plan_write, 0,
+        epoch_rev ? StoreCompare::mod_revision_is(kPlacementEpoch, epoch_rev)
+                  : StoreCompare::absent(kPlacementEpoch),
+        [this, finish, placed, stopped, n_txns](StoreResult tr, bool ok, int64_t rev) {
+          if (!tr.ok()) {
+            log::error("scheduler", "cannot write placements: " + tr.message);
+            store_trouble();
+            // Not at once: keepalive() evaluates again once the store answers.
+            eval_running_ = false;
+            return;
+          } else if (!ok) {
+            log::debug("scheduler", "cluster changed during evaluation; evaluating again");
+            eval_again_ = true;
+            check_leadership();
+          } else if (placed || stopped) {
+            log::info("scheduler", "evaluation applied",
+                      {{"placed", std::to_string(placed)},
+                       {"stopped", std::to_string(stopped)},
+                       {"transactions", std::to_string(n_txns)},
+                       {"revision", std::to_string(rev)}});
+          }
+          finish();
+        });
   });
 }
 

@@ -551,3 +551,29 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   old.stop([&] { stopped = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
 }
+
+// A job bigger than one etcd transaction may hold (128 operations): its
+// placements go in several transactions, chained by the epoch, and all of
+// them land.
+TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  for (int i = 0; i < 3; ++i)
+    c.put("/flotilla/nodes/node-" + std::to_string(i),
+          node_record("node-" + std::to_string(i), 100000, 100000));
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
+  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
+                               "300 allocations"));
+  std::set<int> indices;
+  for (const auto &kv : c.list("/flotilla/allocs/")) indices.insert(json::parse(kv.value)["index"].get<int>());
+  EXPECT_EQ(indices.size(), 300u);
+  auto epoch = c.list("/flotilla/sched/epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  // One bump per transaction: at least ceil(300 / 127).
+  EXPECT_GE(epoch[0].version, 3);
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
