@@ -146,11 +146,11 @@ TEST(Config, UnknownTableWithoutSuggestionListsAccepted) {
   EXPECT_EQ(error_of("[scheduler]\n"),
             at(1,
                "scheduler: unknown table; accepted: [node], [api], [log], [plugins], [store], "
-               "[security], [gc], [plugin.<name>]"));
+               "[security], [gc], [cluster], [plugin.<name>]"));
   EXPECT_EQ(error_of("verbose = true\n"),
             at(1,
                "verbose: unknown key; accepted: [node], [api], [log], [plugins], [store], "
-               "[security], [gc], [plugin.<name>]"));
+               "[security], [gc], [cluster], [plugin.<name>]"));
 }
 
 TEST(Config, NodeDevicesAreCountsByName) {
@@ -180,6 +180,19 @@ TEST(Config, GcKeepsEndedAllocationsForADurationAndUpToACount) {
   EXPECT_EQ(error_of("[gc]\nmax_terminal = -1\n"),
             at(2, "gc.max_terminal: must be an integer from 0 (no limit) to 1000000, got an "
                   "integer -1"));
+}
+
+TEST(Config, ClusterLeaseTtlIsWholeSecondsFromOneToFiveMinutes) {
+  EXPECT_EQ(parse_config("", "t.toml").cluster.lease_ttl_ms, 10000);
+  EXPECT_EQ(parse_config("[cluster]\nlease_ttl = \"3s\"\n", "t.toml").cluster.lease_ttl_ms, 3000);
+  EXPECT_EQ(parse_config("[cluster]\nlease_ttl = \"5m\"\n", "t.toml").cluster.lease_ttl_ms, 300000);
+  for (const char *bad : {"\"500ms\"", "\"2500ms\"", "\"6m\"", "\"soon\""})
+    EXPECT_NE(error_of(std::string("[cluster]\nlease_ttl = ") + bad + "\n")
+                  .find("line 2: cluster.lease_ttl: "),
+              std::string::npos)
+        << bad;
+  EXPECT_NE(error_of("[cluster]\nlease_tll = \"3s\"\n").find("did you mean \"lease_ttl\"?"),
+            std::string::npos);
 }
 
 TEST(Config, UnknownKeySuggestsTheNearestOne) {

@@ -550,6 +550,9 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   bool stopped = false;
   old.stop([&] { stopped = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  // Whatever the view still holds or has in flight lands while it exists.
+  view.resume();
+  c.loop.settle();
 }
 
 // A job bigger than one etcd transaction may hold (128 operations): its
