@@ -376,6 +376,8 @@ struct PausedView {
     PausedView *view;
     void *cb;
     void *user;
+    flotilla_store_watch_id watch = 0;
+    bool cancelled = false;  // a watch: nothing may be delivered after watch_cancel
   };
   std::vector<std::unique_ptr<Ctx>> ctxs;
   Ctx *ctx(void *cb, void *user) {
@@ -429,7 +431,7 @@ struct PausedView {
     vt.watch = [](void *self, const flotilla_key_range *r, int64_t start,
                   flotilla_store_watch_cb cb, void *user, flotilla_store_watch_id *id) {
       auto *v = static_cast<PausedView *>(self);
-      return v->inner->watch(
+      flotilla_status rc = v->inner->watch(
           v->inner_self, r, start,
           [](void *u, flotilla_status st, const flotilla_watch_event *evs, size_t n, int64_t rev) {
             auto *c = static_cast<Ctx *>(u);
@@ -455,10 +457,12 @@ struct PausedView {
                     o.create_revision, o.mod_revision, o.version, o.lease}});
             }
             c->view->held.push_back([c, cb2, st, copy, rev] {
-              cb2(c->user, st, copy->ev.data(), copy->ev.size(), rev);
+              if (!c->cancelled) cb2(c->user, st, copy->ev.data(), copy->ev.size(), rev);
             });
           },
           v->ctx(reinterpret_cast<void *>(cb), user), id);
+      v->ctxs.back()->watch = *id;
+      return rc;
     };
     // Everything else goes straight through: a write sent after the resume
     // reaches the store as it is then.
@@ -479,6 +483,8 @@ struct PausedView {
     };
     vt.watch_cancel = [](void *self, flotilla_store_watch_id id) {
       auto *v = static_cast<PausedView *>(self);
+      for (auto &c : v->ctxs)
+        if (c->watch == id) c->cancelled = true;
       v->inner->watch_cancel(v->inner_self, id);
     };
     vt.lease_grant = [](void *self, int64_t ttl, flotilla_lease_cb cb, void *user) {
