@@ -323,7 +323,11 @@ class ThreeEtcdMembers : public ThreeHosts {
 int member_of(Cluster &c, const Host &h) {
   auto r = h.exec({"/usr/bin/ss", "-Htn", "state", "established", "( dport = :2379 )"});
   for (int i = 0; i < c.etcd().members(); ++i)
-    if (r.output.find(c.etcd().ip(i) + ":2379") != std::string::npos) return i;
+    // ss prints "10.88.0.2:2379", or "[::ffff:10.88.0.2]:2379" for a dual-stack socket.
+    for (const std::string &peer : {c.etcd().ip(i) + ":2379", c.etcd().ip(i) + "]:2379"})
+      if (r.output.find(" " + peer) != std::string::npos ||
+          r.output.find(":" + peer) != std::string::npos)
+        return i;
   return -1;
 }
 
