@@ -230,6 +230,44 @@ args = ["-c", "echo hello from flotilla; echo oops >&2"]
   EXPECT_NE(err.output.find("oops"), std::string::npos) << err.output;
 }
 
+// docs/jobspec.md: the tasks of one allocation share its network
+// namespace, so one reaches the other on localhost (no network plugin
+// here: the runtime pins the namespace for the allocation, and removes it
+// with the allocation's last container).
+TEST_F(Containers, TasksOfOneAllocationShareOneNetworkNamespace) {
+  run_job(R"(name = "pair"
+type = "service"
+[[task]]
+name = "server"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "echo shared-netns-page > /tmp/index.html && exec httpd -f -p 8089 -h /tmp"]
+network = "bridge"
+[[task]]
+name = "client"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "until wget -qO- http://127.0.0.1:8089/; do sleep 0.1; done; exec sleep 3600"]
+network = "bridge"
+)");
+  json a = wait_for("pair", {"running", "failed"});
+  ASSERT_EQ(status_of(a), "running") << a.dump();
+  const std::string id = a.value("id", "");
+  std::string out;
+  for (int i = 0; i < 100; ++i) {
+    out = flotilla({"alloc", "logs", id, "--task", "client"}).output;
+    if (out.find("shared-netns-page") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(out.find("shared-netns-page"), std::string::npos)
+      << "the client task did not reach the server task on 127.0.0.1: " << out;
+  const std::string pin = d_->dir() + "/data/plugins/runtime-runc/alloc-netns/" + id;
+  ASSERT_EQ(flotilla({"job", "stop", "pair"}).exit_code, 0);
+  for (int i = 0; i < 100 && fs::exists(pin); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(fs::exists(pin)) << "the allocation's namespace outlived its containers";
+}
+
 TEST_F(Containers, FailingTaskIsRestartedByPolicyThenMarkedFailed) {
   run_job(R"(name = "flaky"
 type = "batch"

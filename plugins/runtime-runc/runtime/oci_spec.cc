@@ -246,6 +246,16 @@ json make_oci_config(const BundleInputs &in, const RuntimeConfig &config) {
     namespaces.push_back(ns);
   }
 
+  json mounts = default_mounts();
+  for (const auto &[dest, src] : {std::pair<const char *, const std::string &>{"/etc/resolv.conf",
+                                                                              in.resolv_conf_path},
+                                  {"/etc/hosts", in.hosts_path}})
+    if (!src.empty())
+      mounts.push_back({{"destination", dest},
+                        {"type", "bind"},
+                        {"source", src},
+                        {"options", {"rbind", "ro", "nosuid", "nodev", "noexec"}}});
+
   // The runtime-spec version whose fields the bundle uses: the security
   // plugin's seccomp patch sets linux.seccomp.defaultErrnoRet and
   // syscalls[].errnoRet, which runtime-spec added in 1.1.0 (runc 1.1 and
@@ -255,7 +265,7 @@ json make_oci_config(const BundleInputs &in, const RuntimeConfig &config) {
       {"process", process},
       {"root", {{"path", in.rootfs}, {"readonly", false}}},
       {"hostname", hostname},
-      {"mounts", default_mounts()},
+      {"mounts", mounts},
       {"annotations",
        {{"org.flotilla.alloc-id", t.alloc_id},
         {"org.flotilla.job", t.job},

@@ -38,6 +38,10 @@ struct BundleInputs {
   std::string group;              // the rootfs' /etc/group
   std::string rootfs = "rootfs";  // relative to the bundle, or absolute
   std::string cgroups_path;       // "/<cgroup_parent>/<id>"
+  // Files bind-mounted read-only over /etc/resolv.conf and /etc/hosts ("":
+  // the image's own).
+  std::string resolv_conf_path;
+  std::string hosts_path;
 };
 
 // The process arguments: command + args, else the image's Entrypoint +

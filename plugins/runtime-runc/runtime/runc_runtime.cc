@@ -12,12 +12,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 
 #include "../image/fs_ops.h"
 #include "../image/image_error.h"
 #include "../image/image_store.h"
 #include "../shim/proc_info.h"
 #include "../shim/shim_protocol.h"
+#include "netlink.h"
 #include "oci_spec.h"
 #include "task_spec.h"
 
@@ -91,6 +93,13 @@ bool find_program(const std::string &name) {
 
 // flotilla-runc-shim next to this shared object (a build tree, or a
 // distribution that keeps both in one directory), else the installed one.
+// Pinning an allocation's shared namespace: its tasks' bundles are made in
+// parallel on the thread pool, and only one of them may make it.
+std::mutex &alloc_netns_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 std::string find_shim() {
   Dl_info info{};
   if (::dladdr(reinterpret_cast<void *>(&find_shim), &info) != 0 && info.dli_fname) {
@@ -434,6 +443,16 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
     return refuse(FLOTILLA_E_INVALID, "container " + id + ": task JSON: " + e.what());
   }
 
+  // All tasks of an allocation share one network namespace
+  // (docs/jobspec.md): the network plugin's, else one this runtime pins for
+  // the allocation and removes with its last container.
+  std::string shared_netns;
+  if (task.network != "host" && task.netns.empty() && !task.alloc_id.empty() &&
+      is_valid_container_id(task.alloc_id)) {
+    shared_netns = config_.alloc_netns_dir + "/" + task.alloc_id;
+    task.netns = shared_netns;
+  }
+
   auto c = std::make_unique<Container>(fs::path(config_.containers_dir) / id);
   c->rt = this;
   c->rec.id = id;
@@ -500,7 +519,27 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
           for (const fs::path &d :
                {paths.bundle, paths.rootfs, paths.upper, paths.work, paths.logs})
             fs::create_directory(d);
+          if (!shared_netns.empty()) {
+            std::lock_guard<std::mutex> g(alloc_netns_mutex());
+            try {
+              fs::create_directories(config.alloc_netns_dir);
+              netlink::netns::create_pinned(shared_netns);
+            } catch (const std::exception &e) {
+              throw RuntimeFailure(FLOTILLA_E_IO, std::string("the allocation's network "
+                                                              "namespace: ") +
+                                                      e.what());
+            }
+          }
           BundleInputs in;
+          // The network plugin's resolv.conf and hosts, mounted read-only.
+          if (!task.resolv_conf.empty()) {
+            write_file_atomic(paths.bundle / "resolv.conf", task.resolv_conf, false);
+            in.resolv_conf_path = (paths.bundle / "resolv.conf").string();
+          }
+          if (!task.hosts.empty()) {
+            write_file_atomic(paths.bundle / "hosts", task.hosts, false);
+            in.hosts_path = (paths.bundle / "hosts").string();
+          }
           in.container_id = rec.id;
           in.task = task;
           in.image_config = image_config.is_object() ? image_config : json::object();
@@ -566,7 +605,9 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
           // Nothing of the container is left on disk; closing the go pipe
           // (erase) ends the waiting shim before it touched anything.
           uint64_t rid = c->create_reply;
+          const std::string alloc = c->rec.alloc_id;
           erase(id);
+          release_alloc_netns(alloc);
           answer(rid, st, "cannot create container " + id + ": " + msg);
           return;
         }
@@ -980,9 +1021,32 @@ void RuncRuntime::cleanup_files(const std::string &id, Done done) {
           if (c) c->removing = false;  // a retry picks up where this stopped
           return done(st, "cannot remove container " + id + ": " + msg);
         }
+        const std::string alloc = c ? c->rec.alloc_id : "";
         erase(id);
+        release_alloc_netns(alloc);
         host_->metric_counter_add(host_->host_ctx, "runtime_runc_containers_removed_total", 1);
         done(FLOTILLA_OK, "");
+      });
+}
+
+// The namespace this runtime pinned for alloc goes with the allocation's
+// last container (a restart removes and re-creates a task: its siblings
+// keep the namespace; a lone task gets a fresh one).
+void RuncRuntime::release_alloc_netns(const std::string &alloc) {
+  if (alloc.empty() || !is_valid_container_id(alloc)) return;
+  for (const auto &[id, c] : containers_)
+    if (c->rec.alloc_id == alloc) return;
+  const std::string path = config_.alloc_netns_dir + "/" + alloc;
+  queue(
+      [path] {
+        std::lock_guard<std::mutex> g(alloc_netns_mutex());
+        std::error_code ec;
+        if (fs::exists(path, ec)) netlink::netns::remove_pinned(path);
+      },
+      [this, path](flotilla_status st, const std::string &msg) {
+        if (st != FLOTILLA_OK)
+          host_->log(host_->host_ctx, FLOTILLA_LOG_WARN,
+                     ("cannot remove network namespace " + path + ": " + msg).c_str());
       });
 }
 
@@ -1141,6 +1205,11 @@ void RuncRuntime::recover() {
         if (st == FLOTILLA_OK) {
           images_ = out->images;
           for (Found &f : out->found) adopt(f);
+          // Namespaces pinned for allocations none of whose containers is
+          // left (a crash between the last remove and its clean-up).
+          std::error_code ec;
+          for (const auto &e : fs::directory_iterator(config_.alloc_netns_dir, ec))
+            release_alloc_netns(e.path().filename().string());
         }
         became_ready(st, msg);
       });

@@ -112,6 +112,7 @@ class RuncRuntime {
   void persist_record(Container *c, std::function<void()> then);
   void remove_internal(const std::string &id, Done done);
   void cleanup_files(const std::string &id, Done done);
+  void release_alloc_netns(const std::string &alloc);
   void erase(const std::string &id);
   nlohmann::json state_of(const Container *c) const;
 

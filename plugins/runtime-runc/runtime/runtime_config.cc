@@ -88,6 +88,7 @@ RuntimeConfig parse_runtime_config(const json &table, const std::string &data_di
   if (table.contains("shim")) c.shim = abs_path(table, "shim", "");
   c.image_dir = abs_path(table, "image_dir", data_dir + "/images");
   c.containers_dir = data_dir + "/containers";
+  c.alloc_netns_dir = data_dir + "/alloc-netns";
   c.cgroup_parent =
       text(table, "cgroup_parent", c.cgroup_parent, "a cgroup path like \"flotilla\"");
   if (!is_cgroup_parent(c.cgroup_parent))

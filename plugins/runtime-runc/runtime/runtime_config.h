@@ -16,6 +16,10 @@ struct RuntimeConfig {
   std::string cgroup_parent = "flotilla";
   std::string image_dir;       // default <data dir>/images
   std::string containers_dir;  // <data dir>/containers (not configurable)
+  // Network namespaces shared by the tasks of one allocation when no
+  // network plugin gave one: <data dir>/alloc-netns/<alloc> (not
+  // configurable).
+  std::string alloc_netns_dir;
   uint64_t log_max_size_mb = 10;
   uint64_t log_max_files = 5;
   bool cpu_hard_limit = false;

@@ -100,6 +100,41 @@ TaskSpec parse_task_json(const std::string &text_in) {
   }
   if (!s.netns.empty() && s.netns.front() != '/')
     bad("netns", "must be an absolute path of a network namespace, got \"" + s.netns + "\"");
+  if (const json *dns = field(doc, "dns")) {
+    if (!dns->is_object()) bad("dns", "must be an object {nameservers, search, options}");
+    std::string rc;
+    for (const auto &ns : strings(*dns, "nameservers", "dns.")) rc += "nameserver " + ns + "\n";
+    auto search = strings(*dns, "search", "dns.");
+    if (!search.empty()) {
+      rc += "search";
+      for (const auto &x : search) rc += " " + x;
+      rc += "\n";
+    }
+    auto options = strings(*dns, "options", "dns.");
+    if (!options.empty()) {
+      rc += "options";
+      for (const auto &x : options) rc += " " + x;
+      rc += "\n";
+    }
+    s.resolv_conf = rc.empty() ? "# no nameservers (network plugin gave none)\n" : rc;
+  }
+  if (const json *hosts = field(doc, "hosts")) {
+    if (!hosts->is_array()) bad("hosts", "must be an array of {ip, names}");
+    for (size_t i = 0; i < hosts->size(); ++i) {
+      const json &h = (*hosts)[i];
+      const std::string at = "hosts[" + std::to_string(i) + "].";
+      if (!h.is_object()) bad("hosts[" + std::to_string(i) + "]", "must be an object {ip, names}");
+      std::string ip = text(h, "ip", at, true);
+      if (ip.find_first_of(" \t\n") != std::string::npos) bad(at + "ip", "has white space");
+      std::string line = ip;
+      for (const auto &n : strings(h, "names", at)) {
+        if (n.empty() || n.find_first_of(" \t\n") != std::string::npos)
+          bad(at + "names", "\"" + n + "\" is not a host name");
+        line += "\t" + n;
+      }
+      s.hosts += line + "\n";
+    }
+  }
 
   const json *task = field(doc, "task");
   if (!task || !task->is_object()) bad("task", "is required: the canonical task object of the job");

@@ -36,6 +36,10 @@ struct TaskSpec {
   int64_t log_max_file_size_mib = 0;
   std::string hostname;                     // empty: the task name
   std::string netns;                        // path of a network namespace to join
+  // The network plugin's attach result (docs/abi-json.md, "network"):
+  // rendered /etc/resolv.conf and /etc/hosts; "" when not given.
+  std::string resolv_conf;
+  std::string hosts;
   bool start = false;  // start the process as part of create (one runtime call, not two)
   std::vector<nlohmann::json> oci_patches;  // merge patches over config.json, in order
   // A rootfs given directly instead of an image (TOP layer first), with an

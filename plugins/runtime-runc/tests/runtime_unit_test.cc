@@ -202,6 +202,47 @@ TEST(OciSpec, NetworkNamespaces) {
   EXPECT_EQ(netns_of(make_oci_config(in, {}))["path"], "/run/netns/x");
 }
 
+// The network plugin's attach result: resolv.conf and hosts text, mounted
+// read-only over the image's.
+TEST(TaskSpec, DnsAndHostsFromTheNetworkPlugin) {
+  json doc = task_doc();
+  doc["dns"] = {{"nameservers", {"10.0.0.2", "fd00::53"}},
+                {"search", {"service.flotilla"}},
+                {"options", {"ndots:2"}}};
+  doc["hosts"] = json::array({{{"ip", "127.0.0.1"}, {"names", {"localhost"}}},
+                              {{"ip", "10.42.3.7"}, {"names", {"web", "web.local"}}}});
+  TaskSpec t = parse_task_json(doc.dump());
+  EXPECT_EQ(t.resolv_conf,
+            "nameserver 10.0.0.2\nnameserver fd00::53\nsearch service.flotilla\noptions ndots:2\n");
+  EXPECT_EQ(t.hosts, "127.0.0.1\tlocalhost\n10.42.3.7\tweb\tweb.local\n");
+  EXPECT_TRUE(parse_task_json(task_doc().dump()).resolv_conf.empty());
+  doc["hosts"] = json::array({{{"ip", "10.42.3.7"}, {"names", {"bad name"}}}});
+  try {
+    parse_task_json(doc.dump());
+    ADD_FAILURE() << "a host name with a space was accepted";
+  } catch (const TaskError &e) {
+    EXPECT_NE(std::string(e.what()).find("hosts[0].names"), std::string::npos) << e.what();
+  }
+
+  BundleInputs in = inputs();
+  in.resolv_conf_path = "/b/resolv.conf";
+  in.hosts_path = "/b/hosts";
+  json spec = make_oci_config(in, {});
+  int found = 0;
+  for (const json &m : spec["mounts"]) {
+    if (m["destination"] == "/etc/resolv.conf") {
+      EXPECT_EQ(m["source"], "/b/resolv.conf");
+      found++;
+    }
+    if (m["destination"] == "/etc/hosts") {
+      EXPECT_EQ(m["source"], "/b/hosts");
+      EXPECT_NE(m["options"].dump().find("\"ro\""), std::string::npos);
+      found++;
+    }
+  }
+  EXPECT_EQ(found, 2);
+}
+
 TEST(OciSpec, MountsAndMaskedPaths) {
   json spec = make_oci_config(inputs(), {});
   std::vector<std::string> dests;
