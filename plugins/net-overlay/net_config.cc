@@ -1,0 +1,200 @@
+#include "net_config.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+namespace flotilla::overlay {
+
+using nlohmann::json;
+
+namespace {
+
+const std::set<std::string> kKeys = {
+    "cluster_cidr", "cluster_cidr_v6", "subnet_prefix", "subnet_prefix_v6", "bridge",
+    "veth_prefix",  "nft_table",       "netns_dir",     "mtu",              "underlay_interface",
+    "masquerade",   "dns_servers",     "dns_search",    "dns_options"};
+
+bool ifname_ok(const std::string &n, size_t max) {
+  if (n.empty() || n.size() > max) return false;
+  for (char c : n)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+      return false;
+  return true;
+}
+
+}  // namespace
+
+NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProblem> &problems) {
+  NetConfig c;
+  json doc = json::parse(json_text, nullptr, false);
+  if (!doc.is_object()) {
+    problems.push_back({"", "the table is not readable as JSON"});
+    return c;
+  }
+  auto bad = [&](const std::string &key, const std::string &msg) {
+    problems.push_back({key, msg});
+  };
+  for (const auto &[k, v] : doc.items())
+    if (!kKeys.count(k)) {
+      std::string all;
+      for (const auto &x : kKeys) all += (all.empty() ? "" : ", ") + x;
+      bad(k, "unknown key; the keys are " + all);
+    }
+  auto text = [&](const std::string &key, std::string &out) -> bool {
+    if (!doc.contains(key)) return false;
+    if (!doc[key].is_string()) {
+      bad(key, "must be a string, got " + doc[key].dump());
+      return false;
+    }
+    out = doc[key].get<std::string>();
+    return true;
+  };
+  auto integer = [&](const std::string &key, int lo, int hi, int &out) {
+    if (!doc.contains(key)) return;
+    const json &v = doc[key];
+    if (!v.is_number_integer() || v.get<int64_t>() < lo || v.get<int64_t>() > hi) {
+      bad(key, "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                   ", got " + v.dump());
+      return;
+    }
+    out = v.get<int>();
+  };
+  auto strings = [&](const std::string &key, std::vector<std::string> &out) {
+    if (!doc.contains(key)) return;
+    const json &v = doc[key];
+    if (!v.is_array()) {
+      bad(key, "must be an array of strings, got " + v.dump());
+      return;
+    }
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_string()) {
+        bad(key + "[" + std::to_string(i) + "]", "must be a string, got " + v[i].dump());
+        continue;
+      }
+      out.push_back(v[i].get<std::string>());
+    }
+  };
+
+  std::string s;
+  bool v4_ok = true;
+  if (text("cluster_cidr", s)) {
+    std::string why;
+    auto cidr = Cidr::parse(s, &why);
+    if (!cidr) {
+      bad("cluster_cidr", why);
+      v4_ok = false;
+    } else if (cidr->v6()) {
+      bad("cluster_cidr", "\"" + s + "\" is IPv6; put it in cluster_cidr_v6");
+      v4_ok = false;
+    } else {
+      c.cluster_cidr = *cidr;
+    }
+  }
+  if (text("cluster_cidr_v6", s) && !s.empty()) {
+    std::string why;
+    auto cidr = Cidr::parse(s, &why);
+    if (!cidr)
+      bad("cluster_cidr_v6", why);
+    else if (!cidr->v6())
+      bad("cluster_cidr_v6", "\"" + s + "\" is IPv4; put it in cluster_cidr");
+    else
+      c.cluster_cidr_v6 = *cidr;
+  }
+  integer("subnet_prefix", 8, 30, c.subnet_prefix);
+  integer("subnet_prefix_v6", 16, 120, c.subnet_prefix_v6);
+  if (v4_ok && c.subnet_prefix < c.cluster_cidr.prefix)
+    bad("subnet_prefix", "/" + std::to_string(c.subnet_prefix) + " is larger than cluster_cidr " +
+                             c.cluster_cidr.text() + "; a node subnet must fit inside it");
+  if (c.cluster_cidr_v6 && c.subnet_prefix_v6 < c.cluster_cidr_v6->prefix)
+    bad("subnet_prefix_v6", "/" + std::to_string(c.subnet_prefix_v6) +
+                                " is larger than cluster_cidr_v6 " + c.cluster_cidr_v6->text() +
+                                "; a node subnet must fit inside it");
+  if (text("bridge", s)) {
+    if (!ifname_ok(s, 15))
+      bad("bridge", "\"" + s + "\" is not an interface name (1 to 15 of a-z, 0-9, - _ .)");
+    else
+      c.bridge = s;
+  }
+  if (text("veth_prefix", s)) {
+    if (!ifname_ok(s, 6))
+      bad("veth_prefix", "\"" + s + "\" must be 1 to 6 of a-z, 0-9, - _ . (8 hex digits follow)");
+    else
+      c.veth_prefix = s;
+  }
+  if (text("nft_table", s)) {
+    bool ok = !s.empty() && s.size() <= 32 && std::isalpha(static_cast<unsigned char>(s[0]));
+    for (char ch : s)
+      if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-')) ok = false;
+    if (!ok)
+      bad("nft_table", "\"" + s + "\" is not an nftables table name (a letter, then letters, "
+                                  "digits, _ or -; at most 32)");
+    else
+      c.nft_table = s;
+  }
+  if (text("netns_dir", s)) {
+    if (s.empty() || s[0] != '/')
+      bad("netns_dir", "must be an absolute path, got \"" + s + "\"");
+    else
+      c.netns_dir = s;
+  }
+  if (doc.contains("mtu")) {
+    int m = 0;
+    const size_t before = problems.size();
+    integer("mtu", 0, 65535, m);
+    if (problems.size() == before) {
+      const int min = c.cluster_cidr_v6 ? 1280 : 576;
+      if (m != 0 && m < min)
+        bad("mtu", std::to_string(m) + " is below " + std::to_string(min) +
+                       (c.cluster_cidr_v6 ? ", the least IPv6 allows (cluster_cidr_v6 is set)"
+                                          : ", the least IPv4 allows"));
+      else
+        c.mtu = static_cast<unsigned>(m);
+    }
+  }
+  if (text("underlay_interface", s)) {
+    if (!s.empty() && !ifname_ok(s, 15))
+      bad("underlay_interface", "\"" + s + "\" is not an interface name");
+    else
+      c.underlay_interface = s;
+  }
+  if (doc.contains("masquerade")) {
+    if (!doc["masquerade"].is_boolean())
+      bad("masquerade", "must be true or false, got " + doc["masquerade"].dump());
+    else
+      c.masquerade = doc["masquerade"].get<bool>();
+  }
+  strings("dns_servers", c.dns_servers);
+  for (size_t i = 0; i < c.dns_servers.size(); ++i)
+    if (!parse_address(c.dns_servers[i]))
+      bad("dns_servers[" + std::to_string(i) + "]",
+          "\"" + c.dns_servers[i] + "\" is not an IP address");
+  strings("dns_search", c.dns_search);
+  strings("dns_options", c.dns_options);
+  return c;
+}
+
+unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool underlay_v6) {
+  if (configured) return configured;
+  const unsigned overhead = underlay_v6 ? 80 : 60;
+  if (underlay_mtu <= overhead + 576) return 1280;  // a broken underlay: a sane floor
+  return underlay_mtu - overhead;
+}
+
+std::vector<std::string> resolv_nameservers(const std::string &resolv_conf) {
+  std::vector<std::string> out;
+  std::istringstream in(resolv_conf);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string word, addr;
+    if (!(ls >> word) || word != "nameserver" || !(ls >> addr)) continue;
+    auto a = parse_address(addr);
+    if (!a) continue;
+    const bool loopback = a->v6 ? a->value == 1 : (a->value >> 24) == 127;
+    if (!loopback) out.push_back(addr);
+  }
+  return out;
+}
+
+}  // namespace flotilla::overlay

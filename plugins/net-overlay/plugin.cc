@@ -1,0 +1,799 @@
+// net-overlay: flotilla.network/1. IPAM in the store (node subnets and
+// per-allocation addresses, by compare-and-swap), a bridge per node and a
+// veth per allocation through lib/netlink, forwarding, NAT and port
+// mappings through lib/nft. Includes only the ABI (README.md).
+//
+// Every operation (the node's set-up, attach, detach) runs one at a time,
+// in order: store steps on the loop thread, netlink and nftables steps on
+// the host's thread pool, so that two attaches never pick one address and
+// the netlink socket and nft context are never used by two threads.
+#include <fcntl.h>
+#include <flotilla/flotilla.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "attachment.h"
+#include "host_net.h"
+#include "net_config.h"
+#include "netlink.h"
+#include "nft.h"
+#include "store_view.h"
+
+namespace {
+
+using nlohmann::json;
+namespace ov = flotilla::overlay;
+namespace nl = flotilla::netlink;
+namespace nft = flotilla::nft;
+
+const std::string kSubnets = "/flotilla/net/subnets/";
+const std::string kAddrs = "/flotilla/net/addrs/";
+const std::string kAllocs = "/flotilla/allocs/";
+
+struct Instance;
+
+// A piece of work for the thread pool, and what runs on the loop after it.
+struct Work {
+  Instance *self;
+  std::function<void()> work;
+  std::function<void(const std::string &error)> after;
+  std::string error;
+};
+
+struct Instance {
+  const flotilla_host *host = nullptr;
+  ov::NetConfig cfg;
+  ov::NodeNet net;
+  std::string node, data_dir;
+  std::unique_ptr<ov::StoreView> store;
+  std::unique_ptr<nl::Socket> host_sock;  // used only by the one running work
+  std::unique_ptr<nft::Context> nft_ctx;
+  ov::Underlay underlay;
+
+  std::map<std::string, ov::Attachment> attachments;  // alloc -> what attach made
+  std::map<std::string, std::string> owner;           // reserved address (bare) -> alloc
+
+  std::deque<std::function<void(std::function<void()>)>> queue;
+  bool busy = false, ready = false, stopping = false;
+  flotilla_handle retry_timer = 0;
+  flotilla_handle cleanup_sub = 0;
+  int setup_attempts = 0;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  int in_flight = 0;
+
+  void log(flotilla_log_level l, const std::string &m) const {
+    host->log(host->host_ctx, l, m.c_str());
+  }
+  void set_error(const std::string &m) const { host->set_error(host->host_ctx, m.c_str()); }
+  void gauge(const char *n, double v) const { host->metric_gauge_set(host->host_ctx, n, v); }
+  void count(const char *n) const { host->metric_counter_add(host->host_ctx, n, 1); }
+  std::string record_dir() const { return data_dir + "/attachments"; }
+  std::string addr_key(const std::string &ip) const { return kAddrs + node + "/" + ip; }
+};
+
+// ---- the thread pool -----------------------------------------------------
+
+void run_work(Instance *self, std::function<void()> work,
+              std::function<void(const std::string &)> after) {
+  auto *w = new Work{self, std::move(work), std::move(after), {}};
+  {
+    std::lock_guard<std::mutex> g(self->mu);
+    self->in_flight++;
+  }
+  flotilla_status st = self->host->queue_work(
+      self->host->host_ctx,
+      [](void *user) {
+        auto *w = static_cast<Work *>(user);
+        try {
+          w->work();
+        } catch (const std::exception &e) {
+          w->error = e.what();
+        } catch (...) {
+          w->error = "unknown error";
+        }
+        std::lock_guard<std::mutex> g(w->self->mu);
+        w->self->in_flight--;
+        w->self->cv.notify_all();
+      },
+      [](void *user, flotilla_status status) {
+        std::unique_ptr<Work> w(static_cast<Work *>(user));
+        if (status == FLOTILLA_E_CANCELLED || w->self->stopping) return;
+        w->after(w->error);
+      },
+      w);
+  if (st != FLOTILLA_OK) {
+    {
+      std::lock_guard<std::mutex> g(self->mu);
+      self->in_flight--;
+    }
+    std::unique_ptr<Work> hold(w);
+    hold->after("cannot queue work on the host's thread pool");
+  }
+}
+
+// ---- the operation queue -------------------------------------------------
+
+void pump(Instance *self) {
+  if (self->busy || !self->ready || self->stopping || self->queue.empty()) return;
+  auto op = std::move(self->queue.front());
+  self->queue.pop_front();
+  self->busy = true;
+  op([self] {
+    self->busy = false;
+    self->gauge("net_overlay_attachments", static_cast<double>(self->attachments.size()));
+    pump(self);
+  });
+}
+
+void enqueue(Instance *self, std::function<void(std::function<void()>)> op) {
+  self->queue.push_back(std::move(op));
+  pump(self);
+}
+
+// ---- attachment records in the data dir ----------------------------------
+
+void write_record(const std::string &dir, const ov::Attachment &a) {
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/" + a.alloc + ".json";
+  const std::string tmp = path + ".tmp";
+  const std::string text = a.to_json().dump(2) + "\n";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("cannot write " + tmp + ": " + std::strerror(errno));
+  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+            ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+}
+
+std::vector<ov::Attachment> read_records(const std::string &dir) {
+  std::vector<ov::Attachment> out;
+  std::error_code ec;
+  for (const auto &e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().extension() != ".json") continue;
+    std::ifstream in(e.path());
+    json j = json::parse(in, nullptr, false);
+    if (auto a = ov::Attachment::from_json(j)) out.push_back(*a);
+  }
+  return out;
+}
+
+// ---- IPAM ------------------------------------------------------------------
+
+// Leases this node's subnet of `cluster` (length prefix): the one the store
+// already gives it, else the first free one, taken by compare-and-swap.
+void lease_subnet(Instance *self, ov::Cidr cluster, int prefix, int attempt,
+                  std::function<void(std::optional<ov::Cidr>, std::string)> cb) {
+  flotilla_status st = self->store->list(kSubnets, [=](flotilla_status s, std::vector<ov::Kv> kvs,
+                                                       int64_t) {
+    if (self->stopping) return;
+    if (s != FLOTILLA_OK) return cb(std::nullopt, "cannot read " + kSubnets);
+    std::vector<ov::Cidr> taken;
+    for (const auto &kv : kvs) {
+      auto c = ov::Cidr::parse(kv.key.substr(kSubnets.size()));
+      if (!c || c->v6() != cluster.v6()) continue;
+      json v = json::parse(kv.value, nullptr, false);
+      if (v.is_object() && v.value("node", "") == self->node && cluster.contains(*c) &&
+          c->prefix == prefix)
+        return cb(*c, "");
+      taken.push_back(*c);
+    }
+    const uint64_t n = cluster.subnet_count(prefix);
+    for (uint64_t i = 0; i < n && i < (uint64_t{1} << 20); ++i) {
+      ov::Cidr cand = cluster.subnet(prefix, i);
+      bool free = true;
+      for (const auto &t : taken)
+        if (t.overlaps(cand)) free = false;
+      if (!free) continue;
+      json value = {{"node", self->node}, {"subnet", cand.text()}};
+      flotilla_status ts = self->store->txn(
+          {{kSubnets + cand.text(), value.dump(), 0, 0}}, [=](flotilla_status s2, bool ok) {
+            if (self->stopping) return;
+            if (s2 != FLOTILLA_OK) return cb(std::nullopt, "cannot lease " + cand.text());
+            if (ok) {
+              self->log(FLOTILLA_LOG_INFO, "leased subnet " + cand.text());
+              return cb(cand, "");
+            }
+            if (attempt > 20) return cb(std::nullopt, "subnet leases keep conflicting");
+            lease_subnet(self, cluster, prefix, attempt + 1, cb);  // another node won it
+          });
+      if (ts != FLOTILLA_OK) cb(std::nullopt, "the store refused a transaction");
+      return;
+    }
+    cb(std::nullopt, "no free /" + std::to_string(prefix) + " left in " + cluster.text() +
+                         " (" + std::to_string(taken.size()) + " leased)");
+  });
+  if (st != FLOTILLA_OK) cb(std::nullopt, "the store refused a read");
+}
+
+// The lowest free address of subnet for alloc (from .2: .1 is the bridge).
+std::optional<std::string> pick_address(Instance *self, const ov::Cidr &subnet) {
+  const int host_bits = subnet.base.bits() - subnet.prefix;
+  const uint64_t size = host_bits >= 20 ? (uint64_t{1} << 20) : (uint64_t{1} << host_bits);
+  const uint64_t last = subnet.v6() ? size - 1 : size - 2;  // IPv4: not the broadcast
+  for (uint64_t off = 2; off <= last; ++off) {
+    std::string ip = subnet.at(off).text();
+    if (!self->owner.count(ip)) return ip;
+  }
+  return std::nullopt;
+}
+
+// This node's reservations, from the store (the node alone writes them).
+void load_reservations(Instance *self, std::function<void(std::string)> cb) {
+  const std::string prefix = kAddrs + self->node + "/";
+  flotilla_status st =
+      self->store->list(prefix, [=](flotilla_status s, std::vector<ov::Kv> kvs, int64_t) {
+        if (self->stopping) return;
+        if (s != FLOTILLA_OK) return cb("cannot read " + prefix);
+        self->owner.clear();
+        for (const auto &kv : kvs) {
+          json v = json::parse(kv.value, nullptr, false);
+          if (v.is_object()) self->owner[kv.key.substr(prefix.size())] = v.value("alloc", "");
+        }
+        cb("");
+      });
+  if (st != FLOTILLA_OK) cb("the store refused a read");
+}
+
+// The allocation's addresses: those it holds already (a repeated attach,
+// e.g. after kill -9 in the middle of one), else new ones reserved in one
+// transaction that fails if another took them.
+void reserve(Instance *self, const std::string &alloc, int attempt,
+             std::function<void(std::string ip4, std::string ip6, std::string err)> cb) {
+  std::string ip4, ip6;
+  for (const auto &[ip, a] : self->owner)
+    if (a == alloc) (ip.find(':') == std::string::npos ? ip4 : ip6) = ip;
+  const bool want6 = self->net.subnet6.has_value();
+  if (!ip4.empty() && (!want6 || !ip6.empty())) return cb(ip4, ip6, "");
+  std::vector<ov::TxnOp> ops;
+  json value = {{"alloc", alloc}, {"node", self->node}};
+  if (ip4.empty()) {
+    auto p = pick_address(self, self->net.subnet4);
+    if (!p) return cb("", "", "subnet " + self->net.subnet4.text() + " has no free address");
+    ip4 = *p;
+    ops.push_back({self->addr_key(ip4), value.dump(), 0, 0});
+  }
+  if (want6 && ip6.empty()) {
+    auto p = pick_address(self, *self->net.subnet6);
+    if (!p) return cb("", "", "subnet " + self->net.subnet6->text() + " has no free address");
+    ip6 = *p;
+    ops.push_back({self->addr_key(ip6), value.dump(), 0, 0});
+  }
+  flotilla_status st = self->store->txn(ops, [=](flotilla_status s, bool ok) {
+    if (self->stopping) return;
+    if (s != FLOTILLA_OK) return cb("", "", "cannot reserve an address in the store");
+    if (!ok) {
+      // The store knows a reservation this node's memory does not: reload.
+      if (attempt > 3) return cb("", "", "address reservations keep conflicting");
+      return load_reservations(self, [=](std::string err) {
+        if (!err.empty()) return cb("", "", err);
+        reserve(self, alloc, attempt + 1, cb);
+      });
+    }
+    self->owner[ip4] = alloc;
+    if (!ip6.empty()) self->owner[ip6] = alloc;
+    cb(ip4, ip6, "");
+  });
+  if (st != FLOTILLA_OK) cb("", "", "the store refused a transaction");
+}
+
+void release(Instance *self, const std::string &alloc, std::function<void(std::string)> cb) {
+  std::vector<ov::TxnOp> ops;
+  std::vector<std::string> ips;
+  for (const auto &[ip, a] : self->owner)
+    if (a == alloc) {
+      ops.push_back({self->addr_key(ip), std::nullopt, -1, 0});
+      ips.push_back(ip);
+    }
+  if (ops.empty()) return cb("");
+  flotilla_status st = self->store->txn(ops, [=](flotilla_status s, bool) {
+    if (self->stopping) return;
+    if (s != FLOTILLA_OK) return cb("cannot release the addresses of " + alloc);
+    for (const auto &ip : ips) self->owner.erase(ip);
+    cb("");
+  });
+  if (st != FLOTILLA_OK) cb("the store refused a transaction");
+}
+
+// ---- attach / detach -------------------------------------------------------
+
+json dns_of(const ov::NetConfig &cfg) {
+  std::vector<std::string> servers = cfg.dns_servers;
+  if (servers.empty()) {
+    std::ifstream in("/etc/resolv.conf");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    servers = ov::resolv_nameservers(ss.str());
+  }
+  return {{"nameservers", servers}, {"search", cfg.dns_search}, {"options", cfg.dns_options}};
+}
+
+json result_of(Instance *self, const ov::Attachment &a) {
+  json ips = json::array({{{"address", a.ip4}, {"gateway", a.gw4}}});
+  json routes = json::array({{{"dst", "0.0.0.0/0"}, {"gateway", a.gw4}}});
+  if (!a.ip6.empty()) {
+    ips.push_back({{"address", a.ip6}, {"gateway", a.gw6}});
+    routes.push_back({{"dst", "::/0"}, {"gateway", a.gw6}});
+  }
+  json hosts = json::array({{{"ip", "127.0.0.1"}, {"names", {"localhost"}}},
+                            {{"ip", "::1"}, {"names", {"localhost", "ip6-localhost"}}}});
+  if (!a.hostnames.empty()) {
+    hosts.push_back({{"ip", a.ip4.substr(0, a.ip4.find('/'))}, {"names", a.hostnames}});
+    if (!a.ip6.empty())
+      hosts.push_back({{"ip", a.ip6.substr(0, a.ip6.find('/'))}, {"names", a.hostnames}});
+  }
+  json ports = json::array();
+  for (const auto &p : a.ports)
+    ports.push_back({{"host", p.host}, {"to", p.to}, {"protocol", p.protocol}});
+  return {{"netns", a.netns},
+          {"interfaces", json::array({{{"name", "eth0"},
+                                       {"host_side", a.veth},
+                                       {"bridge", self->cfg.bridge},
+                                       {"mtu", self->net.mtu}}})},
+          {"ips", ips},
+          {"routes", routes},
+          {"dns", dns_of(self->cfg)},
+          {"hosts", hosts},
+          {"ports", ports}};
+}
+
+flotilla_status net_attach(void *inst, const char *alloc_id, const char *netns_path,
+                           const char *spec_json, flotilla_network_attach_cb cb, void *user) {
+  auto *self = static_cast<Instance *>(inst);
+  if (!alloc_id || !*alloc_id || !cb) {
+    self->set_error("net-overlay: attach needs an allocation id and a callback");
+    return FLOTILLA_E_INVALID;
+  }
+  const std::string alloc = alloc_id;
+  if (alloc.find('/') != std::string::npos || alloc[0] == '.') {
+    self->set_error("net-overlay: allocation id \"" + alloc + "\" cannot name a file");
+    return FLOTILLA_E_INVALID;
+  }
+  json spec = spec_json && *spec_json ? json::parse(spec_json, nullptr, false) : json::object();
+  if (!spec.is_object()) {
+    self->set_error("net-overlay: the attach spec is not a JSON object");
+    return FLOTILLA_E_INVALID;
+  }
+  ov::Attachment a;
+  try {
+    a.ports = ov::parse_ports(spec);
+    a.hostnames = spec.value("hostnames", std::vector<std::string>{});
+  } catch (const std::exception &e) {
+    self->set_error(std::string("net-overlay: attach spec: ") + e.what());
+    return FLOTILLA_E_INVALID;
+  }
+  a.alloc = alloc;
+  a.veth = ov::veth_name(self->cfg.veth_prefix, alloc);
+  if (netns_path && *netns_path) {
+    a.netns = netns_path;
+  } else {
+    a.netns = self->cfg.netns_dir + "/" + alloc;
+    a.netns_pinned = true;
+  }
+  enqueue(self, [self, a, cb, user](std::function<void()> done) mutable {
+    auto fail = [self, cb, user, done](flotilla_status st, const std::string &why) {
+      self->count("net_overlay_attach_errors_total");
+      self->log(FLOTILLA_LOG_WARN, "attach failed: " + why);
+      self->set_error("net-overlay: " + why);
+      cb(user, st, nullptr);
+      done();
+    };
+    for (const auto &[other, b] : self->attachments)
+      if (other != a.alloc && b.veth == a.veth)
+        return fail(FLOTILLA_E_CONFLICT, "allocations " + other + " and " + a.alloc +
+                                             " hash to one interface name " + a.veth);
+    reserve(self, a.alloc, 0, [self, a, cb, user, done, fail](std::string ip4, std::string ip6,
+                                                              std::string err) mutable {
+      if (!err.empty()) return fail(FLOTILLA_E_UNAVAILABLE, err);
+      a.ip4 = ip4 + "/" + std::to_string(self->net.subnet4.prefix);
+      a.gw4 = self->net.gateway4();
+      if (!ip6.empty()) {
+        a.ip6 = ip6 + "/" + std::to_string(self->net.subnet6->prefix);
+        a.gw6 = self->net.gateway6();
+      }
+      self->attachments[a.alloc] = a;
+      run_work(
+          self,
+          [self, a] {
+            write_record(self->record_dir(), a);
+            ov::attach(self->net, a, *self->host_sock, *self->nft_ctx);
+          },
+          [self, a, cb, user, done, fail](const std::string &error) {
+            if (!error.empty())
+              return fail(FLOTILLA_E_IO, "attach of " + a.alloc + ": " + error);
+            self->count("net_overlay_attach_total");
+            json r = result_of(self, a);
+            cb(user, FLOTILLA_OK, r.dump().c_str());
+            done();
+          });
+    });
+  });
+  return FLOTILLA_OK;
+}
+
+// Detach: the same whether attach finished, failed half-way or never ran
+// (then there is nothing to undo).
+void do_detach(Instance *self, const std::string &alloc, std::function<void(std::string)> cb) {
+  ov::Attachment a;
+  if (auto it = self->attachments.find(alloc); it != self->attachments.end()) {
+    a = it->second;
+  } else {
+    a.alloc = alloc;
+    a.veth = ov::veth_name(self->cfg.veth_prefix, alloc);
+    a.netns = self->cfg.netns_dir + "/" + alloc;
+    a.netns_pinned = true;
+  }
+  run_work(
+      self,
+      [self, a] {
+        ov::detach(self->net, a, *self->host_sock, *self->nft_ctx);
+        std::filesystem::remove(self->record_dir() + "/" + a.alloc + ".json");
+      },
+      [self, alloc, cb](const std::string &error) {
+        if (!error.empty()) return cb("detach of " + alloc + ": " + error);
+        self->attachments.erase(alloc);
+        release(self, alloc, cb);
+      });
+}
+
+flotilla_status net_detach(void *inst, const char *alloc_id, const char *, flotilla_done_cb cb,
+                           void *user) {
+  auto *self = static_cast<Instance *>(inst);
+  if (!alloc_id || !*alloc_id || !cb) {
+    self->set_error("net-overlay: detach needs an allocation id and a callback");
+    return FLOTILLA_E_INVALID;
+  }
+  const std::string alloc = alloc_id;
+  enqueue(self, [self, alloc, cb, user](std::function<void()> done) {
+    do_detach(self, alloc, [self, cb, user, done](std::string err) {
+      if (!err.empty()) {
+        self->log(FLOTILLA_LOG_WARN, err);
+        self->set_error("net-overlay: " + err);
+        cb(user, FLOTILLA_E_IO);
+      } else {
+        self->count("net_overlay_detach_total");
+        cb(user, FLOTILLA_OK);
+      }
+      done();
+    });
+  });
+  return FLOTILLA_OK;
+}
+
+flotilla_status net_status(void *inst, flotilla_network_attach_cb cb, void *user) {
+  auto *self = static_cast<Instance *>(inst);
+  json atts = json::array();
+  for (const auto &[id, a] : self->attachments) atts.push_back(a.to_json());
+  json subnets = json::array();
+  if (self->ready) {
+    subnets.push_back(self->net.subnet4.text());
+    if (self->net.subnet6) subnets.push_back(self->net.subnet6->text());
+  }
+  json s = {{"ready", self->ready},
+            {"bridge", self->cfg.bridge},
+            {"mtu", self->net.mtu},
+            {"underlay", {{"interface", self->underlay.interface}, {"mtu", self->underlay.mtu}}},
+            {"subnets", subnets},
+            {"nft_table", "inet " + self->cfg.nft_table},
+            {"attachments", atts},
+            {"peers", json::array()}};
+  // Asynchronous, as the ABI promises: the callback runs on a later turn.
+  struct Ctx {
+    flotilla_network_attach_cb cb;
+    void *user;
+    std::string text;
+  };
+  auto *c = new Ctx{cb, user, s.dump()};
+  flotilla_handle t = self->host->timer_start(
+      self->host->host_ctx, 0, 0,
+      [](void *u) {
+        std::unique_ptr<Ctx> c(static_cast<Ctx *>(u));
+        c->cb(c->user, FLOTILLA_OK, c->text.c_str());
+      },
+      c);
+  if (!t) {
+    delete c;
+    return FLOTILLA_E_UNAVAILABLE;
+  }
+  return FLOTILLA_OK;
+}
+
+// Everything this plugin made on the node, and the node's leases
+// (`flotillad --cleanup-network`): asked for with the event
+// "network.cleanup.request", answered with "network.cleanup.result"
+// {"ok": bool, "error": "...", "removed": [...]} (docs/abi-json.md).
+void cleanup(Instance *self) {
+  enqueue(self, [self](std::function<void()> done) {
+    auto removed = std::make_shared<std::vector<std::string>>();
+    auto answer = [self, done, removed](const std::string &why) {
+      if (!why.empty()) self->log(FLOTILLA_LOG_ERROR, "clean-up: " + why);
+      json r = {{"ok", why.empty()}, {"error", why}, {"removed", *removed}};
+      self->host->event_publish(self->host->host_ctx, "network.cleanup.result", r.dump().c_str());
+      done();
+    };
+    run_work(
+        self,
+        [self, removed] {
+          *removed = ov::remove_everything(self->cfg, *self->host_sock, *self->nft_ctx);
+          std::filesystem::remove_all(self->record_dir());
+        },
+        [self, removed, answer](const std::string &error) {
+          if (!error.empty()) return answer(error);
+          for (const auto &r : *removed) self->log(FLOTILLA_LOG_INFO, "removed " + r);
+          self->attachments.clear();
+          flotilla_status st = self->store->list(
+              kSubnets, [self, removed, answer](flotilla_status s, std::vector<ov::Kv> kvs,
+                                                int64_t) {
+                if (self->stopping) return;
+                if (s != FLOTILLA_OK) return answer("cannot read " + kSubnets);
+                std::vector<ov::TxnOp> ops;
+                for (const auto &kv : kvs) {
+                  json v = json::parse(kv.value, nullptr, false);
+                  if (v.is_object() && v.value("node", "") == self->node)
+                    ops.push_back({kv.key, std::nullopt, -1, 0});
+                }
+                for (const auto &[ip, alloc] : self->owner)
+                  ops.push_back({self->addr_key(ip), std::nullopt, -1, 0});
+                if (ops.empty()) return answer("");
+                flotilla_status ts = self->store->txn(
+                    ops, [self, removed, answer, n = ops.size()](flotilla_status s2, bool) {
+                      if (self->stopping) return;
+                      if (s2 != FLOTILLA_OK) return answer("cannot release the node's leases");
+                      self->owner.clear();
+                      removed->push_back(std::to_string(n) + " subnet and address leases");
+                      self->log(FLOTILLA_LOG_INFO,
+                                "released " + std::to_string(n) + " subnet and address leases");
+                      answer("");
+                    });
+                if (ts != FLOTILLA_OK) answer("the store refused a transaction");
+              });
+          if (st != FLOTILLA_OK) answer("the store refused a read");
+        });
+  });
+}
+
+// ---- start-up --------------------------------------------------------------
+
+void collect_garbage(Instance *self);
+
+void setup(Instance *self);
+
+void retry_setup(Instance *self, const std::string &why) {
+  const uint64_t delay = std::min<uint64_t>(200u << std::min(self->setup_attempts, 5), 5000);
+  self->log(FLOTILLA_LOG_ERROR, "node network set-up failed: " + why + "; retrying in " +
+                                    std::to_string(delay) + " ms");
+  self->setup_attempts++;
+  self->retry_timer = self->host->timer_start(
+      self->host->host_ctx, delay, 0,
+      [](void *u) {
+        auto *s = static_cast<Instance *>(u);
+        s->retry_timer = 0;
+        setup(s);
+      },
+      self);
+}
+
+// Subnets, then this node's reservations, then the host: bridge, sysctls,
+// the nft table, and removal of what no attachment owns.
+void setup(Instance *self) {
+  lease_subnet(self, self->cfg.cluster_cidr, self->cfg.subnet_prefix, 0,
+               [self](std::optional<ov::Cidr> s4, std::string err) {
+    if (!s4) return retry_setup(self, err);
+    self->net.subnet4 = *s4;
+    auto after_v6 = [self] {
+      load_reservations(self, [self](std::string err2) {
+        if (!err2.empty()) return retry_setup(self, err2);
+        std::vector<ov::Attachment> known = read_records(self->record_dir());
+        for (const auto &a : known) self->attachments[a.alloc] = a;
+        auto removed = std::make_shared<std::vector<std::string>>();
+        run_work(
+            self,
+            [self, known, removed] {
+              *removed = ov::setup_node(self->net, known, *self->host_sock, *self->nft_ctx);
+            },
+            [self, removed](const std::string &error) {
+              if (!error.empty()) return retry_setup(self, error);
+              for (const auto &r : *removed)
+                self->log(FLOTILLA_LOG_INFO, "removed leftover " + r);
+              std::string subnets = self->net.subnet4.text();
+              if (self->net.subnet6) subnets += ", " + self->net.subnet6->text();
+              self->log(FLOTILLA_LOG_INFO, "node network ready: bridge " + self->cfg.bridge +
+                                               ", subnets " + subnets + ", mtu " +
+                                               std::to_string(self->net.mtu) + " (underlay " +
+                                               self->underlay.interface + " " +
+                                               std::to_string(self->underlay.mtu) + ")");
+              self->ready = true;
+              collect_garbage(self);
+              pump(self);
+            });
+      });
+    };
+    if (!self->cfg.cluster_cidr_v6) return after_v6();
+    lease_subnet(self, *self->cfg.cluster_cidr_v6, self->cfg.subnet_prefix_v6, 0,
+                 [self, after_v6](std::optional<ov::Cidr> s6, std::string err3) {
+                   if (!s6) return retry_setup(self, err3);
+                   self->net.subnet6 = *s6;
+                   after_v6();
+                 });
+  });
+}
+
+// Reservations and attachments of allocations the store no longer places
+// on this node (removed while the daemon was down, or an attach cut short
+// by a crash for an allocation that went away): detached and released.
+void collect_garbage(Instance *self) {
+  self->store->list(kAllocs, [self](flotilla_status s, std::vector<ov::Kv> kvs, int64_t) {
+    if (self->stopping || s != FLOTILLA_OK) return;
+    std::set<std::string> here;
+    for (const auto &kv : kvs) {
+      json a = json::parse(kv.value, nullptr, false);
+      if (a.is_object() && a.value("node", "") == self->node) here.insert(a.value("id", ""));
+    }
+    std::set<std::string> gone;
+    for (const auto &[ip, alloc] : self->owner)
+      if (!here.count(alloc)) gone.insert(alloc);
+    for (const auto &[alloc, a] : self->attachments)
+      if (!here.count(alloc)) gone.insert(alloc);
+    for (const auto &alloc : gone)
+      enqueue(self, [self, alloc](std::function<void()> done) {
+        do_detach(self, alloc, [self, alloc, done](std::string err) {
+          if (!err.empty())
+            self->log(FLOTILLA_LOG_WARN, "garbage collection: " + err);
+          else
+            self->log(FLOTILLA_LOG_INFO, "released the network of gone allocation " + alloc);
+          done();
+        });
+      });
+  });
+}
+
+#ifdef FLOTILLA_CHECK_ALL
+// ABI 1.2: the config's problems, all of them, without an instance.
+flotilla_status check_config(const flotilla_host *host, uint32_t) {
+  std::vector<ov::ConfigProblem> problems;
+  ov::parse_net_config(host->config_json(host->host_ctx), problems);
+  for (const auto &p : problems)
+    host->config_error(host->host_ctx, p.key.c_str(), p.message.c_str());
+  return problems.empty() ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+}
+#endif
+
+flotilla_status init(const flotilla_host *host, void **out) {
+  auto self = std::make_unique<Instance>();
+  self->host = host;
+  self->node = host->node_name;
+  self->data_dir = host->data_dir;
+  std::vector<ov::ConfigProblem> problems;
+  self->cfg = ov::parse_net_config(host->config_json(host->host_ctx), problems);
+  auto report = [&] {
+    for (const auto &p : problems) host->config_error(host->host_ctx, p.key.c_str(), p.message.c_str());
+  };
+  if (!problems.empty()) {
+    report();
+    return FLOTILLA_E_INVALID;
+  }
+  void *store_self = nullptr;
+  auto *svt = static_cast<const flotilla_store_v1 *>(
+      host->get_interface(host->host_ctx, FLOTILLA_STORE_INTERFACE_ID, &store_self));
+  if (!svt) {
+    self->set_error("net-overlay: no plugin provides " FLOTILLA_STORE_INTERFACE_ID);
+    return FLOTILLA_E_NOT_FOUND;
+  }
+  self->store = std::make_unique<ov::StoreView>(svt, store_self);
+  try {
+    self->host_sock = std::make_unique<nl::Socket>(nl::Socket::open());
+    self->nft_ctx = std::make_unique<nft::Context>();
+    try {
+      self->underlay = ov::detect_underlay(*self->host_sock, self->cfg.underlay_interface);
+    } catch (const nl::Error &e) {
+      problems.push_back({"underlay_interface", e.what()});
+    }
+    // The cluster must not collide with a network this host already has.
+    for (const auto &[key, cidr] :
+         std::vector<std::pair<std::string, std::optional<ov::Cidr>>>{
+             {"cluster_cidr", self->cfg.cluster_cidr}, {"cluster_cidr_v6", self->cfg.cluster_cidr_v6}}) {
+      if (!cidr) continue;
+      for (const auto &o : ov::overlapping_addresses(*self->host_sock, *cidr, self->cfg.bridge))
+        problems.push_back({key, cidr->text() + " overlaps the host's address " + o +
+                                     "; choose a cluster CIDR this host does not use"});
+    }
+  } catch (const std::exception &e) {
+    self->set_error(std::string("net-overlay: ") + e.what());
+    return FLOTILLA_E_UNAVAILABLE;
+  }
+  if (!problems.empty()) {
+    report();
+    return FLOTILLA_E_INVALID;
+  }
+  self->net.cfg = self->cfg;
+  self->net.mtu = ov::overlay_mtu(self->cfg.mtu, self->underlay.mtu, self->underlay.v6);
+  if (self->cfg.cluster_cidr_v6 && self->net.mtu < 1280) {
+    host->config_error(host->host_ctx, "mtu",
+                       ("the underlay " + self->underlay.interface + " (MTU " +
+                        std::to_string(self->underlay.mtu) +
+                        ") leaves less than 1280 bytes, the least IPv6 allows")
+                           .c_str());
+    return FLOTILLA_E_INVALID;
+  }
+  self->gauge("net_overlay_mtu", self->net.mtu);
+  Instance *raw = self.release();
+  *out = raw;
+  raw->cleanup_sub = host->event_subscribe(
+      host->host_ctx, "network.cleanup.request",
+      [](void *u, const char *topic, const char *) {
+        if (std::strcmp(topic, "network.cleanup.request") == 0) cleanup(static_cast<Instance *>(u));
+      },
+      raw);
+  setup(raw);
+  return FLOTILLA_OK;
+}
+
+void deinit(void *inst) {
+  auto *self = static_cast<Instance *>(inst);
+  // Nothing is torn down: containers keep their network while the daemon
+  // is away. Only work in flight is waited for.
+  self->stopping = true;
+  if (self->retry_timer) self->host->timer_stop(self->host->host_ctx, self->retry_timer);
+  if (self->cleanup_sub) self->host->event_unsubscribe(self->host->host_ctx, self->cleanup_sub);
+  {
+    std::unique_lock<std::mutex> g(self->mu);
+    self->cv.wait(g, [&] { return self->in_flight == 0; });
+  }
+  // Store callbacks still to come find `stopping` and return; the last
+  // one frees the instance.
+  if (self->store && self->store->pending() > 0)
+    self->store->on_idle = [self] { delete self; };
+  else
+    delete self;
+}
+
+const flotilla_network_v1 kNetwork = {
+    sizeof(flotilla_network_v1),
+    net_attach,
+    net_detach,
+    net_status,
+};
+
+const void *get_interface(void *, const char *id) {
+  if (id && std::strcmp(id, FLOTILLA_NETWORK_INTERFACE_ID) == 0) return &kNetwork;
+  return nullptr;
+}
+
+const char *const provides[] = {FLOTILLA_NETWORK_INTERFACE_ID, nullptr};
+const char *const depends_on[] = {FLOTILLA_STORE_INTERFACE_ID, nullptr};
+
+}  // namespace
+
+extern "C" FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
+    sizeof(flotilla_entry),
+    FLOTILLA_ABI_VERSION_MAJOR,
+    FLOTILLA_ABI_VERSION_MINOR,
+    "org.flotilla.net-overlay",
+    "0.1.0",
+    "container networking: IPAM, bridge and veths, NAT and port mappings (nftables)",
+    provides,
+    depends_on,
+    init,
+    deinit,
+    get_interface,
+#ifdef FLOTILLA_CHECK_ALL
+    check_config,
+#endif
+};
