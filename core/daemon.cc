@@ -1,5 +1,7 @@
 #include "daemon.h"
 
+#include <flotilla/network.h>
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -392,6 +394,51 @@ void Daemon::stop_plugins() {
   for (uv_signal_t *s : {&sig_term_, &sig_int_, &sig_hup_})
     uv_close(reinterpret_cast<uv_handle_t *>(s), nullptr);
   log::info("core", "flotillad stopped");
+}
+
+// The network plugin is asked through the event bus (docs/abi-json.md,
+// "network.cleanup"): it answers once everything it made is gone.
+int Daemon::cleanup_network() {
+  lock_data_dir();
+  plugins_ = std::make_unique<PluginHost>(
+      &loop_, PluginHost::Options{config_.node.name, config_.node.data_dir, config_.path});
+  plugins_->start(config_.plugins);
+  void *self = nullptr;
+  if (!plugins_->find<flotilla_network_v1>(FLOTILLA_NETWORK_INTERFACE_ID, &self)) {
+    log::error("core", "--cleanup-network: no plugin provides " FLOTILLA_NETWORK_INTERFACE_ID
+                       " in " + config_.path + "; nothing to clean up");
+    plugins_->stop();
+    return 1;
+  }
+  bool done = false, ok = false;
+  uint64_t sub = plugins_->events().subscribe(
+      "network.cleanup.result", [&](const std::string &, const std::string &payload) {
+        nlohmann::json r = nlohmann::json::parse(payload, nullptr, false);
+        done = true;
+        ok = r.is_object() && r.value("ok", false);
+        if (!ok)
+          log::error("core", "--cleanup-network failed: " +
+                                 (r.is_object() ? r.value("error", "") : std::string("?")));
+      });
+  plugins_->events().publish("network.cleanup.request", "{}");
+  uv_timer_t guard;
+  uv_timer_init(&loop_, &guard);
+  guard.data = &done;
+  uv_timer_start(
+      &guard,
+      [](uv_timer_t *t) {
+        log::error("core", "--cleanup-network: the network plugin did not answer in 60 s");
+        *static_cast<bool *>(t->data) = true;
+      },
+      60000, 0);
+  while (!done && uv_run(&loop_, UV_RUN_ONCE) != 0) {
+  }
+  uv_close(reinterpret_cast<uv_handle_t *>(&guard), nullptr);
+  plugins_->events().unsubscribe(sub);
+  if (ok) log::info("core", "--cleanup-network: the network plugin removed what it made");
+  plugins_->stop();
+  uv_run(&loop_, UV_RUN_NOWAIT);
+  return ok ? 0 : 1;
 }
 
 int Daemon::run() {

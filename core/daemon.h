@@ -33,6 +33,12 @@ class Daemon {
   // initialising anything. Throws like run().
   static void check(const DaemonConfig &config);
 
+  // `--cleanup-network`: start the plugins (no API, no node record, no
+  // reconciler), have the network plugin remove everything it made on this
+  // node and give back its leases, stop. 0 when done, 1 otherwise. Refused
+  // while a daemon runs on the data dir.
+  int cleanup_network();
+
  private:
   void start();
   void lock_data_dir();

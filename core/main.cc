@@ -15,11 +15,13 @@
 namespace {
 
 const char *kUsage =
-    "usage: flotillad [--config FILE] [--check-config] [--log-level LEVEL]\n"
-    "                 [--log-format text|json] [--version] [--help]\n"
+    "usage: flotillad [--config FILE] [--check-config] [--cleanup-network]\n"
+    "                 [--log-level LEVEL] [--log-format text|json] [--version] [--help]\n"
     "\n"
     "  -c, --config FILE     daemon configuration (default " FLOTILLA_SYSCONFDIR "/flotillad.toml)\n"
     "      --check-config    check the configuration and plugins, start nothing, exit\n"
+    "      --cleanup-network remove every interface, namespace and firewall table the\n"
+    "                        network plugin made on this node, release its leases, exit\n"
     "      --log-level L     debug, info, warn or error (overrides [log] level)\n"
     "      --log-format F    text or json (overrides [log] format)\n"
     "  -V, --version         print the version and ABI version\n"
@@ -31,11 +33,12 @@ const char *kUsage =
 int main(int argc, char **argv) {
   std::string config_path = FLOTILLA_SYSCONFDIR "/flotillad.toml";
   std::string log_level, log_format;
-  bool check_only = false;
+  bool check_only = false, cleanup_network = false;
 
-  enum { OPT_CHECK = 256, OPT_LEVEL, OPT_FORMAT };
+  enum { OPT_CHECK = 256, OPT_LEVEL, OPT_FORMAT, OPT_CLEANUP_NET };
   static const option longopts[] = {{"config", required_argument, nullptr, 'c'},
                                     {"check-config", no_argument, nullptr, OPT_CHECK},
+                                    {"cleanup-network", no_argument, nullptr, OPT_CLEANUP_NET},
                                     {"log-level", required_argument, nullptr, OPT_LEVEL},
                                     {"log-format", required_argument, nullptr, OPT_FORMAT},
                                     {"version", no_argument, nullptr, 'V'},
@@ -46,6 +49,7 @@ int main(int argc, char **argv) {
     switch (c) {
       case 'c': config_path = optarg; break;
       case OPT_CHECK: check_only = true; break;
+      case OPT_CLEANUP_NET: cleanup_network = true; break;
       case OPT_LEVEL: log_level = optarg; break;
       case OPT_FORMAT: log_format = optarg; break;
       case 'V':
@@ -81,6 +85,7 @@ int main(int argc, char **argv) {
       return 0;
     }
     flotilla::Daemon daemon(std::move(config));
+    if (cleanup_network) return daemon.cleanup_network();
     return daemon.run();
   } catch (const std::exception &e) {
     flotilla::log::error("core", std::string("cannot start: ") + e.what());

@@ -79,6 +79,12 @@ start() {
   if [ ! -f /etc/flotilla/flotillad.toml ]; then
     install -m 0644 examples/flotillad.toml /etc/flotilla/flotillad.toml
     say "wrote /etc/flotilla/flotillad.toml from examples/flotillad.toml"
+  elif ! grep -q '^\[plugin\.net-overlay\]' /etc/flotilla/flotillad.toml; then
+    # An older config: the example web job needs a network plugin for its
+    # host port mapping.
+    printf '\n# Added by tools/setup.sh: container networking (plugins/net-overlay/README.md).\n[plugin.net-overlay]\n' \
+      >> /etc/flotilla/flotillad.toml
+    say "added [plugin.net-overlay] to /etc/flotilla/flotillad.toml"
   fi
   /usr/local/sbin/flotillad --config /etc/flotilla/flotillad.toml --check-config
   stop_daemon

@@ -1,6 +1,7 @@
 #include "node/reconciler.h"
 
 #include <flotilla/discovery.h>
+#include <flotilla/network.h>
 #include <flotilla/security.h>
 
 #include <algorithm>
@@ -59,6 +60,12 @@ struct Reconciler::Alloc {
   uint64_t ended_ms = 0;   // loop time the node first saw it ended; 0: it has not
   std::string final_status;  // set when the allocation was stopped
   json addresses = json::array();  // the network attachment's, for services
+  // The network attachment (flotilla.network/1), made once before its
+  // first bridge-mode task is created and shared by all of them.
+  bool net_attached = false;
+  bool net_attaching = false;
+  json net;                           // the attach result
+  std::vector<std::string> net_waiting;  // tasks to create once attached
 };
 
 namespace {
@@ -86,7 +93,10 @@ Reconciler::Reconciler(uv_loop_t *loop, StoreClient *store, RuntimeClient *runti
                        PluginHost *plugins, std::string node)
     : loop_(loop), store_(store), runtime_(runtime), plugins_(plugins), node_(std::move(node)) {}
 
-Reconciler::~Reconciler() { stop(); }
+Reconciler::~Reconciler() {
+  *alive_ = false;
+  stop();
+}
 
 std::string Reconciler::container_id(const std::string &alloc, const std::string &task) {
   return alloc + "." + task;
@@ -411,6 +421,121 @@ std::string Reconciler::add_security(json &task_json) {
   return "";
 }
 
+// The network plugin, when one is loaded; nullptr otherwise (bridge-mode
+// tasks then share a namespace with loopback only, made by the runtime).
+const flotilla_network_v1 *Reconciler::network(void **self) const {
+  return plugins_->find<flotilla_network_v1>(FLOTILLA_NETWORK_INTERFACE_ID, self);
+}
+
+bool Reconciler::wants_network(const Alloc &a) const {
+  void *self = nullptr;
+  if (!network(&self)) return false;
+  for (const auto &t : a.tasks)
+    if (t.spec.value("network", "bridge") == "bridge") return true;
+  return false;
+}
+
+namespace {
+
+struct NetCtx {
+  Reconciler *self;
+  std::shared_ptr<bool> alive;
+  std::string alloc;
+  std::function<void(flotilla_status, const std::string &, json)> done;
+};
+
+}  // namespace
+
+// attach(): the allocation's namespace, addresses and port mappings (the
+// bridge-mode tasks' [task.resources] ports), then the waiting tasks.
+void Reconciler::attach_network(Alloc &a) {
+  void *self = nullptr;
+  const flotilla_network_v1 *net = network(&self);
+  a.net_attaching = true;
+  json hostnames = json::array(), ports = json::array();
+  for (const auto &t : a.tasks) {
+    if (t.spec.value("network", "bridge") != "bridge") continue;
+    hostnames.push_back(t.name);
+    for (const auto &p : t.spec.value("resources", json::object()).value("ports", json::array()))
+      ports.push_back({{"host", p}, {"to", p}, {"protocol", "tcp"}});
+  }
+  json spec = {{"version", 1},
+               {"alloc_id", a.id},
+               {"job", a.record.value("job", "")},
+               {"hostnames", hostnames},
+               {"ports", ports}};
+  auto *ctx = new NetCtx{this, alive_, a.id, nullptr};
+  ctx->done = [this](flotilla_status st, const std::string &alloc, json result) {
+    Alloc *al = find_alloc(alloc);
+    if (!al) return;
+    al->net_attaching = false;
+    std::vector<std::string> waiting = std::move(al->net_waiting);
+    al->net_waiting.clear();
+    if (al->stopping || al->stopped) return;
+    if (st == FLOTILLA_OK && result.is_object()) {
+      al->net_attached = true;
+      // The addresses discovery publishes for the allocation's services:
+      // the attachment's, without their prefix length.
+      al->addresses = json::array();
+      for (const auto &ip : result.value("ips", json::array()))
+        if (ip.is_object() && ip.contains("address") && ip["address"].is_string()) {
+          std::string addr = ip["address"].get<std::string>();
+          al->addresses.push_back(addr.substr(0, addr.find('/')));
+        }
+      al->net = std::move(result);
+    }
+    for (const auto &name : waiting)
+      for (auto &t : al->tasks) {
+        if (t.name != name || t.state != "starting") continue;
+        if (st != FLOTILLA_OK)
+          task_failed_to_start(*al, t, "network: " + PluginHost::last_error());
+        else
+          run_task(*al, t);
+      }
+  };
+  PluginHost::clear_last_error();
+  flotilla_status st = net->attach(
+      self, a.id.c_str(), nullptr, spec.dump().c_str(),
+      [](void *user, flotilla_status status, const char *result_json) {
+        std::unique_ptr<NetCtx> c(static_cast<NetCtx *>(user));
+        if (!*c->alive) return;
+        json r = result_json ? json::parse(result_json, nullptr, false) : json();
+        c->done(status, c->alloc, std::move(r));
+      },
+      ctx);
+  if (st != FLOTILLA_OK) {
+    std::unique_ptr<NetCtx> c(ctx);
+    c->done(st, a.id, json());
+  }
+}
+
+// detach() after the allocation's last container is gone; then `then`.
+void Reconciler::detach_network(const std::string &alloc, std::function<void()> then) {
+  void *self = nullptr;
+  const flotilla_network_v1 *net = network(&self);
+  if (!net) return then();
+  auto *ctx = new NetCtx{this, alive_, alloc, nullptr};
+  ctx->done = [then](flotilla_status st, const std::string &id, json) {
+    if (st != FLOTILLA_OK)
+      log::warn("reconciler", "cannot detach the network of " + id + ": " +
+                                  PluginHost::last_error());
+    then();
+  };
+  PluginHost::clear_last_error();
+  flotilla_status st = net->detach(
+      self, alloc.c_str(), nullptr,
+      [](void *user, flotilla_status status) {
+        std::unique_ptr<NetCtx> c(static_cast<NetCtx *>(user));
+        if (!*c->alive) return;
+        c->done(status, c->alloc, json());
+      },
+      ctx);
+  if (st != FLOTILLA_OK) {
+    std::unique_ptr<NetCtx> c(ctx);
+    c->done(st, alloc, json());
+  }
+}
+
 void Reconciler::run_task(Alloc &a, Task &t) {
   t.state = "starting";
   t.message.clear();
@@ -426,6 +551,17 @@ void Reconciler::run_task(Alloc &a, Task &t) {
                     {"task", t.spec}};
   if (std::string why = add_security(task_json); !why.empty())
     return task_failed_to_start(a, t, why);
+  if (t.spec.value("network", "bridge") == "bridge" && wants_network(a)) {
+    if (!a.net_attached) {
+      // Created once the allocation's network is there.
+      a.net_waiting.push_back(t.name);
+      if (!a.net_attaching) attach_network(a);
+      report(a);
+      return;
+    }
+    for (const char *k : {"netns", "dns", "hosts"})
+      if (a.net.contains(k)) task_json[k] = a.net[k];
+  }
   const std::string alloc = a.id, task = t.name, cid = t.container;
   auto lookup = [this, alloc, task, attempt]() -> std::pair<Alloc *, Task *> {
     if (stopped_) return {nullptr, nullptr};
@@ -676,8 +812,8 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
   }
   auto remaining = std::make_shared<size_t>(a.tasks.size());
   const std::string id = a.id;
-  auto one_done = [this, remaining, id, purge, why]() {
-    if (--*remaining > 0) return;
+  const bool detach = wants_network(a);
+  auto finish = [this, id, purge]() {
     Alloc *al = find_alloc(id);
     if (!al) return;
     al->stopping = false;
@@ -694,6 +830,18 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
     }
     report(*al);
     collect_if_job_gone(*al);
+  };
+  // The network goes after the last container, never under a running one.
+  auto one_done = [this, remaining, id, detach, finish]() {
+    if (--*remaining > 0) return;
+    if (!detach) return finish();
+    detach_network(id, [this, id, finish] {
+      if (Alloc *al = find_alloc(id)) {
+        al->net_attached = false;
+        al->net = json();
+      }
+      finish();
+    });
   };
   if (a.tasks.empty()) {
     *remaining = 1;

@@ -7,8 +7,10 @@
 // [loop-thread] throughout.
 #pragma once
 
+#include <flotilla/network.h>
 #include <uv.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -55,6 +57,10 @@ class Reconciler {
   void on_alloc_deleted(const std::string &id);
   void run_task(Alloc &a, Task &t);
   std::string add_security(nlohmann::json &task_json);
+  const flotilla_network_v1 *network(void **self) const;
+  bool wants_network(const Alloc &a) const;
+  void attach_network(Alloc &a);
+  void detach_network(const std::string &alloc, std::function<void()> then);
   void on_task_exit(const std::string &container, int64_t exit_code, int signal,
                     const std::string &finished_at);
   void task_failed_to_start(Alloc &a, Task &t, const std::string &why);
@@ -85,6 +91,8 @@ class Reconciler {
   uv_timer_t *gc_timer_ = nullptr;
   uv_timer_t *sync_timer_ = nullptr;
   bool sync_first_ = true;  // the pending sync is the first one
+  // Plugin callbacks that come after the reconciler is gone find false.
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 }  // namespace flotilla
