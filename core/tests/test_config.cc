@@ -476,11 +476,12 @@ TEST(Config, ExampleConfigParses) {
   EXPECT_EQ(c.node.data_dir, "/var/lib/flotilla");
   EXPECT_EQ(c.api.socket.rfind("/run/flotilla/", 0), 0u);
   EXPECT_EQ(c.store_plugin, "store-local");
-  ASSERT_EQ(c.plugins.size(), 4u);
+  ASSERT_EQ(c.plugins.size(), 5u);
   EXPECT_EQ(c.plugins[0].name, "store-local");
   EXPECT_EQ(c.plugins[1].name, "scheduler-binpack");
   EXPECT_EQ(c.plugins[2].name, "runtime-runc");
-  EXPECT_EQ(c.plugins[3].name, "security");
+  EXPECT_EQ(c.plugins[3].name, "net-overlay");
+  EXPECT_EQ(c.plugins[4].name, "security");
   for (const auto &p : c.plugins) EXPECT_TRUE(p.enabled);
 }
 

@@ -1013,7 +1013,7 @@ TEST(JobSpecExamples, HelloIsABatchEcho) {
   EXPECT_EQ(job["task"][0]["command"], "/bin/echo");
 }
 
-TEST(JobSpecExamples, WebIsHttpdOnTheHostNetwork) {
+TEST(JobSpecExamples, WebIsHttpdInBridgeModeWithAPortMapping) {
   json job =
       parse_jobspec(read_file(FLOTILLA_TEST_SOURCE_DIR "/examples/jobs/web.toml"), "web.toml");
   EXPECT_EQ(job["name"], "web");
@@ -1022,7 +1022,8 @@ TEST(JobSpecExamples, WebIsHttpdOnTheHostNetwork) {
   EXPECT_EQ(job["task"][0]["command"], "/bin/sh");
   EXPECT_NE(job["task"][0]["args"].back().get<std::string>().find("exec httpd -f -p 8080"),
             std::string::npos);
-  EXPECT_EQ(job["task"][0]["network"], "host");
+  EXPECT_EQ(job["task"][0]["network"], "bridge");
+  EXPECT_EQ(job["task"][0]["resources"]["ports"], json::array({8080}));
 }
 
 TEST(JobSpecExamples, TwoServicesByNameAndByVip) {
