@@ -11,6 +11,7 @@
 #include "error.h"
 #include "flotilla_build_config.h"
 #include "log.h"
+#include "plugin_host.h"
 
 namespace {
 
@@ -80,7 +81,14 @@ int main(int argc, char **argv) {
 
   try {
     if (check_only) {
-      flotilla::Daemon::check(config);
+      try {
+        flotilla::Daemon::check(config);
+      } catch (const flotilla::PluginConfigError &e) {
+        for (const auto &problem : e.problems()) std::fprintf(stderr, "%s\n", problem.c_str());
+        std::fprintf(stderr, "flotillad: %zu problem%s in %s\n", e.problems().size(),
+                     e.problems().size() == 1 ? "" : "s", config_path.c_str());
+        return 2;
+      }
       std::printf("%s: configuration and plugins are valid\n", config_path.c_str());
       return 0;
     }

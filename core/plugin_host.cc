@@ -184,6 +184,10 @@ struct PluginHost::Loaded : std::enable_shared_from_this<PluginHost::Loaded> {
   std::string data_dir;
   void *instance = nullptr;
   bool alive = false;  // between a successful init and deinit
+  // Every message the plugin gave config_error during check_config or
+  // init, so that all of them are reported together.
+  std::vector<std::string> config_problems;
+  bool checking = false;  // inside check_config: problems are collected, not logged
 
   // Handles the plugin made through the host, closed at deinit if the
   // plugin forgot them.
@@ -264,8 +268,11 @@ void host_config_error(void *ctx, const char *key, const char *message) {
   if (line > 0) msg += " line " + std::to_string(line);
   msg += ": plugin." + p->settings.name + (k.empty() ? "" : "." + k) + ": " +
          (message ? message : "invalid value");
-  t_last_error = msg;
-  log::error("plugin." + p->settings.name, msg);
+  p->config_problems.push_back(msg);
+  std::string all;
+  for (const auto &m : p->config_problems) all += (all.empty() ? "" : "\n") + m;
+  t_last_error = all;
+  if (!p->checking) log::error("plugin." + p->settings.name, msg);
 }
 
 flotilla_handle host_timer_start(void *ctx, uint64_t timeout_ms, uint64_t repeat_ms,
@@ -562,6 +569,36 @@ void host_metric_gauge_set(void *ctx, const char *name, double value) {
   if (valid_metric_name(name)) L(ctx)->host->metrics().gauge_set(name, value);
 }
 
+// The table check_config gets: the loop, processes, work, other plugins'
+// interfaces and the event bus are not there yet, so these refuse.
+flotilla_handle check_timer_start(void *, uint64_t, uint64_t, flotilla_timer_cb, void *) {
+  t_last_error = "timers are not available in check_config";
+  return 0;
+}
+void check_handle_stop(void *, flotilla_handle) {}
+flotilla_handle check_fd_watch(void *, int, uint32_t, flotilla_fd_cb, void *) {
+  t_last_error = "fd watches are not available in check_config";
+  return 0;
+}
+flotilla_status check_process_spawn(void *, const flotilla_process_spec *, flotilla_exit_cb, void *,
+                                    int64_t *) {
+  t_last_error = "processes cannot be started in check_config";
+  return FLOTILLA_E_UNSUPPORTED;
+}
+flotilla_status check_queue_work(void *, flotilla_work_cb, flotilla_after_work_cb, void *) {
+  t_last_error = "work cannot be queued in check_config";
+  return FLOTILLA_E_UNSUPPORTED;
+}
+const void *check_get_interface(void *, const char *, void **self_out) {
+  if (self_out) *self_out = nullptr;
+  return nullptr;
+}
+void check_event_publish(void *, const char *, const char *) {}
+flotilla_handle check_event_subscribe(void *, const char *, flotilla_event_cb, void *) {
+  return 0;
+}
+void check_metric(void *, const char *, double) {}
+
 }  // namespace
 
 // ---- the host --------------------------------------------------------------
@@ -768,10 +805,77 @@ std::vector<std::shared_ptr<PluginHost::Loaded>> PluginHost::open_all(
   return order_by_requires(std::move(opened));
 }
 
-void PluginHost::check(const std::vector<PluginSettings> &plugins) { open_all(plugins); }
+std::vector<std::string> PluginHost::check_configs(
+    const std::vector<std::shared_ptr<Loaded>> &opened, uint32_t flags) {
+  std::vector<std::string> problems;
+  for (const auto &p : opened) {
+    if (!FLOTILLA_HAS_FIELD(p->entry, flotilla_entry, check_config) || !p->entry->check_config) {
+      if (flags & FLOTILLA_CHECK_ALL)
+        log::info("core", p->where() + " (ABI " + std::to_string(p->entry->abi_major) + "." +
+                              std::to_string(p->entry->abi_minor) +
+                              ") has no check_config; its own keys are checked only when it "
+                              "starts");
+      continue;
+    }
+    std::string dir = options_.data_dir + "/plugins/" + p->settings.name;
+    flotilla_host t{};
+    t.struct_size = sizeof(flotilla_host);
+    t.abi_minor = p->info.abi_minor;
+    t.host_ctx = p.get();
+    t.node_name = options_.node_name.c_str();
+    t.data_dir = dir.c_str();
+    t.plugin_name = p->settings.name.c_str();
+    t.log = host_log;
+    t.set_error = host_set_error;
+    t.config_json = host_config_json;
+    t.config_error = host_config_error;
+    t.timer_start = check_timer_start;
+    t.timer_stop = check_handle_stop;
+    t.fd_watch = check_fd_watch;
+    t.fd_unwatch = check_handle_stop;
+    t.process_spawn = check_process_spawn;
+    t.queue_work = check_queue_work;
+    t.get_interface = check_get_interface;
+    t.event_publish = check_event_publish;
+    t.event_subscribe = check_event_subscribe;
+    t.event_unsubscribe = check_handle_stop;
+    t.metric_counter_add = check_metric;
+    t.metric_gauge_set = check_metric;
+
+    t_last_error.clear();
+    p->config_problems.clear();
+    p->checking = true;
+    flotilla_status st = FLOTILLA_E_INTERNAL;
+    try {
+      st = p->entry->check_config(&t, flags);
+    } catch (...) {
+      t_last_error = "check_config threw a C++ exception across the C ABI";
+    }
+    p->checking = false;
+    if (st == FLOTILLA_OK && p->config_problems.empty()) continue;
+    if (!p->config_problems.empty()) {
+      problems.insert(problems.end(), p->config_problems.begin(), p->config_problems.end());
+    } else {
+      problems.push_back(p->where() + ": its config check failed: " +
+                         (t_last_error.empty() ? status_name(st) : t_last_error));
+    }
+    p->config_problems.clear();
+  }
+  return problems;
+}
+
+void PluginHost::check(const std::vector<PluginSettings> &plugins) {
+  auto problems = check_configs(open_all(plugins), FLOTILLA_CHECK_ALL);
+  if (!problems.empty()) throw PluginConfigError(std::move(problems));
+}
 
 void PluginHost::start(const std::vector<PluginSettings> &plugins) {
   std::vector<std::shared_ptr<Loaded>> opened = open_all(plugins);
+  // Every plugin's config problems together, before any plugin starts.
+  if (auto problems = check_configs(opened, 0); !problems.empty()) {
+    for (const auto &m : problems) log::error("core", m);
+    throw PluginConfigError(std::move(problems));
+  }
   for (auto &p : opened) {
     p->data_dir = options_.data_dir + "/plugins/" + p->settings.name;
     std::error_code ec;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "config.h"
+#include "error.h"
 
 namespace flotilla {
 
@@ -66,6 +67,23 @@ struct PluginInfo {
   uint32_t abi_major = 0, abi_minor = 0;  // as built; abi_minor agreed = min(host, plugin)
 };
 
+// The config problems of every plugin, found before any started; what()
+// lists them one a line.
+class PluginConfigError : public Error {
+ public:
+  explicit PluginConfigError(std::vector<std::string> problems)
+      : Error(FLOTILLA_E_INVALID, join_lines(problems)), problems_(std::move(problems)) {}
+  const std::vector<std::string> &problems() const { return problems_; }
+
+ private:
+  static std::string join_lines(const std::vector<std::string> &v) {
+    std::string out;
+    for (const auto &s : v) out += (out.empty() ? "" : "\n") + s;
+    return out;
+  }
+  std::vector<std::string> problems_;
+};
+
 class PluginHost {
  public:
   struct Options {
@@ -85,8 +103,10 @@ class PluginHost {
   void start(const std::vector<PluginSettings> &plugins);
 
   // Open and check every enabled plugin and their start order, as start()
-  // does, but initialise nothing (flotillad --check-config). Throws like
-  // start().
+  // does, and run every plugin's check_config (ABI 1.2) with
+  // FLOTILLA_CHECK_ALL, but initialise nothing (flotillad --check-config).
+  // Throws like start(); config problems of all plugins together as
+  // PluginConfigError.
   void check(const std::vector<PluginSettings> &plugins);
 
   // deinit every plugin in reverse start order, then dlclose. Idempotent.
@@ -120,6 +140,9 @@ class PluginHost {
 
  private:
   std::vector<std::shared_ptr<Loaded>> open_all(const std::vector<PluginSettings> &plugins);
+  // Each plugin's check_config; every problem, each naming file, line and key.
+  std::vector<std::string> check_configs(const std::vector<std::shared_ptr<Loaded>> &opened,
+                                         uint32_t flags);
 
   uv_loop_t *loop_;
   Options options_;

@@ -61,7 +61,35 @@ typedef struct flotilla_plugin_entry {
    * provides), or NULL. The returned pointer is static or lives as long as
    * the instance; its functions take `instance` as their first argument. */
   const void *(*get_interface)(void *instance, const char *interface_id);
+
+  /* ---- since 1.2 ---------------------------------------------------- */
+
+  /* [loop-thread] Check this plugin's config table without creating an
+   * instance: every key and value init() would read and every file it would
+   * load (a security profile, a certificate), so that an operator learns of
+   * every problem before anything starts. Report EACH problem with
+   * host->config_error (do not stop at the first one) and return
+   * FLOTILLA_E_INVALID if there was any, FLOTILLA_OK otherwise.
+   *
+   * The host calls it for every plugin before it initialises any, both at
+   * start-up (flags 0: report what would make init fail) and for
+   * `flotillad --check-config` (FLOTILLA_CHECK_ALL: report as well what
+   * init would only log and tolerate, such as a broken optional profile).
+   * The host refuses to start, listing every plugin's problems together.
+   *
+   * host is a table like init's, valid only during the call. Only its
+   * identity fields (node_name, plugin_name, data_dir — the directory init
+   * would get, which may not exist yet), log, set_error, config_json and
+   * config_error may be used; timers, fd watches, processes, work, other
+   * interfaces and the event bus are unavailable (they fail or do nothing).
+   * Must not write anything. May be NULL: the host then checks the
+   * plugin's config only when init runs. Read it only when
+   * FLOTILLA_HAS_FIELD(entry, flotilla_entry, check_config). */
+  flotilla_status (*check_config)(const flotilla_host *host, uint32_t flags);
 } flotilla_entry;
+
+/* check_config flags (since 1.2) */
+#define FLOTILLA_CHECK_ALL 1u
 
 #ifdef __cplusplus
 }

@@ -15,6 +15,8 @@
  *        per-job allocation counts); constraints_json gets a documented
  *        schema (docs/abi-json.md, "placement rules"). Arrays passed to place() are
  *        strided by the caller's struct_size.
+ *   1.2  entry: check_config (every config problem reported before any
+ *        plugin starts, and by flotillad --check-config).
  */
 #ifndef FLOTILLA_VERSION_H
 #define FLOTILLA_VERSION_H
@@ -22,7 +24,7 @@
 #include <stddef.h>
 
 #define FLOTILLA_ABI_VERSION_MAJOR 1
-#define FLOTILLA_ABI_VERSION_MINOR 1
+#define FLOTILLA_ABI_VERSION_MINOR 2
 
 /* True when a struct received across the ABI, whose size the sender wrote in
  * struct_size, is large enough to contain FIELD. Read a field appended in a

@@ -182,8 +182,8 @@ flotilla_status place(void *self, const flotilla_sched_node *nodes, size_t n_nod
 
 const flotilla_scheduler_v1 vtable = {sizeof(flotilla_scheduler_v1), place};
 
-flotilla_status init(const flotilla_host *host, void **instance_out) {
-  bp::Options options;
+// Every bad key goes to host->config_error; false if there was one.
+bool read_options(const flotilla_host *host, bp::Options &options) {
   json cfg = json::parse(host->config_json(host->host_ctx), nullptr, false);
   if (!cfg.is_object()) cfg = json::object();
   bool ok = true;
@@ -211,7 +211,17 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
       ok = false;
     }
   }
-  if (!ok) return FLOTILLA_E_INVALID;
+  return ok;
+}
+
+flotilla_status check_config(const flotilla_host *host, uint32_t) {
+  bp::Options options;
+  return read_options(host, options) ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+}
+
+flotilla_status init(const flotilla_host *host, void **instance_out) {
+  bp::Options options;
+  if (!read_options(host, options)) return FLOTILLA_E_INVALID;
   auto *inst = new (std::nothrow) Instance{host, options};
   if (!inst) return FLOTILLA_E_NOMEM;
   *instance_out = inst;
@@ -241,4 +251,5 @@ extern "C" FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
     init,
     deinit,
     get_interface,
+    check_config,
 };

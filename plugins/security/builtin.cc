@@ -427,10 +427,15 @@ Profile make_default() {
     if (syscall_known(n)) always.push_back(n);
   p.rules.push_back(rule(always, "always allowed"));
 
-  // socket: every family but AF_VSOCK (40), which reaches the host.
-  SyscallRule sock = rule({"socket"}, "socket");
-  sock.args = {{0, 40, 0, "SCMP_CMP_NE"}};
-  p.rules.push_back(sock);
+  // socket: the families Docker's default allows: all but AF_ALG (38, the
+  // kernel's crypto API, a long line of exploits) and AF_VSOCK (40, which
+  // reaches the hypervisor host). Three rules, as Moby writes them.
+  for (auto [op, family] :
+       {std::pair{"SCMP_CMP_LT", 38}, {"SCMP_CMP_EQ", 39}, {"SCMP_CMP_GT", 40}}) {
+    SyscallRule sock = rule({"socket"}, "socket");
+    sock.args = {{0, static_cast<uint64_t>(family), 0, op}};
+    p.rules.push_back(sock);
+  }
 
   // personality: only the harmless personas (Linux, UNAME26, READ_IMPLIES_EXEC
   // off, and the query 0xffffffff).

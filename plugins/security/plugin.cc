@@ -25,8 +25,11 @@ struct Instance {
   sec::BrokenProfiles broken;  // configured but refused at load
   sec::HostInfo machine;
 
+  // check_config at start-up is quiet: init, right after it, says the same.
+  bool quiet = false;
+
   void log(flotilla_log_level level, const std::string &m) const {
-    host->log(host->host_ctx, level, m.c_str());
+    if (!quiet) host->log(host->host_ctx, level, m.c_str());
   }
   flotilla_status error(flotilla_status st, const std::string &m) const {
     host->set_error(host->host_ctx, m.c_str());
@@ -128,6 +131,111 @@ flotilla_status resolve(void *self, const char *task_json, flotilla_buf *oci_out
 
 const flotilla_security_v1 vtable = {sizeof(flotilla_security_v1), admit, resolve};
 
+// Every line of a profile's error: one config problem each.
+void report_profile(const flotilla_host *host, const std::string &key, const std::string &what) {
+  size_t start = 0;
+  while (start < what.size()) {
+    size_t end = what.find('\n', start);
+    if (end == std::string::npos) end = what.size();
+    host->config_error(host->host_ctx, key.c_str(), what.substr(start, end - start).c_str());
+    start = end + 1;
+  }
+}
+
+// The policy and every profile into inst, as init and check_config both
+// need them. Every problem that stops the start goes to config_error; a
+// broken profile other than the default is logged and recorded in
+// inst.broken (tolerated: jobs naming it are refused), unless
+// report_broken, when it is a config problem too. False if any problem
+// went to config_error.
+bool load_config(const flotilla_host *host, Instance &inst, bool report_broken) {
+  json cfg = json::parse(host->config_json(host->host_ctx));
+  bool ok = true;
+  sec::ConfigProblems problems;
+  if (!sec::parse_policy(cfg, inst.policy, problems)) {
+    for (const auto &[key, message] : problems)
+      host->config_error(host->host_ctx, key.c_str(), message.c_str());
+    ok = false;
+  }
+  for (const char *name : {"default", "restricted", "unconfined"}) {
+    sec::Profile p = sec::builtin_profile(name);
+    double us = sec::compile_profile(p, inst.machine);
+    inst.log(FLOTILLA_LOG_DEBUG, std::string("built-in profile ") + name + " compiled in " +
+                                     std::to_string(static_cast<int>(us)) + " us");
+    inst.profiles.emplace(name, std::move(p));
+  }
+  if (cfg.contains("profiles")) {
+    const json &files = cfg["profiles"];
+    if (!files.is_object()) {
+      host->config_error(host->host_ctx, "profiles",
+                         "must be a table of name = \"/path/to/profile.json|.toml\"");
+      return false;
+    }
+    for (auto it = files.begin(); it != files.end(); ++it) {
+      const std::string at = "profiles." + it.key();
+      if (sec::is_builtin(it.key())) {
+        host->config_error(host->host_ctx, at.c_str(),
+                           "is the name of a built-in profile; choose another name");
+        ok = false;
+        continue;
+      }
+      if (!it.value().is_string()) {
+        host->config_error(host->host_ctx, at.c_str(), "must be the path of a profile file");
+        ok = false;
+        continue;
+      }
+      try {
+        sec::Profile p = sec::load_profile_file(it.value().get<std::string>(), it.key());
+        inst.log(FLOTILLA_LOG_INFO, "profile " + it.key() + " loaded from " + p.source);
+        if (!p.skipped.empty())
+          inst.log(FLOTILLA_LOG_WARN, "plugin.security." + at + ": " + p.skipped);
+        inst.profiles.emplace(it.key(), std::move(p));
+      } catch (const sec::ProfileError &e) {
+        if (report_broken) {
+          report_profile(host, at, e.what());
+          ok = false;
+        } else {
+          // Refused, not fatal: the daemon keeps running with the profiles
+          // that work, and a task naming this one is refused with why.
+          inst.log(FLOTILLA_LOG_ERROR, "plugin.security." + at + ": " + e.what() +
+                                           "\nthe profile is not loaded and jobs naming it "
+                                           "are refused");
+        }
+        inst.broken.emplace(it.key(), e.what());
+      }
+    }
+  }
+  // The default itself must load and pass the floor: without it no task
+  // could run confined.
+  sec::TaskSecurity none;
+  none.task_user = "1";  // the user is judged per task, not here
+  if (auto r = sec::check_task(inst.policy, inst.profiles, none, "default_profile", inst.broken)) {
+    host->config_error(host->host_ctx, "default_profile", r.message.c_str());
+    ok = false;
+  }
+  return ok;
+}
+
+flotilla_status check_config(const flotilla_host *host, uint32_t flags) {
+  try {
+    Instance inst;
+    inst.host = host;
+    inst.quiet = !(flags & FLOTILLA_CHECK_ALL);
+    inst.machine = sec::HostInfo::current();
+    if (inst.machine.scmp_arch.empty()) {
+      host->config_error(host->host_ctx, "",
+                         "libseccomp does not know this machine's architecture");
+      return FLOTILLA_E_UNSUPPORTED;
+    }
+    return load_config(host, inst, flags & FLOTILLA_CHECK_ALL) ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+  } catch (const std::bad_alloc &) {
+    return FLOTILLA_E_NOMEM;
+  } catch (const std::exception &e) {
+    host->set_error(host->host_ctx, (std::string("security: ") + e.what()).c_str());
+    return FLOTILLA_E_INVALID;
+  }
+}
+
 flotilla_status init(const flotilla_host *host, void **instance_out) {
   try {
     auto inst = std::make_unique<Instance>();
@@ -138,60 +246,7 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
                       "security: libseccomp does not know this machine's architecture");
       return FLOTILLA_E_UNSUPPORTED;
     }
-    json cfg = json::parse(host->config_json(host->host_ctx));
-    std::string key, message;
-    if (!sec::parse_policy(cfg, inst->policy, key, message)) {
-      host->config_error(host->host_ctx, key.c_str(), message.c_str());
-      return FLOTILLA_E_INVALID;
-    }
-    for (const char *name : {"default", "restricted", "unconfined"}) {
-      sec::Profile p = sec::builtin_profile(name);
-      double us = sec::compile_profile(p, inst->machine);
-      inst->log(FLOTILLA_LOG_DEBUG, std::string("built-in profile ") + name + " compiled in " +
-                                        std::to_string(static_cast<int>(us)) + " us");
-      inst->profiles.emplace(name, std::move(p));
-    }
-    if (cfg.contains("profiles")) {
-      const json &files = cfg["profiles"];
-      if (!files.is_object()) {
-        host->config_error(host->host_ctx, "profiles",
-                           "must be a table of name = \"/path/to/profile.json|.toml\"");
-        return FLOTILLA_E_INVALID;
-      }
-      for (auto it = files.begin(); it != files.end(); ++it) {
-        const std::string at = "profiles." + it.key();
-        if (sec::is_builtin(it.key())) {
-          host->config_error(host->host_ctx, at.c_str(),
-                             "is the name of a built-in profile; choose another name");
-          return FLOTILLA_E_INVALID;
-        }
-        if (!it.value().is_string()) {
-          host->config_error(host->host_ctx, at.c_str(), "must be the path of a profile file");
-          return FLOTILLA_E_INVALID;
-        }
-        try {
-          sec::Profile p = sec::load_profile_file(it.value().get<std::string>(), it.key());
-          inst->log(FLOTILLA_LOG_INFO, "profile " + it.key() + " loaded from " + p.source);
-          inst->profiles.emplace(it.key(), std::move(p));
-        } catch (const sec::ProfileError &e) {
-          // Refused, not fatal: the daemon keeps running with the profiles
-          // that work, and a task naming this one is refused with why.
-          inst->log(FLOTILLA_LOG_ERROR, "plugin.security." + at + ": " + e.what() +
-                                            "; the profile is not loaded and jobs naming it "
-                                            "are refused");
-          inst->broken.emplace(it.key(), e.what());
-        }
-      }
-    }
-    // The default itself must load and pass the floor: without it no task
-    // could run confined.
-    sec::TaskSecurity none;
-    none.task_user = "1";  // the user is judged per task, not here
-    if (auto r =
-            sec::check_task(inst->policy, inst->profiles, none, "default_profile", inst->broken)) {
-      host->config_error(host->host_ctx, "default_profile", r.message.c_str());
-      return FLOTILLA_E_INVALID;
-    }
+    if (!load_config(host, *inst, false)) return FLOTILLA_E_INVALID;
     *instance_out = inst.release();
     return FLOTILLA_OK;
   } catch (const std::bad_alloc &) {
@@ -227,4 +282,5 @@ extern "C" FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
     init,
     deinit,
     get_interface,
+    check_config,
 };

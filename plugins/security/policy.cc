@@ -33,67 +33,89 @@ bool known_non_root(const std::string &user) {
 
 }  // namespace
 
-bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::string &message) {
-  auto fail = [&](const std::string &k, const std::string &m) {
-    key = k;
-    message = m;
-    return false;
-  };
+bool parse_policy(const json &cfg, HostPolicy &out, ConfigProblems &problems) {
+  const size_t before = problems.size();
+  auto fail = [&](const std::string &k, const std::string &m) { problems.emplace_back(k, m); };
   for (auto it = cfg.begin(); it != cfg.end(); ++it) {
     static const char *const known[] = {"default_profile",  "min_profile",
                                         "allowed_cap_add",  "allow_root",
                                         "allow_unconfined", "allow_privilege_escalation",
                                         "profiles"};
     if (std::find(std::begin(known), std::end(known), it.key()) == std::end(known))
-      return fail(it.key(),
-                  "unknown key; accepted: default_profile, min_profile, allowed_cap_add, "
-                  "allow_root, allow_unconfined, allow_privilege_escalation, profiles");
+      fail(it.key(),
+           "unknown key; accepted: default_profile, min_profile, allowed_cap_add, "
+           "allow_root, allow_unconfined, allow_privilege_escalation, profiles");
   }
   for (const char *b : {"allow_root", "allow_unconfined", "allow_privilege_escalation"}) {
     if (!cfg.contains(b)) continue;
-    if (!cfg[b].is_boolean()) return fail(b, "must be true or false");
+    if (!cfg[b].is_boolean()) {
+      fail(b, "must be true or false");
+      continue;
+    }
     bool v = cfg[b].get<bool>();
     if (std::string(b) == "allow_root") out.allow_root = v;
     if (std::string(b) == "allow_unconfined") out.allow_unconfined = v;
     if (std::string(b) == "allow_privilege_escalation") out.allow_privilege_escalation = v;
   }
   if (cfg.contains("min_profile")) {
-    if (!cfg["min_profile"].is_string()) return fail("min_profile", "must be a string");
-    out.min_profile = cfg["min_profile"].get<std::string>();
-    if (out.min_profile != "default" && out.min_profile != "restricted")
-      return fail("min_profile", in_quotes(out.min_profile) +
-                                     " is not a floor: use \"default\" or \"restricted\" (allow "
-                                     "unconfined with allow_unconfined = true)");
-    if (out.min_profile == "restricted" && out.allow_unconfined)
-      return fail("allow_unconfined", "true contradicts min_profile = \"restricted\"; choose one");
+    if (!cfg["min_profile"].is_string()) {
+      fail("min_profile", "must be a string");
+    } else {
+      out.min_profile = cfg["min_profile"].get<std::string>();
+      if (out.min_profile != "default" && out.min_profile != "restricted")
+        fail("min_profile", in_quotes(out.min_profile) +
+                                " is not a floor: use \"default\" or \"restricted\" (allow "
+                                "unconfined with allow_unconfined = true)");
+      else if (out.min_profile == "restricted" && out.allow_unconfined)
+        fail("allow_unconfined", "true contradicts min_profile = \"restricted\"; choose one");
+    }
   }
   if (cfg.contains("default_profile")) {
-    if (!cfg["default_profile"].is_string()) return fail("default_profile", "must be a string");
-    out.default_profile = cfg["default_profile"].get<std::string>();
-    if (out.default_profile == "unconfined")
-      return fail("default_profile",
-                  "cannot be \"unconfined\": a task runs unconfined only when it asks for it by "
-                  "name (and allow_unconfined = true)");
+    if (!cfg["default_profile"].is_string()) {
+      fail("default_profile", "must be a string");
+    } else {
+      out.default_profile = cfg["default_profile"].get<std::string>();
+      if (out.default_profile == "unconfined")
+        fail("default_profile",
+             "cannot be \"unconfined\": a task runs unconfined only when it asks for it by "
+             "name (and allow_unconfined = true)");
+    }
   }
   if (cfg.contains("allowed_cap_add")) {
     const json &caps = cfg["allowed_cap_add"];
-    if (!caps.is_array()) return fail("allowed_cap_add", "must be an array of capability names");
-    for (size_t i = 0; i < caps.size(); ++i) {
-      std::string at = "allowed_cap_add[" + std::to_string(i) + "]";
-      if (!caps[i].is_string()) return fail(at, "must be a capability name like \"NET_ADMIN\"");
-      std::string n = caps[i].get<std::string>();
-      if (n == "ALL" || n == "all") {
-        out.allowed_cap_add.push_back("ALL");
-        continue;
+    if (!caps.is_array()) {
+      fail("allowed_cap_add", "must be an array of capability names");
+    } else {
+      for (size_t i = 0; i < caps.size(); ++i) {
+        std::string at = "allowed_cap_add[" + std::to_string(i) + "]";
+        if (!caps[i].is_string()) {
+          fail(at, "must be a capability name like \"NET_ADMIN\"");
+          continue;
+        }
+        std::string n = caps[i].get<std::string>();
+        if (n == "ALL" || n == "all") {
+          out.allowed_cap_add.push_back("ALL");
+          continue;
+        }
+        auto c = canonical_cap(n);
+        if (!c) {
+          fail(at,
+               "unknown capability " + in_quotes(n) + " (libcap and this kernel do not know it)");
+          continue;
+        }
+        out.allowed_cap_add.push_back(*c);
       }
-      auto c = canonical_cap(n);
-      if (!c)
-        return fail(
-            at, "unknown capability " + in_quotes(n) + " (libcap and this kernel do not know it)");
-      out.allowed_cap_add.push_back(*c);
     }
   }
-  return true;
+  return problems.size() == before;
+}
+
+bool parse_policy(const json &cfg, HostPolicy &out, std::string &key, std::string &message) {
+  ConfigProblems problems;
+  if (parse_policy(cfg, out, problems)) return true;
+  key = problems.front().first;
+  message = problems.front().second;
+  return false;
 }
 
 const Profile *profile_for(const HostPolicy &policy, const std::map<std::string, Profile> &profiles,

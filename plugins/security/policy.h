@@ -30,8 +30,13 @@ struct Refusal {
   explicit operator bool() const { return kind != none; }
 };
 
-// Read [plugin.security] (as JSON). On a bad value, key and message say
-// what; returns false.
+// Config problems: (key inside [plugin.security], message).
+using ConfigProblems = std::vector<std::pair<std::string, std::string>>;
+
+// Read [plugin.security] (as JSON). Every bad value is appended to
+// problems; returns false if there was one.
+bool parse_policy(const nlohmann::json &cfg, HostPolicy &out, ConfigProblems &problems);
+// The same, giving only the first problem.
 bool parse_policy(const nlohmann::json &cfg, HostPolicy &out, std::string &key,
                   std::string &message);
 

@@ -109,6 +109,15 @@ const std::vector<std::string> &docker_default_caps() {
   return caps;
 }
 
+bool arch_known(const std::string &scmp_name) {
+  return arch_token(scmp_name) != 0;
+}
+
+std::string seccomp_version_text() {
+  const scmp_version *v = seccomp_version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->micro);
+}
+
 bool syscall_known(const std::string &name) {
   return seccomp_syscall_resolve_name(name.c_str()) != __NR_SCMP_ERROR;
 }
@@ -139,9 +148,21 @@ bool parse_kernel(const std::string &v, int &major, int &minor) {
 }  // namespace
 
 void check_names(const Profile &p) {
+  std::vector<std::string> problems;
+  check_names(p, problems);
+  if (!problems.empty()) throw ProfileError(join_lines(problems));
+}
+
+std::string join_lines(const std::vector<std::string> &lines) {
+  std::string out;
+  for (const auto &l : lines) out += (out.empty() ? "" : "\n") + l;
+  return out;
+}
+
+void check_names(const Profile &p, std::vector<std::string> &problems) {
   const std::string in = where_in(p);
   auto fail = [&](const std::string &at, const std::string &what) {
-    throw ProfileError(in + ": " + at + ": " + what);
+    problems.push_back(in + ": " + at + ": " + what);
   };
   if (!one_of(p.default_action, kActions, std::size(kActions)))
     fail("defaultAction", "unknown action \"" + p.default_action + "\"");
@@ -163,9 +184,8 @@ void check_names(const Profile &p) {
     for (size_t i = 0; i < r.names.size(); ++i)
       if (!syscall_known(r.names[i]))
         fail(r.where + ".names[" + std::to_string(i) + "]",
-             "unknown syscall \"" + r.names[i] + "\" (libseccomp " +
-                 std::to_string(seccomp_version()->major) + "." +
-                 std::to_string(seccomp_version()->minor) + " does not know it)");
+             "unknown syscall \"" + r.names[i] + "\" (libseccomp " + seccomp_version_text() +
+                 " does not know it)");
     if (!one_of(r.action, kActions, std::size(kActions)))
       fail(r.where + ".action", "unknown action \"" + r.action + "\"");
     for (size_t i = 0; i < r.args.size(); ++i) {

@@ -85,6 +85,11 @@ struct Profile {
   bool requires_non_root = false;                        // restricted
   std::optional<std::vector<std::string>> addable_caps;  // restricted: only these may be added
   std::vector<std::string> masked_paths, readonly_paths;
+
+  // What a Docker-format file named that this host's libseccomp cannot
+  // filter and was left out (README, "Profile files"): one line for the
+  // operator, "" when nothing was.
+  std::string skipped;
 };
 
 // What a task asks for in [task.security] (docs/jobspec.md).
@@ -109,6 +114,10 @@ std::vector<std::string> all_caps();
 // Docker's 14 default capabilities.
 const std::vector<std::string> &docker_default_caps();
 
+// True when libseccomp knows the architecture ("SCMP_ARCH_AARCH64").
+bool arch_known(const std::string &scmp_name);
+// The installed libseccomp's version, "2.5.4".
+std::string seccomp_version_text();
 // True when libseccomp knows the name (on any architecture).
 bool syscall_known(const std::string &name);
 
@@ -130,8 +139,12 @@ nlohmann::json resolve_oci(const Profile &p, const TaskSecurity &t, const HostIn
 double compile_profile(const Profile &p, const HostInfo &host);
 
 // Check every syscall, capability, arch, op and action name of a profile;
-// throws ProfileError naming the rule and the name.
+// every problem (naming the rule and the name) is appended to problems.
+void check_names(const Profile &p, std::vector<std::string> &problems);
+// The same; throws ProfileError with every problem, one a line.
 void check_names(const Profile &p);
+// Lines joined with '\n', as ProfileError carries several problems.
+std::string join_lines(const std::vector<std::string> &lines);
 
 // Built-in profiles: "default", "restricted", "unconfined". Unknown names
 // suitable for built-ins were dropped (see README: the built-in list names

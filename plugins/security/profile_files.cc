@@ -21,21 +21,34 @@ namespace {
 
 class DockerReader {
  public:
-  explicit DockerReader(std::string source) : source_(std::move(source)) {}
+  DockerReader(std::string source, std::vector<std::string> &problems)
+      : source_(std::move(source)), problems_(problems) {}
 
   [[noreturn]] void fail(const std::string &at, const std::string &what) const {
     throw ProfileError("profile " + source_ + ": " + at + ": " + what);
   }
+  // A problem that does not stop the reading: every one is reported.
+  void note(const std::string &at, const std::string &what) {
+    problems_.push_back("profile " + source_ + ": " + at + ": " + what);
+  }
+  // Runs one part of the profile; its problem is noted and the rest read on.
+  template <class F>
+  void attempt(F &&f) {
+    try {
+      f();
+    } catch (const ProfileError &e) {
+      problems_.push_back(e.what());
+    }
+  }
 
-  void only_keys(const json &obj, const std::string &at,
-                 std::initializer_list<const char *> keys) const {
+  void only_keys(const json &obj, const std::string &at, std::initializer_list<const char *> keys) {
     for (auto it = obj.begin(); it != obj.end(); ++it) {
       bool ok = false;
       for (const char *k : keys) ok = ok || it.key() == k;
       if (!ok) {
         std::string list;
         for (const char *k : keys) list += (list.empty() ? "" : ", ") + std::string(k);
-        fail(at.empty() ? it.key() : at + "." + it.key(), "unknown key; accepted: " + list);
+        note(at.empty() ? it.key() : at + "." + it.key(), "unknown key; accepted: " + list);
       }
     }
   }
@@ -61,25 +74,36 @@ class DockerReader {
     return n;
   }
 
-  RuleFilter filter(const json &v, const std::string &at) const {
+  RuleFilter filter(const json &v, const std::string &at) {
     RuleFilter f;
     if (!v.is_object()) fail(at, "must be an object");
     only_keys(v, at, {"caps", "arches", "minKernel"});
-    if (v.contains("caps")) f.caps = texts(v["caps"], at + ".caps");
-    if (v.contains("arches")) f.arches = texts(v["arches"], at + ".arches");
-    if (v.contains("minKernel") && !v["minKernel"].is_null())
-      f.min_kernel = text(v["minKernel"], at + ".minKernel");
+    attempt([&] {
+      if (v.contains("caps")) f.caps = texts(v["caps"], at + ".caps");
+    });
+    attempt([&] {
+      if (v.contains("arches")) f.arches = texts(v["arches"], at + ".arches");
+    });
+    attempt([&] {
+      if (v.contains("minKernel") && !v["minKernel"].is_null())
+        f.min_kernel = text(v["minKernel"], at + ".minKernel");
+    });
+    std::vector<std::string> known;
     for (size_t i = 0; i < f.caps.size(); ++i) {
       auto c = canonical_cap(f.caps[i]);
       if (!c)
-        fail(at + ".caps[" + std::to_string(i) + "]",
+        note(at + ".caps[" + std::to_string(i) + "]",
              "unknown capability \"" + f.caps[i] + "\" (libcap and this kernel do not know it)");
-      f.caps[i] = *c;
+      else
+        known.push_back(*c);
     }
+    f.caps = known;
     return f;
   }
 
-  Profile read(std::string_view text_in, const std::string &name) {
+  // Reads the whole profile, noting every problem; throws only when the
+  // text is not a JSON object at all.
+  Profile read(std::string_view text_in, const std::string &name, const HostInfo &host) {
     json doc;
     try {
       doc = json::parse(text_in);
@@ -98,7 +122,7 @@ class DockerReader {
               {"defaultAction", "defaultErrnoRet", "archMap", "architectures", "syscalls", "flags",
                "listenerPath", "listenerMetadata"});
     if (doc.contains("listenerPath") && !doc["listenerPath"].is_null() && doc["listenerPath"] != "")
-      fail("listenerPath", "seccomp notification listeners are not supported");
+      note("listenerPath", "seccomp notification listeners are not supported");
     Profile p;
     p.name = name;
     p.source = source_;
@@ -107,80 +131,167 @@ class DockerReader {
     Profile def = builtin_profile("default");
     p.masked_paths = def.masked_paths;
     p.readonly_paths = def.readonly_paths;
-    if (!doc.contains("defaultAction")) fail("defaultAction", "is required");
-    p.default_action = text(doc["defaultAction"], "defaultAction");
+    attempt([&] {
+      if (!doc.contains("defaultAction")) fail("defaultAction", "is required");
+      p.default_action = text(doc["defaultAction"], "defaultAction");
+    });
     p.default_errno.reset();
-    if (doc.contains("defaultErrnoRet"))
-      p.default_errno =
-          static_cast<uint32_t>(unsigned_number(doc["defaultErrnoRet"], "defaultErrnoRet", 4095));
+    attempt([&] {
+      if (doc.contains("defaultErrnoRet"))
+        p.default_errno =
+            static_cast<uint32_t>(unsigned_number(doc["defaultErrnoRet"], "defaultErrnoRet", 4095));
+    });
     if (doc.contains("archMap") && !doc["archMap"].is_null()) {
       const json &m = doc["archMap"];
-      if (!m.is_array()) fail("archMap", "must be an array");
-      for (size_t i = 0; i < m.size(); ++i) {
-        std::string at = "archMap[" + std::to_string(i) + "]";
-        if (!m[i].is_object()) fail(at, "must be an object");
-        only_keys(m[i], at, {"architecture", "subArchitectures"});
-        ArchMapEntry e;
-        if (!m[i].contains("architecture")) fail(at + ".architecture", "is required");
-        e.arch = text(m[i]["architecture"], at + ".architecture");
-        if (m[i].contains("subArchitectures") && !m[i]["subArchitectures"].is_null())
-          e.sub_arches = texts(m[i]["subArchitectures"], at + ".subArchitectures");
-        p.arch_map.push_back(e);
-      }
+      if (!m.is_array()) note("archMap", "must be an array");
+      for (size_t i = 0; m.is_array() && i < m.size(); ++i)
+        attempt([&] { arch_entry(m[i], i, host, p); });
     }
-    if (doc.contains("architectures") && !doc["architectures"].is_null())
-      p.architectures = texts(doc["architectures"], "architectures");
+    attempt([&] {
+      if (doc.contains("architectures") && !doc["architectures"].is_null())
+        p.architectures = texts(doc["architectures"], "architectures");
+    });
     if (doc.contains("syscalls") && !doc["syscalls"].is_null()) {
       const json &calls = doc["syscalls"];
-      if (!calls.is_array()) fail("syscalls", "must be an array");
-      for (size_t i = 0; i < calls.size(); ++i) p.rules.push_back(rule(calls[i], i));
+      if (!calls.is_array()) note("syscalls", "must be an array");
+      for (size_t i = 0; calls.is_array() && i < calls.size(); ++i)
+        attempt([&] { p.rules.push_back(rule(calls[i], i)); });
     }
     return p;
   }
 
-  SyscallRule rule(const json &c, size_t i) const {
+  // One archMap entry. Only the entry for this machine's architecture
+  // matters (it gives the filter's architectures); the others are for
+  // machines this host is not, so they are not checked against this
+  // libseccomp, which may not know them (SCMP_ARCH_LOONGARCH64 in 2.5).
+  void arch_entry(const json &e, size_t i, const HostInfo &host, Profile &p) {
+    std::string at = "archMap[" + std::to_string(i) + "]";
+    if (!e.is_object()) fail(at, "must be an object");
+    only_keys(e, at, {"architecture", "subArchitectures"});
+    ArchMapEntry entry;
+    if (!e.contains("architecture")) fail(at + ".architecture", "is required");
+    entry.arch = text(e["architecture"], at + ".architecture");
+    if (e.contains("subArchitectures") && !e["subArchitectures"].is_null())
+      entry.sub_arches = texts(e["subArchitectures"], at + ".subArchitectures");
+    // Another machine's entry that this libseccomp cannot name: it cannot
+    // apply here, so it is left out rather than refused.
+    if (entry.arch != host.scmp_arch &&
+        (!arch_known(entry.arch) ||
+         !std::all_of(entry.sub_arches.begin(), entry.sub_arches.end(), arch_known)))
+      return;
+    p.arch_map.push_back(entry);
+  }
+
+  SyscallRule rule(const json &c, size_t i) {
     std::string at = "syscalls[" + std::to_string(i) + "]";
     if (!c.is_object()) fail(at, "must be an object");
     only_keys(c, at,
               {"names", "name", "action", "errnoRet", "args", "comment", "includes", "excludes"});
     SyscallRule r;
     r.where = at;
-    if (c.contains("names")) r.names = texts(c["names"], at + ".names");
-    if (c.contains("name")) r.names.push_back(text(c["name"], at + ".name"));
-    if (r.names.empty()) fail(at, "has no syscall names (\"names\": [...])");
-    if (!c.contains("action")) fail(at + ".action", "is required");
-    r.action = text(c["action"], at + ".action");
-    if (c.contains("errnoRet") && !c["errnoRet"].is_null())
-      r.errno_ret = static_cast<uint32_t>(unsigned_number(c["errnoRet"], at + ".errnoRet", 4095));
+    attempt([&] {
+      if (c.contains("names")) r.names = texts(c["names"], at + ".names");
+    });
+    attempt([&] {
+      if (c.contains("name")) r.names.push_back(text(c["name"], at + ".name"));
+    });
+    attempt([&] {
+      if (!c.contains("action")) fail(at + ".action", "is required");
+      r.action = text(c["action"], at + ".action");
+    });
+    attempt([&] {
+      if (c.contains("errnoRet") && !c["errnoRet"].is_null())
+        r.errno_ret = static_cast<uint32_t>(unsigned_number(c["errnoRet"], at + ".errnoRet", 4095));
+    });
     if (c.contains("args") && !c["args"].is_null()) {
       const json &args = c["args"];
-      if (!args.is_array()) fail(at + ".args", "must be an array");
-      for (size_t j = 0; j < args.size(); ++j) {
-        std::string aat = at + ".args[" + std::to_string(j) + "]";
-        if (!args[j].is_object()) fail(aat, "must be an object");
-        only_keys(args[j], aat, {"index", "value", "valueTwo", "op"});
-        ArgCondition a;
-        if (!args[j].contains("index")) fail(aat + ".index", "is required");
-        a.index = static_cast<unsigned>(unsigned_number(args[j]["index"], aat + ".index", 5));
-        if (args[j].contains("value"))
-          a.value = unsigned_number(args[j]["value"], aat + ".value", UINT64_MAX);
-        if (args[j].contains("valueTwo"))
-          a.value_two = unsigned_number(args[j]["valueTwo"], aat + ".valueTwo", UINT64_MAX);
-        if (!args[j].contains("op")) fail(aat + ".op", "is required");
-        a.op = text(args[j]["op"], aat + ".op");
-        r.args.push_back(a);
-      }
+      if (!args.is_array()) note(at + ".args", "must be an array");
+      for (size_t j = 0; args.is_array() && j < args.size(); ++j)
+        attempt([&] { r.args.push_back(arg(args[j], at + ".args[" + std::to_string(j) + "]")); });
     }
-    if (c.contains("includes") && !c["includes"].is_null())
-      r.includes = filter(c["includes"], at + ".includes");
-    if (c.contains("excludes") && !c["excludes"].is_null())
-      r.excludes = filter(c["excludes"], at + ".excludes");
+    attempt([&] {
+      if (c.contains("includes") && !c["includes"].is_null())
+        r.includes = filter(c["includes"], at + ".includes");
+    });
+    attempt([&] {
+      if (c.contains("excludes") && !c["excludes"].is_null())
+        r.excludes = filter(c["excludes"], at + ".excludes");
+    });
+    if (!c.contains("names") && !c.contains("name"))
+      fail(at, "has no syscall names (\"names\": [...])");
     return r;
+  }
+
+  ArgCondition arg(const json &a, const std::string &at) {
+    if (!a.is_object()) fail(at, "must be an object");
+    only_keys(a, at, {"index", "value", "valueTwo", "op"});
+    ArgCondition out;
+    attempt([&] {
+      if (!a.contains("index")) fail(at + ".index", "is required");
+      out.index = static_cast<unsigned>(unsigned_number(a["index"], at + ".index", 5));
+    });
+    attempt([&] {
+      if (a.contains("value")) out.value = unsigned_number(a["value"], at + ".value", UINT64_MAX);
+    });
+    attempt([&] {
+      if (a.contains("valueTwo"))
+        out.value_two = unsigned_number(a["valueTwo"], at + ".valueTwo", UINT64_MAX);
+    });
+    attempt([&] {
+      if (!a.contains("op")) fail(at + ".op", "is required");
+      out.op = text(a["op"], at + ".op");
+    });
+    return out;
   }
 
  private:
   std::string source_;
+  std::vector<std::string> &problems_;
 };
+
+bool permissive(const std::string &action) {
+  return action == "SCMP_ACT_ALLOW" || action == "SCMP_ACT_LOG";
+}
+
+// Docker and runc leave out the syscall names their libseccomp does not
+// know (syscalls newer than the library), and so does a Docker-format
+// profile here: a rule that allows one falls back to the default action,
+// which is stricter. Leaving out a rule that denies one in a profile that
+// allows by default would open it instead, so that stays an error.
+void skip_unknown_syscalls(Profile &p, std::vector<std::string> &problems) {
+  std::vector<std::string> skipped;
+  std::vector<SyscallRule> rules;
+  for (SyscallRule &r : p.rules) {
+    std::vector<std::string> keep;
+    for (size_t i = 0; i < r.names.size(); ++i) {
+      const std::string &n = r.names[i];
+      if (syscall_known(n)) {
+        keep.push_back(n);
+      } else if (permissive(p.default_action) && !permissive(r.action)) {
+        problems.push_back("profile " + p.source + ": " + r.where + ".names[" + std::to_string(i) +
+                           "]: unknown syscall \"" + n + "\" (libseccomp " +
+                           seccomp_version_text() +
+                           " does not know it); leaving it out would allow it, since the "
+                           "profile allows by default");
+      } else if (std::find(skipped.begin(), skipped.end(), n) == skipped.end()) {
+        skipped.push_back(n);
+      }
+    }
+    // A rule whose every name was left out is left out whole.
+    bool all_skipped = keep.empty() && !r.names.empty();
+    r.names = std::move(keep);
+    if (!all_skipped) rules.push_back(std::move(r));
+  }
+  p.rules = std::move(rules);
+  if (skipped.empty()) return;
+  std::string list;
+  for (const auto &n : skipped) list += (list.empty() ? "" : ", ") + n;
+  p.skipped = std::to_string(skipped.size()) + " syscall name" + (skipped.size() == 1 ? "" : "s") +
+              " that libseccomp " + seccomp_version_text() +
+              " does not know were left out of profile " + p.source +
+              " (as Docker and runc do; they get the default action " + p.default_action +
+              "): " + list;
+}
 
 // ---- TOML ----------------------------------------------------------------
 
@@ -201,7 +312,18 @@ const std::pair<const char *, const char *> kTomlOps[] = {{"eq", "SCMP_CMP_EQ"},
 
 class TomlReader {
  public:
-  explicit TomlReader(std::string source) : source_(std::move(source)) {}
+  TomlReader(std::string source, std::vector<std::string> &problems)
+      : source_(std::move(source)), problems_(problems) {}
+
+  // Runs one part of the profile; its problem is noted and the rest read on.
+  template <class F>
+  void attempt(F &&f) {
+    try {
+      f();
+    } catch (const ProfileError &e) {
+      problems_.push_back(e.what());
+    }
+  }
 
   [[noreturn]] void fail(const toml::node *n, const std::string &at,
                          const std::string &what) const {
@@ -211,15 +333,17 @@ class TomlReader {
   }
 
   void only_keys(const toml::table &t, const std::string &at,
-                 std::initializer_list<const char *> keys) const {
+                 std::initializer_list<const char *> keys) {
     for (auto &&[k, v] : t) {
       bool ok = false;
       for (const char *key : keys) ok = ok || k.str() == key;
       if (!ok) {
         std::string list;
         for (const char *key : keys) list += (list.empty() ? "" : ", ") + std::string(key);
-        fail(&v, at.empty() ? std::string(k.str()) : at + "." + std::string(k.str()),
-             "unknown key; accepted here: " + list);
+        attempt([&] {
+          fail(&v, at.empty() ? std::string(k.str()) : at + "." + std::string(k.str()),
+               "unknown key; accepted here: " + list);
+        });
       }
     }
   }
@@ -283,35 +407,55 @@ class TomlReader {
               {"base", "default_action", "default_errno", "capabilities", "no_new_privileges",
                "masked_paths", "readonly_paths", "syscall"});
     Profile p;
-    if (auto *b = root.get("base")) {
-      std::string base = text(*b, "base");
-      if (base != "default" && base != "restricted")
-        fail(b, "base", "\"" + base + "\" is not a profile to build on: use default or restricted");
-      p = builtin_profile(base);
-    } else {
-      p = builtin_profile("default");
-      p.rules.clear();  // the allow-list is the file's own
-    }
+    p = builtin_profile("default");
+    p.rules.clear();  // without base, the allow-list is the file's own
+    attempt([&] {
+      if (auto *b = root.get("base")) {
+        std::string base = text(*b, "base");
+        if (base != "default" && base != "restricted")
+          fail(b, "base",
+               "\"" + base + "\" is not a profile to build on: use default or restricted");
+        p = builtin_profile(base);
+      }
+    });
     p.name = name;
     p.source = source_;
-    if (auto *n = root.get("default_action")) {
-      p.default_action = mapped(*n, "default_action", kTomlActions);
-      if (p.default_action != "SCMP_ACT_ERRNO") p.default_errno.reset();
-    }
-    if (auto *n = root.get("default_errno"))
-      p.default_errno = static_cast<uint32_t>(integer(*n, "default_errno", 0, 4095));
-    if (auto *n = root.get("capabilities")) p.capabilities = caps(*n, "capabilities");
-    if (auto *n = root.get("no_new_privileges")) {
-      if (!n->is_boolean()) fail(n, "no_new_privileges", "must be true or false");
-      p.no_new_privileges = n->as_boolean()->get();
-    }
-    if (auto *n = root.get("masked_paths")) p.masked_paths = texts(*n, "masked_paths");
-    if (auto *n = root.get("readonly_paths")) p.readonly_paths = texts(*n, "readonly_paths");
+    attempt([&] {
+      if (auto *n = root.get("default_action")) {
+        p.default_action = mapped(*n, "default_action", kTomlActions);
+        if (p.default_action != "SCMP_ACT_ERRNO") p.default_errno.reset();
+      }
+    });
+    attempt([&] {
+      if (auto *n = root.get("default_errno"))
+        p.default_errno = static_cast<uint32_t>(integer(*n, "default_errno", 0, 4095));
+    });
+    attempt([&] {
+      if (auto *n = root.get("capabilities")) p.capabilities = caps(*n, "capabilities");
+    });
+    attempt([&] {
+      if (auto *n = root.get("no_new_privileges")) {
+        if (!n->is_boolean()) fail(n, "no_new_privileges", "must be true or false");
+        p.no_new_privileges = n->as_boolean()->get();
+      }
+    });
+    attempt([&] {
+      if (auto *n = root.get("masked_paths")) p.masked_paths = texts(*n, "masked_paths");
+    });
+    attempt([&] {
+      if (auto *n = root.get("readonly_paths")) p.readonly_paths = texts(*n, "readonly_paths");
+    });
     std::vector<SyscallRule> own;
     if (auto *n = root.get("syscall")) {
-      if (!n->is_array_of_tables()) fail(n, "syscall", "must be an array of tables ([[syscall]])");
-      size_t i = 0;
-      for (const toml::node &t : *n->as_array()) own.push_back(rule(*t.as_table(), i++));
+      if (!n->is_array_of_tables())
+        attempt([&] { fail(n, "syscall", "must be an array of tables ([[syscall]])"); });
+      else {
+        size_t i = 0;
+        for (const toml::node &t : *n->as_array()) {
+          attempt([&] { own.push_back(rule(*t.as_table(), i)); });
+          ++i;
+        }
+      }
     }
     // A [[syscall]] rule replaces what the base said about its names.
     for (SyscallRule &base_rule : p.rules) {
@@ -326,7 +470,7 @@ class TomlReader {
     return p;
   }
 
-  SyscallRule rule(const toml::table &t, size_t i) const {
+  SyscallRule rule(const toml::table &t, size_t i) {
     std::string at = "syscall[" + std::to_string(i) + "]";
     only_keys(
         t, at,
@@ -336,10 +480,15 @@ class TomlReader {
     if (!names) fail(&t, at + ".names", "is required: the syscalls this rule is about");
     r.names = texts(*names, at + ".names");
     if (r.names.empty()) fail(names, at + ".names", "must name at least one syscall");
+    // Unknown names stay errors in our own format (README, "Our TOML"): a
+    // file written for this host, where an unknown name is a typo.
     for (size_t j = 0; j < r.names.size(); ++j)
       if (!syscall_known(r.names[j]))
-        fail(names->as_array()->get(j), at + ".names[" + std::to_string(j) + "]",
-             "unknown syscall \"" + r.names[j] + "\" (libseccomp does not know it)");
+        attempt([&] {
+          fail(names->as_array()->get(j), at + ".names[" + std::to_string(j) + "]",
+               "unknown syscall \"" + r.names[j] + "\" (libseccomp " + seccomp_version_text() +
+                   " does not know it)");
+        });
     r.where = at;
     r.action = "SCMP_ACT_ALLOW";
     if (auto *a = t.get("action")) r.action = mapped(*a, at + ".action", kTomlActions);
@@ -376,22 +525,29 @@ class TomlReader {
 
  private:
   std::string source_;
+  std::vector<std::string> &problems_;
 };
 
 }  // namespace
 
 Profile parse_docker_profile(std::string_view text, const std::string &source,
                              const std::string &name) {
-  Profile p = DockerReader(source).read(text, name);
-  check_names(p);
-  compile_profile(p, HostInfo::current());
+  std::vector<std::string> problems;
+  HostInfo host = HostInfo::current();
+  Profile p = DockerReader(source, problems).read(text, name, host);
+  skip_unknown_syscalls(p, problems);
+  check_names(p, problems);
+  if (!problems.empty()) throw ProfileError(join_lines(problems));
+  compile_profile(p, host);
   return p;
 }
 
 Profile parse_toml_profile(std::string_view text, const std::string &source,
                            const std::string &name) {
-  Profile p = TomlReader(source).read(text, name);
-  check_names(p);
+  std::vector<std::string> problems;
+  Profile p = TomlReader(source, problems).read(text, name);
+  if (problems.empty()) check_names(p, problems);
+  if (!problems.empty()) throw ProfileError(join_lines(problems));
   compile_profile(p, HostInfo::current());
   return p;
 }

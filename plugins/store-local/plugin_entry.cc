@@ -207,6 +207,24 @@ const flotilla_store_v1 kStoreV1 = {
     store_lease_revoke,        store_compact,
 };
 
+// Every bad key goes to host->config_error; false if there was one.
+bool read_config(const flotilla_host *host, StoreConfig &config) {
+  std::vector<ConfigProblem> problems;
+  config = parse_store_config(host->config_json(host->host_ctx), problems);
+  for (const auto &p : problems) host->config_error(host->host_ctx, p.key().c_str(), p.what());
+  return problems.empty();
+}
+
+flotilla_status plugin_check_config(const flotilla_host *host, uint32_t) {
+  try {
+    StoreConfig config;
+    return read_config(host, config) ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+  } catch (...) {
+    host->set_error(host->host_ctx, "store-local: cannot check its config");
+    return FLOTILLA_E_INTERNAL;
+  }
+}
+
 flotilla_status plugin_init(const flotilla_host *host, void **instance_out) {
   if (!host || !instance_out) return FLOTILLA_E_INVALID;
   auto error = [host](const std::string &message) {
@@ -218,12 +236,7 @@ flotilla_status plugin_init(const flotilla_host *host, void **instance_out) {
   }
   try {
     StoreConfig config;
-    try {
-      config = parse_store_config(host->config_json(host->host_ctx));
-    } catch (const ConfigProblem &p) {
-      host->config_error(host->host_ctx, p.key().c_str(), p.what());
-      return FLOTILLA_E_INVALID;
-    }
+    if (!read_config(host, config)) return FLOTILLA_E_INVALID;
     auto store = std::make_unique<LocalStore>(host, config);
     *instance_out = store.release();
     return FLOTILLA_OK;
@@ -280,5 +293,6 @@ const flotilla_entry flotilla_plugin_entry = {
     flotilla::store_local::plugin_init,
     flotilla::store_local::plugin_deinit,
     flotilla::store_local::plugin_get_interface,
+    flotilla::store_local::plugin_check_config,
 };
 }

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace flotilla::store_local {
 
@@ -28,8 +29,10 @@ class ConfigProblem : public std::runtime_error {
   std::string key_;
 };
 
-// Parse the config JSON object. Throws ConfigProblem naming the key and
-// saying what is accepted.
+// Parse the config JSON object on top of the defaults. Every bad key is
+// appended to problems, naming the key and saying what is accepted.
+StoreConfig parse_store_config(std::string_view json_text, std::vector<ConfigProblem> &problems);
+// The same; throws the first problem.
 StoreConfig parse_store_config(std::string_view json_text);
 
 }  // namespace flotilla::store_local

@@ -5,6 +5,7 @@
 // its output through `flotilla alloc logs`. Every test has its own daemon,
 // data dir and OCI root, and removes every container, mount and shim.
 #include <gtest/gtest.h>
+#include <seccomp.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/utsname.h>
@@ -17,6 +18,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -195,6 +197,8 @@ TEST_F(Security, DefaultDeniesForbiddenCallsAndUnconfinedShowsTheyWouldWork) {
   for (const char *admin :
        {"unshare_user", "unshare_uts", "mount_tmpfs", "personality_bsd", "socket_vsock"})
     EXPECT_EQ(def.call(admin), "EPERM") << admin << "\n" << def.raw;
+  // Only the address families Docker's default allows: not AF_ALG (38).
+  EXPECT_EQ(def.call("socket_alg"), "EPERM") << def.raw;
   EXPECT_EQ(def.status["Seccomp"], "2") << def.raw;
   EXPECT_EQ(def.status["NoNewPrivs"], "1") << def.raw;
   // Docker's 14 default capabilities: 0x00000000a80425fb.
@@ -211,6 +215,9 @@ TEST_F(Security, DefaultDeniesForbiddenCallsAndUnconfinedShowsTheyWouldWork) {
   EXPECT_EQ(open.status["Seccomp"], "0") << open.raw;
   for (const char *would : {"keyctl", "add_key", "unshare_user", "personality_bsd"})
     EXPECT_EQ(open.call(would), "ok") << would << "\n" << open.raw;
+  // AF_ALG and AF_VSOCK: whatever the kernel answers, it is not the filter's EPERM.
+  EXPECT_NE(open.call("socket_alg"), "EPERM") << open.raw;
+  EXPECT_NE(open.call("socket_vsock"), "EPERM") << open.raw;
   if (kernel_at_least(5, 11)) {  // userfaultfd(UFFD_USER_MODE_ONLY) needs no privilege from 5.11
     EXPECT_EQ(open.call("userfaultfd"), "ok") << open.raw;
   }
@@ -393,13 +400,180 @@ TEST_F(Security, DockerProfileIsResolvedForThisHostAndContainer) {
   EXPECT_EQ(admin.call("personality_query"), "EINVAL") << admin.raw;  // included by it
 }
 
+// Docker's own default profile, as moby/profiles ships it (shared/testdata):
+// archMap entries for other machines (SCMP_ARCH_LOONGARCH64, which
+// libseccomp 2.5 does not know) are ignored, syscall names newer than this
+// libseccomp are left out with one warning that lists them, and the profile
+// enforces what Docker's does.
+TEST_F(Security, DockersOwnDefaultProfileLoadsAndEnforces) {
+  const std::string moby = e2e::source_dir() + "/../shared/testdata/seccomp/moby-default.json";
+  if (!fs::exists(moby)) GTEST_SKIP() << "SKIPPED: " << moby << " is not there";
+  start("[plugin.security.profiles]\nmoby = \"" + moby + "\"\n");
+  EXPECT_NE(d_->log().find("profile moby loaded from " + moby), std::string::npos) << d_->log();
+  // One warning, naming the left-out syscalls, when there are any.
+  const std::string left_out = "does not know were left out of profile " + moby;
+  size_t warn = d_->log().find(left_out);
+  if (warn != std::string::npos) {
+    EXPECT_EQ(d_->log().find(left_out, warn + 1), std::string::npos) << d_->log();
+  }
+  ProbeResult r = probe("moby", "profile = \"moby\"\n");
+  EXPECT_EQ(r.status["Seccomp"], "2") << r.raw;
+  for (const char *ok : {"getpid", "write_file", "fork", "socket_inet", "personality_query"})
+    EXPECT_EQ(r.call(ok), "ok") << ok << "\n" << r.raw;
+  for (const char *denied : {"socket_alg", "socket_vsock", "keyctl", "add_key", "userfaultfd",
+                             "unshare_user", "mount_tmpfs", "kexec_load", "io_uring_setup"})
+    EXPECT_EQ(r.call(denied), "EPERM") << denied << "\n" << r.raw;
+}
+
+// A profile shaped like Docker's current one, made here so that it does not
+// depend on shared/: default action ERRNO, an allow-list (every syscall this
+// libseccomp knows on this machine but the ones the probe shows denied),
+// archMap entries for other machines (one no libseccomp knows), and syscall
+// names newer than libseccomp 2.5 in the allow-list.
+TEST_F(Security, DockerShapedProfileWithForeignArchesAndNewSyscallsEnforces) {
+  const std::string file =
+      "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-docker-shaped.json";
+  RemoveFiles cleanup{{file}};
+  const std::set<std::string> denied = {"keyctl",      "add_key", "request_key", "unshare",
+                                        "userfaultfd", "socket",  "kexec_load",  "mount"};
+  json names = {"getxattrat", "setxattrat", "listmount", "mseal", "lsm_list_modules"};
+  for (int nr = 0; nr < 1024; ++nr) {
+    char *n = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
+    if (!n) continue;
+    if (!denied.count(n)) names.push_back(n);
+    std::free(n);
+  }
+  json profile = {
+      {"defaultAction", "SCMP_ACT_ERRNO"},
+      {"defaultErrnoRet", 1},
+      {"archMap",
+       {{{"architecture", "SCMP_ARCH_X86_64"},
+         {"subArchitectures", {"SCMP_ARCH_X86", "SCMP_ARCH_X32"}}},
+        {{"architecture", "SCMP_ARCH_AARCH64"}, {"subArchitectures", {"SCMP_ARCH_ARM"}}},
+        {{"architecture", "SCMP_ARCH_LOONGARCH64"}, {"subArchitectures", json::array()}},
+        {{"architecture", "SCMP_ARCH_FUTURE128"}, {"subArchitectures", {"SCMP_ARCH_FUTURE64"}}}}},
+      {"syscalls",
+       {{{"names", names}, {"action", "SCMP_ACT_ALLOW"}},
+        {{"names", {"lsm_get_self_attr"}}, {"action", "SCMP_ACT_ERRNO"}, {"errnoRet", 38}},
+        // AF_UNIX and AF_INET only
+        {{"names", {"socket"}},
+         {"action", "SCMP_ACT_ALLOW"},
+         {"args", {{{"index", 0}, {"value", 3}, {"op", "SCMP_CMP_LT"}}}}}}}};
+  std::ofstream(file) << profile.dump(1);
+  start("[plugin.security.profiles]\nshaped = \"" + file + "\"\n");
+  std::string log = d_->log();
+  EXPECT_NE(log.find("profile shaped loaded from " + file), std::string::npos) << log;
+  // One warning that lists every left-out name.
+  const std::string left_out = "does not know were left out of profile " + file;
+  size_t warn = log.find(left_out);
+  ASSERT_NE(warn, std::string::npos) << log;
+  EXPECT_EQ(log.find(left_out, warn + 1), std::string::npos) << log;
+  size_t bol = log.rfind('\n', warn) + 1;
+  std::string line = log.substr(bol, log.find('\n', warn) - bol);
+  for (const char *n : {"getxattrat", "setxattrat", "listmount", "mseal", "lsm_get_self_attr"})
+    if (seccomp_syscall_resolve_name(n) == __NR_SCMP_ERROR) {
+      EXPECT_NE(line.find(n), std::string::npos) << n << "\n" << line;
+    }
+  ProbeResult r = probe("shaped", "profile = \"shaped\"\n");
+  EXPECT_EQ(r.status["Seccomp"], "2") << r.raw;
+  for (const char *ok : {"getpid", "write_file", "fork", "socket_inet"})
+    EXPECT_EQ(r.call(ok), "ok") << ok << "\n" << r.raw;
+  for (const char *no : {"socket_alg", "socket_vsock", "keyctl", "unshare_user", "userfaultfd"})
+    EXPECT_EQ(r.call(no), "EPERM") << no << "\n" << r.raw;
+}
+
+// Every problem of a profile in one start, not one per restart.
+TEST_F(Security, AProfileWithSeveralProblemsReportsThemAllInOneStart) {
+  const std::string file = "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-many.json";
+  RemoveFiles cleanup{{file}};
+  std::ofstream(file) << R"({"defaultAction": "SCMP_ACT_ALLOW", "defaultErrnoRet": -1,
+  "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_Z80"]}],
+  "syscalls": [
+    {"names": ["make_coffee"], "action": "SCMP_ACT_ERRNO"},
+    {"names": ["mount"], "action": "SCMP_ACT_NOPE"},
+    {"names": ["chroot"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_NOPE"]}},
+    {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "colour": "red"}
+  ]})";
+  start("[plugin.security.profiles]\nmany = \"" + file + "\"\n");
+  std::string log = d_->log();
+  for (const char *says :
+       {"defaultErrnoRet: must be a non-negative integer", "unknown syscall \"make_coffee\"",
+        "syscalls[1].action: unknown action \"SCMP_ACT_NOPE\"",
+        "syscalls[2].includes.caps[0]: unknown capability \"CAP_NOPE\"",
+        "syscalls[3].colour: unknown key"})
+    EXPECT_NE(log.find(says), std::string::npos) << says << "\n" << log;
+  struct utsname u {};
+  if (uname(&u) == 0 && std::string(u.machine) == "x86_64") {
+    EXPECT_NE(log.find("archMap[0].subArchitectures: unknown architecture \"SCMP_ARCH_Z80\""),
+              std::string::npos)
+        << log;
+  }
+}
+
+// --check-config runs every check start-up runs, for every plugin, prints
+// every problem with file, line and key, and exits non-zero; start-up
+// reports the same problems together.
+TEST_F(Security, CheckConfigReportsEveryPluginsProblemsTogether) {
+  const std::string broken =
+      "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-check-broken.toml";
+  RemoveFiles cleanup{{broken}};
+  std::ofstream(broken) << "[[syscall]]\nnames = [\"read\", \"make_coffee\"]\n";
+  e2e::Daemon d;
+  std::string cfg = e2e::container_plugins_config(d, cgroup_parent());
+  cfg.replace(cfg.find("[plugin.runtime-runc]\n"), 22,
+              "[plugin.runtime-runc]\nbinray = \"runc\"\nlog_max_files = 0\n");
+  d.write_config(cfg +
+                 "\n[plugin.security]\npath = \"" SECURITY_PLUGIN_PATH
+                 "\"\nallow_rooot = false\n[plugin.security.profiles]\nweb = \"" +
+                 broken + "\"\n");
+  {  // store-local's own table is in the harness's config: add fsync there
+    std::string text = slurp(d.config_path());
+    size_t at = text.find("[plugin.store-local]");
+    ASSERT_NE(at, std::string::npos) << text;
+    text.insert(text.find('\n', at) + 1, "fsync = \"yes\"\n");
+    std::ofstream(d.config_path(), std::ios::trunc) << text;
+  }
+  std::string text = slurp(d.config_path());
+  auto line_of = [&](const std::string &needle) {
+    size_t at = text.find(needle);
+    return at == std::string::npos
+               ? -1
+               : 1 + static_cast<int>(std::count(text.begin(), text.begin() + at, '\n'));
+  };
+  const std::string where = "config " + d.config_path() + " line ";
+  const std::vector<std::string> want = {
+      where + std::to_string(line_of("fsync")) +
+          ": plugin.store-local.fsync: \"yes\" is not true or false",
+      where + std::to_string(line_of("binray")) +
+          ": plugin.runtime-runc.binray: is not a runtime-runc key",
+      where + std::to_string(line_of("log_max_files")) +
+          ": plugin.runtime-runc.log_max_files: must be an integer from 1 to 100, got 0",
+      where + std::to_string(line_of("allow_rooot")) + ": plugin.security.allow_rooot: unknown key",
+      where + std::to_string(line_of("web =")) + ": plugin.security.profiles.web: profile " +
+          broken + " line 2, syscall[0].names[1]: unknown syscall \"make_coffee\"",
+  };
+  auto check = e2e::run(
+      {e2e::build_dir() + "/core/flotillad", "--config", d.config_path(), "--check-config"});
+  EXPECT_EQ(check.exit_code, 2) << check.output;
+  for (const auto &w : want)
+    EXPECT_NE(check.output.find(w), std::string::npos) << w << "\n" << check.output;
+  EXPECT_EQ(check.output.find("are valid"), std::string::npos) << check.output;
+
+  // Start-up: the same problems in one go (the broken profile alone would
+  // be tolerated there, so it is not among them), and nothing started.
+  EXPECT_FALSE(d.start());
+  for (size_t i = 0; i + 1 < want.size(); ++i)
+    EXPECT_NE(d.log().find(want[i]), std::string::npos) << want[i] << "\n" << d.log();
+  EXPECT_EQ(d.log().find("plugin started"), std::string::npos) << d.log();
+}
+
 TEST_F(Security, BadProfilesAreRefusedWithThePreciseReasonAndTheDaemonKeepsRunning) {
   const std::string base = "/tmp/flotilla-e2e-sec-" + std::to_string(getpid()) + "-bad";
   struct Case {
     std::string ext, text, says;
   } cases[] = {
       {".json",
-       R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","make_coffee"],"action":"SCMP_ACT_ALLOW"}]})",
+       R"({"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read","make_coffee"],"action":"SCMP_ACT_ERRNO"}]})",
        "-bad0.json: syscalls[0].names[1]: unknown syscall \"make_coffee\""},
       {".json",
        R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["mount"],"action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_NOPE"]}}]})",

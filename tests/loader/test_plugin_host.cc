@@ -185,7 +185,7 @@ TEST_F(PluginHostTest, MissingEntrySymbol) {
 TEST_F(PluginHostTest, OtherAbiMajorIsRefusedWithBothVersions) {
   std::string err = start_error({fixture("future", "fixture-abi-2")});
   EXPECT_NE(err.find("(org.test.future 0.0.1) was built for plugin ABI 2.0 but this flotillad "
-                     "speaks ABI 1.1"),
+                     "speaks ABI 1.2"),
             std::string::npos)
       << err;
 }
@@ -235,6 +235,51 @@ TEST_F(PluginHostTest, InitFailureStopsStartAndUnwindsEarlierPlugins) {
             std::string::npos)
       << err;
   EXPECT_TRUE(host().list().empty());  // a was deinitialised again
+}
+
+// ABI 1.2: every plugin's check_config runs before any plugin starts, and
+// all their problems come out together, each with file, line and key.
+TEST_F(PluginHostTest, CheckConfigProblemsOfEveryPluginComeTogetherBeforeAnyStarts) {
+  auto a = fixture("first", "fixture-check-a");
+  a.key_lines = {{"colour", 21}, {"size", 22}};
+  auto b = fixture("second", "fixture-check-b");
+  b.key_lines = {{"colour", 31}};
+  std::vector<std::string> problems;
+  try {
+    host().start({fixture("a", "fixture-good-a"), a, b});
+    ADD_FAILURE() << "start succeeded";
+  } catch (const flotilla::PluginConfigError &e) {
+    problems = e.problems();
+  }
+  std::vector<std::string> want = {
+      "config /etc/flotilla/test.toml line 21: plugin.first.colour: must be red or blue",
+      "config /etc/flotilla/test.toml line 22: plugin.first.size: must be an integer",
+      "config /etc/flotilla/test.toml line 31: plugin.second.colour: must be red or blue",
+      // no line of its own: the table's
+      "config /etc/flotilla/test.toml line 7: plugin.second.size: must be an integer"};
+  EXPECT_EQ(problems, want);
+  EXPECT_TRUE(host().list().empty());
+  EXPECT_FALSE(fs::exists(dir_ + "/data/plugins/a"));  // nothing was initialised
+
+  // --check-config also asks for what start-up would tolerate.
+  try {
+    host().check({a});
+    ADD_FAILURE() << "check succeeded";
+  } catch (const flotilla::PluginConfigError &e) {
+    ASSERT_EQ(e.problems().size(), 3u);
+    EXPECT_EQ(e.problems()[2],
+              "config /etc/flotilla/test.toml line 7: plugin.first.extra: tolerated at start, "
+              "reported by --check-config");
+  }
+  EXPECT_FALSE(fs::exists(dir_ + "/data/plugins/first"));
+}
+
+TEST_F(PluginHostTest, AnAbi11EntryWithoutCheckConfigStillLoads) {
+  // Its entry ends before check_config; the slot after it is garbage.
+  EXPECT_NO_THROW(host().check({fixture("old", "fixture-entry-1-1")}));
+  EXPECT_EQ(start_error({fixture("old", "fixture-entry-1-1")}), "");
+  ASSERT_EQ(host().list().size(), 1u);
+  EXPECT_EQ(host().list()[0].abi_minor, 1u);
 }
 
 TEST_F(PluginHostTest, DisabledPluginIsNotLoaded) {

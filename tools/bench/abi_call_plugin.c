@@ -30,6 +30,15 @@ static const char *const provides[] = {"bench.step/1", NULL};
 static const char *const none[] = {NULL};
 
 FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
-    sizeof(flotilla_entry), FLOTILLA_ABI_VERSION_MAJOR, FLOTILLA_ABI_VERSION_MINOR,
-    "org.flotilla.bench.abi-call", "1.0.0", "benchmark: one trivial function",
-    provides, none, b_init, b_deinit, b_get};
+    sizeof(flotilla_entry),
+    FLOTILLA_ABI_VERSION_MAJOR,
+    FLOTILLA_ABI_VERSION_MINOR,
+    "org.flotilla.bench.abi-call",
+    "1.0.0",
+    "benchmark: one trivial function",
+    provides,
+    none,
+    b_init,
+    b_deinit,
+    b_get,
+    NULL};

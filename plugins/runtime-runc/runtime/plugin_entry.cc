@@ -107,6 +107,13 @@ flotilla_status plugin_init(const flotilla_host *host, void **instance_out) {
   });
 }
 
+flotilla_status plugin_check_config(const flotilla_host *host, uint32_t) {
+  return guarded("check_config", [&] {
+    flotilla::runc::RuntimeConfig config;
+    return RuncRuntime::read_config(host, config) ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+  });
+}
+
 void plugin_deinit(void *instance) {
   try {
     delete self(instance);
@@ -136,4 +143,5 @@ extern "C" FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
     plugin_init,
     plugin_deinit,
     plugin_get_interface,
+    plugin_check_config,
 };

@@ -1108,7 +1108,7 @@ flotilla_status RuncRuntime::image_import(const char *path, const char *tag,
         uint64_t rid = add_reply({cb, nullptr, nullptr, user});
         auto out = std::make_shared<std::string>();
         std::shared_ptr<ImageStore> images = images_;
-        queue([images, p, t, out] { *out = images->import_image(p, t).record.to_json().dump(); },
+        queue([images, p, t, out] { *out = images->import_image(p, t).to_json().dump(); },
               [this, rid, out](flotilla_status st, const std::string &msg) {
                 answer(rid, st, st == FLOTILLA_OK ? *out : msg);
               });
@@ -1169,7 +1169,10 @@ void RuncRuntime::recover() {
       [out, config] {
         fs::create_directories(config.root);
         fs::create_directories(config.containers_dir);
-        out->images = std::make_shared<ImageStore>(config.image_dir);
+        ImageStoreOptions options;
+        options.limits.device_nodes =
+            config.device_nodes == "refuse" ? DeviceNodes::refuse : DeviceNodes::skip;
+        out->images = std::make_shared<ImageStore>(config.image_dir, options);
         for (const auto &entry : fs::directory_iterator(config.containers_dir)) {
           if (!entry.is_directory()) continue;
           Found f;
@@ -1291,22 +1294,17 @@ void RuncRuntime::became_ready(flotilla_status status, const std::string &messag
 
 // ---- init -----------------------------------------------------------------
 
-flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out) {
+bool RuncRuntime::read_config(const flotilla_host *host, RuntimeConfig &config) {
   json table;
   try {
     table = json::parse(host->config_json(host->host_ctx));
   } catch (const std::exception &e) {
     host->set_error(host->host_ctx,
                     (std::string("runtime-runc: config is not JSON: ") + e.what()).c_str());
-    return FLOTILLA_E_INVALID;
+    return false;
   }
-  RuntimeConfig config;
-  try {
-    config = parse_runtime_config(table, host->data_dir);
-  } catch (const ConfigProblem &p) {
-    host->config_error(host->host_ctx, p.key.c_str(), p.what());
-    return FLOTILLA_E_INVALID;
-  }
+  std::vector<ConfigProblem> problems;
+  config = parse_runtime_config(table, host->data_dir, problems);
   // Without CAP_SYS_RESOURCE a container cannot get more open files than
   // the daemon may have; the default stays within that.
   if (!table.contains("rlimit_nofile")) {
@@ -1317,34 +1315,33 @@ flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<Run
   }
   // Checked once at start-up (a few stat calls) so that a typo is reported
   // against the config line rather than at the first container.
-  if (!find_program(config.binary)) {
-    host->config_error(host->host_ctx, "binary",
-                       ("\"" + config.binary + "\" is not " +
-                        (config.binary.front() == '/' ? std::string("an executable file")
-                                                      : std::string("an executable in PATH")) +
-                        "; install runc or crun, or give the absolute path of an OCI runtime")
-                           .c_str());
-    return FLOTILLA_E_INVALID;
-  }
+  if (!find_program(config.binary))
+    problems.emplace_back(
+        "binary", "\"" + config.binary + "\" is not " +
+                      (config.binary.front() == '/' ? std::string("an executable file")
+                                                    : std::string("an executable in PATH")) +
+                      "; install runc or crun, or give the absolute path of an OCI runtime");
   if (!config.shim.empty()) {
-    if (::access(config.shim.c_str(), X_OK) != 0) {
-      host->config_error(host->host_ctx, "shim",
-                         ("\"" + config.shim + "\" is not an executable file; give the path " +
-                          "of flotilla-runc-shim")
-                             .c_str());
-      return FLOTILLA_E_INVALID;
-    }
-  } else {
+    if (::access(config.shim.c_str(), X_OK) != 0)
+      problems.emplace_back("shim", "\"" + config.shim +
+                                        "\" is not an executable file; give the path of "
+                                        "flotilla-runc-shim");
+  } else if (!table.contains("shim")) {
     config.shim = find_shim();
-    if (config.shim.empty()) {
-      host->set_error(
-          host->host_ctx,
-          ("runtime-runc: cannot find flotilla-runc-shim next to the plugin or at " +
-           std::string(FLOTILLA_RUNC_SHIM_DEFAULT) + "; set plugin.runtime-runc.shim to its path")
-              .c_str());
-      return FLOTILLA_E_NOT_FOUND;
-    }
+    if (config.shim.empty())
+      problems.emplace_back("shim",
+                            "not set, and flotilla-runc-shim is neither next to the "
+                            "plugin nor at " +
+                                std::string(FLOTILLA_RUNC_SHIM_DEFAULT) +
+                                "; set it to the shim's path");
   }
+  for (const auto &p : problems) host->config_error(host->host_ctx, p.key.c_str(), p.what());
+  return problems.empty();
+}
+
+flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out) {
+  RuntimeConfig config;
+  if (!read_config(host, config)) return FLOTILLA_E_INVALID;
   out.reset(new RuncRuntime(host, std::move(config)));
   out->recover();
   return FLOTILLA_OK;

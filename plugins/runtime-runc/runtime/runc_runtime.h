@@ -39,6 +39,10 @@ class RuncRuntime {
   // Reads the config (bad keys go to host->config_error), finds the shim
   // and starts recovering the containers on disk in the background.
   static flotilla_status open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out);
+  // The config as open() reads it, and the runtime binary and the shim it
+  // names; every problem goes to host->config_error. False if there was one.
+  // Writes nothing (check_config uses it too).
+  static bool read_config(const flotilla_host *host, RuntimeConfig &config);
   ~RuncRuntime();  // deinit: cancels what is pending; containers keep running
   RuncRuntime(const RuncRuntime &) = delete;
   RuncRuntime &operator=(const RuncRuntime &) = delete;

@@ -11,9 +11,10 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr std::string_view kKeys[] = {
-    "binary",          "root",          "shim",           "cgroup_parent",    "image_dir",
-    "log_max_size_mb", "log_max_files", "cpu_hard_limit", "cpu_mhz_per_core", "rlimit_nofile"};
+constexpr std::string_view kKeys[] = {"binary",        "root",           "shim",
+                                      "cgroup_parent", "image_dir",      "log_max_size_mb",
+                                      "log_max_files", "cpu_hard_limit", "cpu_mhz_per_core",
+                                      "rlimit_nofile", "device_nodes"};
 
 std::string known_keys() {
   std::string out;
@@ -21,34 +22,50 @@ std::string known_keys() {
   return out;
 }
 
-std::string text(const json &t, const char *key, std::string fallback, const char *what) {
+// Each reader returns the fallback and records a problem for a bad value,
+// so that every bad key is reported in one go.
+using Problems = std::vector<ConfigProblem>;
+
+std::string text(const json &t, const char *key, std::string fallback, const char *what,
+                 Problems &problems) {
   auto it = t.find(key);
   if (it == t.end()) return fallback;
-  if (!it->is_string() || it->get<std::string>().empty())
-    throw ConfigProblem(key, std::string("must be ") + what + ", got " + it->dump());
+  if (!it->is_string() || it->get<std::string>().empty()) {
+    problems.emplace_back(key, std::string("must be ") + what + ", got " + it->dump());
+    return fallback;
+  }
   return it->get<std::string>();
 }
 
-std::string abs_path(const json &t, const char *key, std::string fallback) {
-  std::string p = text(t, key, std::move(fallback), "an absolute path");
-  if (p.front() != '/') throw ConfigProblem(key, "must be an absolute path, got \"" + p + "\"");
+std::string abs_path(const json &t, const char *key, std::string fallback, Problems &problems) {
+  std::string p = text(t, key, fallback, "an absolute path", problems);
+  if (p.empty() || p.front() != '/') {
+    problems.emplace_back(key, "must be an absolute path, got \"" + p + "\"");
+    return fallback;
+  }
   return p;
 }
 
-uint64_t integer(const json &t, const char *key, uint64_t fallback, uint64_t lo, uint64_t hi) {
+uint64_t integer(const json &t, const char *key, uint64_t fallback, uint64_t lo, uint64_t hi,
+                 Problems &problems) {
   auto it = t.find(key);
   if (it == t.end()) return fallback;
   if (!it->is_number_integer() || it->get<int64_t>() < int64_t(lo) ||
-      it->get<int64_t>() > int64_t(hi))
-    throw ConfigProblem(key, "must be an integer from " + std::to_string(lo) + " to " +
-                                 std::to_string(hi) + ", got " + it->dump());
+      it->get<int64_t>() > int64_t(hi)) {
+    problems.emplace_back(key, "must be an integer from " + std::to_string(lo) + " to " +
+                                   std::to_string(hi) + ", got " + it->dump());
+    return fallback;
+  }
   return it->get<uint64_t>();
 }
 
-bool boolean(const json &t, const char *key, bool fallback) {
+bool boolean(const json &t, const char *key, bool fallback, Problems &problems) {
   auto it = t.find(key);
   if (it == t.end()) return fallback;
-  if (!it->is_boolean()) throw ConfigProblem(key, "must be true or false, got " + it->dump());
+  if (!it->is_boolean()) {
+    problems.emplace_back(key, "must be true or false, got " + it->dump());
+    return fallback;
+  }
   return it->get<bool>();
 }
 
@@ -71,36 +88,58 @@ bool is_cgroup_parent(std::string_view p) {
 
 }  // namespace
 
-RuntimeConfig parse_runtime_config(const json &table, const std::string &data_dir) {
-  if (!table.is_object()) throw ConfigProblem("", "must be a table");
+RuntimeConfig parse_runtime_config(const json &table, const std::string &data_dir,
+                                   std::vector<ConfigProblem> &problems) {
+  RuntimeConfig c;
+  if (!table.is_object()) {
+    problems.emplace_back("", "must be a table");
+    return c;
+  }
   for (auto it = table.begin(); it != table.end(); ++it) {
     if (std::find(std::begin(kKeys), std::end(kKeys), it.key()) == std::end(kKeys))
-      throw ConfigProblem(it.key(), "is not a runtime-runc key; known keys: " + known_keys());
+      problems.emplace_back(it.key(), "is not a runtime-runc key; known keys: " + known_keys());
   }
-  RuntimeConfig c;
-  c.binary = text(table, "binary", c.binary, "\"runc\", \"crun\" or a path to an OCI runtime");
+  c.binary =
+      text(table, "binary", c.binary, "\"runc\", \"crun\" or a path to an OCI runtime", problems);
   if (c.binary.find('/') != std::string::npos && c.binary.front() != '/')
-    throw ConfigProblem("binary",
-                        "must be a program name looked up in PATH (\"runc\", \"crun\") "
-                        "or an absolute path, got \"" +
-                            c.binary + "\"");
-  c.root = abs_path(table, "root", data_dir + "/oci-root");
-  if (table.contains("shim")) c.shim = abs_path(table, "shim", "");
-  c.image_dir = abs_path(table, "image_dir", data_dir + "/images");
+    problems.emplace_back("binary",
+                          "must be a program name looked up in PATH (\"runc\", \"crun\") "
+                          "or an absolute path, got \"" +
+                              c.binary + "\"");
+  c.root = abs_path(table, "root", data_dir + "/oci-root", problems);
+  if (table.contains("shim")) c.shim = abs_path(table, "shim", "", problems);
+  c.image_dir = abs_path(table, "image_dir", data_dir + "/images", problems);
   c.containers_dir = data_dir + "/containers";
   c.alloc_netns_dir = data_dir + "/alloc-netns";
   c.cgroup_parent =
-      text(table, "cgroup_parent", c.cgroup_parent, "a cgroup path like \"flotilla\"");
+      text(table, "cgroup_parent", c.cgroup_parent, "a cgroup path like \"flotilla\"", problems);
   if (!is_cgroup_parent(c.cgroup_parent))
-    throw ConfigProblem("cgroup_parent",
-                        "must be a relative cgroup path of names made of letters, digits, '-', "
-                        "'_' and '.', like \"flotilla\" or \"machine.slice/flotilla\", got \"" +
-                            c.cgroup_parent + "\"");
-  c.log_max_size_mb = integer(table, "log_max_size_mb", c.log_max_size_mb, 1, 1024);
-  c.log_max_files = integer(table, "log_max_files", c.log_max_files, 1, 100);
-  c.cpu_hard_limit = boolean(table, "cpu_hard_limit", c.cpu_hard_limit);
-  c.cpu_mhz_per_core = integer(table, "cpu_mhz_per_core", c.cpu_mhz_per_core, 100, 100000);
-  c.rlimit_nofile = integer(table, "rlimit_nofile", c.rlimit_nofile, 64, 1048576);
+    problems.emplace_back("cgroup_parent",
+                          "must be a relative cgroup path of names made of letters, digits, '-', "
+                          "'_' and '.', like \"flotilla\" or \"machine.slice/flotilla\", got \"" +
+                              c.cgroup_parent + "\"");
+  c.log_max_size_mb = integer(table, "log_max_size_mb", c.log_max_size_mb, 1, 1024, problems);
+  c.log_max_files = integer(table, "log_max_files", c.log_max_files, 1, 100, problems);
+  c.cpu_hard_limit = boolean(table, "cpu_hard_limit", c.cpu_hard_limit, problems);
+  c.cpu_mhz_per_core =
+      integer(table, "cpu_mhz_per_core", c.cpu_mhz_per_core, 100, 100000, problems);
+  c.rlimit_nofile = integer(table, "rlimit_nofile", c.rlimit_nofile, 64, 1048576, problems);
+  c.device_nodes = text(table, "device_nodes", c.device_nodes, "\"skip\" or \"refuse\"", problems);
+  if (c.device_nodes != "skip" && c.device_nodes != "refuse") {
+    problems.emplace_back("device_nodes",
+                          "must be \"skip\" (leave device nodes in image layers "
+                          "out, the default) or \"refuse\" (refuse such "
+                          "images), got \"" +
+                              c.device_nodes + "\"");
+    c.device_nodes = "skip";
+  }
+  return c;
+}
+
+RuntimeConfig parse_runtime_config(const json &table, const std::string &data_dir) {
+  std::vector<ConfigProblem> problems;
+  RuntimeConfig c = parse_runtime_config(table, data_dir, problems);
+  if (!problems.empty()) throw problems.front();
   return c;
 }
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flotilla::runc {
 
@@ -25,6 +26,7 @@ struct RuntimeConfig {
   bool cpu_hard_limit = false;
   uint64_t cpu_mhz_per_core = 1000;
   uint64_t rlimit_nofile = 65536;
+  std::string device_nodes = "skip";  // device nodes in image layers: "skip" or "refuse"
 };
 
 // A bad key or value: key is the dotted path inside the plugin's table,
@@ -36,8 +38,11 @@ struct ConfigProblem : std::runtime_error {
 };
 
 // Reads the table (as the host hands it over, JSON) on top of the defaults.
-// data_dir is the plugin's own directory. Throws ConfigProblem for the
-// first bad key.
+// data_dir is the plugin's own directory. Every bad key is appended to
+// problems (a bad value leaves the default).
+RuntimeConfig parse_runtime_config(const nlohmann::json &table, const std::string &data_dir,
+                                   std::vector<ConfigProblem> &problems);
+// The same; throws the first problem.
 RuntimeConfig parse_runtime_config(const nlohmann::json &table, const std::string &data_dir);
 
 }  // namespace flotilla::runc

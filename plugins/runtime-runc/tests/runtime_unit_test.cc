@@ -361,6 +361,25 @@ TEST(RuntimeConfig, DefaultsAndErrors) {
   EXPECT_EQ(problem_key({{"binary", "bin/crun"}}).rfind("binary:", 0), 0u);
   EXPECT_EQ(problem_key({{"cpu_hard_limit", "yes"}}).rfind("cpu_hard_limit:", 0), 0u);
   EXPECT_EQ(problem_key({{"binary", "crun"}, {"cgroup_parent", "machine.slice/flotilla"}}), "");
+  EXPECT_EQ(problem_key({{"device_nodes", "mknod"}}).rfind("device_nodes: must be \"skip\"", 0),
+            0u);
+  EXPECT_EQ(parse_runtime_config({{"device_nodes", "refuse"}}, "/d").device_nodes, "refuse");
+  EXPECT_EQ(c.device_nodes, "skip");
+}
+
+// Every bad key in one go, each with what is accepted.
+TEST(RuntimeConfig, EveryProblemAtOnce) {
+  std::vector<ConfigProblem> problems;
+  parse_runtime_config({{"binray", "runc"},
+                        {"log_max_files", 0},
+                        {"root", "relative"},
+                        {"cpu_hard_limit", "yes"},
+                        {"device_nodes", 1}},
+                       "/d", problems);
+  std::vector<std::string> keys;
+  for (const auto &p : problems) keys.push_back(p.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"binray", "root", "log_max_files", "cpu_hard_limit",
+                                            "device_nodes"}));
 }
 
 class RotatingLogTest : public ::testing::Test {

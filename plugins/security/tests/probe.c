@@ -60,6 +60,11 @@ static long probe_socket_vsock(void) {
   if (fd >= 0) close(fd);
   return fd < 0 ? -1 : 0;
 }
+static long probe_socket_alg(void) {
+  int fd = socket(38 /* AF_ALG */, SOCK_SEQPACKET, 0);
+  if (fd >= 0) close(fd);
+  return fd < 0 ? -1 : 0;
+}
 static long probe_userfaultfd(void) {
   long fd = syscall(SYS_userfaultfd, O_CLOEXEC | 1 /* UFFD_USER_MODE_ONLY */);
   if (fd >= 0) close((int)fd);
@@ -130,6 +135,7 @@ static const struct probe probes[] = {
     {"fork", probe_fork},
     {"socket_inet", probe_socket_inet},
     {"socket_vsock", probe_socket_vsock},
+    {"socket_alg", probe_socket_alg},
     {"userfaultfd", probe_userfaultfd},
     {"keyctl", probe_keyctl},
     {"add_key", probe_add_key},

@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "store_config.h"
 
 namespace flotilla::store_local {
@@ -59,6 +63,15 @@ TEST(StoreConfig, MessageSaysWhatIsAccepted) {
   } catch (const ConfigProblem &p) {
     EXPECT_NE(std::string(p.what()).find("from 0 to"), std::string::npos) << p.what();
   }
+}
+
+TEST(StoreConfig, EveryBadKeyIsReportedAtOnce) {
+  std::vector<ConfigProblem> problems;
+  parse_store_config(R"({"fsync":"yes","snapshot_every":0,"fsnyc":true,"history":5})", problems);
+  std::vector<std::string> keys;
+  for (const auto &p : problems) keys.push_back(p.key());
+  std::sort(keys.begin(), keys.end());
+  EXPECT_EQ(keys, (std::vector<std::string>{"fsnyc", "fsync", "snapshot_every"}));
 }
 
 }  // namespace

@@ -73,6 +73,18 @@ static flotilla_status greet(void *self, const char *name, char *buf, size_t buf
 
 static const greeter_v1 greeter = {sizeof(greeter_v1), greet};
 
+/* ABI 1.2: the same check as init, without an instance; every problem
+ * goes to config_error (this plugin has one key, so at most one). */
+static flotilla_status hello_check_config(const flotilla_host *host, uint32_t flags) {
+  char greeting[64];
+  (void)flags;
+  if (read_greeting(host->config_json(host->host_ctx), greeting, sizeof greeting) < 0) {
+    host->config_error(host->host_ctx, "greeting", "must be a string of 1 to 63 characters");
+    return FLOTILLA_E_INVALID;
+  }
+  return FLOTILLA_OK;
+}
+
 static flotilla_status hello_init(const flotilla_host *host, void **instance_out) {
   hello *h;
   int r;
@@ -122,4 +134,5 @@ FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
     hello_depends_on,
     hello_init,
     hello_deinit,
-    hello_get_interface};
+    hello_get_interface,
+    hello_check_config};
