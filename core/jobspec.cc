@@ -1416,7 +1416,12 @@ json check_task(Checker &c, const json &task, const std::string &path) {
   }
   out["image"] = image.value_or("");
 
-  out["command"] = text(s, "command", "the program to run, like \"/bin/httpd\"", Presence::required)
+  // Optional: without it the image's Entrypoint and Cmd run, as in every
+  // container tool (the runtime decides, docs/abi-json.md).
+  out["command"] = text(s, "command",
+                        "the program to run, like \"/bin/httpd\" (or leave command out to run "
+                        "the image's Entrypoint and Cmd)",
+                        Presence::optional)
                        .value_or("");
 
   auto args = text_list(s, "args", "a string", "strings", 1024,

@@ -363,15 +363,26 @@ TEST(JobSpecProblems, TasksAsAWhole) {
 
 TEST(JobSpecProblems, RequiredTaskKeysPointAtTheTaskHeader) {
   auto problems = problems_of("name = \"web\"\n\n[[task]]\nargs = []\n");
-  ASSERT_EQ(problems.size(), 3u);
+  ASSERT_EQ(problems.size(), 2u);  // command is optional
   EXPECT_EQ(problems[0].to_string("web.toml"),
             "web.toml line 3, task[0].name: is required: a task name like \"server\"");
   EXPECT_EQ(problems[1].to_string("web.toml"),
             "web.toml line 3, task[0].image: is required: an image reference like "
             "\"busybox:1.36\"");
-  EXPECT_EQ(problems[2].to_string("web.toml"),
-            "web.toml line 3, task[0].command: is required: the program to run, like "
-            "\"/bin/httpd\"");
+}
+
+// Without command the image's Entrypoint and Cmd run (args, if given,
+// replace Cmd): the canonical task has command "".
+TEST(JobSpec, CommandIsOptionalAndThenTheImageDecides) {
+  json j =
+      parse_jobspec("name = \"web\"\n[[task]]\nname = \"server\"\nimage = \"nginx\"\n", "web.toml");
+  EXPECT_EQ(j["task"][0]["command"], "");
+  EXPECT_EQ(j["task"][0]["args"], json::array());
+  json with_args = parse_jobspec(
+      "name = \"web\"\n[[task]]\nname = \"server\"\nimage = \"nginx\"\nargs = [\"-g\", \"x\"]\n",
+      "web.toml");
+  EXPECT_EQ(with_args["task"][0]["command"], "");
+  EXPECT_EQ(with_args["task"][0]["args"], json({"-g", "x"}));
 }
 
 TEST(JobSpecProblems, Images) {
@@ -421,8 +432,8 @@ TEST(JobSpecProblems, CommandArgsWorkdirUser) {
   std::string toml = kMinimal;
   toml.replace(toml.find("\"/bin/httpd\""), 12, "\"\"");
   EXPECT_EQ(problem_of(toml),
-            "web.toml line 6, task[0].command: must be the program to run, like \"/bin/httpd\", "
-            "got an empty string");
+            "web.toml line 6, task[0].command: must be the program to run, like \"/bin/httpd\" "
+            "(or leave command out to run the image's Entrypoint and Cmd), got an empty string");
   EXPECT_EQ(task("args = \"-f\"\n"),
             "web.toml line 7, task[0].args: must be an array of strings, got a string \"-f\"");
   EXPECT_EQ(task("args = [\"-p\", 8080]\n"),
@@ -705,13 +716,11 @@ memory = -5
     FAIL() << "no problems";
   } catch (const JobSpecInvalid &e) {
     EXPECT_EQ(e.source(), "web.toml");
-    ASSERT_EQ(e.problems().size(), 5u);
+    ASSERT_EQ(e.problems().size(), 4u);
     EXPECT_STREQ(e.what(),
                  "web.toml line 1, name: \"Web\" is not a valid name: use 1 to 63 lowercase "
                  "letters, digits and '-', starting and ending with a letter or digit\n"
                  "web.toml line 2, count: must be an integer from 0 to 10000, got -1\n"
-                 "web.toml line 3, task[0].command: is required: the program to run, like "
-                 "\"/bin/httpd\"\n"
                  "web.toml line 6, task[0].comand: unknown key; did you mean \"command\"?\n"
                  "web.toml line 8, task[0].resources.memory: must be a positive integer (MiB), "
                  "got -5");

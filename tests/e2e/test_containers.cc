@@ -374,6 +374,105 @@ TEST_F(Containers, ImagesWithSlashesInTheirNameCanBeRemoved) {
   EXPECT_EQ(e2e::http(d_->socket(), "DELETE", "/v1/images/a%2F%2Fb").status, 400);
 }
 
+namespace {
+
+std::string sha256_file_hex(const std::string &path) {
+  auto r = e2e::run({"sha256sum", path});
+  return r.output.substr(0, 64);
+}
+
+// Writes bytes as a blob of the layout at dir; returns its descriptor.
+json put_blob(const std::string &dir, const std::string &bytes, const std::string &media_type) {
+  std::string tmp = dir + "/blob.tmp";
+  std::ofstream(tmp, std::ios::binary | std::ios::trunc) << bytes;
+  std::string hex = sha256_file_hex(tmp);
+  fs::rename(tmp, dir + "/blobs/sha256/" + hex);
+  return {{"mediaType", media_type}, {"digest", "sha256:" + hex}, {"size", bytes.size()}};
+}
+
+std::string blob_of(const std::string &dir, const std::string &digest) {
+  return slurp(dir + "/blobs/sha256/" + digest.substr(7));
+}
+
+}  // namespace
+
+// A layout holding two images, as `skopeo copy` to one directory twice
+// makes it: a clear message says how --tag picks one. The second image's
+// config has a Cmd and no Entrypoint, and a task without `command` runs it.
+TEST_F(Containers, ATaskWithoutCommandRunsTheImagesCmdPickedFromALayoutOfTwo) {
+  const std::string src = d_->dir() + "/busybox-oci", two = d_->dir() + "/two-images";
+  fs::copy(src, two, fs::copy_options::recursive);
+  json index = json::parse(slurp(two + "/index.json"));
+  json busybox = index["manifests"][0];
+  busybox["annotations"]["org.opencontainers.image.ref.name"] = "busybox:latest";
+  json manifest = json::parse(blob_of(two, busybox["digest"]));
+  json config = json::parse(blob_of(two, manifest["config"]["digest"]));
+  config["config"].erase("Entrypoint");
+  config["config"]["Cmd"] = {"echo", "hello from the image's Cmd"};
+  manifest["config"] = put_blob(two, config.dump(), manifest["config"]["mediaType"]);
+  json hello = put_blob(
+      two, manifest.dump(),
+      busybox.value("mediaType", std::string("application/vnd.oci.image.manifest.v1+json")));
+  hello["annotations"] = {{"org.opencontainers.image.ref.name", "hello-cmd:1"}};
+  index["manifests"] = {busybox, hello};
+  std::ofstream(two + "/index.json", std::ios::trunc) << index.dump();
+
+  auto no_tag = flotilla({"image", "import", two});
+  EXPECT_NE(no_tag.exit_code, 0) << no_tag.output;
+  for (const char *says :
+       {"lists 2 images", "busybox:latest", "hello-cmd:1", "Pick one with --tag NAME"})
+    EXPECT_NE(no_tag.output.find(says), std::string::npos) << says << "\n" << no_tag.output;
+  auto wrong = flotilla({"image", "import", two, "--tag", "nope:1"});
+  EXPECT_NE(wrong.output.find("--tag nope:1 names none of its images"), std::string::npos)
+      << wrong.output;
+  auto picked = flotilla({"image", "import", two, "--tag", "hello-cmd:1"});
+  ASSERT_EQ(picked.exit_code, 0) << picked.output;
+  EXPECT_NE(picked.output.find("Imported hello-cmd:1"), std::string::npos) << picked.output;
+
+  run_job(R"(name = "cmd"
+type = "batch"
+[[task]]
+name = "say"
+image = "hello-cmd:1"
+)");
+  json a = wait_for("cmd", {"complete", "failed"});
+  ASSERT_EQ(status_of(a), "complete") << a.dump() << d_->log();
+  auto logs = flotilla({"alloc", "logs", a.value("id", "")});
+  EXPECT_NE(logs.output.find("hello from the image's Cmd"), std::string::npos) << logs.output;
+}
+
+// Importing an image the store already holds says that the stored copy was
+// reused and the input not read; `image ls` keeps compressed and unpacked
+// sizes apart.
+TEST_F(Containers, ReimportSaysTheInputWasNotReadAndLsShowsBothSizes) {
+  const std::string broken = d_->dir() + "/broken-oci";
+  fs::copy(d_->dir() + "/busybox-oci", broken, fs::copy_options::recursive);
+  json index = json::parse(slurp(broken + "/index.json"));
+  json manifest = json::parse(blob_of(broken, index["manifests"][0]["digest"]));
+  std::ofstream(
+      broken + "/blobs/sha256/" + manifest["layers"][0]["digest"].get<std::string>().substr(7),
+      std::ios::trunc)
+      << "garbage";
+  fs::remove(broken + "/blobs/sha256/" + manifest["config"]["digest"].get<std::string>().substr(7));
+  auto imp = flotilla({"image", "import", broken, "--tag", "busybox:latest"});
+  EXPECT_EQ(imp.exit_code, 0) << imp.output;
+  EXPECT_EQ(imp.output.find("Imported"), std::string::npos) << imp.output;
+  EXPECT_NE(imp.output.find("Already in the store: busybox:latest"), std::string::npos)
+      << imp.output;
+  EXPECT_NE(imp.output.find("were not read from " + broken + ", so they were not checked"),
+            std::string::npos)
+      << imp.output;
+
+  auto ls = flotilla({"image", "ls"});
+  EXPECT_NE(ls.output.find("COMPRESSED"), std::string::npos) << ls.output;
+  EXPECT_NE(ls.output.find("UNPACKED"), std::string::npos) << ls.output;
+  json images = json::parse(d_->get("/v1/images").body, nullptr, false);
+  ASSERT_TRUE(images.is_object()) << images;
+  ASSERT_FALSE(images["images"].empty()) << images;
+  const json &img = images["images"][0];
+  EXPECT_GT(img.value("unpacked_size", 0), img.value("size", 0)) << img;  // busybox unpacked > gzip
+}
+
 TEST_F(Containers, MissingImageAndBadCommandAreClearErrors) {
   run_job(R"(name = "noimage"
 type = "batch"

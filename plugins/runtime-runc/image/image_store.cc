@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -73,6 +74,33 @@ std::string annotated_name(const Descriptor &d) {
   return n.empty() ? d.annotation(kRefNameAnnotation) : n;
 }
 
+// A layout with several images and no tag (or one that matches none of
+// them): which images there are, and how to pick one.
+ImageError several_images(const std::string &from, const std::vector<Descriptor> &images,
+                          const std::string &tag) {
+  std::string list, example;
+  bool unnamed = false;
+  for (const auto &d : images) {
+    std::string n = annotated_name(d);
+    list += "\n  " + (n.empty() ? short_digest(d.digest) + " (no name)" : n);
+    if (n.empty()) unnamed = true;
+    if (example.empty()) example = n;
+  }
+  std::string how = "\nPick one with --tag NAME (the API's \"tag\"): the image whose " +
+                    std::string(kRefNameAnnotation) +
+                    " is NAME, or NAME's tag (the part after ':'), is imported under NAME";
+  if (!example.empty()) how += ", e.g. flotilla image import PATH --tag " + example;
+  how += ". One import takes one image; import again for another.";
+  if (unnamed)
+    how +=
+        " An image with no name cannot be picked here: copy it to a layout of its own "
+        "(skopeo copy oci:DIR@DIGEST oci:NEWDIR:NAME).";
+  std::string head = tag.empty() ? "" : "--tag " + tag + " names none of its images; ";
+  return ImageError(FLOTILLA_E_INVALID, from + ": " + head + "index.json lists " +
+                                            std::to_string(images.size()) + " images:" + list +
+                                            how);
+}
+
 }  // namespace
 
 // ---- records ----------------------------------------------------------
@@ -94,8 +122,23 @@ json ImageRecord::to_json() const {
             {"created", created},
             {"imported", imported},
             {"size", size},
+            {"unpacked_size", unpacked_size},
+            {"device_nodes_skipped", device_nodes_skipped},
             {"layers", layers_json}};
   if (!index_digest.empty()) j["index_digest"] = index_digest;
+  return j;
+}
+
+json ImportResult::to_json() const {
+  json j = record.to_json();
+  j["import"] = {{"blobs_read", blobs_read},
+                 {"blobs_reused", blobs_reused},
+                 // false: the store already had the image, and the source's
+                 // blobs were not read, so not checked either
+                 {"source_checked", blobs_read > 0 || blobs_reused.empty()},
+                 {"layers_unpacked", layers_unpacked},
+                 {"layers_reused", layers_reused},
+                 {"notes", notes}};
   return j;
 }
 
@@ -120,6 +163,12 @@ ImageRecord ImageRecord::from_json(const json &j, std::string_view what) {
   if (auto it = j.find("size"); it != j.end() && it->is_number_unsigned()) {
     r.size = it->get<uint64_t>();
   }
+  // Records written before these fields existed have neither.
+  if (auto it = j.find("unpacked_size"); it != j.end() && it->is_number_unsigned())
+    r.unpacked_size = it->get<uint64_t>();
+  if (auto it = j.find("device_nodes_skipped"); it != j.end() && it->is_array())
+    for (const auto &d : *it)
+      if (d.is_string()) r.device_nodes_skipped.push_back(d.get<std::string>());
   auto layers = j.find("layers");
   if (layers == j.end() || !layers->is_array()) throw bad(r.name + ": no layers array");
   for (const auto &l : *layers) {
@@ -408,6 +457,61 @@ GcStats ImageStore::gc_locked() {
 
 // ---- import ---------------------------------------------------------------
 
+namespace {
+
+std::string human_bytes(uint64_t b) {
+  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  return buf;
+}
+
+}  // namespace
+
+// Refuses, before anything is unpacked, an import whose layers (those not
+// unpacked in the store yet) declare more content in their tar headers
+// than the data directory's filesystem has free. Reads the headers only.
+void ImageStore::check_space_for(const ImageRecord &rec, const std::vector<fs::path> &layer_files,
+                                 const std::string &from) const {
+  struct statvfs vfs {};
+  if (::statvfs(snapshots_dir_.c_str(), &vfs) != 0) return;  // cannot tell: unpacking will
+  const uint64_t block = vfs.f_bsize ? vfs.f_bsize : 4096;
+  const uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  uint64_t needed = 0;
+  std::string detail;
+  const size_t n = rec.layers.size();
+  for (size_t i = 0; i < n; ++i) {
+    {
+      FileLock lock(index_lock_path_, FileLock::Mode::shared);
+      if (snapshot_exists(rec.layers[i].chain_id)) continue;
+    }
+    std::string what =
+        "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " of " + rec.name;
+    LayerFootprint f =
+        layer_footprint(layer_files[i], block, free_bytes > needed ? free_bytes - needed : 1,
+                        options_.limits, from + ": " + what);
+    needed += f.disk_bytes;
+    detail += (detail.empty() ? "" : ", ") + std::string("layer ") + std::to_string(i + 1) + ": " +
+              human_bytes(f.file_bytes) + " in " + std::to_string(f.entries) + " entries";
+    if (needed > free_bytes) {
+      throw ImageError(FLOTILLA_E_IO,
+                       from + ": image " + rec.name + " needs at least " + human_bytes(needed) +
+                           " unpacked (" + detail + (i + 1 < n ? ", and more layers" : "") +
+                           ", as their tar headers declare) but " + snapshots_dir_.string() +
+                           " has " + human_bytes(free_bytes) +
+                           " free; nothing was unpacked. Free space on that filesystem "
+                           "(flotilla image rm ...), or set plugin.runtime-runc.image_dir to "
+                           "a larger one");
+    }
+  }
+}
+
 ImportResult ImageStore::import_image(const fs::path &source, std::string_view tag) {
   std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
   ImportResult result = import_locked(source, name);
@@ -448,7 +552,17 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
         named.push_back(d);
       }
     }
-    if (!named.empty()) candidates = named;
+    if (named.empty()) {
+      // Several images and a tag that names none of them: the tag would
+      // have named whichever came first.
+      bool one_image = std::all_of(entries.begin(), entries.end(), [&](const Descriptor &d) {
+        return d.digest == entries.front().digest ||
+               annotated_name(d) == annotated_name(entries.front());
+      });
+      if (!one_image) throw several_images(from, entries, tag_name);
+    } else {
+      candidates = named;
+    }
   }
   bool same_digest = std::all_of(candidates.begin(), candidates.end(), [&](const Descriptor &d) {
     return d.digest == candidates.front().digest;
@@ -462,25 +576,18 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
     bool by_platform = names.size() == 1 &&
                        std::any_of(candidates.begin(), candidates.end(),
                                    [](const Descriptor &d) { return d.platform.has_value(); });
-    if (!by_platform) {
-      std::string refs;
-      for (const auto &d : candidates) {
-        std::string n = annotated_name(d);
-        refs += (refs.empty() ? "" : ", ") + (n.empty() ? short_digest(d.digest) : n);
-      }
-      throw ImageError(FLOTILLA_E_INVALID, from + ": index.json lists " +
-                                               std::to_string(candidates.size()) + " images (" +
-                                               refs + "); pass a tag that matches one's ref.name");
-    }
+    if (!by_platform) throw several_images(from, candidates, tag_name);
     chosen = select_platform(candidates, options_.platform, from + ": index.json");
   }
   std::string name = tag_name;
   if (name.empty()) {
     std::string annotated = annotated_name(chosen);
     if (annotated.empty()) {
-      throw ImageError(FLOTILLA_E_INVALID, from + ": index.json gives the image no name (no " +
-                                               std::string(kRefNameAnnotation) +
-                                               " annotation); pass a tag");
+      throw ImageError(FLOTILLA_E_INVALID,
+                       from + ": index.json gives the image no name (no " +
+                           std::string(kRefNameAnnotation) +
+                           " annotation); pass a tag to name it (flotilla image import PATH "
+                           "--tag NAME, like --tag myapp:1.0)");
     }
     try {
       name = normalize_image_name(annotated);
@@ -491,10 +598,13 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
   }
 
   // ---- blobs: fetched and verified once, staged until the commit ----
+  ImportResult result;
   std::map<std::string, fs::path> staged;  // new to the store
+  std::set<std::string> reused;            // in the store already: not read from src
   auto fetch = [&](const Descriptor &d, const std::string &what) -> fs::path {
     if (auto it = staged.find(d.digest); it != staged.end()) return it->second;
     if (store_has(d.digest)) {
+      if (reused.insert(d.digest).second) result.blobs_reused.push_back(what + " " + d.digest);
       // Verified when it came in; the descriptor must still agree on size.
       struct stat st {};
       fs::path p = blobs_.path(d.digest);
@@ -508,6 +618,7 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
     fs::path dest = staged_dir / digest_hex(d.digest, what);
     src.fetch({d.digest, d.size, what}, dest, options_.sync);
     staged[d.digest] = dest;
+    ++result.blobs_read;
     return dest;
   };
   auto read_json_blob = [&](const Descriptor &d, const std::string &what) {
@@ -595,8 +706,10 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
     rec.layers.push_back(std::move(lr));
   }
 
+  // ---- free space: the layers still to unpack must fit ----
+  if (options_.check_free_space) check_space_for(rec, layer_files, from);
+
   // ---- snapshots ----
-  ImportResult result;
   ChainClaims claims(*this);
   std::vector<fs::path> lowers;  // top first
   std::vector<std::pair<std::string, fs::path>> new_snapshots;
@@ -609,9 +722,32 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
       exists = snapshot_exists(lr.chain_id);
     }
     fs::path rootfs;
+    std::string layer_label = "layer " + std::to_string(i + 1) + ": ";
     if (exists) {
       rootfs = snapshot_path(lr.chain_id) / "rootfs";
       ++result.layers_reused;
+      // What the snapshot's own import recorded about the layer.
+      json meta;
+      try {
+        meta = parse_json(
+            read_small_file(snapshot_path(lr.chain_id) / "snapshot.json", 1 << 20, "snapshot.json"),
+            "snapshot.json");
+      } catch (const ImageError &) {
+        meta = json::object();
+      }
+      if (!meta.is_object()) meta = json::object();
+      rec.unpacked_size += meta.value("unpacked_bytes", meta.value("tar_bytes", uint64_t{0}));
+      std::vector<std::string> skipped =
+          meta.value("device_nodes_skipped", std::vector<std::string>{});
+      if (!skipped.empty() && options_.limits.device_nodes == DeviceNodes::refuse) {
+        throw ImageError(FLOTILLA_E_INVALID,
+                         from + ": layer " + std::to_string(i + 1) + "/" + std::to_string(n) +
+                             " of " + name + ": entry \"" + skipped.front() +
+                             "\" is a device node, which this host refuses "
+                             "(plugin.runtime-runc.device_nodes = \"refuse\"); the layer is "
+                             "in the store from an import that skipped it; refusing the image");
+      }
+      for (const auto &d : skipped) rec.device_nodes_skipped.push_back(layer_label + d);
     } else {
       std::string what = "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " (" +
                          short_digest(lr.digest) + ") of " + name;
@@ -632,7 +768,11 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
                    {"layer", lr.digest},
                    {"entries", u.entries},
                    {"tar_bytes", u.tar_bytes},
+                   {"unpacked_bytes", u.unpacked_bytes},
+                   {"device_nodes_skipped", u.skipped_devices},
                    {"unpacked", now_rfc3339()}};
+      rec.unpacked_size += u.unpacked_bytes;
+      for (const auto &d : u.skipped_devices) rec.device_nodes_skipped.push_back(layer_label + d);
       write_file_atomic(dir / "snapshot.json", meta.dump(2) + "\n", false);
       for (auto &note : u.notes) result.notes.push_back(std::move(note));
       new_snapshots.emplace_back(lr.chain_id, dir);

@@ -61,12 +61,17 @@ struct ImageRecord {
   std::string platform;             // "linux/amd64"
   std::string created;              // from the config; may be empty
   std::string imported;             // when this name was set, RFC 3339
-  uint64_t size = 0;                // bytes of manifest, config and layer blobs
+  uint64_t size = 0;                // bytes of manifest, config and layer blobs (compressed)
+  uint64_t unpacked_size = 0;       // bytes of the layers' files, unpacked
   std::vector<LayerRecord> layers;  // bottom first
+  // Device nodes the layers held and the import left out (DeviceNodes::skip):
+  // "layer 1: dev/console (character device 5:1)".
+  std::vector<std::string> device_nodes_skipped;
 
   // {"name", "digest", "media_type", "config", "index_digest", "platform",
-  //  "created", "imported", "size", "layers": [{"digest", "media_type",
-  //  "size", "diff_id", "chain_id"}]} — also the image JSON of the ABI.
+  //  "created", "imported", "size", "unpacked_size", "device_nodes_skipped",
+  //  "layers": [{"digest", "media_type", "size", "diff_id", "chain_id"}]}
+  //  — also the image JSON of the ABI.
   nlohmann::json to_json() const;
   static ImageRecord from_json(const nlohmann::json &j, std::string_view what);
 };
@@ -84,6 +89,17 @@ struct ImportResult {
   unsigned layers_reused = 0;      // snapshots that existed already
   std::vector<std::string> notes;  // setuid files kept, xattrs dropped, ...
   GcStats gc;                      // when replacing a name freed an image
+  // Blobs read from the source and verified by this import.
+  unsigned blobs_read = 0;
+  // Blobs the store held already (verified when they first came in), so
+  // they were NOT read from the source: "manifest sha256:…", "layer 2/3
+  // sha256:…". When the manifest is among them, nothing but index.json was
+  // read and the source's blobs were not checked.
+  std::vector<std::string> blobs_reused;
+
+  // record.to_json() plus "import": {"blobs_read", "blobs_reused",
+  // "source_checked", "layers_unpacked", "layers_reused", "notes"}.
+  nlohmann::json to_json() const;
 };
 
 struct ResolvedImage {
@@ -104,6 +120,9 @@ struct ImageStoreOptions {
   UnpackLimits limits;
   LayoutSource::Limits source_limits;
   bool sync = true;  // fsync blobs, snapshots and records before publishing them
+  // Refuse an import, before unpacking, whose layers' declared content does
+  // not fit in the free space of the data directory's filesystem.
+  bool check_free_space = true;
 };
 
 class ImageStore {
@@ -160,6 +179,9 @@ class ImageStore {
   class ChainClaims;
 
   ImportResult import_locked(const std::filesystem::path &source, const std::string &name);
+  void check_space_for(const ImageRecord &rec,
+                       const std::vector<std::filesystem::path> &layer_files,
+                       const std::string &from) const;
   std::vector<ImageRecord> read_index() const;  // caller holds index.lock
   void write_index(std::vector<ImageRecord> records);
   ResolvedImage resolve_record(const ImageRecord &record) const;

@@ -181,6 +181,8 @@ class LayerWriter {
   void entry(struct archive_entry *e);
   void finish();
   uint64_t entries() const { return entries_; }
+  uint64_t file_bytes() const { return file_bytes_; }
+  std::vector<std::string> take_skipped_devices() { return std::move(skipped_devices_); }
   std::vector<std::string> take_notes() {
     if (dropped_notes_ > 0) {
       notes_.push_back("... and " + std::to_string(dropped_notes_) + " more notes");
@@ -242,6 +244,10 @@ class LayerWriter {
   // Directory mtimes are set last: creating their children changes them.
   std::vector<std::pair<std::string, struct timespec>> dir_times_;
   std::set<std::string> whiteouts_;  // 0/0 devices this layer created
+  uint64_t file_bytes_ = 0;
+  std::vector<std::string> skipped_devices_;
+  std::set<std::string> skipped_paths_;  // device nodes left out, for hard links to them
+  void device_node(const EntryPath &p, struct archive_entry *e, bool block);
 };
 
 EntryPath LayerWriter::split(const char *raw, const char *role) const {
@@ -513,7 +519,17 @@ void LayerWriter::entry(struct archive_entry *e) {
     return make_whiteout(dir, target, p);
   }
 
-  if (const char *link = archive_entry_hardlink(e)) return make_hardlink(p, link);
+  if (const char *link = archive_entry_hardlink(e)) {
+    EntryPath t = split(link, "hard link target");
+    if (!t.is_root() && skipped_paths_.count(t.full())) {
+      skipped_devices_.push_back(p.full() + " (hard link to " + t.full() + ")");
+      skipped_paths_.insert(p.full());
+      return;
+    }
+    return make_hardlink(p, link);
+  }
+  if (archive_entry_filetype(e) == AE_IFREG && archive_entry_size_is_set(e))
+    file_bytes_ += static_cast<uint64_t>(archive_entry_size(e));
 
   switch (archive_entry_filetype(e)) {
     case AE_IFDIR:
@@ -531,20 +547,29 @@ void LayerWriter::entry(struct archive_entry *e) {
         dir.comps.pop_back();
         return make_whiteout(dir, p.name(), p);
       }
-      refuse(p.display, "is a character device " + std::to_string(archive_entry_rdevmajor(e)) +
-                            ":" + std::to_string(archive_entry_rdevminor(e)) +
-                            "; device nodes are not allowed in image layers (the runtime "
-                            "creates /dev)");
+      return device_node(p, e, false);
     case AE_IFBLK:
-      refuse(p.display, "is a block device " + std::to_string(archive_entry_rdevmajor(e)) + ":" +
-                            std::to_string(archive_entry_rdevminor(e)) +
-                            "; device nodes are not allowed in image layers");
+      return device_node(p, e, true);
     case AE_IFSOCK:
       note(p.full() + ": skipped a socket");
       return;
     default:
       refuse(p.display, "has an unknown file type");
   }
+}
+
+// Never mknod from an image: the runtime makes each container's /dev.
+void LayerWriter::device_node(const EntryPath &p, struct archive_entry *e, bool block) {
+  std::string kind = std::string(block ? "block" : "character") + " device " +
+                     std::to_string(archive_entry_rdevmajor(e)) + ":" +
+                     std::to_string(archive_entry_rdevminor(e));
+  if (limits_.device_nodes == DeviceNodes::refuse)
+    refuse(p.display, "is a " + kind +
+                          "; device nodes are not allowed in image layers on this host "
+                          "(plugin.runtime-runc.device_nodes = \"refuse\"; the runtime creates "
+                          "/dev)");
+  skipped_devices_.push_back(p.full() + " (" + kind + ")");
+  skipped_paths_.insert(p.full());
 }
 
 void LayerWriter::root_entry(const EntryPath &p, struct archive_entry *e) {
@@ -840,6 +865,8 @@ UnpackResult unpack_layer(const fs::path &blob_path, LayerCompression announced,
     result.entries = writer.entries();
     result.tar_bytes = feed.bytes();
     result.diff_id = feed.diff_id();
+    result.unpacked_bytes = writer.file_bytes();
+    result.skipped_devices = writer.take_skipped_devices();
     for (auto &n : writer.take_notes()) result.notes.push_back(std::move(n));
   } catch (...) {
     try {
@@ -851,6 +878,48 @@ UnpackResult unpack_layer(const fs::path &blob_path, LayerCompression announced,
     throw;
   }
   return result;
+}
+
+LayerFootprint layer_footprint(const std::filesystem::path &blob_path, uint64_t block_size,
+                               uint64_t stop_above, const UnpackLimits &limits,
+                               std::string_view what) {
+  if (block_size == 0) block_size = 4096;
+  UniqueFd blob(::open(blob_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!blob) throw_errno(std::string(what) + ": open " + blob_path.string());
+  TarFeed feed(blob.get(), sniff_compression(blob.get()), limits.max_layer_bytes, what);
+  ArchivePtr tar(archive_read_new());
+  if (!tar) throw ImageError(FLOTILLA_E_NOMEM, "libarchive: out of memory");
+  archive_read_support_format_tar(tar.get());
+  archive_read_support_format_empty(tar.get());
+  if (archive_read_open(tar.get(), &feed, nullptr, &TarFeed::read_cb, nullptr) != ARCHIVE_OK) {
+    throw ImageError(FLOTILLA_E_INVALID,
+                     std::string(what) + ": not a tar archive: " +
+                         (feed.error().empty() ? archive_error_string(tar.get()) : feed.error()));
+  }
+  LayerFootprint out;
+  for (;;) {
+    struct archive_entry *entry = nullptr;
+    int r = archive_read_next_header(tar.get(), &entry);
+    if (r == ARCHIVE_EOF) break;
+    if (r < ARCHIVE_WARN || entry == nullptr) {
+      throw ImageError(FLOTILLA_E_INVALID,
+                       std::string(what) + ": reading the tar failed after " +
+                           std::to_string(out.entries) + " entries: " +
+                           (feed.error().empty() ? archive_error_string(tar.get()) : feed.error()));
+    }
+    ++out.entries;
+    if (archive_entry_filetype(entry) == AE_IFREG && archive_entry_hardlink(entry) == nullptr &&
+        archive_entry_size_is_set(entry) && archive_entry_size(entry) > 0) {
+      uint64_t size = static_cast<uint64_t>(archive_entry_size(entry));
+      out.file_bytes += size;
+      out.disk_bytes += (size + block_size - 1) / block_size * block_size;
+    } else {
+      out.disk_bytes += block_size;
+    }
+    if (stop_above > 0 && out.disk_bytes > stop_above) break;
+    if (out.entries > limits.max_entries) break;  // unpacking refuses it, with the limit
+  }
+  return out;
 }
 
 }  // namespace flotilla::runc

@@ -7,8 +7,9 @@
 // component is created with *at() calls that never follow it. An entry
 // whose path is absolute, holds "..", or whose parent leads out of the root
 // through a symlink is refused, as are hard links to anything outside the
-// layer or not yet extracted, device nodes other than the 0/0 whiteout, and
-// layers past the size and entry limits. A refused layer's directory is
+// layer or not yet extracted, device nodes other than the 0/0 whiteout
+// (unless limits.device_nodes says skip, the default: then they are left
+// out and listed), and layers past the size and entry limits. A refused layer's directory is
 // removed again.
 #pragma once
 
@@ -22,6 +23,12 @@
 
 namespace flotilla::runc {
 
+// What to do with a character or block device node in a layer (other than
+// the 0/0 overlay whiteout). Never mknod: the runtime gives every container
+// its own /dev, and a device node from an image would be a way to the host's
+// disks. skip leaves it out and lists it; refuse refuses the layer.
+enum class DeviceNodes { skip, refuse };
+
 struct UnpackLimits {
   uint64_t max_entries = 1'000'000;
   uint64_t max_entry_bytes = uint64_t{64} << 30;   // one file, 64 GiB
@@ -29,6 +36,7 @@ struct UnpackLimits {
   size_t max_path_bytes = 4096;
   size_t max_path_depth = 256;
   size_t max_xattr_bytes = 64 * 1024;  // all xattrs of one entry
+  DeviceNodes device_nodes = DeviceNodes::skip;
 };
 
 struct UnpackResult {
@@ -36,7 +44,29 @@ struct UnpackResult {
   uint64_t tar_bytes = 0;  // its length
   uint64_t entries = 0;
   std::vector<std::string> notes;  // things kept or dropped that an operator may care about
+  // Device nodes left out (DeviceNodes::skip), in layer order:
+  // "dev/console (character device 5:1)"; hard links to them are left out too.
+  std::vector<std::string> skipped_devices;
+  // The layer's content as its tar headers declare it: regular file sizes.
+  uint64_t unpacked_bytes = 0;
 };
+
+// A layer's declared content, read from its tar headers without unpacking
+// anything (decompressing, but not writing): what an import needs on disk.
+struct LayerFootprint {
+  uint64_t file_bytes = 0;  // sum of regular file sizes
+  uint64_t entries = 0;
+  // Each file rounded up to the block size, plus a block for every other
+  // entry: about what the unpacked layer takes on that filesystem.
+  uint64_t disk_bytes = 0;
+};
+
+// Reads the headers of the layer blob at blob_path. Stops early, returning
+// what it counted so far, once disk_bytes(block_size) passes stop_above
+// (0: never). Throws ImageError for data that is not a tar.
+LayerFootprint layer_footprint(const std::filesystem::path &blob_path, uint64_t block_size,
+                               uint64_t stop_above, const UnpackLimits &limits,
+                               std::string_view what);
 
 // Unpacks the layer blob at blob_path into dest, which must not exist yet
 // (its parent must). The compression is sniffed from the data; announced

@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <set>
 #include <string>
 #include <thread>
@@ -326,8 +329,16 @@ TEST_F(ImageStoreTest, NamesImagesByTagOrAnnotation) {
   json a = layout.add_image({make_layer(TarBuilder().file("which", "a"))});
   json b = layout.add_image({make_layer(TarBuilder().file("which", "b"))});
   layout.write_index({a, b}, {"app:a", "b"});
-  // Two images and no tag to choose: refused, naming both.
-  expect_import_fails(layout.dir(), "", FLOTILLA_E_INVALID, {"lists 2 images", "app:a", "b"});
+  // Two images and no tag to choose: refused, naming both and saying how
+  // --tag picks one.
+  expect_import_fails(layout.dir(), "", FLOTILLA_E_INVALID,
+                      {"index.json lists 2 images:\n  app:a\n  b\n", "Pick one with --tag NAME",
+                       "NAME's tag (the part after ':')", "flotilla image import PATH --tag app:a",
+                       "One import takes one image"});
+  // A tag that names none of them is not silently given to the first.
+  expect_import_fails(layout.dir(), "other:1", FLOTILLA_E_INVALID,
+                      {"--tag other:1 names none of its images", "app:a"});
+  expect_store_empty();
   ImageStore store(data());
   EXPECT_EQ(store.import_image(layout.dir(), "app:a").record.digest, a["digest"]);
   // ref.name holding only a tag matches the tag part of the name.
@@ -335,8 +346,203 @@ TEST_F(ImageStoreTest, NamesImagesByTagOrAnnotation) {
 
   LayoutBuilder unnamed(tree_ / "unnamed");
   unnamed.write_index({unnamed.add_image({make_layer(TarBuilder().file("x", "y"))})});
-  expect_import_fails(unnamed.dir(), "", FLOTILLA_E_INVALID, {"pass a tag"});
+  expect_import_fails(unnamed.dir(), "", FLOTILLA_E_INVALID, {"pass a tag", "--tag NAME"});
   expect_import_fails(unnamed.dir(), "Bad Name", FLOTILLA_E_INVALID, {"Bad Name"});
+}
+
+// ---- device nodes -------------------------------------------------------
+
+TEST_F(ImageStoreTest, DeviceNodesAreLeftOutAndRecordedOnTheImage) {
+  LayoutBuilder layout(tree_ / "layout");
+  layout.write_index(
+      {layout.add_image({make_layer(TarBuilder().dir("etc").file("etc/os", "debian")),
+                         make_layer(TarBuilder()
+                                        .dir("dev")
+                                        .device("dev/console", false, 5, 1)
+                                        .device("dev/loop0", true, 7, 0)
+                                        .file("dev/README", "made by mknod"))})},
+      {"rootfs:12"});
+  ImageStore store(data());
+  ImportResult r = store.import_image(layout.dir());
+  std::vector<std::string> want = {"layer 2: dev/console (character device 5:1)",
+                                   "layer 2: dev/loop0 (block device 7:0)"};
+  EXPECT_EQ(r.record.device_nodes_skipped, want);
+  EXPECT_EQ(r.to_json()["device_nodes_skipped"], json(want));
+  EXPECT_EQ(store.get("rootfs:12").device_nodes_skipped, want);  // kept in images.json
+  ResolvedImage img = store.resolve("rootfs:12");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(img.lower_dirs[0] / "dev/console")));
+  EXPECT_EQ(read_file(img.lower_dirs[0] / "dev/README"), "made by mknod");
+
+  // The same layers under another name reuse the snapshots, and still list them.
+  ImportResult again = store.import_image(layout.dir(), "rootfs:again");
+  EXPECT_EQ(again.layers_reused, 2u);
+  EXPECT_EQ(again.record.device_nodes_skipped, want);
+
+  // device_nodes = "refuse": refused, for a fresh store and for one that
+  // has the layer from an import that skipped its devices.
+  ImageStoreOptions refuse;
+  refuse.limits.device_nodes = DeviceNodes::refuse;
+  ImageStore strict(data(), refuse);
+  try {
+    strict.import_image(layout.dir(), "rootfs:strict");
+    ADD_FAILURE() << "a reused snapshot with skipped devices was accepted";
+  } catch (const ImageError &e) {
+    EXPECT_NE(std::string(e.what()).find("dev/console (character device 5:1)\" is a device node"),
+              std::string::npos)
+        << e.what();
+  }
+  TempTree other;
+  try {
+    ImageStore fresh(other / "store", refuse);
+    fresh.import_image(layout.dir());
+    ADD_FAILURE() << "device nodes were accepted under refuse";
+  } catch (const ImageError &e) {
+    EXPECT_NE(std::string(e.what()).find("entry \"dev/console\": is a character device 5:1"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// A rootfs made and packed by a real tool: umoci repacks a bundle whose
+// rootfs has device nodes (as one made by debootstrap does).
+TEST_F(ImageStoreTest, AnUmociImageWithDeviceNodesImports) {
+  if (::geteuid() != 0) SKIP_WITH_REASON(std::string("mknod of test devices needs root"));
+  if (std::system("command -v umoci >/dev/null 2>&1") != 0)
+    SKIP_WITH_REASON(std::string("umoci is not installed"));
+  fs::path oci = tree_ / "umoci", bundle = tree_ / "bundle";
+  std::string q = "'" + oci.string() + "'", b = "'" + bundle.string() + "'";
+  ASSERT_EQ(std::system(("umoci init --layout " + q + " && umoci new --image " + q +
+                         ":deb && umoci unpack --image " + q + ":deb " + b + " >/dev/null")
+                            .c_str()),
+            0);
+  fs::path rootfs = bundle / "rootfs";
+  fs::create_directories(rootfs / "dev");
+  ASSERT_EQ(::mknod((rootfs / "dev/console").c_str(), S_IFCHR | 0600, makedev(5, 1)), 0);
+  ASSERT_EQ(::mknod((rootfs / "dev/null").c_str(), S_IFCHR | 0666, makedev(1, 3)), 0);
+  ASSERT_EQ(::mknod((rootfs / "dev/sda").c_str(), S_IFBLK | 0660, makedev(8, 0)), 0);
+  write_file(rootfs / "etc/debian_version", "12.11\n");
+  ASSERT_EQ(std::system(("umoci repack --image " + q + ":deb " + b + " >/dev/null").c_str()), 0);
+  ImageStore store(data());
+  ImportResult r = store.import_image(oci, "debian:12");
+  std::set<std::string> skipped(r.record.device_nodes_skipped.begin(),
+                                r.record.device_nodes_skipped.end());
+  EXPECT_TRUE(skipped.count("layer 1: dev/console (character device 5:1)")) << r.to_json();
+  EXPECT_TRUE(skipped.count("layer 1: dev/null (character device 1:3)")) << r.to_json();
+  EXPECT_TRUE(skipped.count("layer 1: dev/sda (block device 8:0)")) << r.to_json();
+  ResolvedImage img = store.resolve("debian:12");
+  EXPECT_EQ(read_file(img.lower_dirs[0] / "etc/debian_version"), "12.11\n");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(img.lower_dirs[0] / "dev/sda")));
+}
+
+// ---- what an import read --------------------------------------------------
+
+// The store has the image already: its verified copy is reused, and the
+// result says that the source's blobs were not read (so not checked),
+// instead of claiming an import that verified them.
+TEST_F(ImageStoreTest, AnImageTheStoreHasIsReusedAndTheResultSaysTheSourceWasNotRead) {
+  LayoutBuilder layout(tree_ / "layout");
+  json m = layout.add_image(two_layers(false));
+  layout.write_index({m}, {"web:1"});
+  ImageStore store(data());
+  ImportResult first = store.import_image(layout.dir());
+  EXPECT_EQ(first.blobs_read, 4u);  // manifest, config, two layers
+  EXPECT_TRUE(first.blobs_reused.empty());
+  EXPECT_EQ(first.to_json()["import"]["source_checked"], true);
+
+  // The same layout with a layer blob overwritten by garbage and the
+  // config blob gone.
+  fs::copy(layout.dir(), tree_ / "broken", fs::copy_options::recursive);
+  json manifest = json::parse(read_file(layout.blob_path(m["digest"])));
+  auto in_broken = [&](const std::string &digest) {
+    return tree_ / "broken" / "blobs" / "sha256" / digest.substr(7);
+  };
+  write_file(in_broken(manifest["layers"][0]["digest"]), "garbage, not a gzip stream");
+  fs::remove(in_broken(manifest["config"]["digest"]));
+  ImportResult again = store.import_image(tree_ / "broken", "web:1");
+  EXPECT_EQ(again.blobs_read, 0u);
+  ASSERT_EQ(again.blobs_reused.size(), 4u);
+  EXPECT_EQ(again.blobs_reused[0], "manifest of web:1 " + m["digest"].get<std::string>());
+  json j = again.to_json();
+  EXPECT_EQ(j["import"]["source_checked"], false);
+  EXPECT_EQ(j["import"]["blobs_read"], 0);
+  EXPECT_EQ(j["digest"], m["digest"]);
+
+  // A new image that shares a layer: what was read and what was not.
+  LayoutBuilder more(tree_ / "more");
+  BuiltLayer extra = make_layer(TarBuilder().file("extra", "1"));
+  std::vector<BuiltLayer> layers = two_layers(false);
+  layers.push_back(extra);
+  more.write_index({more.add_image(layers)}, {"web:2"});
+  ImportResult shared = store.import_image(more.dir());
+  EXPECT_EQ(shared.blobs_read, 3u);  // manifest, config, the new layer
+  EXPECT_EQ(shared.blobs_reused.size(), 2u);
+  EXPECT_EQ(shared.to_json()["import"]["source_checked"], true);
+}
+
+// ---- free space -----------------------------------------------------------
+
+// A tmpfs of a size the test controls, unmounted at the end.
+class SmallFilesystem {
+ public:
+  SmallFilesystem(const fs::path &at, const std::string &size) : at_(at) {
+    fs::create_directories(at_);
+    if (::mount("tmpfs", at_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, ("size=" + size).c_str()) == 0)
+      mounted_ = true;
+    else
+      why_ = std::string("cannot mount a tmpfs: ") + std::strerror(errno);
+  }
+  ~SmallFilesystem() {
+    if (mounted_) ::umount2(at_.c_str(), MNT_DETACH);
+  }
+  const std::string &why_not() const { return why_; }
+
+ private:
+  fs::path at_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
+TEST_F(ImageStoreTest, AnImageThatDoesNotFitIsRefusedBeforeUnpackingAndSizesAreKeptApart) {
+  if (::geteuid() != 0) SKIP_WITH_REASON(std::string("mounting a small tmpfs needs root"));
+  SmallFilesystem small(tree_ / "small", "4m");
+  if (!small.why_not().empty()) SKIP_WITH_REASON(small.why_not());
+  fs::path store_dir = tree_ / "small" / "store";
+
+  // 16 MiB of zeros: a few KiB compressed.
+  LayoutBuilder big(tree_ / "big");
+  big.write_index(
+      {big.add_image({make_layer(
+          TarBuilder().file("small", "s").file("zeros", std::string(16 << 20, '\0')))})},
+      {"zeros:1"});
+  {
+    ImageStore store(store_dir);
+    try {
+      store.import_image(big.dir());
+      ADD_FAILURE() << "16 MiB unpacked went onto a 4 MiB filesystem";
+    } catch (const ImageError &e) {
+      std::string m = e.what();
+      for (const char *says :
+           {"image zeros:1 needs at least 16.0 MiB unpacked", "layer 1: 16.0 MiB in 2 entries",
+            "free; nothing was unpacked", "plugin.runtime-runc.image_dir"})
+        EXPECT_NE(m.find(says), std::string::npos) << says << "\n" << m;
+    }
+    EXPECT_TRUE(store.list().empty());
+    EXPECT_EQ(count_entries(store_dir / "snapshots"), 0u);
+    EXPECT_EQ(count_entries(store_dir / "tmp"), 0u);
+  }
+
+  // One that fits: compressed and unpacked sizes recorded apart.
+  LayoutBuilder fits(tree_ / "fits");
+  fits.write_index(
+      {fits.add_image({make_layer(TarBuilder().file("data", std::string(1 << 20, 'a')))})},
+      {"fits:1"});
+  ImageStore store(store_dir);
+  ImportResult r = store.import_image(fits.dir());
+  EXPECT_EQ(r.record.unpacked_size, uint64_t{1} << 20);
+  EXPECT_LT(r.record.size, uint64_t{64} << 10);  // gzip of 1 MiB of 'a'
+  json j = store.list()[0].to_json();
+  EXPECT_EQ(j["unpacked_size"], 1 << 20);
+  EXPECT_EQ(j["size"], r.record.size);
 }
 
 TEST_F(ImageStoreTest, RemoveCollectsOnlyWhatNoImageUses) {

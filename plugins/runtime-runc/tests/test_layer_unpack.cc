@@ -348,9 +348,53 @@ TEST_F(LayerUnpackTest, RefusesHardLinksToEntriesNotYetExtracted) {
   expect_refused(TarBuilder().hardlink("h", "nodir/later").finish(), "has not been extracted");
 }
 
-TEST_F(LayerUnpackTest, RefusesDeviceNodes) {
-  expect_refused(TarBuilder().device("dev/sda", true, 8, 0).finish(), "block device 8:0");
-  expect_refused(TarBuilder().device("dev/null", false, 1, 3).finish(), "character device 1:3");
+// By default device nodes are left out and listed, never created: the
+// runtime makes each container's /dev (a debootstrap rootfs packed by
+// umoci has dev/console, dev/null, ...).
+TEST_F(LayerUnpackTest, SkipsDeviceNodesAndListsThem) {
+  UnpackResult r = unpack(TarBuilder()
+                              .dir("dev")
+                              .device("dev/console", false, 5, 1)
+                              .device("dev/sda", true, 8, 0)
+                              .hardlink("dev/console-again", "dev/console")
+                              .file("etc/hostname", "box\n")
+                              .finish());
+  EXPECT_EQ(
+      r.skipped_devices,
+      (std::vector<std::string>{"dev/console (character device 5:1)", "dev/sda (block device 8:0)",
+                                "dev/console-again (hard link to dev/console)"}));
+  EXPECT_TRUE(fs::is_directory(rootfs_ / "dev"));
+  for (const char *gone : {"dev/console", "dev/sda", "dev/console-again"})
+    EXPECT_FALSE(fs::exists(fs::symlink_status(rootfs_ / gone))) << gone;
+  EXPECT_EQ(read_file(rootfs_ / "etc/hostname"), "box\n");
+  EXPECT_EQ(r.unpacked_bytes, 4u);
+}
+
+TEST_F(LayerUnpackTest, RefusesDeviceNodesWhenTheHostSaysSo) {
+  UnpackLimits refuse;
+  refuse.device_nodes = DeviceNodes::refuse;
+  expect_refused(TarBuilder().device("dev/sda", true, 8, 0).finish(), "block device 8:0", refuse);
+  expect_refused(TarBuilder().device("dev/null", false, 1, 3).finish(), "character device 1:3",
+                 refuse);
+  expect_refused(TarBuilder().device("dev/null", false, 1, 3).finish(),
+                 "plugin.runtime-runc.device_nodes = \"refuse\"", refuse);
+}
+
+TEST_F(LayerUnpackTest, FootprintIsReadFromTheHeadersWithoutUnpacking) {
+  fs::path blob = tree_ / "footprint.tar.gz";
+  write_file(blob, TarBuilder()
+                       .dir("a")
+                       .file("a/one", std::string(5000, 'x'))
+                       .file("a/two", "y")
+                       .symlink("a/link", "one")
+                       .finish(LayerCompression::gzip));
+  LayerFootprint f = layer_footprint(blob, 4096, 0, {}, "test layer");
+  EXPECT_EQ(f.entries, 4u);
+  EXPECT_EQ(f.file_bytes, 5001u);
+  EXPECT_EQ(f.disk_bytes, 8192u + 4096u + 4096u + 4096u);  // 5000 -> 2 blocks, 1 -> 1, dir, link
+  EXPECT_FALSE(fs::exists(rootfs_));
+  // Stops counting past the bound.
+  EXPECT_LT(layer_footprint(blob, 4096, 5000, {}, "test layer").entries, 4u);
 }
 
 TEST_F(LayerUnpackTest, RefusesAbsurdSizes) {
