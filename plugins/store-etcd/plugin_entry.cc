@@ -340,5 +340,6 @@ const flotilla_entry flotilla_plugin_entry = {
     flotilla::store_etcd::plugin_init,
     flotilla::store_etcd::plugin_deinit,
     flotilla::store_etcd::plugin_get_interface,
+    nullptr,  // check_config (ABI 1.2): not yet; its keys are checked by init
 };
 }
