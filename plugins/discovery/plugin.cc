@@ -638,6 +638,20 @@ std::string first_host_ipv4() {
 
 void deinit(void *instance);
 
+// ABI 1.2: every problem of [plugin.discovery] at once, nothing bound.
+flotilla_status check_config(const flotilla_host *host, uint32_t) {
+  try {
+    DiscoveryConfig cfg;
+    auto problems = parse_config(json::parse(host->config_json(host->host_ctx)), cfg);
+    for (const auto &p : problems)
+      host->config_error(host->host_ctx, p.key.c_str(), p.message.c_str());
+    return problems.empty() ? FLOTILLA_OK : FLOTILLA_E_INVALID;
+  } catch (const std::exception &e) {
+    host->config_error(host->host_ctx, "", e.what());
+    return FLOTILLA_E_INVALID;
+  }
+}
+
 flotilla_status init(const flotilla_host *host, void **instance_out) {
   try {
     auto inst = std::make_unique<Instance>();
@@ -772,4 +786,5 @@ extern "C" FLOTILLA_PLUGIN_EXPORT const flotilla_entry flotilla_plugin_entry = {
     init,
     deinit,
     get_interface,
+    check_config,
 };
