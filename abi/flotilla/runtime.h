@@ -29,6 +29,11 @@ typedef void (*flotilla_runtime_state_cb)(void *user, flotilla_status status,
 typedef void (*flotilla_runtime_list_cb)(void *user, flotilla_status status,
                                          const char *list_json);
 
+/* [loop-thread] progress_json (borrowed for the call): {"ref", "phase":
+ * "resolving|downloading|unpacking", "bytes_done", "bytes_total",
+ * "blobs": [{"digest", "role", "size", "done", "present"}]}. Since 1.2. */
+typedef void (*flotilla_runtime_progress_cb)(void *user, const char *progress_json);
+
 typedef struct flotilla_runtime_v1 {
   uint32_t struct_size;
 
@@ -70,6 +75,23 @@ typedef struct flotilla_runtime_v1 {
   /* ref: a name[:tag] or a digest. FLOTILLA_E_CONFLICT while a container
    * uses it. */
   flotilla_status (*image_remove)(void *self, const char *ref, flotilla_done_cb cb, void *user);
+
+  /* ---- since 1.2 ---------------------------------------------------- */
+
+  /* Pull ref ("busybox", "registry.example:5000/team/app:2",
+   * "host/app@sha256:...") from its registry into the image store.
+   * options_json (may be NULL): {"policy": "always" | "if_not_present"};
+   * "always" asks the registry what the tag names now and downloads the
+   * blobs the store lacks; a digest reference is never fetched again once
+   * present. progress (may be NULL) is called, throttled, while it runs;
+   * cb once, with the image record (plus "pulled": true|false) or the
+   * error, whose message carries the registry's own. The same reference
+   * pulled twice at once is downloaded once. A failed pull leaves nothing
+   * in the store. Check FLOTILLA_HAS_FIELD(rt, flotilla_runtime_v1,
+   * image_pull) before calling it. */
+  flotilla_status (*image_pull)(void *self, const char *ref, const char *options_json,
+                                flotilla_runtime_progress_cb progress,
+                                flotilla_runtime_state_cb cb, void *user);
 } flotilla_runtime_v1;
 
 #ifdef __cplusplus

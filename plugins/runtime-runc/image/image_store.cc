@@ -126,6 +126,7 @@ json ImageRecord::to_json() const {
             {"device_nodes_skipped", device_nodes_skipped},
             {"layers", layers_json}};
   if (!index_digest.empty()) j["index_digest"] = index_digest;
+  if (!origin.is_null()) j["origin"] = origin;
   return j;
 }
 
@@ -156,6 +157,7 @@ ImageRecord ImageRecord::from_json(const json &j, std::string_view what) {
   r.platform = str_field(j, "platform");
   r.created = str_field(j, "created");
   r.imported = str_field(j, "imported");
+  if (auto o = j.find("origin"); o != j.end() && o->is_object()) r.origin = *o;
   if (r.name.empty()) throw bad("record without a name");
   std::string rw = std::string(what) + " " + r.name;
   digest_hex(r.digest, rw + " digest");
@@ -512,9 +514,10 @@ void ImageStore::check_space_for(const ImageRecord &rec, const std::vector<fs::p
   }
 }
 
-ImportResult ImageStore::import_image(const fs::path &source, std::string_view tag) {
+ImportResult ImageStore::import_image(const fs::path &source, std::string_view tag,
+                                      const json &origin) {
   std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
-  ImportResult result = import_locked(source, name);
+  ImportResult result = import_locked(source, name, origin);
   if (!result.replaced_digest.empty()) {
     // The name moved; the image it named goes unless another name or a
     // container still uses it.
@@ -523,7 +526,8 @@ ImportResult ImageStore::import_image(const fs::path &source, std::string_view t
   return result;
 }
 
-ImportResult ImageStore::import_locked(const fs::path &source, const std::string &tag_name) {
+ImportResult ImageStore::import_locked(const fs::path &source, const std::string &tag_name,
+                                       const json &origin) {
   FileLock gc_lock(gc_lock_path_, FileLock::Mode::shared);
   TempDir work(tmp_dir_, "import-");
   const fs::path staged_dir = work.path() / "blobs";
@@ -685,6 +689,7 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
   rec.platform = config.platform.str();
   rec.created = config.created;
   rec.imported = now_rfc3339();
+  rec.origin = origin.is_null() ? json{{"type", "import"}, {"source", from}} : origin;
   rec.size = static_cast<uint64_t>(desc.size) + static_cast<uint64_t>(manifest.config.size);
   const size_t n = manifest.layers.size();
   std::vector<fs::path> layer_files;

@@ -67,6 +67,10 @@ struct ImageRecord {
   // Device nodes the layers held and the import left out (DeviceNodes::skip):
   // "layer 1: dev/console (character device 5:1)".
   std::vector<std::string> device_nodes_skipped;
+  // Where it came from: {"type": "import", "source": "image layout /srv/x"}
+  // or {"type": "registry", "registry", "repository", "endpoint", "digest"};
+  // null in records written before origins were kept.
+  nlohmann::json origin;
 
   // {"name", "digest", "media_type", "config", "index_digest", "platform",
   //  "created", "imported", "size", "unpacked_size", "device_nodes_skipped",
@@ -142,7 +146,10 @@ class ImageStore {
   // every layer against the config's diff_ids before the record is written;
   // on any error nothing of the import remains. Re-using a name moves it;
   // the image it pointed to is garbage-collected unless in use.
-  ImportResult import_image(const std::filesystem::path &source, std::string_view tag = {});
+  // origin, when not null, is recorded as the image's origin instead of
+  // {"type": "import", ...} (a pull passes where it pulled from).
+  ImportResult import_image(const std::filesystem::path &source, std::string_view tag = {},
+                            const nlohmann::json &origin = nullptr);
 
   std::vector<ImageRecord> list() const;
 
@@ -178,7 +185,8 @@ class ImageStore {
   };
   class ChainClaims;
 
-  ImportResult import_locked(const std::filesystem::path &source, const std::string &name);
+  ImportResult import_locked(const std::filesystem::path &source, const std::string &name,
+                             const nlohmann::json &origin);
   void check_space_for(const ImageRecord &rec,
                        const std::vector<std::filesystem::path> &layer_files,
                        const std::string &from) const;

@@ -77,6 +77,13 @@ flotilla_status rt_image_remove(void *s, const char *ref, flotilla_done_cb cb, v
   return guarded("image_remove", [&] { return self(s)->image_remove(ref, cb, user); });
 }
 
+flotilla_status rt_image_pull(void *s, const char *ref, const char *options,
+                              flotilla_runtime_progress_cb progress, flotilla_runtime_state_cb cb,
+                              void *user) {
+  return guarded("image_pull",
+                 [&] { return self(s)->image_pull(ref, options, progress, cb, user); });
+}
+
 const flotilla_runtime_v1 kRuntimeV1 = {
     sizeof(flotilla_runtime_v1),
     rt_create,
@@ -90,6 +97,7 @@ const flotilla_runtime_v1 kRuntimeV1 = {
     rt_image_import,
     rt_image_list,
     rt_image_remove,
+    rt_image_pull,
 };
 
 flotilla_status plugin_init(const flotilla_host *host, void **instance_out) {

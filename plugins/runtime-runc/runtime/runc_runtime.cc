@@ -20,6 +20,7 @@
 #include "../shim/proc_info.h"
 #include "../shim/shim_protocol.h"
 #include "netlink.h"
+#include "image_pulls.h"
 #include "oci_spec.h"
 #include "task_spec.h"
 
@@ -1156,6 +1157,15 @@ flotilla_status RuncRuntime::image_remove(const char *ref, flotilla_done_cb cb, 
       [cb, user](flotilla_status st) { cb(user, st); });
 }
 
+flotilla_status RuncRuntime::image_pull(const char *ref, const char *options_json,
+                                        flotilla_runtime_progress_cb progress,
+                                        flotilla_runtime_state_cb cb, void *user) {
+  if (!ref || !cb) return refuse(FLOTILLA_E_INVALID, "image_pull: ref and cb are required");
+  std::string r = ref, o = options_json ? options_json : "";
+  return gate([=, this] { return pulls_->pull(r.c_str(), o.c_str(), progress, cb, user); },
+              [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
 // ---- start-up: find the containers a previous daemon left running ----------
 
 void RuncRuntime::recover() {
@@ -1173,6 +1183,9 @@ void RuncRuntime::recover() {
         options.limits.device_nodes =
             config.device_nodes == "refuse" ? DeviceNodes::refuse : DeviceNodes::skip;
         out->images = std::make_shared<ImageStore>(config.image_dir, options);
+        // What pulls of an earlier run left half done.
+        std::error_code ec;
+        fs::remove_all(fs::path(config.image_dir) / "pulls", ec);
         for (const auto &entry : fs::directory_iterator(config.containers_dir)) {
           if (!entry.is_directory()) continue;
           Found f;
@@ -1207,6 +1220,7 @@ void RuncRuntime::recover() {
       [this, out](flotilla_status st, const std::string &msg) {
         if (st == FLOTILLA_OK) {
           images_ = out->images;
+          pulls_->set_store(images_);
           for (Found &f : out->found) adopt(f);
           // Namespaces pinned for allocations none of whose containers is
           // left (a crash between the last remove and its clean-up).
@@ -1342,7 +1356,10 @@ bool RuncRuntime::read_config(const flotilla_host *host, RuntimeConfig &config) 
 flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<RuncRuntime> &out) {
   RuntimeConfig config;
   if (!read_config(host, config)) return FLOTILLA_E_INVALID;
+  fs::path pulls_dir = fs::path(config.image_dir) / "pulls";
+  RegistryConfig registry = config.registry;
   out.reset(new RuncRuntime(host, std::move(config)));
+  out->pulls_ = std::make_unique<ImagePulls>(host, std::move(registry), pulls_dir);
   out->recover();
   return FLOTILLA_OK;
 }

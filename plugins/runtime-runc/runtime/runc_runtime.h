@@ -28,6 +28,7 @@
 namespace flotilla::runc {
 
 class ImageStore;
+class ImagePulls;
 
 // What create answers for an image the store does not have: the reference
 // once, and a `flotilla image import` command that the CLI accepts as it
@@ -61,6 +62,9 @@ class RuncRuntime {
                                void *user);
   flotilla_status image_list(flotilla_runtime_list_cb cb, void *user);
   flotilla_status image_remove(const char *ref, flotilla_done_cb cb, void *user);
+  flotilla_status image_pull(const char *ref, const char *options_json,
+                             flotilla_runtime_progress_cb progress, flotilla_runtime_state_cb cb,
+                             void *user);
 
  private:
   struct Container;
@@ -128,6 +132,7 @@ class RuncRuntime {
   const flotilla_host *host_;
   RuntimeConfig config_;
   std::shared_ptr<ImageStore> images_;
+  std::unique_ptr<ImagePulls> pulls_;  // after images_: destroyed first
   std::map<std::string, std::unique_ptr<Container>> containers_;
 
   bool ready_ = false;

@@ -14,7 +14,7 @@ using json = nlohmann::json;
 constexpr std::string_view kKeys[] = {"binary",        "root",           "shim",
                                       "cgroup_parent", "image_dir",      "log_max_size_mb",
                                       "log_max_files", "cpu_hard_limit", "cpu_mhz_per_core",
-                                      "rlimit_nofile", "device_nodes"};
+                                      "rlimit_nofile", "device_nodes", "registry"};
 
 std::string known_keys() {
   std::string out;
@@ -132,6 +132,13 @@ RuntimeConfig parse_runtime_config(const json &table, const std::string &data_di
                           "images), got \"" +
                               c.device_nodes + "\"");
     c.device_nodes = "skip";
+  }
+  if (auto r = table.find("registry"); r != table.end()) {
+    try {
+      c.registry = parse_registry_config(*r);
+    } catch (const RegistryConfigProblem &p) {
+      problems.emplace_back(p.key.empty() ? "registry" : "registry." + p.key, p.what());
+    }
   }
   return c;
 }

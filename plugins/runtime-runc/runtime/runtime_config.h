@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "../image/registry_config.h"
+
 namespace flotilla::runc {
 
 struct RuntimeConfig {
@@ -27,6 +29,7 @@ struct RuntimeConfig {
   uint64_t cpu_mhz_per_core = 1000;
   uint64_t rlimit_nofile = 65536;
   std::string device_nodes = "skip";  // device nodes in image layers: "skip" or "refuse"
+  RegistryConfig registry;  // [plugin.runtime-runc.registry]
 };
 
 // A bad key or value: key is the dotted path inside the plugin's table,

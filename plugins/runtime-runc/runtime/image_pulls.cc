@@ -1,0 +1,246 @@
+#include "image_pulls.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "../image/blob_store.h"
+#include "../image/fs_ops.h"
+#include "../image/image_error.h"
+#include "../image/image_store.h"
+#include "../image/reference.h"
+
+namespace flotilla::runc {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct ImagePulls::Work {
+  std::function<void()> work;
+  std::function<void(flotilla_status, const std::string &)> after;
+  flotilla_status status = FLOTILLA_OK;
+  std::string message;
+};
+
+ImagePulls::ImagePulls(const flotilla_host *host, RegistryConfig config, fs::path pulls_dir)
+    : host_(host),
+      config_(std::move(config)),
+      pulls_dir_(std::move(pulls_dir)),
+      http_(std::make_unique<CurlLoop>(host)) {}
+
+ImagePulls::~ImagePulls() {
+  auto pending = std::move(pending_);
+  for (auto &[key, p] : pending) {
+    p->pull.reset();
+    for (const Waiter &w : p->waiters) {
+      host_->set_error(host_->host_ctx, "runtime-runc is shutting down");
+      w.cb(w.user, FLOTILLA_E_CANCELLED, "null");
+    }
+  }
+}
+
+void ImagePulls::queue(std::function<void()> work,
+                       std::function<void(flotilla_status, const std::string &)> after) {
+  auto *w = new Work{std::move(work), std::move(after), FLOTILLA_OK, {}};
+  if (host_->queue_work(host_->host_ctx, &ImagePulls::on_work, &ImagePulls::on_work_done, w) !=
+      FLOTILLA_OK) {
+    std::unique_ptr<Work> owned(w);
+    owned->after(FLOTILLA_E_INTERNAL, "the host refused to queue work");
+  }
+}
+
+void ImagePulls::on_work(void *user) {
+  auto *w = static_cast<Work *>(user);
+  try {
+    w->work();
+  } catch (const ImageError &e) {
+    w->status = e.status();
+    w->message = e.what();
+  } catch (const std::bad_alloc &) {
+    w->status = FLOTILLA_E_NOMEM;
+    w->message = "out of memory";
+  } catch (const std::exception &e) {
+    w->status = FLOTILLA_E_IO;
+    w->message = e.what();
+  }
+}
+
+void ImagePulls::on_work_done(void *user, flotilla_status status) {
+  std::unique_ptr<Work> w(static_cast<Work *>(user));
+  if (status != FLOTILLA_OK) {
+    w->status = status;
+    w->message = "the daemon stopped before the work ran";
+  }
+  w->after(w->status, w->message);
+}
+
+flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
+                                 flotilla_runtime_progress_cb progress,
+                                 flotilla_runtime_state_cb cb, void *user) {
+  if (!ref_text || !cb) {
+    host_->set_error(host_->host_ctx, "image_pull: ref and cb are required");
+    return FLOTILLA_E_INVALID;
+  }
+  if (!store_) {
+    host_->set_error(host_->host_ctx, "image_pull: the image store is not open");
+    return FLOTILLA_E_UNAVAILABLE;
+  }
+  RegistryRef ref;
+  std::string policy = "always";
+  try {
+    ref = parse_registry_ref(ref_text);
+    json opts = json::parse(options_json && *options_json ? options_json : "{}");
+    if (!opts.is_object()) throw ImageError(FLOTILLA_E_INVALID, "options must be a JSON object");
+    if (auto p = opts.find("policy"); p != opts.end()) {
+      if (!p->is_string() || (*p != "always" && *p != "if_not_present"))
+        throw ImageError(FLOTILLA_E_INVALID,
+                         "options.policy must be \"always\" or \"if_not_present\", got " +
+                             p->dump());
+      policy = p->get<std::string>();
+    }
+  } catch (const std::exception &e) {
+    host_->set_error(host_->host_ctx, (std::string("image_pull: ") + e.what()).c_str());
+    return FLOTILLA_E_INVALID;
+  }
+  // A digest names one content: once present, there is nothing to fetch.
+  if (!ref.digest.empty()) policy = "if_not_present";
+  std::string key = ref.canonical();
+  Waiter waiter{progress, cb, user};
+  if (auto it = pending_.find(key); it != pending_.end()) {
+    it->second->waiters.push_back(waiter);  // the same image: one download for all
+    return FLOTILLA_OK;
+  }
+  auto p = std::make_unique<Pending>();
+  p->key = key;
+  p->ref = ref;
+  p->waiters.push_back(waiter);
+  pending_[key] = std::move(p);
+
+  // Off the loop: is it there already, and the credentials file.
+  struct Out {
+    std::string present;  // the record, when the policy lets it stand
+    RegistryAuths auths;
+  };
+  auto out = std::make_shared<Out>();
+  std::shared_ptr<ImageStore> store = store_;
+  std::string local = ref.digest.empty() ? ref.store_name
+                                         : ref.store_name.substr(0, ref.store_name.rfind(':')) +
+                                               "@" + ref.digest;
+  std::string auth_file = config_.auth_file;
+  queue(
+      [out, store, local, policy, auth_file] {
+        if (policy == "if_not_present") {
+          try {
+            json j = store->get(local).to_json();
+            j["pulled"] = false;
+            out->present = j.dump();
+            return;
+          } catch (const ImageError &e) {
+            if (e.status() != FLOTILLA_E_NOT_FOUND) throw;
+          }
+        }
+        if (!auth_file.empty()) out->auths = RegistryAuths::load(auth_file);
+      },
+      [this, key, out](flotilla_status st, const std::string &msg) {
+        auto it = pending_.find(key);
+        if (it == pending_.end()) return;
+        if (st != FLOTILLA_OK) return finish(key, st, "pull " + key + ": " + msg);
+        if (!out->present.empty()) return finish(key, FLOTILLA_OK, out->present);
+        it->second->auths = std::move(out->auths);
+        begin(key);
+      });
+  return FLOTILLA_OK;
+}
+
+void ImagePulls::begin(const std::string &key) {
+  Pending &p = *pending_.at(key);
+  p.dir = pulls_dir_ / (std::to_string(::getpid()) + "-" + std::to_string(next_dir_++));
+  std::shared_ptr<ImageStore> store = store_;
+  PullContext ctx;
+  ctx.http = http_.get();
+  ctx.config = &config_;
+  ctx.auths = &p.auths;
+  ctx.tokens = &tokens_;
+  BlobStore blobs(store->data_dir() / "blobs");
+  ctx.have_blob = [blobs](const std::string &d) { return blobs.contains(d); };
+  ctx.read_blob = [blobs](const std::string &d) { return blobs.read(d, 4 << 20, "manifest " + d); };
+  try {
+    std::error_code ec;
+    fs::remove_all(p.dir, ec);
+    p.pull = std::make_unique<RegistryPull>(
+        ctx, p.ref, p.dir, [this, key](const PullProgress &pr) { progress(key, pr); },
+        [this, key](flotilla_status st, const std::string &msg, PullResult r) {
+          // Runs inside RegistryPull: it is destroyed later, in downloaded().
+          downloaded(key, st, msg, std::move(r));
+        });
+    p.pull->start();
+  } catch (const std::exception &e) {
+    finish(key, FLOTILLA_E_IO, "pull " + key + ": " + e.what());
+  }
+}
+
+void ImagePulls::progress(const std::string &key, const PullProgress &pr) {
+  auto it = pending_.find(key);
+  if (it == pending_.end()) return;
+  std::string text = pr.to_json().dump();
+  it->second->last_progress = text;
+  auto waiters = it->second->waiters;
+  for (const Waiter &w : waiters)
+    if (w.progress) w.progress(w.user, text.c_str());
+}
+
+void ImagePulls::downloaded(const std::string &key, flotilla_status st, const std::string &message,
+                            PullResult result) {
+  auto it = pending_.find(key);
+  if (it == pending_.end()) return;
+  Pending &p = *it->second;
+  // The pull object is inside its own callback: let the loop unwind first.
+  std::shared_ptr<ImageStore> store = store_;
+  fs::path dir = p.dir;
+  std::string name = p.ref.store_name;
+  auto out = std::make_shared<std::string>();
+  json origin = {{"type", "registry"},
+                 {"registry", result.registry},
+                 {"repository", result.repository},
+                 {"endpoint", result.endpoint},
+                 {"digest", result.digest}};
+  json stats = {{"bytes_downloaded", result.bytes_downloaded},
+                {"blobs_downloaded", result.blobs_downloaded},
+                {"blobs_present", result.blobs_present}};
+  bool ok = st == FLOTILLA_OK;
+  queue(
+      [store, dir, name, origin, stats, out, ok] {
+        struct Cleanup {
+          fs::path d;
+          ~Cleanup() {
+            std::error_code ec;
+            fs::remove_all(d, ec);
+          }
+        } cleanup{dir};
+        if (!ok) return;
+        ImportResult r = store->import_image(dir, name, origin);
+        json j = r.record.to_json();
+        j["pulled"] = true;
+        j["pull"] = stats;
+        j["pull"]["layers_unpacked"] = r.layers_unpacked;
+        j["pull"]["layers_reused"] = r.layers_reused;
+        *out = j.dump();
+      },
+      [this, key, st, message, out](flotilla_status wst, const std::string &wmsg) {
+        if (st != FLOTILLA_OK) return finish(key, st, message);
+        if (wst != FLOTILLA_OK) return finish(key, wst, "pull " + key + ": " + wmsg);
+        finish(key, FLOTILLA_OK, *out);
+      });
+}
+
+void ImagePulls::finish(const std::string &key, flotilla_status st, const std::string &text) {
+  auto node = pending_.extract(key);
+  if (node.empty()) return;
+  std::unique_ptr<Pending> p = std::move(node.mapped());
+  for (const Waiter &w : p->waiters) {
+    if (st != FLOTILLA_OK) host_->set_error(host_->host_ctx, text.c_str());
+    w.cb(w.user, st, st == FLOTILLA_OK ? text.c_str() : "null");
+  }
+}
+
+}  // namespace flotilla::runc

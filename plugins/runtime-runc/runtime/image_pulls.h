@@ -1,0 +1,90 @@
+// The pulls of one runtime-runc instance: image_pull of flotilla.runtime/1.
+// Each reference pulls once however many ask for it at the same time
+// (they all get its progress and its result); the download runs on the
+// loop (RegistryPull over one CurlLoop), the verification and unpacking of
+// what arrived on the work queue (ImageStore::import_image), so that an
+// image appears whole or not at all.
+//
+// Staging: <image_dir>/pulls/<id>/ is an OCI layout of what one pull
+// downloaded; it is removed when the pull ends, and the whole directory at
+// start-up.
+//
+// Threading: [loop-thread].
+#pragma once
+
+#include <flotilla/host.h>
+#include <flotilla/runtime.h>
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../image/curl_loop.h"
+#include "../image/registry_config.h"
+#include "../image/registry_pull.h"
+
+namespace flotilla::runc {
+
+class ImageStore;
+
+class ImagePulls {
+ public:
+  ImagePulls(const flotilla_host *host, RegistryConfig config, std::filesystem::path pulls_dir);
+  // Pending callers get FLOTILLA_E_CANCELLED.
+  ~ImagePulls();
+  ImagePulls(const ImagePulls &) = delete;
+  ImagePulls &operator=(const ImagePulls &) = delete;
+
+  // Called once the store is open (recovery done).
+  void set_store(std::shared_ptr<ImageStore> store) { store_ = std::move(store); }
+
+  // options_json: {"policy": "always" | "if_not_present"} (default
+  // "always"; a reference by digest is never fetched again once present).
+  flotilla_status pull(const char *ref, const char *options_json,
+                       flotilla_runtime_progress_cb progress, flotilla_runtime_state_cb cb,
+                       void *user);
+
+ private:
+  struct Waiter {
+    flotilla_runtime_progress_cb progress;
+    flotilla_runtime_state_cb cb;
+    void *user;
+  };
+  struct Pending {
+    std::string key;
+    RegistryRef ref;
+    std::filesystem::path dir;
+    std::vector<Waiter> waiters;
+    std::unique_ptr<RegistryPull> pull;
+    RegistryAuths auths;
+    std::string last_progress;
+  };
+  struct Work;
+
+  // work runs on the thread pool and must not touch *this; an exception
+  // it throws becomes (status, message) for after.
+  void queue(std::function<void()> work,
+             std::function<void(flotilla_status, const std::string &)> after);
+  static void on_work(void *user);
+  static void on_work_done(void *user, flotilla_status status);
+
+  void begin(const std::string &key);
+  void downloaded(const std::string &key, flotilla_status st, const std::string &message,
+                  PullResult result);
+  void finish(const std::string &key, flotilla_status st, const std::string &text);
+  void progress(const std::string &key, const PullProgress &p);
+
+  const flotilla_host *host_;
+  RegistryConfig config_;
+  std::filesystem::path pulls_dir_;
+  std::shared_ptr<ImageStore> store_;
+  std::unique_ptr<CurlLoop> http_;
+  TokenCache tokens_;
+  std::map<std::string, std::unique_ptr<Pending>> pending_;
+  uint64_t next_dir_ = 1;
+};
+
+}  // namespace flotilla::runc
