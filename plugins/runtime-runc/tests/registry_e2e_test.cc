@@ -1,0 +1,573 @@
+// End-to-end tests of image_pull: the real runtime-runc plugin, loaded
+// through flotilla::PluginHost on a libuv loop, pulls from real
+// docker-registry instances on 127.0.0.1 (registry_test_support.h):
+//
+//   secure   TLS (openssl-made CA and certificate) + htpasswd (bcrypt)
+//   plain    no auth, plain HTTP, the same storage: pushes go here, and the
+//            fault proxy sits in front of it
+//   token    Bearer tokens from the test's token endpoint, same storage
+//   mirror   no auth, plain HTTP, its own storage (a mirror of secure)
+//
+// Images are OCI layouts made in the test (image_test_support.h): a
+// two-layer image whose second layer whites out a file of the first, a
+// second version of it, a multi-platform index, and a 3 MiB layer to cut.
+//
+// Pulls only: no container runs here, so the OCI runtime is /bin/true.
+// Without docker-registry or openssl the tests report SKIPPED.
+#include <flotilla/flotilla.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include <random>
+
+#include "image_test_support.h"
+#include "plugin_host.h"
+#include "registry_test_support.h"
+
+namespace {
+
+using flotilla::PluginHost;
+using flotilla::PluginSettings;
+using flotilla::runc::testing::LayoutBuilder;
+using flotilla::runc::testing::make_layer;
+using flotilla::runc::testing::TarBuilder;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+constexpr uint64_t kGuardMs = 60000;  // against hangs only
+
+struct Result {
+  bool done = false;
+  flotilla_status status = FLOTILLA_E_INTERNAL;
+  std::string text;
+  std::string error;
+  std::vector<json> progress;
+};
+
+void state_cb(void *user, flotilla_status st, const char *text) {
+  auto *r = static_cast<Result *>(user);
+  r->done = true;
+  r->status = st;
+  r->text = text ? text : "";
+  if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
+}
+void progress_cb(void *user, const char *text) {
+  static_cast<Result *>(user)->progress.push_back(json::parse(text));
+}
+
+// One loop and one PluginHost with runtime-runc: "the daemon".
+class Daemon {
+ public:
+  Daemon(const std::string &data_dir, const json &config) : loop_(std::make_unique<uv_loop_t>()) {
+    uv_loop_init(loop_.get());
+    host_ = std::make_unique<PluginHost>(
+        loop_.get(), PluginHost::Options{"node1", data_dir, "/etc/flotilla/test.toml"});
+    PluginSettings s;
+    s.name = "runtime-runc";
+    s.path = RUNTIME_PLUGIN_PATH;
+    s.config = config;
+    host_->start({s});
+    rt_ = host_->find<flotilla_runtime_v1>(FLOTILLA_RUNTIME_INTERFACE_ID, &self_);
+    if (!rt_) throw std::runtime_error("runtime-runc serves no flotilla.runtime/1");
+  }
+  ~Daemon() {
+    host_->stop();
+    while (uv_run(loop_.get(), UV_RUN_NOWAIT) != 0) {
+    }
+    host_.reset();
+    uv_loop_close(loop_.get());
+  }
+
+  template <class Pred>
+  bool run_until(Pred done) {
+    uv_loop_t *loop = loop_.get();
+    uint64_t deadline = uv_now(loop) + kGuardMs;
+    while (!done() && uv_now(loop) < deadline) {
+      uv_timer_t t;
+      uv_timer_init(loop, &t);
+      uv_timer_start(
+          &t, [](uv_timer_t *) {}, 20, 0);
+      uv_run(loop, UV_RUN_ONCE);
+      uv_close(reinterpret_cast<uv_handle_t *>(&t), nullptr);
+      uv_run(loop, UV_RUN_NOWAIT);
+      uv_update_time(loop);
+    }
+    return done();
+  }
+
+  // Starts a pull; run_until(r->done) finishes it.
+  flotilla_status start_pull(const std::string &ref, const std::string &policy, Result *r) {
+    std::string opts = json{{"policy", policy}}.dump();
+    flotilla_status st =
+        rt_->image_pull(self_, ref.c_str(), opts.c_str(), progress_cb, state_cb, r);
+    if (st != FLOTILLA_OK) {
+      r->done = true;
+      r->status = st;
+      r->error = PluginHost::last_error();
+    }
+    return st;
+  }
+  Result pull(const std::string &ref, const std::string &policy = "always") {
+    Result r;
+    if (start_pull(ref, policy, &r) == FLOTILLA_OK) {
+      EXPECT_FALSE(r.done) << "a callback ran inside the call";
+      EXPECT_TRUE(run_until([&] { return r.done; })) << "no answer within the guard time";
+    }
+    return r;
+  }
+  json images() {
+    Result r;
+    rt_->image_list(
+        self_,
+        [](void *u, flotilla_status st, const char *text) { state_cb(u, st, text); }, &r);
+    run_until([&] { return r.done; });
+    return json::parse(r.text.empty() ? "[]" : r.text);
+  }
+
+ private:
+  std::unique_ptr<uv_loop_t> loop_;
+  std::unique_ptr<PluginHost> host_;
+  const flotilla_runtime_v1 *rt_ = nullptr;
+  void *self_ = nullptr;
+};
+
+std::string random_bytes(size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::string s(n, '\0');
+  for (auto &c : s) c = static_cast<char>(gen());
+  return s;
+}
+
+class RegistryPull : public ::testing::Test {
+ protected:
+  static inline fs::path dir_;
+  static inline std::string skip_;
+  static inline std::unique_ptr<regtest::Registry> secure_, plain_, token_reg_, mirror_;
+  static inline std::unique_ptr<regtest::FaultProxy> proxy_;
+  static inline std::unique_ptr<regtest::TokenServer> tokens_;
+  static inline std::string ca_;
+  static inline std::string app1_digest_, app2_digest_, big_layer_digest_, app1_layer2_;
+
+  static void SetUpTestSuite() {
+    if (access("/usr/bin/docker-registry", X_OK) != 0) {
+      skip_ = "docker-registry is not installed (apt-get install docker-registry)";
+      return;
+    }
+    if (regtest::run("command -v openssl >/dev/null") != 0) {
+      skip_ = "openssl is not installed";
+      return;
+    }
+    char tmpl[] = "/tmp/flotilla-regtest-XXXXXX";
+    if (!mkdtemp(tmpl)) {
+      skip_ = "mkdtemp failed";
+      return;
+    }
+    dir_ = tmpl;
+    std::string d = dir_.string();
+    // A CA and a certificate for 127.0.0.1 signed by it; a key for tokens.
+    std::string ssl =
+        "cd " + d +
+        " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
+        "-subj /CN=flotilla-test-ca 2>/dev/null"
+        " && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
+        "-subj /CN=127.0.0.1 2>/dev/null"
+        " && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext"
+        " && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+        "-out srv.pem -days 1 -extfile san.ext 2>/dev/null"
+        " && openssl req -x509 -newkey rsa:2048 -nodes -keyout tok.key -out tok.pem -days 1 "
+        "-subj /CN=flotilla-test-token 2>/dev/null";
+    if (regtest::run(ssl) != 0) {
+      skip_ = "openssl could not make the test certificates";
+      return;
+    }
+    ca_ = d + "/ca.pem";
+    std::string line = regtest::htpasswd_line("ci", "s3cret");
+    if (line.empty()) {
+      skip_ = "libcrypt cannot make bcrypt hashes";
+      return;
+    }
+    regtest::spit(dir_ / "htpasswd", line);
+    tokens_ = std::make_unique<regtest::TokenServer>(dir_ / "tok.key", dir_ / "tok.pem",
+                                                     "flotilla-test-issuer", "flotilla-test",
+                                                     "ci", "s3cret", 3);
+
+    fs::create_directories(dir_ / "storage");
+    fs::create_directories(dir_ / "mirror-storage");
+    secure_ = std::make_unique<regtest::Registry>();
+    secure_->name = "secure";
+    plain_ = std::make_unique<regtest::Registry>();
+    plain_->name = "plain";
+    token_reg_ = std::make_unique<regtest::Registry>();
+    token_reg_->name = "token";
+    mirror_ = std::make_unique<regtest::Registry>();
+    mirror_->name = "mirror";
+    bool ok =
+        secure_->start(dir_, dir_ / "storage",
+                       "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: " + d +
+                           "/htpasswd\n",
+                       d + "/srv.pem", d + "/srv.key", ca_) &&
+        plain_->start(dir_, dir_ / "storage", "") &&
+        token_reg_->start(dir_, dir_ / "storage",
+                          "auth:\n  token:\n    realm: " + tokens_->realm() +
+                              "\n    service: flotilla-test\n    issuer: flotilla-test-issuer\n"
+                              "    rootcertbundle: " +
+                              d + "/tok.pem\n") &&
+        mirror_->start(dir_, dir_ / "mirror-storage", "");
+    if (!ok) {
+      skip_ = "docker-registry did not start; see " + d + "/*.log";
+      return;
+    }
+    proxy_ = std::make_unique<regtest::FaultProxy>(plain_->port);
+    make_and_push_images();
+  }
+
+  static void make_and_push_images() {
+    using flotilla::runc::LayerCompression;
+    // team/app:1 — two layers, the second whites out a file of the first.
+    LayoutBuilder app1(dir_ / "app1");
+    TarBuilder l1, l2;
+    l1.dir("etc").file("etc/greeting", "hello from layer 1\n").file("etc/gone", "bye\n");
+    l2.file("etc/.wh.gone", "").file("etc/second", "layer 2\n");
+    auto L1 = make_layer(l1), L2 = make_layer(l2);
+    app1_layer2_ = flotilla::runc::sha256_of(L2.bytes);
+    json m1 = app1.add_image({L1, L2}, {{"Cmd", {"cat", "/etc/greeting"}}});
+    app1.write_index({m1});
+    app1_digest_ = m1["digest"];
+    // team/app:2 — the first layer again plus a new one.
+    LayoutBuilder app2(dir_ / "app2");
+    TarBuilder l3;
+    l3.file("etc/greeting", "hello from version 2\n");
+    json m2 = app2.add_image({L1, make_layer(l3)}, {{"Cmd", {"cat", "/etc/greeting"}}});
+    app2.write_index({m2});
+    app2_digest_ = m2["digest"];
+    // team/multi:1 — an index for amd64 and arm64.
+    LayoutBuilder multi(dir_ / "multi");
+    TarBuilder la, lb;
+    la.file("arch", "amd64\n");
+    lb.file("arch", "arm64\n");
+    json ma = multi.add_image({make_layer(la)}, {}, false, "amd64");
+    json mb = multi.add_image({make_layer(lb)}, {}, false, "arm64");
+    json index = {{"schemaVersion", 2},
+                  {"mediaType", flotilla::runc::media_type::kOciIndex},
+                  {"manifests", {ma, mb}}};
+    json idesc = multi.add_blob(index.dump(), std::string(flotilla::runc::media_type::kOciIndex));
+    multi.write_index({idesc});
+    // team/big:1 — 3 MiB that does not compress, to cut in the middle.
+    LayoutBuilder big(dir_ / "big");
+    TarBuilder lbig;
+    lbig.file("blob", random_bytes(3 << 20, 7));
+    auto LB = make_layer(lbig, LayerCompression::none);
+    big_layer_digest_ = flotilla::runc::sha256_of(LB.bytes);
+    big.write_index({big.add_image({LB})});
+
+    regtest::Pusher plain{plain_->url(), {}};
+    regtest::Pusher mirror{mirror_->url(), {}};
+    bool ok = plain.layout(app1.dir(), "team/app", "1") &&
+              plain.layout(app2.dir(), "team/app", "2") &&
+              plain.layout(multi.dir(), "team/multi", "1") &&
+              plain.layout(big.dir(), "team/big", "1") &&
+              mirror.layout(app1.dir(), "team/app", "1");
+    if (!ok) skip_ = "pushing the test images failed: " + plain.error + mirror.error;
+  }
+
+  static void TearDownTestSuite() {
+    proxy_.reset();
+    tokens_.reset();
+    for (auto *r : {&secure_, &plain_, &token_reg_, &mirror_}) r->reset();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (whiteouts are device nodes)";
+    if (!skip_.empty()) GTEST_SKIP() << "SKIPPED: " << skip_;
+    char tmpl[] = "/tmp/flotilla-regnode-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    node_ = tmpl;
+    if (std::string why = flotilla::runc::testing::whiteout_support_problem(node_); !why.empty())
+      GTEST_SKIP() << "SKIPPED: " << why;
+    regtest::spit(node_ / "auths.json",
+                  json{{"auths",
+                        {{secure_->host(), {{"auth", regtest::b64("ci:s3cret", false)}}},
+                         {token_reg_->host(), {{"username", "ci"}, {"password", "s3cret"}}}}}}
+                      .dump());
+  }
+  void TearDown() override {
+    daemon_.reset();
+    if (!node_.empty()) fs::remove_all(node_);
+  }
+
+  json registry_config(json extra = json::object()) {
+    json r = {{"auth_file", (node_ / "auths.json").string()},
+              {"insecure", {plain_->host(), token_reg_->host(), mirror_->host(), proxy_->host()}},
+              {"hosts", {{secure_->host(), {{"ca_file", ca_}}}}},
+              {"progress_interval_ms", 10},
+              {"low_speed_timeout_s", 5}};
+    r.update(extra, true);
+    return r;
+  }
+  Daemon &daemon(json registry = nullptr) {
+    if (registry.is_null()) registry = registry_config();
+    json config = {{"binary", "/bin/true"},
+                   {"shim", RUNTIME_SHIM_PATH},
+                   {"image_dir", (node_ / "images").string()},
+                   {"registry", registry}};
+    daemon_ = std::make_unique<Daemon>((node_ / "data").string(), config);
+    return *daemon_;
+  }
+  // Nothing of a failed pull may remain: no image, no blob, no staging.
+  void expect_nothing_left() {
+    EXPECT_EQ(daemon_->images().size(), 0u);
+    size_t blobs = 0;
+    std::error_code ec;
+    for (auto &e : fs::directory_iterator(node_ / "images" / "blobs" / "sha256", ec)) {
+      (void)e;
+      ++blobs;
+    }
+    EXPECT_EQ(blobs, 0u) << "blobs left in the store";
+    size_t staged = 0;
+    for (auto &e : fs::directory_iterator(node_ / "images" / "pulls", ec)) {
+      ADD_FAILURE() << "left behind: " << e.path();
+      ++staged;
+    }
+    EXPECT_EQ(staged, 0u);
+  }
+
+  fs::path node_;
+  std::unique_ptr<Daemon> daemon_;
+};
+
+TEST_F(RegistryPull, OverTlsWithBasicAuthWithWhiteoutAndProgress) {
+  Daemon &d = daemon();
+  Result r = d.pull(secure_->host() + "/team/app:1");
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  json rec = json::parse(r.text);
+  EXPECT_EQ(rec["name"], secure_->host() + "/team/app:1");
+  EXPECT_EQ(rec["digest"], app1_digest_);
+  EXPECT_EQ(rec["layers"].size(), 2u);
+  EXPECT_EQ(rec["origin"]["type"], "registry");
+  EXPECT_EQ(rec["origin"]["registry"], secure_->host());
+  EXPECT_EQ(rec["origin"]["repository"], "team/app");
+  EXPECT_EQ(rec["origin"]["digest"], app1_digest_);
+  EXPECT_TRUE(rec["pulled"].get<bool>());
+  EXPECT_EQ(rec["pull"]["blobs_downloaded"], 3);  // config + 2 layers
+  // Progress: per blob, bytes done of total, ending complete.
+  ASSERT_FALSE(r.progress.empty());
+  bool downloading = false;
+  for (const json &p : r.progress) downloading |= p["phase"] == "downloading";
+  EXPECT_TRUE(downloading);
+  const json &last = r.progress.back();
+  EXPECT_EQ(last["bytes_done"], last["bytes_total"]);
+  EXPECT_EQ(last["blobs"].size(), 3u);
+  // The second layer's whiteout became an overlayfs whiteout (0/0 char device).
+  std::string chain = rec["layers"][1]["chain_id"];
+  fs::path gone = node_ / "images" / "snapshots" / chain.substr(7) / "rootfs" / "etc" / "gone";
+  struct stat st {};
+  ASSERT_EQ(lstat(gone.c_str(), &st), 0) << gone;
+  EXPECT_TRUE(S_ISCHR(st.st_mode));
+  EXPECT_EQ(st.st_rdev, 0u);
+  // The list says where it came from.
+  json images = d.images();
+  ASSERT_EQ(images.size(), 1u);
+  EXPECT_EQ(images[0]["origin"]["endpoint"], secure_->host());
+
+  // if_not_present: no request at all. always: the manifest again, no blob.
+  Result again = d.pull(secure_->host() + "/team/app:1", "if_not_present");
+  ASSERT_EQ(again.status, FLOTILLA_OK) << again.error;
+  EXPECT_FALSE(json::parse(again.text)["pulled"].get<bool>());
+  Result always = d.pull(secure_->host() + "/team/app:1", "always");
+  ASSERT_EQ(always.status, FLOTILLA_OK) << always.error;
+  EXPECT_EQ(json::parse(always.text)["pull"]["blobs_downloaded"], 0);
+  // :2 shares the first layer: only its config and new layer come.
+  Result v2 = d.pull(secure_->host() + "/team/app:2");
+  ASSERT_EQ(v2.status, FLOTILLA_OK) << v2.error;
+  EXPECT_EQ(json::parse(v2.text)["pull"]["blobs_downloaded"], 2);
+  EXPECT_EQ(json::parse(v2.text)["pull"]["blobs_present"], 1);
+  // By digest.
+  Result pinned = d.pull(secure_->host() + "/team/app@" + app2_digest_);
+  ASSERT_EQ(pinned.status, FLOTILLA_OK) << pinned.error;
+  EXPECT_EQ(json::parse(pinned.text)["digest"], app2_digest_);
+}
+
+TEST_F(RegistryPull, WrongPasswordIsRefusedWithTheRegistrysMessage) {
+  regtest::spit(node_ / "auths.json",
+                json{{"auths", {{secure_->host(), {{"username", "ci"}, {"password", "wrong"}}}}}}
+                    .dump());
+  Daemon &d = daemon();
+  Result r = d.pull(secure_->host() + "/team/app:1");
+  EXPECT_EQ(r.status, FLOTILLA_E_PERMISSION) << r.error;
+  EXPECT_NE(r.error.find("HTTP 401"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("UNAUTHORIZED"), std::string::npos) << r.error;
+  EXPECT_EQ(r.error.find("s3cret"), std::string::npos);
+  EXPECT_EQ(r.error.find("wrong"), std::string::npos) << "the password leaked: " << r.error;
+  expect_nothing_left();
+}
+
+TEST_F(RegistryPull, NoCredentialsSaysSo) {
+  regtest::spit(node_ / "auths.json", R"({"auths":{}})");
+  Daemon &d = daemon();
+  Result r = d.pull(secure_->host() + "/team/app:1");
+  EXPECT_EQ(r.status, FLOTILLA_E_PERMISSION) << r.error;
+  EXPECT_NE(r.error.find("auth_file has none for " + secure_->host()), std::string::npos)
+      << r.error;
+  expect_nothing_left();
+}
+
+TEST_F(RegistryPull, UnknownTagIsNotFound) {
+  Daemon &d = daemon();
+  Result r = d.pull(secure_->host() + "/team/app:nope");
+  EXPECT_EQ(r.status, FLOTILLA_E_NOT_FOUND) << r.error;
+  EXPECT_NE(r.error.find("MANIFEST_UNKNOWN"), std::string::npos) << r.error;
+  expect_nothing_left();
+}
+
+TEST_F(RegistryPull, BadReferencesAreRefusedAtOnce) {
+  Daemon &d = daemon();
+  for (const char *bad : {"Team/App", "host:5000/app@sha256:1234", "", "a b", "sha256:abc"}) {
+    // Refused by the call, or by its callback while the runtime starts up.
+    Result r = d.pull(bad);
+    EXPECT_EQ(r.status, FLOTILLA_E_INVALID) << bad;
+    EXPECT_NE(r.error.find("image reference"), std::string::npos) << bad << ": " << r.error;
+  }
+}
+
+TEST_F(RegistryPull, IndexResolvesToTheHostPlatform) {
+  Daemon &d = daemon();
+  Result r = d.pull(plain_->host() + "/team/multi:1");
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  json rec = json::parse(r.text);
+  EXPECT_EQ(rec["platform"], "linux/amd64");
+  EXPECT_FALSE(rec["index_digest"].get<std::string>().empty());
+  EXPECT_EQ(rec["layers"].size(), 1u);
+  // Only the amd64 manifest's blobs came: config + 1 layer.
+  EXPECT_EQ(rec["pull"]["blobs_downloaded"], 2);
+}
+
+TEST_F(RegistryPull, TwoPullsAtOnceDownloadOnce) {
+  Daemon &d = daemon();
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->blob_gets.clear();
+  }
+  Result a, b;
+  std::string ref = proxy_->host() + "/team/app:1";
+  ASSERT_EQ(d.start_pull(ref, "always", &a), FLOTILLA_OK) << a.error;
+  ASSERT_EQ(d.start_pull(ref, "if_not_present", &b), FLOTILLA_OK) << b.error;
+  ASSERT_TRUE(d.run_until([&] { return a.done && b.done; }));
+  ASSERT_EQ(a.status, FLOTILLA_OK) << a.error;
+  ASSERT_EQ(b.status, FLOTILLA_OK) << b.error;
+  EXPECT_EQ(json::parse(a.text)["digest"], json::parse(b.text)["digest"]);
+  std::lock_guard<std::mutex> g(proxy_->mu);
+  EXPECT_EQ(proxy_->blob_gets.size(), 3u);
+  for (const auto &[digest, n] : proxy_->blob_gets) EXPECT_EQ(n, 1) << digest;
+}
+
+TEST_F(RegistryPull, CorruptBlobIsRefusedNamingIt) {
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->flip_digest = big_layer_digest_;
+  }
+  Daemon &d = daemon();
+  Result r = d.pull(proxy_->host() + "/team/big:1");
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->flip_digest.clear();
+  }
+  EXPECT_EQ(r.status, FLOTILLA_E_INVALID) << r.error;
+  EXPECT_NE(r.error.find("blob " + big_layer_digest_), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("layer 1/1"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("its content has digest"), std::string::npos) << r.error;
+  // The config may have arrived, but nothing is kept.
+  expect_nothing_left();
+}
+
+TEST_F(RegistryPull, ConnectionCutMidBlobResumesWithRange) {
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->cut_digest = big_layer_digest_;
+    proxy_->ranges.clear();
+  }
+  Daemon &d = daemon();
+  Result r = d.pull(proxy_->host() + "/team/big:1");
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  std::lock_guard<std::mutex> g(proxy_->mu);
+  EXPECT_TRUE(proxy_->cut_digest.empty()) << "the cut never happened";
+  ASSERT_EQ(proxy_->ranges.size(), 1u);
+  EXPECT_EQ(proxy_->ranges[0].rfind("bytes=", 0), 0u) << proxy_->ranges[0];
+  EXPECT_NE(proxy_->ranges[0], "bytes=0-");
+}
+
+TEST_F(RegistryPull, RegistryDownThenBack) {
+  Daemon &d = daemon();
+  plain_->stop();
+  Result down = d.pull(plain_->host() + "/team/app:1");
+  EXPECT_EQ(down.status, FLOTILLA_E_IO) << down.error;
+  EXPECT_NE(down.error.find("registry " + plain_->host()), std::string::npos) << down.error;
+  expect_nothing_left();
+  ASSERT_TRUE(plain_->restart());
+  Result up = d.pull(plain_->host() + "/team/app:1");
+  EXPECT_EQ(up.status, FLOTILLA_OK) << up.error;
+}
+
+TEST_F(RegistryPull, BearerTokenFlowCachesTheTokenUntilItExpires) {
+  {
+    std::lock_guard<std::mutex> g(tokens_->mu);
+    tokens_->scopes.clear();
+  }
+  Daemon &d = daemon();
+  Result r = d.pull(token_reg_->host() + "/team/app:1");
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  size_t first;
+  {
+    std::lock_guard<std::mutex> g(tokens_->mu);
+    first = tokens_->scopes.size();
+    ASSERT_GE(first, 1u);
+    EXPECT_EQ(tokens_->scopes[0], "repository:team/app:pull");
+  }
+  // Within its lifetime (3 s) the token is used again.
+  auto fetched_at = std::chrono::steady_clock::now();
+  Result again = d.pull(token_reg_->host() + "/team/app:2");
+  ASSERT_EQ(again.status, FLOTILLA_OK) << again.error;
+  if (std::chrono::steady_clock::now() - fetched_at < std::chrono::seconds(2)) {
+    std::lock_guard<std::mutex> g(tokens_->mu);
+    EXPECT_EQ(tokens_->scopes.size(), first) << "the cached token was not used";
+  }
+  // Once it expired, a new one is fetched.
+  std::this_thread::sleep_until(fetched_at + std::chrono::milliseconds(3100));
+  Result later = d.pull(token_reg_->host() + "/team/app:1");
+  ASSERT_EQ(later.status, FLOTILLA_OK) << later.error;
+  std::lock_guard<std::mutex> g(tokens_->mu);
+  EXPECT_GT(tokens_->scopes.size(), first);
+}
+
+TEST_F(RegistryPull, BearerTokenWithWrongPasswordIsRefused) {
+  regtest::spit(
+      node_ / "auths.json",
+      json{{"auths", {{token_reg_->host(), {{"username", "ci"}, {"password", "nope"}}}}}}.dump());
+  Daemon &d = daemon();
+  Result r = d.pull(token_reg_->host() + "/team/app:1");
+  EXPECT_EQ(r.status, FLOTILLA_E_PERMISSION) << r.error;
+  EXPECT_NE(r.error.find("token endpoint"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("wrong user name or password"), std::string::npos) << r.error;
+  expect_nothing_left();
+}
+
+TEST_F(RegistryPull, MirrorFirstThenTheRegistryWhenTheMirrorIsDown) {
+  json cfg = registry_config();
+  cfg["hosts"][secure_->host()]["mirrors"] = {mirror_->host()};
+  Daemon &d = daemon(cfg);
+  Result r = d.pull(secure_->host() + "/team/app:1");
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  EXPECT_EQ(json::parse(r.text)["origin"]["endpoint"], mirror_->host());
+  // The mirror lacks :2: the registry serves it.
+  Result v2 = d.pull(secure_->host() + "/team/app:2");
+  ASSERT_EQ(v2.status, FLOTILLA_OK) << v2.error;
+  EXPECT_EQ(json::parse(v2.text)["origin"]["endpoint"], secure_->host());
+  mirror_->stop();
+  Result down = d.pull(secure_->host() + "/team/app:1");
+  ASSERT_TRUE(mirror_->restart());
+  ASSERT_EQ(down.status, FLOTILLA_OK) << down.error;
+  EXPECT_EQ(json::parse(down.text)["origin"]["endpoint"], secure_->host());
+}
+
+}  // namespace
