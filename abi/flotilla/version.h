@@ -16,7 +16,10 @@
  *        schema (docs/abi-json.md, "placement rules"). Arrays passed to place() are
  *        strided by the caller's struct_size.
  *   1.2  entry: check_config (every config problem reported before any
- *        plugin starts, and by flotillad --check-config).
+ *        plugin starts, and by flotillad --check-config);
+ *        runtime/1: image_pull (pull from an OCI registry, with progress;
+ *        flotilla_runtime_progress_cb). Check FLOTILLA_HAS_FIELD before
+ *        calling it: a 1.1 runtime's vtable ends before it.
  */
 #ifndef FLOTILLA_VERSION_H
 #define FLOTILLA_VERSION_H
