@@ -795,6 +795,7 @@ bool is_env_name(std::string_view s) {
 constexpr std::string_view kJobTypes[] = {"service", "batch", "system"};
 constexpr std::string_view kRestartModes[] = {"fail", "delay"};
 constexpr std::string_view kNetworkModes[] = {"bridge", "host", "none"};
+constexpr std::string_view kImagePullPolicies[] = {"if_not_present", "always", "never"};
 constexpr std::string_view kSignals[] = {"SIGHUP",  "SIGINT",  "SIGQUIT",  "SIGKILL", "SIGUSR1",
                                          "SIGUSR2", "SIGTERM", "SIGWINCH", "SIGPWR"};
 
@@ -812,6 +813,7 @@ constexpr KeyRule kRestartKeys[] = {{"attempts"},
                                     {"mode"}};
 constexpr KeyRule kTaskKeys[] = {{"name"},
                                  {"image"},
+                                 {"image_pull"},
                                  {"command"},
                                  {"args"},
                                  {"workdir"},
@@ -1415,6 +1417,9 @@ json check_task(Checker &c, const json &task, const std::string &path) {
       image = *image + ":latest";  // the default every registry applies, made explicit
   }
   out["image"] = image.value_or("");
+  // Only when given: the default ("if_not_present") keeps canonical jobs as
+  // they were before the key existed.
+  if (auto pull = choice(s, "image_pull", kImagePullPolicies)) out["image_pull"] = *pull;
 
   // Optional: without it the image's Entrypoint and Cmd run, as in every
   // container tool (the runtime decides, docs/abi-json.md).

@@ -46,6 +46,8 @@ struct Reconciler::Task {
   std::string started_at, finished_at, message;
   uint64_t attempt = 0;  // bumped for every start, so stale callbacks are ignored
   uv_timer_t *restart_timer = nullptr;
+  json pull;                   // the image pull's progress while it runs, else null
+  uint64_t pull_report_ms = 0;  // loop time of the last status write for it
 };
 
 struct Reconciler::Alloc {
@@ -490,7 +492,7 @@ void Reconciler::attach_network(Alloc &a) {
         if (st != FLOTILLA_OK)
           task_failed_to_start(*al, t, "network: " + PluginHost::last_error());
         else
-          run_task(*al, t);
+          create_task(*al, t);  // its image was pulled before it waited
       }
   };
   PluginHost::clear_last_error();
@@ -536,10 +538,51 @@ void Reconciler::detach_network(const std::string &alloc, std::function<void()> 
   }
 }
 
+// Prepare the image, then create: the task's image_pull policy says
+// whether the node asks the registry first ("always"), only when it lacks
+// the image ("if_not_present", the default) or never. A failed pull fails
+// the start, with the registry's message, under the restart policy.
 void Reconciler::run_task(Alloc &a, Task &t) {
   t.state = "starting";
   t.message.clear();
   const uint64_t attempt = ++t.attempt;
+  const std::string policy = t.spec.value("image_pull", "if_not_present");
+  const std::string image = t.spec.value("image", "");
+  if (policy == "never" || image.empty() || !runtime_->can_pull()) return create_task(a, t);
+  const std::string alloc = a.id, task = t.name;
+  auto lookup = [this, alloc, task, attempt]() -> std::pair<Alloc *, Task *> {
+    if (stopped_) return {nullptr, nullptr};
+    Alloc *al = find_alloc(alloc);
+    if (!al || al->stopping) return {nullptr, nullptr};
+    for (auto &tt : al->tasks)
+      if (tt.name == task && tt.attempt == attempt) return {al, &tt};
+    return {nullptr, nullptr};
+  };
+  runtime_->image_pull(
+      image, policy,
+      [this, lookup](const json &progress) {
+        auto [al, tt] = lookup();
+        if (!al) return;
+        tt->pull = progress;
+        // Status writes stay cheap: at most one a second for progress.
+        const uint64_t now = uv_now(loop_);
+        if (tt->pull_report_ms != 0 && now - tt->pull_report_ms < 1000) return;
+        tt->pull_report_ms = now;
+        report(*al);
+      },
+      [this, lookup](StoreResult r, json) {
+        auto [al, tt] = lookup();
+        if (!al) return;
+        tt->pull = nullptr;
+        tt->pull_report_ms = 0;
+        if (!r.ok()) return task_failed_to_start(*al, *tt, r.message);
+        create_task(*al, *tt);
+      });
+  report(a);
+}
+
+void Reconciler::create_task(Alloc &a, Task &t) {
+  const uint64_t attempt = t.attempt;
   json task_json = {{"version", 1},
                     {"alloc_id", a.id},
                     {"job", a.record.value("job", "")},
@@ -883,6 +926,7 @@ void Reconciler::report(Alloc &a) {
                      {"signal", t.signal},   {"started_at", t.started_at},
                      {"finished_at", t.finished_at}, {"message", t.message},
                      {"container", t.container}};
+    if (!t.pull.is_null()) tasks[t.name]["pull"] = t.pull;
   }
   json status = {{"id", a.id},
                  {"node", node_},

@@ -55,7 +55,8 @@ class Reconciler {
   void sync_allocs_later(bool first);
   void on_alloc_put(const nlohmann::json &record, int64_t mod_revision);
   void on_alloc_deleted(const std::string &id);
-  void run_task(Alloc &a, Task &t);
+  void run_task(Alloc &a, Task &t);     // pulls the image as the task says, then create_task
+  void create_task(Alloc &a, Task &t);  // security profile, create, start
   std::string add_security(nlohmann::json &task_json);
   const flotilla_network_v1 *network(void **self) const;
   bool wants_network(const Alloc &a) const;

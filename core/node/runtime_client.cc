@@ -115,4 +115,49 @@ void RuntimeClient::image_remove(const std::string &ref, DoneCb cb) {
                [&](DoneCb *h) { return vt_->image_remove(self_, ref.c_str(), done_tramp, h); });
 }
 
+namespace {
+
+struct PullCallbacks {
+  RuntimeClient::ProgressCb progress;
+  RuntimeClient::JsonCb done;
+};
+
+void pull_progress_tramp(void *user, const char *text) {
+  auto *cbs = static_cast<PullCallbacks *>(user);
+  if (!cbs->progress || !text) return;
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_discarded()) cbs->progress(j);
+}
+
+void pull_done_tramp(void *user, flotilla_status st, const char *text) {
+  std::unique_ptr<PullCallbacks> cbs(static_cast<PullCallbacks *>(user));
+  cbs->done(result_of(st), parse_or_null(text));
+}
+
+}  // namespace
+
+bool RuntimeClient::can_pull() const {
+  return FLOTILLA_HAS_FIELD(vt_, flotilla_runtime_v1, image_pull) && vt_->image_pull;
+}
+
+void RuntimeClient::image_pull(const std::string &ref, const std::string &policy,
+                               ProgressCb progress, JsonCb cb) {
+  if (!can_pull()) {
+    StoreResult r;
+    r.status = FLOTILLA_E_UNSUPPORTED;
+    r.message = "the runtime plugin cannot pull images (it was built for ABI 1.1); "
+                "import the image on the node instead";
+    return cb(r, nullptr);
+  }
+  auto *held = new PullCallbacks{std::move(progress), std::move(cb)};
+  nlohmann::json opts = {{"policy", policy}};
+  PluginHost::clear_last_error();
+  flotilla_status st = vt_->image_pull(self_, ref.c_str(), opts.dump().c_str(),
+                                       pull_progress_tramp, pull_done_tramp, held);
+  if (st != FLOTILLA_OK) {
+    std::unique_ptr<PullCallbacks> owned(held);
+    owned->done(result_of(st), nullptr);
+  }
+}
+
 }  // namespace flotilla

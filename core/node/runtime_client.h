@@ -34,6 +34,14 @@ class RuntimeClient {
   void image_list(JsonCb cb);
   void image_remove(const std::string &ref, DoneCb cb);
 
+  // Pulls ref from its registry (policy "always" or "if_not_present");
+  // progress gets the runtime's progress objects, cb the image record or
+  // the error. FLOTILLA_E_UNSUPPORTED from a runtime older than ABI 1.2.
+  using ProgressCb = std::function<void(const nlohmann::json &)>;
+  bool can_pull() const;
+  void image_pull(const std::string &ref, const std::string &policy, ProgressCb progress,
+                  JsonCb cb);
+
  private:
   const flotilla_runtime_v1 *vt_;
   void *self_;

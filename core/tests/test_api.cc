@@ -1191,19 +1191,74 @@ TEST_P(CliTest, VersionShowsClientAndServer) {
 
 TEST_P(CliTest, JobRunSubmitsAndUpdates) {
   std::string file = write_file("web.toml", kWebToml);
-  CliRun r = flotilla({"job", "run", file});
+  CliRun r = flotilla({"job", "run", "--detach", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" submitted (version 1")) << r.out;
-  r = flotilla({"job", "run", file});
+  r = flotilla({"job", "run", "--detach", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" is unchanged (version 1)")) << r.out;
   write_file("web.toml", kWebTomlV2);
-  r = flotilla({"job", "run", file});
+  r = flotilla({"job", "run", "-d", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" updated to version 2")) << r.out;
   r = flotilla({"job", "run", "--check", file});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "web.toml: job \"web\" is valid")) << r.out;
+}
+
+// The deploy monitor: `job run` follows until every allocation of the new
+// version runs (exit 0), one fails (5) or --timeout passes (6).
+TEST_P(CliTest, JobRunFollowsTheDeploymentToItsEnd) {
+  const std::string web = R"(name = "web"
+count = 2
+
+[[task]]
+name = "server"
+image = "127.0.0.1:5000/team/app:1"
+command = "/bin/httpd"
+)";
+  seed_allocs();  // web-0 running, web-1 without a report yet (version 1)
+  std::string file = write_file("web.toml", web);
+  CliRun r = flotilla({"job", "run", "--timeout", "1s", file});
+  EXPECT_EQ(r.exit_code, 6) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "Allocation web-0 on node-1: running")) << r.out;
+  EXPECT_TRUE(contains(r.out, "Allocation web-1 on node-1: pending")) << r.out;
+  EXPECT_TRUE(contains(r.err, "not done after 1s")) << r.err;
+
+  store_put("/flotilla/alloc-status/web-1",
+            {{"id", "web-1"},
+             {"status", "pending"},
+             {"tasks",
+              {{"server",
+                {{"state", "starting"},
+                 {"pull", {{"ref", "127.0.0.1:5000/team/app:1"}, {"bytes_done", 50},
+                           {"bytes_total", 200}}}}}}}});
+  r = flotilla({"job", "status", "web", "--watch", "--timeout", "1s"});
+  EXPECT_EQ(r.exit_code, 6) << r.err;
+  EXPECT_TRUE(contains(r.out, "web-1 server: starting (pulling 127.0.0.1:5000/team/app:1: 25% of "
+                              "200 bytes)"))
+      << r.out;
+
+  store_put("/flotilla/alloc-status/web-1",
+            {{"id", "web-1"}, {"status", "running"}, {"tasks", {{"server", {{"state", "running"}}}}}});
+  r = flotilla({"job", "status", "web", "--watch"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "Deployment of job \"web\" version 1 done: 2 of 2 allocations "
+                              "running"))
+      << r.out;
+
+  store_put("/flotilla/alloc-status/web-1",
+            {{"id", "web-1"},
+             {"status", "failed"},
+             {"tasks",
+              {{"server",
+                {{"state", "dead"}, {"failed", true},
+                 {"message", "pull 127.0.0.1:5000/team/app:1: HTTP 401: UNAUTHORIZED"}}}}}});
+  r = flotilla({"job", "status", "web", "--watch"});
+  EXPECT_EQ(r.exit_code, 5) << r.out;
+  EXPECT_TRUE(contains(r.err, "Error: allocation web-1 of job \"web\" failed: server: pull "
+                              "127.0.0.1:5000/team/app:1: HTTP 401: UNAUTHORIZED"))
+      << r.err;
 }
 
 TEST_P(CliTest, JobRunPrintsEveryProblemWithItsLine) {

@@ -471,6 +471,20 @@ TEST(JobSpecProblems, KillSignalAndNetwork) {
             "did you mean \"bridge\"?");
 }
 
+TEST(JobSpecProblems, ImagePullPolicy) {
+  auto task = [](const std::string &lines) { return problem_of(with_task_lines(lines)); };
+  EXPECT_EQ(task("image_pull = \"alway\"\n"),
+            "web.toml line 7, task[0].image_pull: \"alway\" is not one of if_not_present, always "
+            "or never; did you mean \"always\"?");
+  EXPECT_EQ(task("image_pull = true\n"),
+            "web.toml line 7, task[0].image_pull: must be one of if_not_present, always or never, "
+            "got a boolean true");
+  // Kept only when given, so that jobs written before it stay as they were.
+  json job = parse_jobspec(with_task_lines("image_pull = \"always\"\n"), "web.toml");
+  EXPECT_EQ(job["task"][0]["image_pull"], "always");
+  EXPECT_FALSE(parse_jobspec(kMinimal, "web.toml")["task"][0].contains("image_pull"));
+}
+
 TEST(JobSpecProblems, Env) {
   auto env = [](const std::string &lines) { return problem_of(kMinimal + "[task.env]\n" + lines); };
   EXPECT_EQ(env("1FOO = \"x\"\n"),

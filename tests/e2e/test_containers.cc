@@ -97,7 +97,7 @@ class Containers : public ::testing::Test {
   void run_job(const std::string &toml) {
     std::string file = d_->dir() + "/job.toml";
     std::ofstream(file, std::ios::trunc) << toml;
-    auto r = flotilla({"job", "run", file});
+    auto r = flotilla({"job", "run", "--detach", file});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 

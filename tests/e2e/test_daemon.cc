@@ -214,7 +214,7 @@ TEST(Daemon, CliRunsAndReportsJobs) {
   ASSERT_TRUE(d.start()) << d.log();
   std::string file = d.dir() + "/hello.toml";
   std::ofstream(file) << kJob;
-  auto run = e2e::run({cli(), "--socket", d.socket(), "job", "run", file});
+  auto run = e2e::run({cli(), "--socket", d.socket(), "job", "run", "--detach", file});
   EXPECT_EQ(run.exit_code, 0) << run.output;
   auto status = e2e::run({cli(), "--socket", d.socket(), "job", "status"});
   EXPECT_EQ(status.exit_code, 0) << status.output;

@@ -255,7 +255,7 @@ TEST_F(Security, ReadOnlyRootfsAndTheExampleJobUnderTheExamplePolicy) {
   auto mk = e2e::run({e2e::source_dir() + "/tools/mkimage-busybox", image});
   ASSERT_EQ(mk.exit_code, 0) << mk.output;
   ASSERT_EQ(flotilla({"image", "import", image, "--tag", "busybox:latest"}).exit_code, 0);
-  auto run = flotilla({"job", "run", e2e::source_dir() + "/examples/jobs/hello.toml"});
+  auto run = flotilla({"job", "run", "--detach", e2e::source_dir() + "/examples/jobs/hello.toml"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   json a;
   for (int i = 0;

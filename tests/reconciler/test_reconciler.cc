@@ -46,6 +46,14 @@ struct FakeRuntime {
   std::vector<std::string> calls;  // "create X", "start X", "stop X", "remove X"
   bool honours_start = true;       // run the process in create when asked
   std::string fail_create;         // a container id whose create fails
+  bool pulls = false;              // serve image_pull (ABI 1.2)
+  struct Pull {
+    std::string ref, policy;
+    flotilla_runtime_progress_cb progress;
+    flotilla_runtime_state_cb cb;
+    void *user;
+  };
+  std::vector<Pull> pending_pulls;  // answered by the test
 
   int count(const std::string &call) const {
     int n = 0;
@@ -138,6 +146,16 @@ struct FakeRuntime {
     return FLOTILLA_E_NOT_FOUND;
   }
 
+  static flotilla_status image_pull(void *self, const char *ref, const char *options,
+                                   flotilla_runtime_progress_cb progress,
+                                   flotilla_runtime_state_cb cb, void *user) {
+    FakeRuntime *f = F(self);
+    std::string policy = json::parse(options).value("policy", "");
+    f->calls.push_back(std::string("pull ") + ref + " " + policy);
+    f->pending_pulls.push_back({ref, policy, progress, cb, user});
+    return FLOTILLA_OK;
+  }
+
   flotilla_runtime_v1 vtable() {
     flotilla_runtime_v1 v{};
     v.struct_size = sizeof v;
@@ -149,6 +167,7 @@ struct FakeRuntime {
     v.remove = remove;
     v.list = list;
     v.log_path = log_path;
+    if (pulls) v.image_pull = image_pull;
     return v;
   }
 };
@@ -354,6 +373,54 @@ TEST_F(ReconcilerTest, ACreateFailureIsReportedAsAFailedStart) {
   json st = *get("/flotilla/alloc-status/f1");
   EXPECT_NE(st["tasks"]["t"]["message"].get<std::string>(), "");
   EXPECT_EQ(fake_.count("create f1.t"), 1) << "attempts = 0: no retry";
+}
+
+// The prepare step: the image is pulled before create, its progress shows in
+// the task's status, a failed pull is a failed start retried under the
+// restart policy, and "never" asks nothing of the registry.
+TEST_F(ReconcilerTest, PullsTheImageBeforeCreateAndRetriesAFailedPull) {
+  fake_.pulls = true;
+  vtable_ = fake_.vtable();
+  start_reconciler();
+  json restart = {{"attempts", 1}, {"interval_ms", 600000}, {"delay_ms", 0},
+                  {"jitter", 0.0}, {"mode", "fail"}};
+  put("/flotilla/allocs/p1", alloc("p1", "service", restart));
+  ASSERT_TRUE(run_until([&] { return fake_.pending_pulls.size() == 1; }));
+  EXPECT_EQ(fake_.calls.at(0), "pull busybox:latest if_not_present");
+  EXPECT_EQ(fake_.count("create p1.t"), 0) << "nothing is created before the image is there";
+  FakeRuntime::Pull first = fake_.pending_pulls.back();
+  first.progress(first.user, R"({"ref":"busybox:latest","phase":"downloading",)"
+                             R"("bytes_done":5,"bytes_total":10,"blobs":[]})");
+  ASSERT_TRUE(run_until([&] {
+    auto st = get("/flotilla/alloc-status/p1");
+    return st && (*st)["tasks"]["t"].contains("pull") &&
+           (*st)["tasks"]["t"]["pull"].value("bytes_done", 0) == 5;
+  })) << get("/flotilla/alloc-status/p1")->dump();
+  // The registry is down: a failed start, then a retry that pulls again.
+  first.cb(first.user, FLOTILLA_E_IO, "null");
+  ASSERT_TRUE(run_until([&] { return fake_.pending_pulls.size() == 2; }));
+  EXPECT_EQ(fake_.count("create p1.t"), 0);
+  FakeRuntime::Pull second = fake_.pending_pulls.back();
+  second.cb(second.user, FLOTILLA_OK, R"({"name":"busybox:latest","pulled":true})");
+  ASSERT_TRUE(wait_status("p1", "running")) << status_of("p1");
+  json st = *get("/flotilla/alloc-status/p1");
+  EXPECT_EQ(st["tasks"]["t"]["restarts"], 1);
+  EXPECT_FALSE(st["tasks"]["t"].contains("pull")) << "progress goes once the pull is done";
+  EXPECT_EQ(fake_.count("create p1.t"), 1);
+
+  json never = alloc("p2");
+  never["spec"]["task"][0]["image_pull"] = "never";
+  put("/flotilla/allocs/p2", never);
+  ASSERT_TRUE(wait_status("p2", "running")) << status_of("p2");
+  EXPECT_EQ(fake_.pending_pulls.size(), 2u) << "image_pull = never asks no registry";
+
+  json always = alloc("p3");
+  always["spec"]["task"][0]["image_pull"] = "always";
+  put("/flotilla/allocs/p3", always);
+  ASSERT_TRUE(run_until([&] { return fake_.pending_pulls.size() == 3; }));
+  EXPECT_EQ(fake_.pending_pulls.back().policy, "always");
+  fake_.pending_pulls.back().cb(fake_.pending_pulls.back().user, FLOTILLA_OK, "{}");
+  ASSERT_TRUE(wait_status("p3", "running")) << status_of("p3");
 }
 
 TEST_F(ReconcilerTest, ReplayingAfterARestartDoesNothingTwice) {

@@ -20,7 +20,9 @@ enum ExitCode : int {
   kExitApiError = 1,     // the daemon refused or failed the request
   kExitUsage = 2,        // bad command line
   kExitUnreachable = 3,  // the daemon cannot be reached
-  kExitLocal = 4,        // a local file named on the command line could not be read
+  kExitLocal = 4,          // a local file named on the command line could not be read
+  kExitDeployFailed = 5,   // accepted, but an allocation failed, or the update stopped or reverted
+  kExitDeployTimeout = 6,  // accepted, but not done within --timeout
 };
 
 // A bad command line; main prints the message and the command's usage.
@@ -78,6 +80,15 @@ const std::vector<Command> &image_commands();
 const std::vector<Command> &node_commands();
 const std::vector<Command> &plugin_commands();
 const std::vector<Command> &version_commands();
+
+// ---- deployments (monitor.cc) ----------------------------------------------------
+
+// Follows job name at version (0: its current one) from store revision
+// index until every allocation of that version runs (batch: runs or
+// completed) and no older one does; prints what changes. Returns kExitOk,
+// kExitDeployFailed, kExitDeployTimeout or an API error's code.
+int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_t index,
+                      int64_t timeout_s);
 
 // ---- output (output.cc) ------------------------------------------------------
 

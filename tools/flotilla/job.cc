@@ -36,8 +36,27 @@ bool ends_with(const std::string &s, std::string_view suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// "10m", "90s", "1h" -> seconds; UsageError otherwise.
+int64_t timeout_seconds(const std::string &text) {
+  if (text.empty()) return 600;
+  size_t used = 0;
+  long long n = 0;
+  try {
+    n = std::stoll(text, &used);
+  } catch (const std::exception &) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  int64_t mult = unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : 0;
+  if (used == 0 || n <= 0 || mult == 0)
+    throw UsageError("--timeout must be a duration like 90s, 10m or 1h, got " + text);
+  return n * mult;
+}
+
 int job_run(Cli &cli, Args &args) {
   bool check = args.flag({"--check"});
+  bool detach = args.flag({"--detach", "-d"});
+  int64_t timeout = timeout_seconds(args.option({"--timeout"}, "a duration like 10m"));
   std::string file = args.positional("FILE (the job spec, TOML or JSON)");
   args.done();
   std::string body = read_file(file);
@@ -47,11 +66,13 @@ int job_run(Cli &cli, Args &args) {
   if (check) target += "&check=true";
   HttpResponse r = cli.client.request("POST", target, body, type);
   if (r.status >= 400) return api_error(cli, r, source);
-  if (cli.json) {
+  if (cli.json && (check || detach)) {
     print_json(r);
     return kExitOk;
   }
   json j = body_json(r);
+  if (cli.json) return follow_deployment(cli, j.value("name", ""), j.value("version", int64_t{0}),
+                                         j.value("revision", int64_t{0}), timeout);
   std::string name = j.value("name", "");
   if (check) {
     std::printf("%s: job \"%s\" is valid (nothing was submitted)\n", source.c_str(), name.c_str());
@@ -67,7 +88,9 @@ int job_run(Cli &cli, Args &args) {
                 static_cast<long long>(j.value("version", 0)),
                 static_cast<long long>(j.value("revision", 0)));
   }
-  return kExitOk;
+  if (check || detach) return kExitOk;
+  return follow_deployment(cli, name, j.value("version", int64_t{0}),
+                           j.value("revision", int64_t{0}), timeout);
 }
 
 std::string alloc_counts(const json &allocs) {
@@ -98,8 +121,14 @@ void print_allocs(const json &allocs) {
 }
 
 int job_status(Cli &cli, Args &args) {
+  bool watch = args.flag({"--watch", "-w"});
+  int64_t timeout = timeout_seconds(args.option({"--timeout"}, "a duration like 10m"));
   auto name = args.optional_positional();
   args.done();
+  if (watch) {
+    if (!name) throw UsageError("--watch follows one job: flotilla job status JOB --watch");
+    return follow_deployment(cli, *name, 0, 0, timeout);
+  }
   int code = kExitOk;
   if (!name) {
     auto j = get_json(cli, "/v1/jobs", code);
@@ -155,14 +184,21 @@ int job_stop(Cli &cli, Args &args) {
 
 const std::vector<Command> &job_commands() {
   static const std::vector<Command> commands = {
-      {"job", "run", "FILE [--check]", "submit a job spec (TOML, or JSON if FILE ends in .json)",
+      {"job", "run", "FILE [--check] [--detach] [--timeout 10m]",
+       "submit a job spec (TOML, or JSON if FILE ends in .json) and follow its deployment",
        "Submits FILE (\"-\" reads standard input) to the daemon, which validates it and\n"
        "stores it as the job's next version. --check only validates: nothing is stored.\n"
-       "Problems are listed one per line with their line numbers in FILE.",
+       "Problems are listed one per line with their line numbers in FILE.\n"
+       "Then it follows the deployment (placement, image pulls, each allocation reaching\n"
+       "running, old ones going) until it is done: exit 0; 5 when an allocation failed or\n"
+       "the update stopped or was reverted; 6 after --timeout. --detach returns once the\n"
+       "job is stored.",
        job_run},
-      {"job", "status", "[JOB]", "list jobs, or show one job and its allocations",
+      {"job", "status", "[JOB] [--watch] [--timeout 10m]",
+       "list jobs, or show one job and its allocations",
        "Without JOB: every job with its status, version and allocation counts.\n"
-       "With JOB: the job and a table of its allocations.",
+       "With JOB: the job and a table of its allocations. --watch follows the job's\n"
+       "current version as `job run` does, with the same exit codes.",
        job_status},
       {"job", "stop", "JOB [--purge]", "stop a job's allocations (--purge: forget the job too)",
        "Marks the job stopped and tells every allocation of it to stop, in one store\n"

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <ctime>
 #include <utility>
 
 #include "digest.h"
@@ -351,6 +352,7 @@ ResolvedImage ImageStore::acquire(std::string_view ref) {
   const ImageRecord *rec = find_record(records, r);
   if (rec == nullptr) throw not_found(ref);
   ResolvedImage out = resolve_record(*rec);
+  last_used_[rec->digest] = std::chrono::system_clock::now();
   InUse &use = in_use_[rec->digest];
   ++use.count;
   use.record = *rec;
@@ -364,7 +366,77 @@ void ImageStore::release(std::string_view digest) {
     throw ImageError(FLOTILLA_E_INVALID,
                      "release of image " + std::string(digest) + ", which is not in use");
   }
+  last_used_[it->first] = std::chrono::system_clock::now();
   if (--it->second.count == 0) in_use_.erase(it);
+}
+
+namespace {
+
+std::chrono::system_clock::time_point parse_rfc3339_utc(const std::string &text) {
+  std::tm tm{};
+  if (text.size() < 20 || !::strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm))
+    return std::chrono::system_clock::time_point{};
+  return std::chrono::system_clock::from_time_t(::timegm(&tm));
+}
+
+}  // namespace
+
+std::chrono::system_clock::time_point ImageStore::last_used(const ImageRecord &record) const {
+  auto t = std::max(opened_, parse_rfc3339_utc(record.imported));
+  std::lock_guard<std::mutex> g(in_use_mutex_);
+  if (auto it = last_used_.find(record.digest); it != last_used_.end()) t = std::max(t, it->second);
+  return t;
+}
+
+ImageGcResult ImageStore::collect_unused(std::chrono::seconds unused_after, uint64_t max_bytes,
+                                         std::chrono::system_clock::time_point now) {
+  FileLock gc_lock(gc_lock_path_, FileLock::Mode::exclusive);
+  ImageGcResult result;
+  {
+    std::lock_guard<std::mutex> g(in_use_mutex_);
+    FileLock lock(index_lock_path_, FileLock::Mode::exclusive);
+    std::vector<ImageRecord> records = read_index();
+    // One entry per image (digest): its names, size and last use.
+    struct Image {
+      std::chrono::system_clock::time_point used;
+      uint64_t size = 0;
+      std::vector<std::string> names;
+    };
+    std::map<std::string, Image> images;
+    uint64_t total = 0;
+    for (const auto &r : records) {
+      Image &img = images[r.digest];
+      if (img.names.empty()) {
+        img.size = r.size;
+        total += r.size;
+      }
+      img.names.push_back(r.name);
+      auto t = std::max(opened_, parse_rfc3339_utc(r.imported));
+      if (auto it = last_used_.find(r.digest); it != last_used_.end()) t = std::max(t, it->second);
+      img.used = std::max(img.used, t);
+    }
+    std::vector<std::pair<std::chrono::system_clock::time_point, std::string>> unused;
+    for (const auto &[digest, img] : images)
+      if (!in_use_.count(digest)) unused.emplace_back(img.used, digest);
+    std::sort(unused.begin(), unused.end());
+    std::set<std::string> doomed;
+    for (const auto &[used, digest] : unused) {
+      bool expired = now - used >= unused_after;
+      bool too_big = max_bytes > 0 && total > max_bytes;
+      if (!expired && !too_big) continue;
+      doomed.insert(digest);
+      total -= images[digest].size;
+      for (const auto &n : images[digest].names) result.removed.push_back(n);
+    }
+    if (doomed.empty()) return result;
+    std::vector<ImageRecord> kept;
+    for (auto &r : records)
+      if (!doomed.count(r.digest)) kept.push_back(std::move(r));
+    write_index(std::move(kept));
+    for (const auto &d : doomed) last_used_.erase(d);
+  }
+  result.gc = gc_locked();
+  return result;
 }
 
 uint32_t ImageStore::use_count(std::string_view digest) const {
@@ -518,6 +590,10 @@ ImportResult ImageStore::import_image(const fs::path &source, std::string_view t
                                       const json &origin) {
   std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
   ImportResult result = import_locked(source, name, origin);
+  {
+    std::lock_guard<std::mutex> g(in_use_mutex_);
+    last_used_[result.record.digest] = std::chrono::system_clock::now();
+  }
   if (!result.replaced_digest.empty()) {
     // The name moved; the image it named goes unless another name or a
     // container still uses it.

@@ -25,6 +25,7 @@
 // restarted runtime must acquire() again for the containers it finds.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
@@ -119,6 +120,11 @@ struct RemoveResult {
   GcStats gc;
 };
 
+struct ImageGcResult {
+  std::vector<std::string> removed;  // names, oldest-unused first
+  GcStats gc;
+};
+
 struct ImageStoreOptions {
   Platform platform = Platform::host();  // what an image index is resolved to
   UnpackLimits limits;
@@ -173,6 +179,18 @@ class ImageStore {
   // everything under tmp/.
   GcStats gc();
 
+  // Image garbage collection: removes every image (all its names) that no
+  // user holds and that nobody used for unused_after, oldest first, then
+  // more unused images, oldest first, while the images together are larger
+  // than max_bytes (0: no limit); then gc(). An image is "used" when it is
+  // imported or pulled, and when it is acquired or released; times live in
+  // this object, so an image is never older than the store's opening.
+  ImageGcResult collect_unused(std::chrono::seconds unused_after, uint64_t max_bytes,
+                               std::chrono::system_clock::time_point now =
+                                   std::chrono::system_clock::now());
+  // When the image was last used, as collect_unused() sees it.
+  std::chrono::system_clock::time_point last_used(const ImageRecord &record) const;
+
   const std::filesystem::path &data_dir() const { return data_dir_; }
   // The directory holding the snapshots, so that the runtime can pass short
   // relative lowerdirs ("<chain-hex>/rootfs") from there.
@@ -208,6 +226,8 @@ class ImageStore {
 
   mutable std::mutex in_use_mutex_;
   std::map<std::string, InUse> in_use_;  // manifest digest -> users
+  std::map<std::string, std::chrono::system_clock::time_point> last_used_;  // under in_use_mutex_
+  std::chrono::system_clock::time_point opened_ = std::chrono::system_clock::now();
 
   // Chain ids being unpacked by an import of this object: a second import
   // of the same layers waits and then reuses the snapshot.

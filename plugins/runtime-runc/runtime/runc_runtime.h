@@ -128,11 +128,16 @@ class RuncRuntime {
   void recover();
   void adopt(Found &f);
   void became_ready(flotilla_status status, const std::string &message);
+  // Image GC (image_unused_after, image_max_size_mb), on a repeating timer.
+  void start_image_gc();
+  static void on_image_gc(void *user);
 
   const flotilla_host *host_;
   RuntimeConfig config_;
   std::shared_ptr<ImageStore> images_;
   std::unique_ptr<ImagePulls> pulls_;  // after images_: destroyed first
+  flotilla_handle image_gc_timer_ = 0;
+  bool image_gc_running_ = false;
   std::map<std::string, std::unique_ptr<Container>> containers_;
 
   bool ready_ = false;

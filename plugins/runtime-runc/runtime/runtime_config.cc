@@ -14,7 +14,7 @@ using json = nlohmann::json;
 constexpr std::string_view kKeys[] = {"binary",        "root",           "shim",
                                       "cgroup_parent", "image_dir",      "log_max_size_mb",
                                       "log_max_files", "cpu_hard_limit", "cpu_mhz_per_core",
-                                      "rlimit_nofile", "device_nodes", "registry"};
+                                      "rlimit_nofile", "device_nodes", "registry", "image_unused_after", "image_max_size_mb"};
 
 std::string known_keys() {
   std::string out;
@@ -86,6 +86,38 @@ bool is_cgroup_parent(std::string_view p) {
   return true;
 }
 
+// "24h", "90m", "30s", "1h30m" -> seconds; 0 for "0".
+uint64_t duration_s(const json &t, const char *key, uint64_t fallback,
+                    std::vector<ConfigProblem> &problems) {
+  auto it = t.find(key);
+  if (it == t.end()) return fallback;
+  std::string v = it->is_string() ? it->get<std::string>() : "";
+  uint64_t total = 0;
+  size_t i = 0;
+  bool ok = !v.empty();
+  if (v == "0") return 0;
+  while (ok && i < v.size()) {
+    size_t start = i;
+    while (i < v.size() && std::isdigit(static_cast<unsigned char>(v[i]))) ++i;
+    if (i == start || i == v.size()) {
+      ok = false;
+      break;
+    }
+    uint64_t n = std::stoull(v.substr(start, i - start));
+    char unit = v[i++];
+    uint64_t mult = unit == 's' ? 1 : unit == 'm' ? 60 : unit == 'h' ? 3600 : unit == 'd' ? 86400 : 0;
+    if (mult == 0) ok = false;
+    total += n * mult;
+  }
+  if (!ok || total > 3650ull * 86400) {
+    problems.emplace_back(key, "must be a duration like \"24h\", \"90m\" or \"30s\" (at most "
+                               "3650d), or \"0\" to collect every unused image, got " +
+                                   it->dump());
+    return fallback;
+  }
+  return total;
+}
+
 }  // namespace
 
 RuntimeConfig parse_runtime_config(const json &table, const std::string &data_dir,
@@ -133,6 +165,10 @@ RuntimeConfig parse_runtime_config(const json &table, const std::string &data_di
                               c.device_nodes + "\"");
     c.device_nodes = "skip";
   }
+  c.image_unused_after_s =
+      duration_s(table, "image_unused_after", c.image_unused_after_s, problems);
+  c.image_max_size_mb =
+      integer(table, "image_max_size_mb", c.image_max_size_mb, 0, 1ull << 30, problems);
   if (auto r = table.find("registry"); r != table.end()) {
     try {
       c.registry = parse_registry_config(*r);

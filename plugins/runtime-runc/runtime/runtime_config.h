@@ -30,6 +30,8 @@ struct RuntimeConfig {
   uint64_t rlimit_nofile = 65536;
   std::string device_nodes = "skip";  // device nodes in image layers: "skip" or "refuse"
   RegistryConfig registry;  // [plugin.runtime-runc.registry]
+  uint64_t image_unused_after_s = 24 * 3600;  // image GC: unused this long goes
+  uint64_t image_max_size_mb = 0;             // image GC: oldest unused go beyond this; 0: no limit
 };
 
 // A bad key or value: key is the dotted path inside the plugin's table,
