@@ -335,11 +335,29 @@ struct FakePlugins {
     return FLOTILLA_OK;
   }
 
+  // "nope:*" is unknown to the registry; anything else pulls with one
+  // progress report and answers its record with the policy it was given.
+  static flotilla_status image_pull(void *, const char *ref, const char *options,
+                                    flotilla_runtime_progress_cb progress,
+                                    flotilla_runtime_state_cb cb, void *user) {
+    std::string r = ref;
+    if (r.rfind("nope:", 0) == 0) {
+      cb(user, FLOTILLA_E_NOT_FOUND, "null");
+      return FLOTILLA_OK;
+    }
+    if (progress) progress(user, R"({"ref":"x","phase":"downloading","bytes_done":1,"bytes_total":2})");
+    json rec = {{"name", r}, {"pulled", true},
+                {"policy", json::parse(options).value("policy", "")}};
+    cb(user, FLOTILLA_OK, rec.dump().c_str());
+    return FLOTILLA_OK;
+  }
+
   static constexpr flotilla_security_v1 kSecurity = {sizeof(flotilla_security_v1), admit, resolve};
   static flotilla_runtime_v1 runtime_vtable() {
     flotilla_runtime_v1 vt{};
     vt.struct_size = sizeof vt;
     vt.log_path = log_path;
+    vt.image_pull = image_pull;
     return vt;
   }
 };
@@ -1175,6 +1193,38 @@ class CliTest : public ApiTest {
 
   std::string binary_;
 };
+TEST_P(ApiTest, ImagePullStreamsProgressThenTheRecordOrTheError) {
+  const std::string type = "application/json";
+  HttpResponse r = call("POST", "/v1/images/pull?progress=true", R"({"ref":"busybox:1.36"})", type);
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::vector<json> lines;
+  std::istringstream in(r.body);
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 2u) << r.body;
+  EXPECT_EQ(lines[0]["progress"]["bytes_done"], 1);
+  EXPECT_EQ(lines[1]["image"]["name"], "busybox:1.36");
+  EXPECT_EQ(lines[1]["image"]["policy"], "always");
+
+  HttpResponse plain =
+      call("POST", "/v1/images/pull", R"({"ref":"busybox:1.36","policy":"if_not_present"})", type);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(body(plain)["policy"], "if_not_present");
+
+  EXPECT_EQ(call("POST", "/v1/images/pull", R"({"ref":"nope:1"})", type).status, 404);
+  HttpResponse streamed = call("POST", "/v1/images/pull?progress=true", R"({"ref":"nope:1"})", type);
+  EXPECT_EQ(streamed.status, 200);
+  json last = json::parse(streamed.body.substr(0, streamed.body.find('\n')));
+  EXPECT_EQ(last["code"], "not_found") << streamed.body;
+  EXPECT_NE(last["error"].get<std::string>().find("pulling nope:1"), std::string::npos);
+
+  EXPECT_EQ(call("POST", "/v1/images/pull", R"({"ref":5})", type).status, 400);
+  EXPECT_EQ(call("POST", "/v1/images/pull", R"({"ref":"a","policy":"sometimes"})", type).status,
+            400);
+  EXPECT_EQ(call("POST", "/v1/images/pull", R"({"ref":"a","tag":"b"})", type).status, 400);
+  EXPECT_EQ(call("POST", "/v1/images/pull", R"({"ref":"a"})", "text/plain").status, 415);
+  EXPECT_EQ(call("GET", "/v1/images/pull").status, 405);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fake, CliTest, ::testing::Values(Backend::fake), backend_name);
 
 bool contains(const std::string &haystack, const std::string &needle) {

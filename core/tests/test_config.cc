@@ -499,7 +499,7 @@ TEST(Config, DocsExamplesParse) {
     EXPECT_NO_THROW(parse_config(block, "/etc/flotilla/flotillad.toml")) << block;
     ++blocks;
   }
-  EXPECT_EQ(blocks, 2);
+  EXPECT_EQ(blocks, 3);
 }
 
 TEST(ConfigText, ClosestMatch) {

@@ -309,8 +309,8 @@ TEST(JobSpecProblems, Restart) {
             "web.toml line 9, restart.delay: must be from 0s to 24h, got \"25h\"");
   EXPECT_EQ(problem_of(kMinimal + "restart = 3\n"),
             "web.toml line 7, task[0].restart: unknown key; accepted here: name, image, "
-            "command, args, workdir, user, kill_timeout, kill_signal, network, env, resources, "
-            "logs, security, service");
+            "image_pull, command, args, workdir, user, kill_timeout, kill_signal, network, env, "
+            "resources, logs, security, service");
   EXPECT_EQ(problem_of("restart = 3\n" + kMinimal),
             "web.toml line 1, restart: must be a table ([restart]), got an integer 3");
 }

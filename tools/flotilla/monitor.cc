@@ -53,7 +53,7 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
     return code;
   };
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::seconds>(
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                     deadline - std::chrono::steady_clock::now())
                     .count();
     if (left <= 0) {
@@ -68,7 +68,7 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
     std::string target = "/v1/jobs/" + url_escape(name);
     if (!first)
       target += "?index=" + std::to_string(index) +
-                "&wait=" + std::to_string(std::min<int64_t>(left, 60)) + "s";
+                "&wait=" + std::to_string(std::min<int64_t>(left, 60000)) + "ms";
     first = false;
     HttpResponse r = cli.client.request("GET", target);
     if (r.status == 404) {
