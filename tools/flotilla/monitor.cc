@@ -57,8 +57,7 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
                     deadline - std::chrono::steady_clock::now())
                     .count();
     if (left <= 0) {
-      std::fprintf(stderr,
-                   "Error: deployment of job \"%s\" version %lld not done after %llds\n",
+      std::fprintf(stderr, "Error: deployment of job \"%s\" version %lld not done after %llds\n",
                    name.c_str(), static_cast<long long>(version),
                    static_cast<long long>(timeout_s));
       return finish(kExitDeployTimeout);
@@ -119,8 +118,8 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
       bool current_version = a.value("job_version", int64_t{0}) == version;
       if (!current_version) {
         if (a.value("desired_status", "") == "run" && status == "running") ++old_running;
-        std::string line = "  " + id + " (version " + cell(a, "job_version") + "): " +
-                           (a.value("desired_status", "") == "run" ? status : "stopping");
+        std::string line = "  " + id + " (version " + cell(a, "job_version") +
+                           "): " + (a.value("desired_status", "") == "run" ? status : "stopping");
         if (shown[id] != line) {
           say(line);
           shown[id] = line;
@@ -156,8 +155,8 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
       if (status == "running" || (batch && status == "complete")) ++ready;
     }
     if (ready >= want && old_running == 0) {
-      say("Deployment of job \"" + name + "\" version " + std::to_string(version) + " done: " +
-          std::to_string(ready) + " of " + std::to_string(want) + " allocation" +
+      say("Deployment of job \"" + name + "\" version " + std::to_string(version) +
+          " done: " + std::to_string(ready) + " of " + std::to_string(want) + " allocation" +
           (want == 1 ? "" : "s") + (batch ? " complete or running" : " running"));
       return finish(kExitOk);
     }

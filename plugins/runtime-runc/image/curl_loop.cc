@@ -10,7 +10,9 @@ namespace flotilla::runc {
 
 namespace {
 
-CURLM *M(void *p) { return static_cast<CURLM *>(p); }
+CURLM *M(void *p) {
+  return static_cast<CURLM *>(p);
+}
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
@@ -134,7 +136,9 @@ uint64_t CurlLoop::start(HttpRequest request, Done done) {
   return id;
 }
 
-void CurlLoop::cancel(uint64_t id) { transfers_.erase(id); }
+void CurlLoop::cancel(uint64_t id) {
+  transfers_.erase(id);
+}
 
 size_t CurlLoop::on_header(char *data, size_t size, size_t n, void *user) {
   auto *t = static_cast<Transfer *>(user);
@@ -207,8 +211,8 @@ int CurlLoop::on_timer_change(void *, long timeout_ms, void *userp) {
   if (self->timer_) self->host_->timer_stop(self->host_->host_ctx, self->timer_);
   self->timer_ = 0;
   if (timeout_ms >= 0) {
-    self->timer_ = self->host_->timer_start(self->host_->host_ctx, static_cast<uint64_t>(timeout_ms),
-                                            0, &CurlLoop::on_timer, self);
+    self->timer_ = self->host_->timer_start(
+        self->host_->host_ctx, static_cast<uint64_t>(timeout_ms), 0, &CurlLoop::on_timer, self);
   }
   return 0;
 }

@@ -13,9 +13,9 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr const char *kKeys[] = {"auth_file",   "insecure",          "hosts",
-                                 "concurrency", "progress_interval_ms", "retries",
-                                 "low_speed_timeout_s"};
+constexpr const char *kKeys[] = {
+    "auth_file", "insecure",           "hosts", "concurrency", "progress_interval_ms",
+    "retries",   "low_speed_timeout_s"};
 
 bool is_host_port(const std::string &s) {
   static const std::regex re(
@@ -29,14 +29,14 @@ std::vector<std::string> host_list(const json &t, const std::string &key) {
   auto it = t.find(key);
   if (it == t.end()) return out;
   if (!it->is_array())
-    throw RegistryConfigProblem(key, "must be an array of \"host[:port]\" strings, got " +
-                                         it->dump());
+    throw RegistryConfigProblem(key,
+                                "must be an array of \"host[:port]\" strings, got " + it->dump());
   for (size_t i = 0; i < it->size(); ++i) {
     const json &v = (*it)[i];
     if (!v.is_string() || !is_host_port(v.get<std::string>()))
-      throw RegistryConfigProblem(key + "[" + std::to_string(i) + "]",
-                                  "must be a \"host[:port]\" without a scheme or path, got " +
-                                      v.dump());
+      throw RegistryConfigProblem(
+          key + "[" + std::to_string(i) + "]",
+          "must be a \"host[:port]\" without a scheme or path, got " + v.dump());
     out.push_back(v.get<std::string>());
   }
   return out;
@@ -113,8 +113,9 @@ RegistryConfig parse_registry_config(const json &table) {
     for (auto h = it->begin(); h != it->end(); ++h) {
       std::string key = "hosts.\"" + h.key() + "\"";
       if (!is_host_port(h.key()))
-        throw RegistryConfigProblem(key, "must be named \"host[:port]\" (\"docker.io\", "
-                                         "\"registry.example:5000\")");
+        throw RegistryConfigProblem(key,
+                                    "must be named \"host[:port]\" (\"docker.io\", "
+                                    "\"registry.example:5000\")");
       if (!h->is_object()) throw RegistryConfigProblem(key, "must be a table");
       RegistryHostConfig hc;
       for (auto k = h->begin(); k != h->end(); ++k) {

@@ -20,13 +20,13 @@ struct RegistryHostConfig {
 };
 
 struct RegistryConfig {
-  std::string auth_file;               // Docker config.json; empty: no credentials
-  std::vector<std::string> insecure;   // host[:port] reached over plain HTTP
+  std::string auth_file;                            // Docker config.json; empty: no credentials
+  std::vector<std::string> insecure;                // host[:port] reached over plain HTTP
   std::map<std::string, RegistryHostConfig> hosts;  // by registry (or mirror) host[:port]
-  uint64_t concurrency = 3;            // layers downloaded at once per pull
-  uint64_t progress_interval_ms = 500; // at most one progress report per pull this often
-  uint64_t retries = 3;                // resumes of an interrupted blob, per blob
-  uint64_t low_speed_timeout_s = 30;   // a transfer slower than 1 KiB/s this long fails
+  uint64_t concurrency = 3;                         // layers downloaded at once per pull
+  uint64_t progress_interval_ms = 500;  // at most one progress report per pull this often
+  uint64_t retries = 3;                 // resumes of an interrupted blob, per blob
+  uint64_t low_speed_timeout_s = 30;    // a transfer slower than 1 KiB/s this long fails
 
   bool is_insecure(const std::string &host) const;
   const RegistryHostConfig *host(const std::string &name) const;

@@ -161,8 +161,8 @@ struct RegistryPull::BlobJob {
   bool done = false;
 };
 
-RegistryPull::RegistryPull(PullContext ctx, RegistryRef ref, fs::path layout_dir,
-                           Progress progress, Done done)
+RegistryPull::RegistryPull(PullContext ctx, RegistryRef ref, fs::path layout_dir, Progress progress,
+                           Done done)
     : ctx_(std::move(ctx)),
       ref_(std::move(ref)),
       layout_dir_(std::move(layout_dir)),
@@ -200,7 +200,9 @@ std::string RegistryPull::describe(const Endpoint &e) const {
   return (e.mirror ? "mirror " : "registry ") + e.host;
 }
 
-bool RegistryPull::usable(size_t ep) const { return ep < endpoints_.size() && !endpoints_[ep].dead; }
+bool RegistryPull::usable(size_t ep) const {
+  return ep < endpoints_.size() && !endpoints_[ep].dead;
+}
 
 size_t RegistryPull::next_endpoint(size_t ep) const {
   for (size_t i = ep + 1; i < endpoints_.size(); ++i)
@@ -219,8 +221,9 @@ std::string RegistryPull::registry_message(const HttpResponse &r) const {
         if (e.contains("message") && e["message"].is_string())
           part += (part.empty() ? "" : ": ") + e["message"].get<std::string>();
         if (e.contains("detail") && !e["detail"].is_null())
-          part += " (" + (e["detail"].is_string() ? e["detail"].get<std::string>()
-                                                  : e["detail"].dump()) + ")";
+          part += " (" +
+                  (e["detail"].is_string() ? e["detail"].get<std::string>() : e["detail"].dump()) +
+                  ")";
         text += (text.empty() ? "" : "; ") + part;
       }
     } else if (j.contains("details") && j["details"].is_string()) {
@@ -257,27 +260,26 @@ void RegistryPull::exchange(size_t ep, const std::string &path, std::vector<std:
   req.low_speed_timeout_s = static_cast<long>(ctx_.config->low_speed_timeout_s);
   req.on_body = sink;
   auto id = std::make_shared<uint64_t>(0);
-  *id = ctx_.http->start(
-      std::move(req), [this, ep, path, headers, range_from, sink, done, retried_auth,
-                       id](HttpResponse r) {
-        transfers_.erase(*id);
-        if (r.curl_code == CURLE_OK && r.status == 401 && !retried_auth &&
-            !r.www_authenticate.empty()) {
-          answer_challenge(ep, r, [=, this, r = r](std::string error) {
-            if (!error.empty()) {
-              HttpResponse failed = r;
-              failed.body.clear();
-              failed.error = error;
-              failed.curl_code = -1;
-              done(std::move(failed));
-              return;
-            }
-            exchange(ep, path, headers, range_from, sink, done, true);
-          });
+  *id = ctx_.http->start(std::move(req), [this, ep, path, headers, range_from, sink, done,
+                                          retried_auth, id](HttpResponse r) {
+    transfers_.erase(*id);
+    if (r.curl_code == CURLE_OK && r.status == 401 && !retried_auth &&
+        !r.www_authenticate.empty()) {
+      answer_challenge(ep, r, [=, this, r = r](std::string error) {
+        if (!error.empty()) {
+          HttpResponse failed = r;
+          failed.body.clear();
+          failed.error = error;
+          failed.curl_code = -1;
+          done(std::move(failed));
           return;
         }
-        done(std::move(r));
+        exchange(ep, path, headers, range_from, sink, done, true);
       });
+      return;
+    }
+    done(std::move(r));
+  });
   transfers_.insert(*id);
 }
 
@@ -285,8 +287,7 @@ void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
                                     std::function<void(std::string)> then) {
   Endpoint &e = endpoints_[ep];
   // The registry's auths entry is keyed by its name ("docker.io"), a mirror's by its host.
-  std::optional<RegistryCredentials> cred =
-      ctx_.auths->find(e.mirror ? e.host : ref_.registry);
+  std::optional<RegistryCredentials> cred = ctx_.auths->find(e.mirror ? e.host : ref_.registry);
   Challenge c;
   for (const auto &v : r.www_authenticate) {
     Challenge one = parse_challenge(v);
@@ -310,8 +311,8 @@ void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
   }
   std::string realm = c.params["realm"];
   std::string service = c.params["service"];
-  std::string scope = c.params.count("scope") ? c.params["scope"]
-                                              : "repository:" + ref_.repository + ":pull";
+  std::string scope =
+      c.params.count("scope") ? c.params["scope"] : "repository:" + ref_.repository + ":pull";
   std::string key = realm + "\n" + service + "\n" + scope + "\n" + (cred ? cred->username : "");
   if (std::string token = ctx_.tokens->get(key); !token.empty()) {
     if (e.authorization != "Bearer " + token) {
@@ -324,8 +325,8 @@ void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
   HttpRequest req;
   std::string sep = realm.find('?') == std::string::npos ? "?" : "&";
   req.url = realm + sep + "service=" + url_escape(service) + "&scope=" + url_escape(scope);
-  if (cred) req.headers.push_back("Authorization: Basic " + base64(cred->username + ":" +
-                                                                  cred->password));
+  if (cred)
+    req.headers.push_back("Authorization: Basic " + base64(cred->username + ":" + cred->password));
   req.ca_file = e.ca_file;
   req.max_body = 1 << 20;
   auto id = std::make_shared<uint64_t>(0);
@@ -360,67 +361,65 @@ void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
   transfers_.insert(*id);
 }
 
-void RegistryPull::fetch_manifest(
-    const std::string &reference, size_t ep, const Descriptor *expect,
-    std::function<void(std::string, std::string, std::string)> then) {
+void RegistryPull::fetch_manifest(const std::string &reference, size_t ep, const Descriptor *expect,
+                                  std::function<void(std::string, std::string, std::string)> then) {
   while (ep < endpoints_.size() && endpoints_[ep].dead && endpoints_[ep].mirror) ++ep;
   std::string path = "/v2/" + ref_.repository + "/manifests/" + reference;
   std::optional<Descriptor> want;
   if (expect) want = *expect;
-  exchange(ep, path, {kManifestAccept}, 0, nullptr,
-           [this, ep, reference, want, then](HttpResponse r) {
-             Endpoint &e = endpoints_[ep];
-             bool last = next_endpoint(ep) >= endpoints_.size();
-             std::string what = "manifest " + ref_.repository + ":" + reference;
-             std::string failure;
-             flotilla_status st = FLOTILLA_E_IO;
-             if (r.curl_code != CURLE_OK) {
-               if (is_network_error(r)) e.dead = e.mirror;
-               failure = describe(e) + ": " + r.error;
-               st = r.curl_code == -1 ? FLOTILLA_E_PERMISSION : FLOTILLA_E_IO;
-               if (r.too_large) {
-                 failure = describe(e) + ": " + what + " is larger than 4 MiB; refusing it";
-                 st = FLOTILLA_E_INVALID;
-               }
-             } else if (r.status != 200) {
-               failure = describe(e) + ": " + what + ": " + registry_message(r);
-               st = status_for_http(r.status);
-             }
-             if (!failure.empty()) {
-               if (!last) {
-                 fetch_manifest(reference, next_endpoint(ep), want ? &*want : nullptr, then);
-                 return;
-               }
-               fail(st, "pull " + ref_.canonical() + ": " + failure);
-               return;
-             }
-             std::string digest = sha256_of(r.body);
-             std::string claimed = r.header("docker-content-digest");
-             if (want && digest != want->digest) {
-               fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) +
-                                            " served " + what + " with digest " + digest +
-                                            ", expected " + want->digest +
-                                            "; the image is corrupt, refusing it");
-               return;
-             }
-             if (!want && !ref_.digest.empty() && digest != ref_.digest) {
-               fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) +
-                                            " served a manifest with digest " + digest +
-                                            ", not the " + ref_.digest + " asked for; refusing it");
-               return;
-             }
-             if (!claimed.empty() && is_sha256_digest(claimed) && claimed != digest) {
-               fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) +
-                                            " says " + what + " has digest " + claimed +
-                                            " but its content has " + digest + "; refusing it");
-               return;
-             }
-             manifest_ep_ = ep;
-             result_.endpoint = e.host;
-             std::string type = r.header("content-type");
-             if (auto semi = type.find(';'); semi != std::string::npos) type.resize(semi);
-             then(std::move(r.body), std::move(type), std::move(digest));
-           });
+  exchange(
+      ep, path, {kManifestAccept}, 0, nullptr, [this, ep, reference, want, then](HttpResponse r) {
+        Endpoint &e = endpoints_[ep];
+        bool last = next_endpoint(ep) >= endpoints_.size();
+        std::string what = "manifest " + ref_.repository + ":" + reference;
+        std::string failure;
+        flotilla_status st = FLOTILLA_E_IO;
+        if (r.curl_code != CURLE_OK) {
+          if (is_network_error(r)) e.dead = e.mirror;
+          failure = describe(e) + ": " + r.error;
+          st = r.curl_code == -1 ? FLOTILLA_E_PERMISSION : FLOTILLA_E_IO;
+          if (r.too_large) {
+            failure = describe(e) + ": " + what + " is larger than 4 MiB; refusing it";
+            st = FLOTILLA_E_INVALID;
+          }
+        } else if (r.status != 200) {
+          failure = describe(e) + ": " + what + ": " + registry_message(r);
+          st = status_for_http(r.status);
+        }
+        if (!failure.empty()) {
+          if (!last) {
+            fetch_manifest(reference, next_endpoint(ep), want ? &*want : nullptr, then);
+            return;
+          }
+          fail(st, "pull " + ref_.canonical() + ": " + failure);
+          return;
+        }
+        std::string digest = sha256_of(r.body);
+        std::string claimed = r.header("docker-content-digest");
+        if (want && digest != want->digest) {
+          fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) + " served " +
+                                       what + " with digest " + digest + ", expected " +
+                                       want->digest + "; the image is corrupt, refusing it");
+          return;
+        }
+        if (!want && !ref_.digest.empty() && digest != ref_.digest) {
+          fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) +
+                                       " served a manifest with digest " + digest + ", not the " +
+                                       ref_.digest + " asked for; refusing it");
+          return;
+        }
+        if (!claimed.empty() && is_sha256_digest(claimed) && claimed != digest) {
+          fail(FLOTILLA_E_INVALID, "pull " + ref_.canonical() + ": " + describe(e) + " says " +
+                                       what + " has digest " + claimed + " but its content has " +
+                                       digest + "; refusing it");
+          return;
+        }
+        manifest_ep_ = ep;
+        result_.endpoint = e.host;
+        std::string type = r.header("content-type");
+        if (auto semi = type.find(';'); semi != std::string::npos) type.resize(semi);
+        then(std::move(r.body), std::move(type), std::move(digest));
+      });
 }
 
 void RegistryPull::write_blob_file(const std::string &digest, const std::string &body) {
@@ -530,8 +529,8 @@ void RegistryPull::start_blob(BlobJob &job) {
     if (!job.writer) {
       job.writer = std::make_unique<VerifiedBlobWriter>(
           layout_dir_ / "blobs" / "sha256" / digest_hex(job.desc.digest, job.what),
-          BlobExpectation{job.desc.digest, job.desc.size, job.what},
-          describe(endpoints_[job.ep]), false);
+          BlobExpectation{job.desc.digest, job.desc.size, job.what}, describe(endpoints_[job.ep]),
+          false);
     }
   } catch (const ImageError &e) {
     fail(e.status(), e.what());
@@ -595,8 +594,8 @@ void RegistryPull::blob_done(BlobJob &job, HttpResponse r) {
     failure = describe(e) + ": " + r.error;
     if (r.curl_code == -1) st = FLOTILLA_E_PERMISSION;
   } else {
-    failure = describe(e) + ": blob " + job.desc.digest + " (" + job.what +
-              "): " + registry_message(r);
+    failure =
+        describe(e) + ": blob " + job.desc.digest + " (" + job.what + "): " + registry_message(r);
     st = status_for_http(r.status);
   }
   bool network = r.curl_code != CURLE_OK && r.curl_code != -1 && is_network_error(r);

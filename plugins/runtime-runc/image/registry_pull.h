@@ -25,8 +25,8 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -82,7 +82,7 @@ struct PullContext {
   const RegistryAuths *auths = nullptr;
   TokenCache *tokens = nullptr;
   Platform platform = Platform::host();
-  std::function<bool(const std::string &digest)> have_blob;  // in the store already
+  std::function<bool(const std::string &digest)> have_blob;         // in the store already
   std::function<std::string(const std::string &digest)> read_blob;  // a small one of the store's
 };
 
@@ -108,7 +108,7 @@ class RegistryPull {
     std::string base;  // "https://host:port"
     std::string ca_file;
     bool mirror = false;
-    bool dead = false;  // a connection failed; skipped for the rest of this pull
+    bool dead = false;          // a connection failed; skipped for the rest of this pull
     std::string authorization;  // header value once a challenge was answered
   };
   struct BlobJob;
@@ -119,9 +119,9 @@ class RegistryPull {
                 uint64_t range_from, BodySink sink, Reply done, bool retried_auth = false);
   void answer_challenge(size_t ep, const HttpResponse &challenge,
                         std::function<void(std::string error)> then);
-  void fetch_manifest(const std::string &reference, size_t ep, const Descriptor *expect,
-                      std::function<void(std::string body, std::string media_type,
-                                         std::string digest)> then);
+  void fetch_manifest(
+      const std::string &reference, size_t ep, const Descriptor *expect,
+      std::function<void(std::string body, std::string media_type, std::string digest)> then);
   void got_top(std::string body, std::string media_type, std::string digest);
   void got_manifest(std::string body, std::string media_type, std::string digest);
   void write_blob_file(const std::string &digest, const std::string &body);

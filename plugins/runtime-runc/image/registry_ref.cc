@@ -32,8 +32,10 @@ std::string registry_endpoint_host(std::string_view registry) {
 RegistryRef parse_registry_ref(std::string_view ref) {
   if (ref.empty()) throw invalid(ref, "empty reference");
   if (ref.starts_with("sha256:")) {
-    throw invalid(ref, "a bare digest names no registry or repository; write "
-                       "REGISTRY/REPOSITORY@" + std::string(ref.substr(0, 15)) + "...");
+    throw invalid(ref,
+                  "a bare digest names no registry or repository; write "
+                  "REGISTRY/REPOSITORY@" +
+                      std::string(ref.substr(0, 15)) + "...");
   }
   for (char c : ref) {
     if (c <= ' ' || c == 0x7f) throw invalid(ref, "contains a space or control character");

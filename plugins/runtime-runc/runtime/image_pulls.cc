@@ -93,9 +93,9 @@ flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
     if (!opts.is_object()) throw ImageError(FLOTILLA_E_INVALID, "options must be a JSON object");
     if (auto p = opts.find("policy"); p != opts.end()) {
       if (!p->is_string() || (*p != "always" && *p != "if_not_present"))
-        throw ImageError(FLOTILLA_E_INVALID,
-                         "options.policy must be \"always\" or \"if_not_present\", got " +
-                             p->dump());
+        throw ImageError(
+            FLOTILLA_E_INVALID,
+            "options.policy must be \"always\" or \"if_not_present\", got " + p->dump());
       policy = p->get<std::string>();
     }
   } catch (const std::exception &e) {
@@ -123,9 +123,9 @@ flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
   };
   auto out = std::make_shared<Out>();
   std::shared_ptr<ImageStore> store = store_;
-  std::string local = ref.digest.empty() ? ref.store_name
-                                         : ref.store_name.substr(0, ref.store_name.rfind(':')) +
-                                               "@" + ref.digest;
+  std::string local = ref.digest.empty()
+                          ? ref.store_name
+                          : ref.store_name.substr(0, ref.store_name.rfind(':')) + "@" + ref.digest;
   std::string auth_file = config_.auth_file;
   queue(
       [out, store, local, policy, auth_file] {

@@ -119,8 +119,7 @@ class Daemon {
   json images() {
     Result r;
     rt_->image_list(
-        self_,
-        [](void *u, flotilla_status st, const char *text) { state_cb(u, st, text); }, &r);
+        self_, [](void *u, flotilla_status st, const char *text) { state_cb(u, st, text); }, &r);
     run_until([&] { return r.done; });
     return json::parse(r.text.empty() ? "[]" : r.text);
   }
@@ -189,8 +188,8 @@ class RegistryPull : public ::testing::Test {
     }
     regtest::spit(dir_ / "htpasswd", line);
     tokens_ = std::make_unique<regtest::TokenServer>(dir_ / "tok.key", dir_ / "tok.pem",
-                                                     "flotilla-test-issuer", "flotilla-test",
-                                                     "ci", "s3cret", 3);
+                                                     "flotilla-test-issuer", "flotilla-test", "ci",
+                                                     "s3cret", 3);
 
     fs::create_directories(dir_ / "storage");
     fs::create_directories(dir_ / "mirror-storage");
@@ -203,10 +202,10 @@ class RegistryPull : public ::testing::Test {
     mirror_ = std::make_unique<regtest::Registry>();
     mirror_->name = "mirror";
     bool ok =
-        secure_->start(dir_, dir_ / "storage",
-                       "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: " + d +
-                           "/htpasswd\n",
-                       d + "/srv.pem", d + "/srv.key", ca_) &&
+        secure_->start(
+            dir_, dir_ / "storage",
+            "auth:\n  htpasswd:\n    realm: flotilla-test\n    path: " + d + "/htpasswd\n",
+            d + "/srv.pem", d + "/srv.key", ca_) &&
         plain_->start(dir_, dir_ / "storage", "") &&
         token_reg_->start(dir_, dir_ / "storage",
                           "auth:\n  token:\n    realm: " + tokens_->realm() +
@@ -263,11 +262,10 @@ class RegistryPull : public ::testing::Test {
 
     regtest::Pusher plain{plain_->url(), {}};
     regtest::Pusher mirror{mirror_->url(), {}};
-    bool ok = plain.layout(app1.dir(), "team/app", "1") &&
-              plain.layout(app2.dir(), "team/app", "2") &&
-              plain.layout(multi.dir(), "team/multi", "1") &&
-              plain.layout(big.dir(), "team/big", "1") &&
-              mirror.layout(app1.dir(), "team/app", "1");
+    bool ok =
+        plain.layout(app1.dir(), "team/app", "1") && plain.layout(app2.dir(), "team/app", "2") &&
+        plain.layout(multi.dir(), "team/multi", "1") && plain.layout(big.dir(), "team/big", "1") &&
+        mirror.layout(app1.dir(), "team/app", "1");
     if (!ok) skip_ = "pushing the test images failed: " + plain.error + mirror.error;
   }
 
@@ -390,9 +388,9 @@ TEST_F(RegistryPull, OverTlsWithBasicAuthWithWhiteoutAndProgress) {
 }
 
 TEST_F(RegistryPull, WrongPasswordIsRefusedWithTheRegistrysMessage) {
-  regtest::spit(node_ / "auths.json",
-                json{{"auths", {{secure_->host(), {{"username", "ci"}, {"password", "wrong"}}}}}}
-                    .dump());
+  regtest::spit(
+      node_ / "auths.json",
+      json{{"auths", {{secure_->host(), {{"username", "ci"}, {"password", "wrong"}}}}}}.dump());
   Daemon &d = daemon();
   Result r = d.pull(secure_->host() + "/team/app:1");
   EXPECT_EQ(r.status, FLOTILLA_E_PERMISSION) << r.error;

@@ -66,7 +66,9 @@ inline int free_port() {
   return ntohs(a.sin_port);
 }
 
-inline int run(const std::string &cmd) { return std::system(cmd.c_str()); }
+inline int run(const std::string &cmd) {
+  return std::system(cmd.c_str());
+}
 
 // A bcrypt htpasswd line; docker-registry accepts $2b$ (Go's bcrypt).
 inline std::string htpasswd_line(const std::string &user, const std::string &password) {
@@ -224,7 +226,8 @@ struct Pusher {
         for (const auto &m : doc["manifests"])
           if (!walk(m)) return false;
       } else {
-        if (!blob(repo, slurp(dir / "blobs" / "sha256" / std::string(doc["config"]["digest"]).substr(7)),
+        if (!blob(repo,
+                  slurp(dir / "blobs" / "sha256" / std::string(doc["config"]["digest"]).substr(7)),
                   doc["config"]["digest"]))
           return false;
         for (const auto &l : doc["layers"]) {
@@ -267,12 +270,13 @@ struct Registry {
     tls = !tls_cert.empty();
     log = dir / (name + ".log");
     config_path = (dir / (name + ".yml")).string();
-    std::string y = "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
-                    "storage:\n  filesystem:\n    rootdirectory: " +
-                    storage.string() +
-                    "\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
-                    "http:\n  addr: " +
-                    host() + "\n  secret: flotilla-test-secret\n";
+    std::string y =
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        "storage:\n  filesystem:\n    rootdirectory: " +
+        storage.string() +
+        "\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
+        "http:\n  addr: " +
+        host() + "\n  secret: flotilla-test-secret\n";
     if (tls) y += "  tls:\n    certificate: " + tls_cert + "\n    key: " + tls_key + "\n";
     y += auth_yaml;
     spit(config_path, y);
@@ -297,7 +301,7 @@ class TinyServer {
   struct Request {
     std::string method, target;
     std::map<std::string, std::string> headers;  // lower-case names
-    std::string head;                             // the raw request head
+    std::string head;                            // the raw request head
   };
   // handler gets the request and the client socket; it writes the reply.
   using Handler = std::function<void(const Request &, int fd)>;
@@ -394,15 +398,14 @@ class TinyServer {
 class FaultProxy {
  public:
   explicit FaultProxy(int upstream_port)
-      : upstream_(upstream_port), server_([this](const TinyServer::Request &r, int fd) {
-          handle(r, fd);
-        }) {}
+      : upstream_(upstream_port),
+        server_([this](const TinyServer::Request &r, int fd) { handle(r, fd); }) {}
   int port() const { return server_.port(); }
   std::string host() const { return "127.0.0.1:" + std::to_string(port()); }
 
   std::mutex mu;
-  std::string flip_digest;  // flip byte 100 of this blob's body, every time
-  std::string cut_digest;   // cut this blob's body in half, once
+  std::string flip_digest;               // flip byte 100 of this blob's body, every time
+  std::string cut_digest;                // cut this blob's body in half, once
   std::map<std::string, int> blob_gets;  // digest -> GET count
   std::vector<std::string> ranges;       // Range headers seen
 
@@ -457,7 +460,8 @@ class FaultProxy {
         if (e == std::string::npos) continue;
         body_at = e + 4;
         std::string lowered = resp.substr(0, body_at);
-        for (char &ch : lowered) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        for (char &ch : lowered)
+          ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
         if (auto cl = lowered.find("content-length:"); cl != std::string::npos)
           content_length = std::stoul(lowered.substr(cl + 15));
       }
@@ -466,8 +470,7 @@ class FaultProxy {
         resp[body_at + 100] ^= 0x01;
         flip = false;
       }
-      if (cut && ok_status && content_length > 0 &&
-          resp.size() >= body_at + content_length / 2) {
+      if (cut && ok_status && content_length > 0 && resp.size() >= body_at + content_length / 2) {
         TinyServer::send_all(client, resp.substr(sent, body_at + content_length / 2 - sent));
         ::close(up);
         return;
@@ -542,8 +545,9 @@ class TokenServer {
     return {};
   }
   void reply(int fd, int status, const std::string &body) {
-    TinyServer::send_all(fd, "HTTP/1.0 " + std::to_string(status) + " X\r\nContent-Type: "
-                             "application/json\r\nContent-Length: " +
+    TinyServer::send_all(fd, "HTTP/1.0 " + std::to_string(status) +
+                                 " X\r\nContent-Type: "
+                                 "application/json\r\nContent-Length: " +
                                  std::to_string(body.size()) + "\r\n\r\n" + body);
   }
   void handle(const TinyServer::Request &r, int fd) {
@@ -557,8 +561,8 @@ class TokenServer {
       ++refused;
       return reply(fd, 401, R"({"details":"wrong user name or password"})");
     }
-    if (service != service_ || scope.rfind(expected_scope_prefix, 0) != 0 ||
-        scope.size() < 5 || scope.substr(scope.size() - 5) != ":pull") {
+    if (service != service_ || scope.rfind(expected_scope_prefix, 0) != 0 || scope.size() < 5 ||
+        scope.substr(scope.size() - 5) != ":pull") {
       std::lock_guard<std::mutex> g(mu);
       ++refused;
       return reply(fd, 403, R"({"details":"only pull scopes of this service are granted"})");

@@ -27,8 +27,7 @@ TEST(RegistryRef, DockerHubDefaultsAndOtherRegistries) {
        "index.docker.io/library/busybox:latest"},
       {"team/app:2", "docker.io", "team/app", "2", "team/app:2"},
       {"localhost/app", "localhost", "app", "latest", "localhost/app:latest"},
-      {"127.0.0.1:5000/team/app:1", "127.0.0.1:5000", "team/app", "1",
-       "127.0.0.1:5000/team/app:1"},
+      {"127.0.0.1:5000/team/app:1", "127.0.0.1:5000", "team/app", "1", "127.0.0.1:5000/team/app:1"},
       {"registry.example/a/b/c:v1.2", "registry.example", "a/b/c", "v1.2",
        "registry.example/a/b/c:v1.2"},
   };
@@ -67,8 +66,7 @@ TEST(RegistryRef, BadReferencesSayWhatIsWrong) {
     return std::string();
   };
   EXPECT_EQ(error_of(""), "image reference \"\": empty reference");
-  EXPECT_NE(error_of("Team/App").find("\"Team\" is not a valid name component"),
-            std::string::npos);
+  EXPECT_NE(error_of("Team/App").find("\"Team\" is not a valid name component"), std::string::npos);
   EXPECT_NE(error_of("a b").find("contains a space"), std::string::npos);
   EXPECT_NE(error_of("app:bad/tag").find("is not a valid name component"), std::string::npos);
   EXPECT_NE(error_of("app@sha256:1234").find("sha256"), std::string::npos);
@@ -114,7 +112,8 @@ TEST(RegistryConfigTable, BadValuesNameTheKey) {
             "auth_file: must be an absolute path, got \"auth.json\"");
   EXPECT_EQ(problem({{"hosts", {{"h:1", {{"mirror", {"m"}}}}}}}),
             "hosts.\"h:1\".mirror: is not a registry host key; known keys: mirrors, ca_file");
-  EXPECT_EQ(problem({{"hosts", {{"h:1", {{"mirrors", {"m/x"}}}}}}}).rfind("hosts.\"h:1\".mirrors[0]: ", 0),
+  EXPECT_EQ(problem({{"hosts", {{"h:1", {{"mirrors", {"m/x"}}}}}}})
+                .rfind("hosts.\"h:1\".mirrors[0]: ", 0),
             0u);
   EXPECT_EQ(problem({{"mirrors", {"m"}}}).rfind("mirrors: is not a registry key", 0), 0u);
 }
