@@ -233,7 +233,7 @@ RunResult Host::run_job(const std::string &toml) const {
   static int n = 0;
   std::string file = dir() + "/job-" + std::to_string(n++) + ".toml";
   std::ofstream(file, std::ios::trunc) << toml;
-  return cli({"job", "run", file});
+  return cli({"job", "run", "--detach", file});
 }
 
 RunResult Host::exec(const std::vector<std::string> &argv) const {

@@ -122,7 +122,7 @@ int spawn_in_netns(const std::string &netns, char *const argv[], int out_fd, pid
     if (::setns(ns, CLONE_NEWNET) != 0) _exit(126);
     ::dup2(out_fd, 1);
     ::dup2(out_fd, 2);
-    ::execve(argv[0], argv, environ);
+    ::execvp(argv[0], argv);
     _exit(127);
   }
   ::close(ns);
@@ -143,7 +143,7 @@ RunResult run(const std::vector<std::string> &argv, const std::string &netns) {
   for (const auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid;
-  int rc = netns.empty() ? posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ)
+  int rc = netns.empty() ? posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ)
                          : spawn_in_netns(netns, args.data(), out, &pid);
   if (rc == 0) {
     int status = 0;

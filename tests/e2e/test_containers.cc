@@ -260,7 +260,8 @@ network = "bridge"
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_NE(out.find("shared-netns-page"), std::string::npos)
-      << "the client task did not reach the server task on 127.0.0.1: " << out;
+      << "the client task did not reach the server task on 127.0.0.1: " << out
+      << flotilla({"alloc", "logs", id, "--task", "client", "--stderr"}).output;
   const std::string pin = d_->dir() + "/data/plugins/runtime-runc/alloc-netns/" + id;
   ASSERT_EQ(flotilla({"job", "stop", "pair"}).exit_code, 0);
   for (int i = 0; i < 100 && fs::exists(pin); ++i)

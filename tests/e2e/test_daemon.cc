@@ -55,7 +55,13 @@ TEST(Daemon, ServesTheApiLoadsPluginsAndRegistersTheNode) {
   EXPECT_TRUE(ids.count("org.flotilla.store-local")) << p.body;
   EXPECT_TRUE(ids.count("org.flotilla.example.hello-c99")) << p.body;  // the C99 plugin
 
+  // The node registers under its lease once the store granted it, which
+  // may be just after the API answers: wait for it (a hang guard, 10 s).
   auto n = d.get("/v1/nodes/e2e-node");
+  for (int i = 0; i < 100 && n.status == 404; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    n = d.get("/v1/nodes/e2e-node");
+  }
   ASSERT_EQ(n.status, 200) << n.body;
   json node = parse(n.body);
   if (node.contains("node")) node = node["node"];

@@ -234,7 +234,7 @@ class Network : public ::testing::Test {
   void run_job(const std::string &toml) {
     std::string file = d_->dir() + "/job.toml";
     std::ofstream(file, std::ios::trunc) << toml;
-    auto r = flotilla({"job", "run", file});
+    auto r = flotilla({"job", "run", "--detach", file});
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   // The container's IPv4 address on eth0 of the allocation's namespace.
@@ -282,7 +282,7 @@ ports = [8090]
 name = "probe"
 image = "busybox:latest"
 command = "/bin/sh"
-args = ["-c", "ping -c1 -W3 10.42.0.1 >/dev/null && echo GATEWAY-OK; until wget -qO- http://198.51.100.2:8099/; do sleep 0.2; done; echo; echo OUTSIDE-DONE; wget -qO- http://127.0.0.1:8090/ && echo SIBLING-OK; exec sleep 3600"]
+args = ["-c", "ping -c1 -W3 10.42.0.1 >/dev/null && echo GATEWAY-OK; until wget -qO- http://198.51.100.2:8099/; do sleep 0.2; done; echo; echo OUTSIDE-DONE; until wget -qO- http://127.0.0.1:8090/; do sleep 0.2; done; echo SIBLING-OK; exec sleep 3600"]
 network = "bridge"
 )";
 
@@ -336,7 +336,7 @@ TEST_F(Network, BridgeContainerHasAddressEgressAndAMappedPort) {
 
   // Stopping the job removes its veth, namespace and mapping.
   ASSERT_EQ(flotilla({"job", "stop", "web"}).exit_code, 0);
-  for (int i = 0; i < 100 && !our_veths().empty(); ++i)
+  for (int i = 0; i < 100 && (!our_veths().empty() || fs::exists(netns_dir() + "/" + id)); ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_TRUE(our_veths().empty());
   EXPECT_FALSE(fs::exists(netns_dir() + "/" + id));

@@ -237,8 +237,16 @@ void ImagePulls::finish(const std::string &key, flotilla_status st, const std::s
   auto node = pending_.extract(key);
   if (node.empty()) return;
   std::unique_ptr<Pending> p = std::move(node.mapped());
+  // A node that cannot pull can still be given the image by hand: say how,
+  // as a command that works as printed (PATH filled in).
+  const std::string error =
+      st == FLOTILLA_OK || key.find('@') != std::string::npos
+          ? text
+          : text + "; or import it on this node with `flotilla image import PATH --tag " + key +
+                "`, PATH being an OCI image layout directory or an oci-archive "
+                "tarball";
   for (const Waiter &w : p->waiters) {
-    if (st != FLOTILLA_OK) host_->set_error(host_->host_ctx, text.c_str());
+    if (st != FLOTILLA_OK) host_->set_error(host_->host_ctx, error.c_str());
     w.cb(w.user, st, st == FLOTILLA_OK ? text.c_str() : "null");
   }
 }

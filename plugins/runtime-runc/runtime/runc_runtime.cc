@@ -526,7 +526,11 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
             std::lock_guard<std::mutex> g(alloc_netns_mutex());
             try {
               fs::create_directories(config.alloc_netns_dir);
-              netlink::netns::create_pinned(shared_netns);
+              // A new namespace has its loopback down: up, so that the
+              // allocation's tasks reach each other on 127.0.0.1 (runc
+              // only configures namespaces it makes itself).
+              if (netlink::netns::create_pinned(shared_netns))
+                netlink::Socket::open_in(shared_netns).set_up("lo");
             } catch (const std::exception &e) {
               throw RuntimeFailure(FLOTILLA_E_IO, std::string("the allocation's network "
                                                               "namespace: ") +
