@@ -32,7 +32,8 @@
   X(nodes)                        \
   X(jobs)                         \
   X(allocs)                       \
-  X(images)
+  X(images)                       \
+  X(services)
 
 namespace flotilla::api {
 

@@ -915,6 +915,114 @@ bool answered_within(std::future<T> &f, int ms) {
   return f.wait_for(std::chrono::milliseconds(ms)) == std::future_status::ready;
 }
 
+// ---- services --------------------------------------------------------------------------------
+
+// Registry records as the discovery plugin writes them (plugins/discovery/README.md).
+void seed_services(const std::function<void(const std::string &, const json &)> &put) {
+  put("/flotilla/services/web/web-0", {{"service", "web"},
+                                       {"alloc", "web-0"},
+                                       {"node", "node-b"},
+                                       {"addresses", {"10.42.2.5"}},
+                                       {"port", 8080},
+                                       {"tags", {"v1"}},
+                                       {"health", "passing"},
+                                       {"output", "HTTP 200"}});
+  put("/flotilla/services/web/web-1", {{"service", "web"},
+                                       {"alloc", "web-1"},
+                                       {"node", "node-c"},
+                                       {"addresses", {"10.42.3.7"}},
+                                       {"port", 8080},
+                                       {"tags", {"v1", "canary"}},
+                                       {"health", "critical"},
+                                       {"output", "connect 10.42.3.7:8080: Connection refused"}});
+  put("/flotilla/services/db/db-0", {{"service", "db"},
+                                     {"alloc", "db-0"},
+                                     {"node", "node-b"},
+                                     {"addresses", {"10.42.2.6"}},
+                                     {"port", 5432},
+                                     {"tags", json::array()},
+                                     {"health", "starting"},
+                                     {"output", ""}});
+  put("/flotilla/vips/web", {{"address", "10.43.0.1"}});
+  // A VIP stays when its last instance goes: the service is still shown.
+  put("/flotilla/vips/old", {{"address", "10.43.0.2"}});
+}
+
+TEST_P(ApiTest, ServicesAreListedWithTheirHealthAndVip) {
+  json empty = body(call("GET", "/v1/services"));
+  EXPECT_EQ(empty["services"], json::array());
+  seed_services([&](const std::string &k, const json &v) { store_put(k, v); });
+  HttpResponse r = call("GET", "/v1/services");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json list = body(r)["services"];
+  ASSERT_EQ(list.size(), 3u) << list.dump();
+  EXPECT_EQ(list[0]["name"], "db");
+  EXPECT_EQ(list[0]["vip"], nullptr);
+  EXPECT_EQ(list[0]["health"], json({{"passing", 0}, {"starting", 1}, {"critical", 0}}));
+  EXPECT_EQ(list[1]["name"], "old");
+  EXPECT_EQ(list[1]["vip"], "10.43.0.2");
+  EXPECT_EQ(list[1]["instances"], 0);
+  EXPECT_EQ(list[2]["name"], "web");
+  EXPECT_EQ(list[2]["vip"], "10.43.0.1");
+  EXPECT_EQ(list[2]["instances"], 2);
+  EXPECT_EQ(list[2]["health"], json({{"passing", 1}, {"starting", 0}, {"critical", 1}}));
+  EXPECT_EQ(list[2]["tags"], json({"v1", "canary"}));
+  EXPECT_GT(body(r)["revision"].get<int64_t>(), 0);
+}
+
+TEST_P(ApiTest, AServiceIsShownWithEveryInstanceAndItsLastCheck) {
+  seed_services([&](const std::string &k, const json &v) { store_put(k, v); });
+  HttpResponse r = call("GET", "/v1/services/web");
+  ASSERT_EQ(r.status, 200) << r.body;
+  json s = body(r);
+  EXPECT_EQ(s["name"], "web");
+  EXPECT_EQ(s["vip"], "10.43.0.1");
+  ASSERT_EQ(s["instances"].size(), 2u);
+  const json &b = s["instances"][0];
+  EXPECT_EQ(b["alloc"], "web-0");
+  EXPECT_EQ(b["node"], "node-b");
+  EXPECT_EQ(b["addresses"], json({"10.42.2.5"}));
+  EXPECT_EQ(b["port"], 8080);
+  EXPECT_EQ(b["tags"], json({"v1"}));
+  EXPECT_EQ(b["health"], "passing");
+  EXPECT_EQ(s["instances"][1]["health"], "critical");
+  EXPECT_EQ(s["instances"][1]["output"], "connect 10.42.3.7:8080: Connection refused");
+  // "web" must not pick up a service whose name only starts with it.
+  store_put("/flotilla/services/webx/webx-0", {{"health", "passing"}, {"node", "node-b"}});
+  EXPECT_EQ(body(call("GET", "/v1/services/web"))["instances"].size(), 2u);
+  EXPECT_EQ(body(call("GET", "/v1/services/old"))["instances"], json::array());
+  r = call("GET", "/v1/services/nope");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_TRUE(body(r)["error"]["message"].get<std::string>().find("service \"nope\" not found") !=
+              std::string::npos)
+      << r.body;
+  // A record that is not an object is shown, not hidden.
+  store_put("/flotilla/services/odd/odd-0", "not json");
+  json odd = body(call("GET", "/v1/services/odd"));
+  ASSERT_EQ(odd["instances"].size(), 1u) << odd.dump();
+  EXPECT_EQ(odd["instances"][0]["health"], "unknown");
+}
+
+TEST_P(ApiTest, ABlockingServiceQueryWaitsForAChangeOfThatService) {
+  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+  seed_services([&](const std::string &k, const json &v) { store_put(k, v); });
+  int64_t rev = body(call("GET", "/v1/services/web"))["revision"];
+  auto waiting = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/services/web?index=" + std::to_string(rev) + "&wait=20s");
+  });
+  store_put("/flotilla/services/db/db-0", {{"health", "passing"}, {"node", "node-b"}});
+  EXPECT_FALSE(answered_within(waiting, 300)) << "a change of another service answered it";
+  store_put("/flotilla/services/web/web-1", {{"node", "node-c"},
+                                             {"addresses", {"10.42.3.7"}},
+                                             {"port", 8080},
+                                             {"health", "passing"},
+                                             {"output", "HTTP 200"}});
+  ASSERT_TRUE(answered_within(waiting, 10000));
+  json s = body(waiting.get());
+  EXPECT_EQ(s["instances"][1]["health"], "passing");
+  EXPECT_GT(s["revision"].get<int64_t>(), rev);
+}
+
 TEST_P(ApiTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
   if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
   ASSERT_EQ(submit(kWebToml).status, 201);
@@ -1375,6 +1483,37 @@ TEST_P(CliTest, NodeAndPluginListings) {
   r = flotilla({"plugin", "ls"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "No plugins are loaded.\n");
+}
+
+TEST_P(CliTest, ServiceListAndStatus) {
+  CliRun r = flotilla({"service", "list"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "No services are registered.\n");
+  seed_services([&](const std::string &k, const json &v) { store_put(k, v); });
+  r = flotilla({"service", "list"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "NAME  VIP        INSTANCES  PASSING  STARTING  CRITICAL  TAGS"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "web   10.43.0.1  2          1        0         1         v1,canary"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "db    -          1          0        1         0         -"))
+      << r.out;
+  r = flotilla({"service", "status", "web"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "VIP        10.43.0.1")) << r.out;
+  EXPECT_TRUE(contains(r.out, "Instances  2 (1 passing, 0 starting, 1 critical)")) << r.out;
+  EXPECT_TRUE(contains(r.out, "web-0  node-b  10.42.2.5  8080  v1         passing   HTTP 200"))
+      << r.out;
+  EXPECT_TRUE(contains(r.out, "critical  connect 10.42.3.7:8080: Connection refused")) << r.out;
+  r = flotilla({"--json", "service", "status", "web"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["instances"].size(), 2u);
+  r = flotilla({"service", "status", "nope"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.err, "Error: service \"nope\" not found")) << r.err;
+  r = flotilla({"service", "status"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(contains(r.err, "missing NAME")) << r.err;
 }
 
 TEST_P(CliTest, UsageErrorsExit2) {

@@ -78,6 +78,7 @@ const std::vector<Command> &job_commands();
 const std::vector<Command> &alloc_commands();
 const std::vector<Command> &image_commands();
 const std::vector<Command> &node_commands();
+const std::vector<Command> &service_commands();
 const std::vector<Command> &plugin_commands();
 const std::vector<Command> &version_commands();
 

@@ -7,8 +7,9 @@ namespace flotilla::cli {
 const std::vector<Command> &all_commands() {
   static const std::vector<Command> all = [] {
     std::vector<Command> out;
-    for (const auto *group : {&job_commands(), &alloc_commands(), &image_commands(), &node_commands(),
-                              &plugin_commands(), &version_commands()})
+    for (const auto *group :
+         {&job_commands(), &alloc_commands(), &image_commands(), &node_commands(),
+          &service_commands(), &plugin_commands(), &version_commands()})
       out.insert(out.end(), group->begin(), group->end());
     return out;
   }();
