@@ -344,7 +344,9 @@ std::string Cluster::host_config(const Host &h) const {
   if (options_.containers)
     cfg += e2e::container_plugins_config(*h.daemon_, h.cgroup_parent()) + "\n";
 #endif
-  return cfg + options_.extra_config;
+  cfg += options_.extra_config;
+  if (options_.host_config) cfg += "\n" + options_.host_config(*this, h);
+  return cfg;
 }
 
 void Cluster::build() {

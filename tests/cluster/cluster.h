@@ -50,6 +50,9 @@ struct ClusterOptions {
   bool containers = true;
   // Appended to every host's flotillad.toml.
   std::string extra_config;
+  // Appended after extra_config, per host: what differs between hosts
+  // (a plugin's paths under the host's own dir()).
+  std::function<std::string(const Cluster &, const Host &)> host_config;
   // The [store] and [plugin.store-*] tables of a host; empty: store-etcd on
   // every etcd member's endpoint (or store-local without etcd).
   std::function<std::string(const Cluster &, const Host &)> store_config;
