@@ -1,0 +1,243 @@
+// Jobs whose images come from a registry, as a CI pipeline ships them: the
+// real daemon with the scheduler and runtime-runc plugins driving real
+// runc, and a real docker-registry (Debian's, the CNCF distribution
+// registry) the test starts on 127.0.0.1. The images are made by
+// tools/mkimage-busybox plus a layer made with umoci, and pushed with
+// `skopeo copy`, as docs/ci-cd.md says a pipeline does. Covered:
+//
+//   - a job naming 127.0.0.1:PORT/team/app:1 pulls, runs, and `flotilla
+//     alloc logs` shows what the image's own file says;
+//   - :2 pushed and `flotilla job run` of the new version: the rolling
+//     update pulls it and replaces both allocations; the monitor's lines
+//     and its exit code 0 are checked;
+//   - :3 deployed while the registry is down: the pull fails with the
+//     registry's address in the task's message, the task is retried under
+//     [restart], the registry comes back, the deploy finishes (exit 0);
+//   - a tag the registry does not have, with no restarts left: exit 5 and
+//     the registry's MANIFEST_UNKNOWN.
+//
+// Everything is under one scratch dir per run (the daemon's) and the
+// cgroup flotilla-e2e-reg-<pid>; the registry is killed by its pid.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "alloc_status.h"
+#include "container_daemon.h"
+#include "daemon_harness.h"
+#include "registry_test_support.h"
+
+using nlohmann::json;
+namespace e2e = flotilla::e2e;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string cli() {
+  return e2e::build_dir() + "/tools/flotilla/flotilla";
+}
+
+class RegistryJobs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: running containers needs root";
+    for (const char *tool :
+         {"/usr/sbin/runc", "/usr/bin/docker-registry", "/usr/bin/skopeo", "/usr/bin/umoci"})
+      if (access(tool, X_OK) != 0)
+        GTEST_SKIP() << "SKIPPED: " << tool << " is not installed (tools/debian-packages.txt)";
+    d_ = std::make_unique<e2e::Daemon>();
+    fs::create_directories(d_->dir() + "/registry");
+    registry_.name = "registry";
+    registry_.port = regtest::free_port();
+    d_->write_config(e2e::container_plugins_config(*d_, cgroup_parent()) +
+                     "\n[plugin.runtime-runc.registry]\ninsecure = [\"" + registry_.host() +
+                     "\"]\nprogress_interval_ms = 50\nlow_speed_timeout_s = 5\n");
+    ASSERT_TRUE(d_->start()) << d_->log();
+    ASSERT_TRUE(registry_.start(d_->dir() + "/registry", d_->dir() + "/registry/storage", ""))
+        << regtest::slurp(registry_.log);
+    // The base image, as set-up builds the quickstart's.
+    auto mk = e2e::run({e2e::source_dir() + "/tools/mkimage-busybox", base(), "--tag", "app"});
+    ASSERT_EQ(mk.exit_code, 0) << mk.output;
+  }
+
+  void TearDown() override {
+    registry_.stop();
+    if (!d_) return;
+    e2e::remove_everything(*d_, cgroup_parent());
+    d_.reset();
+  }
+
+  static std::string cgroup_parent() { return "flotilla-e2e-reg-" + std::to_string(getpid()); }
+  std::string base() const { return d_->dir() + "/base"; }
+  std::string ref(const std::string &tag) const { return registry_.host() + "/team/app:" + tag; }
+
+  e2e::RunResult flotilla(std::vector<std::string> args) {
+    args.insert(args.begin(), {cli(), "--socket", d_->socket()});
+    return e2e::run(args);
+  }
+
+  // Version `tag` of the app: the base image plus a layer with
+  // /etc/app-version (umoci unpack, then repack: the new layer is the
+  // difference), pushed with skopeo as a pipeline would. (Not `umoci
+  // insert`: Debian's umoci 0.4.7 writes that layer's tar without its end
+  // and padding, which tar and libarchive refuse.)
+  void push(const std::string &tag) {
+    std::string layout = d_->dir() + "/app-" + tag, bundle = d_->dir() + "/bundle-" + tag;
+    std::error_code ec;
+    fs::copy(base(), layout, fs::copy_options::recursive, ec);
+    ASSERT_FALSE(ec) << ec.message();
+    auto un = e2e::run({"/usr/bin/umoci", "unpack", "--image", layout + ":app", bundle});
+    ASSERT_EQ(un.exit_code, 0) << un.output;
+    std::ofstream(bundle + "/rootfs/etc/app-version") << "app version " << tag << "\n";
+    auto re = e2e::run({"/usr/bin/umoci", "repack", "--image", layout + ":app", bundle});
+    ASSERT_EQ(re.exit_code, 0) << re.output;
+    fs::remove_all(bundle, ec);
+    auto cp = e2e::run({"/usr/bin/skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                        "oci:" + layout + ":app", "docker://" + ref(tag)});
+    ASSERT_EQ(cp.exit_code, 0) << cp.output;
+  }
+
+  std::string job_file(const std::string &name, const std::string &image, int count,
+                       int restart_attempts) {
+    std::string file = d_->dir() + "/" + name + ".toml";
+    std::ofstream(file, std::ios::trunc) << "name = \"" << name << "\"\ncount = " << count << R"(
+[update]
+max_parallel = 1
+min_healthy_time = "0s"
+healthy_deadline = "1m"
+
+[restart]
+attempts = )" << restart_attempts << R"(
+delay = "1s"
+jitter = 0.0
+interval = "1h"
+
+[[task]]
+name = "app"
+image = ")" << image << R"("
+command = "/bin/sh"
+args = ["-c", "trap 'exit 0' TERM; cat /etc/app-version; while :; do sleep 1 & wait $!; done"]
+kill_timeout = "2s"
+)";
+    return file;
+  }
+
+  json view(const std::string &job) {
+    return json::parse(d_->get("/v1/jobs/" + job).body, nullptr, false);
+  }
+  // The allocations of the job that should run, with their status.
+  std::vector<json> running_allocs(const std::string &job) {
+    std::vector<json> out;
+    json j = view(job);
+    if (!j.is_object() || !j.contains("allocs")) return out;
+    for (const json &a : j["allocs"])
+      if (a.value("desired_status", "") == "run") out.push_back(a);
+    return out;
+  }
+  // alloc logs, waited for until `want` is in it (the shim copies output
+  // as it comes; a guard of 10 s).
+  std::string logs_with(const std::string &alloc, const std::string &want) {
+    e2e::RunResult r;
+    for (int i = 0; i < 100; ++i) {
+      r = flotilla({"alloc", "logs", alloc});
+      if (r.exit_code == 0 && r.output.find(want) != std::string::npos) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return r.output;
+  }
+
+  std::unique_ptr<e2e::Daemon> d_;
+  regtest::Registry registry_;
+};
+
+TEST_F(RegistryJobs, PullRunRollingUpdateAndARegistryThatWasDown) {
+  // 1. Version 1: pulled by the node, run, its output in alloc logs.
+  push("1");
+  auto v1 = flotilla({"job", "run", "--timeout", "90s", job_file("regapp", ref("1"), 2, 10)});
+  ASSERT_EQ(v1.exit_code, 0) << v1.output << d_->log();
+  EXPECT_NE(v1.output.find("Job \"regapp\" submitted (version 1"), std::string::npos) << v1.output;
+  EXPECT_NE(v1.output.find("Deployment of job \"regapp\" version 1 done: 2 of 2 allocations "
+                           "running"),
+            std::string::npos)
+      << v1.output;
+  std::vector<json> first = running_allocs("regapp");
+  ASSERT_EQ(first.size(), 2u) << view("regapp").dump();
+  for (const json &a : first) {
+    EXPECT_EQ(e2e::alloc_status(a), "running") << a.dump();
+    EXPECT_NE(logs_with(a.value("id", ""), "app version 1").find("app version 1"),
+              std::string::npos);
+  }
+  // The node's store says where the image came from.
+  json images = json::parse(d_->get("/v1/images").body, nullptr, false);
+  EXPECT_NE(images.dump().find(ref("1")), std::string::npos) << images.dump();
+  EXPECT_NE(images.dump().find(registry_.host()), std::string::npos) << images.dump();
+
+  // 2. Version 2 pushed and deployed: a rolling update that pulls it.
+  push("2");
+  auto v2 = flotilla({"job", "run", "--timeout", "90s", job_file("regapp", ref("2"), 2, 10)});
+  ASSERT_EQ(v2.exit_code, 0) << v2.output << d_->log();
+  EXPECT_NE(v2.output.find("Job \"regapp\" updated to version 2"), std::string::npos) << v2.output;
+  EXPECT_NE(v2.output.find("(version 1): stopping"), std::string::npos) << v2.output;
+  EXPECT_NE(v2.output.find("Deployment of job \"regapp\" version 2 done: 2 of 2 allocations "
+                           "running"),
+            std::string::npos)
+      << v2.output;
+  std::vector<json> second = running_allocs("regapp");
+  ASSERT_EQ(second.size(), 2u) << view("regapp").dump();
+  for (const json &a : second) {
+    EXPECT_EQ(a.value("job_version", 0), 2) << a.dump();
+    for (const json &old : first) EXPECT_NE(a["id"], old["id"]) << "not replaced";
+    EXPECT_NE(logs_with(a.value("id", ""), "app version 2").find("app version 2"),
+              std::string::npos);
+  }
+
+  // 3. Version 3 deployed while the registry is down: the pull fails, is
+  // retried under [restart], and the deploy goes through once it is back.
+  push("3");
+  registry_.stop();
+  std::string file3 = job_file("regapp", ref("3"), 2, 10);
+  auto deploy = std::async(std::launch::async, [&] {
+    return flotilla({"job", "run", "--timeout", "90s", file3});
+  });
+  std::string failed_pull;
+  for (int i = 0; i < 300 && failed_pull.empty(); ++i) {  // a 30 s guard
+    for (const json &a : running_allocs("regapp")) {
+      if (a.value("job_version", 0) != 3 || !a.contains("status") || !a["status"].is_object() ||
+          !a["status"].contains("tasks"))
+        continue;
+      json t = a["status"]["tasks"].value("app", json::object());
+      std::string msg = t.value("message", "");
+      if (msg.find("registry " + registry_.host()) != std::string::npos) failed_pull = msg;
+    }
+    if (failed_pull.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(failed_pull.empty()) << "no failed pull seen: " << view("regapp").dump();
+  ASSERT_TRUE(registry_.restart()) << regtest::slurp(registry_.log);
+  auto v3 = deploy.get();
+  ASSERT_EQ(v3.exit_code, 0) << v3.output << d_->log();
+  EXPECT_NE(v3.output.find("restarting — pull " + ref("3")), std::string::npos) << v3.output;
+  EXPECT_NE(v3.output.find("Deployment of job \"regapp\" version 3 done: 2 of 2 allocations "
+                           "running"),
+            std::string::npos)
+      << v3.output;
+  for (const json &a : running_allocs("regapp")) {
+    EXPECT_EQ(a.value("job_version", 0), 3) << a.dump();
+    EXPECT_NE(logs_with(a.value("id", ""), "app version 3").find("app version 3"),
+              std::string::npos);
+  }
+
+  // 4. A tag the registry does not have, and no restarts: the deploy
+  // fails with exit 5 and the registry's own words.
+  auto missing =
+      flotilla({"job", "run", "--timeout", "60s", job_file("regmissing", ref("nope"), 1, 0)});
+  EXPECT_EQ(missing.exit_code, 5) << missing.output;
+  EXPECT_NE(missing.output.find("MANIFEST_UNKNOWN"), std::string::npos) << missing.output;
+}
+
+}  // namespace
