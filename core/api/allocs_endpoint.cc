@@ -248,9 +248,20 @@ class LogStream : public std::enable_shared_from_this<LogStream> {
 void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) {
   std::string stream = "stdout";
   if (auto it = req.query.find("stream"); it != req.query.end()) stream = it->second;
-  if (stream != "stdout" && stream != "stderr")
-    return r.send(
-        error_json(400, "invalid", "stream \"" + stream + "\" is not one of stdout, stderr"));
+  if (stream != "stdout" && stream != "stderr" && stream != "runs")
+    return r.send(error_json(
+        400, "invalid", "stream \"" + stream + "\" is not one of stdout, stderr, runs"));
+  // run=N: that run of a task that restarted (stream=runs lists them).
+  std::string run;
+  if (auto it = req.query.find("run"); it != req.query.end()) {
+    run = it->second;
+    if (run.empty() || run.size() > 9 || run[0] == '0' ||
+        run.find_first_not_of("0123456789") != std::string::npos)
+      return r.send(error_json(400, "invalid",
+                               "run \"" + run + "\" is not a run number (1, 2, ...)"));
+    if (stream == "runs")
+      return r.send(error_json(400, "invalid", "stream=runs lists every run; it takes no run"));
+  }
   int64_t offset = 0;
   if (auto it = req.query.find("offset"); it != req.query.end()) {
     char *end = nullptr;
@@ -268,7 +279,7 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
   std::string id = p[0];
   read_snapshot(
       s, {{std::string(kAllocsPrefix) + id, true}, {std::string(kAllocStatusPrefix) + id, true}},
-      [s, r, id, stream, offset, follow, task](
+      [s, r, id, stream, offset, follow, task, run](
           StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading allocation " + id));
@@ -322,8 +333,15 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
           if (container.empty()) container = Reconciler::container_id(id, task);
           char path[4096] = "";
           s->clear_plugin_error();
+          // The runtime's names (docs/abi-json.md): "stdout@2" is run 2's.
+          const std::string rt_stream = run.empty() ? stream : stream + "@" + run;
           flotilla_status st =
-              rt->log_path(rt_ref.self, container.c_str(), stream.c_str(), path, sizeof path);
+              rt->log_path(rt_ref.self, container.c_str(), rt_stream.c_str(), path, sizeof path);
+          if (st == FLOTILLA_E_INVALID && rt_stream != "stdout" && rt_stream != "stderr")
+            return r.send(error_json(501, "unsupported",
+                                     "runtime plugin " + rt_ref.plugin +
+                                         " keeps no earlier runs' logs (it has no log \"" +
+                                         rt_stream + "\")"));
           if (st != FLOTILLA_OK) {
             std::string why = s->plugin_error();
             std::string node = string_field(alloc, "node");
@@ -337,8 +355,9 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
             return r.send(status_error(st, why));
           }
           path[sizeof path - 1] = '\0';
-          auto ls = std::make_shared<LogStream>(s, r, id, path, offset,
-                                                follow && !is_terminal_state(alloc_state(status)));
+          auto ls = std::make_shared<LogStream>(
+              s, r, id, path, offset,
+              follow && stream != "runs" && !is_terminal_state(alloc_state(status)));
           ls->start();
         });
       });

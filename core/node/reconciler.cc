@@ -591,6 +591,9 @@ void Reconciler::create_task(Alloc &a, Task &t) {
                     // can (docs/abi-json.md); one that cannot answers
                     // "created" and is started below.
                     {"start", true},
+                    // A restart replaces the exited container of the same id
+                    // and keeps its logs as an earlier run (docs/abi-json.md).
+                    {"replace", true},
                     {"task", t.spec}};
   if (std::string why = add_security(task_json); !why.empty())
     return task_failed_to_start(a, t, why);
@@ -825,14 +828,9 @@ void Reconciler::apply_restart_policy(Alloc &a, Task &t) {
           if (tt.name != task || tt.attempt != attempt) continue;
           close_timer(tt.restart_timer);
           if (al->stopping || al->stopped) return;
-          // Remove the exited container, then start a fresh one.
-          std::string cid = tt.container, alloc = al->id;
-          self->runtime_->remove(cid, [self, alloc, task, attempt](StoreResult) {
-            Alloc *a2 = self->find_alloc(alloc);
-            if (!a2 || a2->stopping || a2->stopped || self->stopped_) return;
-            for (auto &t2 : a2->tasks)
-              if (t2.name == task && t2.attempt == attempt) self->run_task(*a2, t2);
-          });
+          // A fresh container replaces the exited one at create ("replace"
+          // in the task JSON), which keeps the earlier run's logs.
+          self->run_task(*al, tt);
           return;
         }
       },

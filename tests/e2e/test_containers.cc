@@ -293,6 +293,61 @@ args = ["-c", "echo attempt; exit 3"]
   EXPECT_NE(logs.output.find("attempt"), std::string::npos) << logs.output;
 }
 
+// Issue 14 item 9: a restarted task's earlier runs keep their output, and
+// `alloc logs` says where each run starts; --run N and --runs.
+TEST_F(Containers, EveryRunOfARestartingTaskKeepsItsLogs) {
+  run_job(R"(name = "crashloop"
+type = "batch"
+[restart]
+attempts = 2
+interval = "10m"
+delay = "0s"
+jitter = 0.0
+mode = "fail"
+[[task]]
+name = "crash"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "echo run $RANDOM$RANDOM starts; exit 3"]
+)");
+  json a = wait_for("crashloop", {"failed"});
+  ASSERT_EQ(task_of(a, "crash").value("restarts", -1), 2) << a.dump();
+  const std::string id = a.value("id", "");
+  auto all = flotilla({"alloc", "logs", id});
+  ASSERT_EQ(all.exit_code, 0) << all.output;
+  // Three runs, oldest first, each announced (on stderr) before its output.
+  std::vector<std::string> lines;
+  std::istringstream in(all.output);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  ASSERT_EQ(lines.size(), 6u) << all.output;
+  for (int run = 1; run <= 3; ++run) {
+    const std::string &head = lines[2 * (run - 1)];
+    EXPECT_EQ(head.rfind("==> run " + std::to_string(run) + ", started ", 0), 0u) << all.output;
+    EXPECT_NE(head.find("exited with code 3"), std::string::npos) << all.output;
+    EXPECT_EQ(lines[2 * run - 1].rfind("run ", 0), 0u) << all.output;
+  }
+  EXPECT_NE(lines[4].find("(the current run)"), std::string::npos) << all.output;
+  EXPECT_NE(lines[1], lines[3]) << "each run printed its own line: " << all.output;
+  // --run N: that run's output alone.
+  for (int run = 1; run <= 3; ++run) {
+    auto one = flotilla({"alloc", "logs", id, "--run", std::to_string(run)});
+    EXPECT_EQ(one.exit_code, 0) << one.output;
+    EXPECT_EQ(one.output, lines[2 * run - 1] + "\n") << one.output;
+  }
+  auto missing = flotilla({"alloc", "logs", id, "--run", "4"});
+  EXPECT_NE(missing.exit_code, 0) << missing.output;
+  // --runs: the list, with how each run ended.
+  auto runs = flotilla({"--json", "alloc", "logs", id, "--runs"});
+  ASSERT_EQ(runs.exit_code, 0) << runs.output;
+  json list = json::parse(runs.output, nullptr, false);
+  ASSERT_TRUE(list.is_object() && list["runs"].is_array()) << runs.output;
+  ASSERT_EQ(list["runs"].size(), 3u) << runs.output;
+  for (const json &r : list["runs"]) {
+    EXPECT_EQ(r.value("exit_code", -1), 3) << runs.output;
+    EXPECT_TRUE(r.contains("finished_at")) << runs.output;
+  }
+}
+
 TEST_F(Containers, StopStopsTheServiceAndLeavesNothingBehind) {
   run_job(R"(name = "svc"
 [[task]]

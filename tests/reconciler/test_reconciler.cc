@@ -45,6 +45,7 @@ struct FakeRuntime {
   std::map<std::string, Container> containers;
   std::vector<std::string> calls;  // "create X", "start X", "stop X", "remove X"
   bool honours_start = true;       // run the process in create when asked
+  bool honours_replace = true;     // "replace": an exited container of the id is replaced
   std::string fail_create;         // a container id whose create fails
   bool pulls = false;              // serve image_pull (ABI 1.2)
   struct Pull {
@@ -83,12 +84,19 @@ struct FakeRuntime {
                                 flotilla_runtime_state_cb cb, void *user) {
     FakeRuntime *f = F(self);
     f->calls.push_back(std::string("create ") + id);
-    if (f->containers.count(id)) return FLOTILLA_E_EXISTS;
+    json task = json::parse(task_json);
+    if (f->containers.count(id)) {
+      // runtime-runc's "replace" (docs/abi-json.md): only an exited one.
+      if (!f->honours_replace || !task.value("replace", false) ||
+          f->containers.at(id).status != "stopped")
+        return FLOTILLA_E_EXISTS;
+      f->calls.push_back(std::string("replaced ") + id);
+      f->containers.erase(id);
+    }
     if (f->fail_create == id) {
       cb(user, FLOTILLA_E_INVALID, "null");
       return FLOTILLA_OK;
     }
-    json task = json::parse(task_json);
     Container c;
     c.task = task;
     c.status = f->honours_start && task.value("start", false) ? "running" : "created";
@@ -333,6 +341,30 @@ TEST_F(ReconcilerTest, RestartPolicyRestartsThenFails) {
   EXPECT_EQ(st["tasks"]["t"]["exit_code"], 3);
   EXPECT_EQ(st["tasks"]["t"]["failed"], true);
   EXPECT_EQ(fake_.count("create s1.t"), 3) << "two restarts, no more";
+  // Each restart replaced the exited container at create, which keeps its
+  // logs as an earlier run; nothing removed it first.
+  EXPECT_EQ(fake_.count("replaced s1.t"), 2);
+  EXPECT_EQ(fake_.count("remove s1.t"), 0);
+}
+
+// A runtime that does not know "replace" refuses the create (EXISTS): the
+// reconciler removes the old container and creates again, as before.
+TEST_F(ReconcilerTest, ARuntimeWithoutReplaceStillRestarts) {
+  fake_.honours_replace = false;
+  start_reconciler();
+  json restart = {{"attempts", 1}, {"interval_ms", 600000}, {"delay_ms", 0},
+                  {"jitter", 0.0}, {"mode", "fail"}};
+  put("/flotilla/allocs/s2", alloc("s2", "service", restart));
+  ASSERT_TRUE(run_until([&] {
+    return fake_.containers.count("s2.t") && fake_.containers.at("s2.t").status == "running";
+  }));
+  fake_.exit("s2.t", 3);
+  ASSERT_TRUE(run_until([&] {
+    return fake_.count("remove s2.t") == 1 && fake_.containers.count("s2.t") &&
+           fake_.containers.at("s2.t").status == "running";
+  })) << status_of("s2");
+  EXPECT_EQ(fake_.count("create s2.t"), 3) << "refused, then created after the remove";
+  EXPECT_EQ(fake_.count("replaced s2.t"), 0);
 }
 
 // [restart] jitter only lengthens the delay (as Nomad's docs define it):

@@ -22,6 +22,7 @@
 #include "../shim/shim_protocol.h"
 #include "netlink.h"
 #include "image_pulls.h"
+#include "log_runs.h"
 #include "oci_spec.h"
 #include "task_spec.h"
 
@@ -142,6 +143,7 @@ struct RuncRuntime::Container {
   UniqueFd go_fd;
   bool preparing = false;
   bool shim_lost = false;  // the shim ended while the bundle was prepared
+  int64_t log_run = 0;     // its run in logs/runs.json (0: not known, the last one)
   uint64_t create_reply = 0;
   uint64_t kill_timer = 0;
   std::vector<std::function<void()>> on_exit;  // run once the monitor has exited
@@ -433,17 +435,46 @@ flotilla_status RuncRuntime::create(const char *id, const char *task_json,
 }
 
 flotilla_status RuncRuntime::create_now(const std::string &id, const std::string &task_json,
-                                        flotilla_runtime_state_cb cb, void *user) {
+                                        flotilla_runtime_state_cb cb, void *user,
+                                        const json &ended) {
   if (!is_valid_container_id(id))
     return refuse(FLOTILLA_E_INVALID, "container id \"" + id +
                                           "\" is not valid: use 1 to 128 letters, digits, '-', "
                                           "'_' and '.', starting with a letter or digit");
-  if (find(id)) return refuse(FLOTILLA_E_EXISTS, "container " + id + " already exists");
   TaskSpec task;
   try {
     task = parse_task_json(task_json);
   } catch (const TaskError &e) {
     return refuse(FLOTILLA_E_INVALID, "container " + id + ": task JSON: " + e.what());
+  }
+  if (Container *old = find(id)) {
+    // "replace": a restart. The exited container goes, its logs stay as an
+    // earlier run, and the new one is created in its place.
+    if (!task.replace || old->removing || old->preparing || old->st.status != kStatusStopped)
+      return refuse(FLOTILLA_E_EXISTS,
+                    "container " + id + " already exists" +
+                        (task.replace && old->st.status != kStatusStopped
+                             ? std::string(" and has not exited; only an exited container is "
+                                           "replaced")
+                             : std::string()));
+    json old_state = state_of(old);
+    uint64_t rid = add_reply({cb, nullptr, nullptr, user});
+    remove_internal(
+        id,
+        [this, rid, id, task_json, old_state](flotilla_status st, const std::string &msg) {
+          auto node = replies_.extract(rid);
+          if (node.empty()) return;
+          Reply r = *node.mapped();
+          if (st != FLOTILLA_OK) {
+            host_->set_error(host_->host_ctx, msg.c_str());
+            return r.state_cb(r.user, st, "null");
+          }
+          if (flotilla_status s2 = create_now(id, task_json, r.state_cb, r.user, old_state);
+              s2 != FLOTILLA_OK)
+            r.state_cb(r.user, s2, "null");  // create_now set the error
+        },
+        true);
+    return FLOTILLA_OK;
   }
 
   // All tasks of an allocation share one network namespace
@@ -487,6 +518,7 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
 
   // The bundle is made off the loop: image lookup, passwd, overlay mount.
   auto digest = std::make_shared<std::string>();
+  auto log_run = std::make_shared<int64_t>(0);
   RuntimeConfig config = config_;
   std::shared_ptr<ImageStore> images = images_;
   queue(
@@ -511,17 +543,26 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
         bool made_dir = false;
         try {
           if (::mkdir(paths.dir.c_str(), 0711) != 0) {
-            if (errno == EEXIST)
+            const int err = errno;
+            if (err != EEXIST)
+              throw RuntimeFailure(FLOTILLA_E_IO,
+                                   "mkdir " + paths.dir.string() + ": " + std::strerror(err));
+            // A replaced container left its logs/ (and nothing else).
+            std::error_code ec;
+            if (!task.replace || fs::exists(paths.record, ec))
               throw RuntimeFailure(FLOTILLA_E_EXISTS, paths.dir.string() +
                                                           " exists already; remove the container "
                                                           "first");
-            throw RuntimeFailure(FLOTILLA_E_IO,
-                                 "mkdir " + paths.dir.string() + ": " + std::strerror(errno));
+          } else {
+            made_dir = true;
           }
-          made_dir = true;
           for (const fs::path &d :
                {paths.bundle, paths.rootfs, paths.upper, paths.work, paths.logs})
             fs::create_directory(d);
+          const unsigned keep_files = static_cast<unsigned>(
+              task.log_max_files ? uint64_t(task.log_max_files) : config.log_max_files);
+          const LogRun run = start_log_run(paths.logs, ended, keep_files, now_rfc3339());
+          *log_run = run.run;
           if (!shared_netns.empty()) {
             std::lock_guard<std::mutex> g(alloc_netns_mutex());
             try {
@@ -584,8 +625,8 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
                        {"bundle", paths.bundle.string()},
                        {"pid_file", paths.pid_file.string()},
                        {"runtime_log", paths.runtime_log.string()},
-                       {"stdout_log", paths.stdout_log.string()},
-                       {"stderr_log", paths.stderr_log.string()},
+                       {"stdout_log", run.stdout_log.string()},
+                       {"stderr_log", run.stderr_log.string()},
                        {"state_file", paths.shim_state.string()},
                        {"log_max_bytes", max_mib << 20},
                        {"log_max_files", max_files},
@@ -603,11 +644,12 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
           throw;
         }
       },
-      [this, id, digest](flotilla_status st, const std::string &msg) {
+      [this, id, digest, log_run](flotilla_status st, const std::string &msg) {
         Container *c = find(id);
         if (!c) return;
         c->preparing = false;
         c->rec.image_digest = *digest;
+        c->log_run = *log_run;
         if (st != FLOTILLA_OK) {
           // Nothing of the container is left on disk; closing the go pipe
           // (erase) ends the waiting shim before it touched anything.
@@ -812,9 +854,15 @@ void RuncRuntime::publish_exit(Container *c) {
   if (!c->st.error.empty()) ev["error"] = c->st.error;
   host_->event_publish(host_->host_ctx, "runtime.exit", ev.dump().c_str());
   host_->metric_counter_add(host_->host_ctx, "runtime_runc_container_exits_total", 1);
-  fs::path marker = c->paths.exit_reported;
-  queue([marker] { write_file_atomic(marker, "1\n", false); },
-        [](flotilla_status, const std::string &) {});
+  fs::path marker = c->paths.exit_reported, logs = c->paths.logs;
+  json state = state_of(c);
+  int64_t run = c->log_run;
+  queue(
+      [marker, logs, state, run] {
+        write_file_atomic(marker, "1\n", false);
+        record_run_end(logs, run, state);  // where `alloc logs --runs` shows it
+      },
+      [](flotilla_status, const std::string &) {});
 }
 
 void RuncRuntime::persist_record(Container *c, std::function<void()> then) {
@@ -974,7 +1022,7 @@ flotilla_status RuncRuntime::remove(const char *id, flotilla_done_cb cb, void *u
       [cb, user](flotilla_status st) { cb(user, st); });
 }
 
-void RuncRuntime::remove_internal(const std::string &id, Done done) {
+void RuncRuntime::remove_internal(const std::string &id, Done done, bool keep_logs) {
   Container *c = find(id);
   c->removing = true;
   cancel_deferred(c->kill_timer);
@@ -982,13 +1030,14 @@ void RuncRuntime::remove_internal(const std::string &id, Done done) {
   // delete --force kills the container if it still runs and drops the OCI
   // runtime's state; then the shim records the exit and leaves, and only
   // then are its files and mounts taken away.
-  run_runtime({"delete", "--force", id}, [this, id, done](int64_t status, const std::string &out) {
+  run_runtime({"delete", "--force", id}, [this, id, done, keep_logs](int64_t status,
+                                                                     const std::string &out) {
     Container *c = find(id);
     if (!c) return;
     if (status != 0)
       host_->log(host_->host_ctx, FLOTILLA_LOG_DEBUG,
                  ("delete " + id + ": " + runtime_message(out)).c_str());
-    if (!c->shim_watch) return cleanup_files(id, done);
+    if (!c->shim_watch) return cleanup_files(id, done, keep_logs);
     uint64_t guard = defer(
         [this, id] {
           Container *c = find(id);
@@ -998,14 +1047,14 @@ void RuncRuntime::remove_internal(const std::string &id, Done done) {
           ::syscall(SYS_pidfd_send_signal, c->shim_pidfd.get(), SIGKILL, nullptr, 0);
         },
         kShimGraceMs);
-    c->on_exit.push_back([this, id, done, guard] {
+    c->on_exit.push_back([this, id, done, guard, keep_logs] {
       cancel_deferred(guard);
-      cleanup_files(id, done);
+      cleanup_files(id, done, keep_logs);
     });
   });
 }
 
-void RuncRuntime::cleanup_files(const std::string &id, Done done) {
+void RuncRuntime::cleanup_files(const std::string &id, Done done, bool keep_logs) {
   Container *c = find(id);
   if (!c) return;
   ContainerPaths paths = c->paths;
@@ -1019,10 +1068,19 @@ void RuncRuntime::cleanup_files(const std::string &id, Done done) {
         remove_cgroup(cgroups_path);
         std::error_code ec;
         if (fs::exists(state_dir, ec)) remove_tree(state_dir);
-        remove_tree(paths.dir);
+        if (keep_logs) {
+          // The record first: a directory without one is unfinished.
+          fs::remove(paths.record, ec);
+          std::vector<fs::path> gone;
+          for (const auto &e : fs::directory_iterator(paths.dir))
+            if (e.path().filename() != "logs") gone.push_back(e.path());
+          for (const auto &g : gone) remove_tree(g);
+        } else {
+          remove_tree(paths.dir);
+        }
         if (!digest.empty() && images) images->release(digest);
       },
-      [this, id, done](flotilla_status st, const std::string &msg) {
+      [this, id, done, keep_logs](flotilla_status st, const std::string &msg) {
         Container *c = find(id);
         if (st != FLOTILLA_OK) {
           if (c) c->removing = false;  // a retry picks up where this stopped
@@ -1030,7 +1088,7 @@ void RuncRuntime::cleanup_files(const std::string &id, Done done) {
         }
         const std::string alloc = c ? c->rec.alloc_id : "";
         erase(id);
-        release_alloc_netns(alloc);
+        if (!keep_logs) release_alloc_netns(alloc);
         host_->metric_counter_add(host_->host_ctx, "runtime_runc_containers_removed_total", 1);
         done(FLOTILLA_OK, "");
       });
@@ -1087,16 +1145,17 @@ flotilla_status RuncRuntime::log_path(const char *id, const char *stream, char *
   if (!id || !stream || !buf || buf_len == 0)
     return refuse(FLOTILLA_E_INVALID, "log_path: container_id, stream and buf are required");
   std::string s = stream;
-  if (s != "stdout" && s != "stderr")
-    return refuse(FLOTILLA_E_INVALID,
-                  "log_path: stream must be \"stdout\" or \"stderr\", got \"" + s + "\"");
+  if (log_stream_path("logs", s).empty())
+    return refuse(FLOTILLA_E_INVALID, "log_path: stream must be \"stdout\", \"stderr\", "
+                                      "\"stdout@N\", \"stderr@N\" (run N) or \"runs\", got \"" +
+                                          s + "\"");
   // Before recovery finished the path is still known: it only depends on the id.
   if (ready_ && !find(id))
     return refuse(FLOTILLA_E_NOT_FOUND, std::string("no container \"") + id + "\" in runtime-runc");
   if (!is_valid_container_id(id))
     return refuse(FLOTILLA_E_INVALID, std::string("container id \"") + id + "\" is not valid");
   ContainerPaths paths(fs::path(config_.containers_dir) / id);
-  std::string p = (s == "stdout" ? paths.stdout_log : paths.stderr_log).string();
+  std::string p = log_stream_path(paths.logs, s);
   if (p.size() + 1 > buf_len)
     return refuse(FLOTILLA_E_INVALID, "log_path: buffer of " + std::to_string(buf_len) +
                                           " bytes is too small for " + p);

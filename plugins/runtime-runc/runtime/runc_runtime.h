@@ -106,8 +106,10 @@ class RuncRuntime {
   // -- containers --
   Container *find(const std::string &id);
   flotilla_status lookup(const char *id, Container *&c, bool allow_busy = false);
+  // ended: the state of the container this one replaces ("replace"), or null.
   flotilla_status create_now(const std::string &id, const std::string &task_json,
-                             flotilla_runtime_state_cb cb, void *user);
+                             flotilla_runtime_state_cb cb, void *user,
+                             const nlohmann::json &ended = nullptr);
   // Starts the container's shim, waiting on its go pipe; "" or what failed.
   std::string start_shim(const std::string &id);
   static void on_notify(void *user, int fd, uint32_t events);
@@ -118,8 +120,10 @@ class RuncRuntime {
   void apply_exit(Container *c, const ShimState &s);
   void publish_exit(Container *c);
   void persist_record(Container *c, std::function<void()> then);
-  void remove_internal(const std::string &id, Done done);
-  void cleanup_files(const std::string &id, Done done);
+  // keep_logs: everything goes but logs/, and the allocation's network
+  // namespace stays (a replacement follows at once).
+  void remove_internal(const std::string &id, Done done, bool keep_logs = false);
+  void cleanup_files(const std::string &id, Done done, bool keep_logs = false);
   void release_alloc_netns(const std::string &alloc);
   void erase(const std::string &id);
   nlohmann::json state_of(const Container *c) const;

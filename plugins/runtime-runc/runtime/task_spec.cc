@@ -98,6 +98,10 @@ TaskSpec parse_task_json(const std::string &text_in) {
     if (!st->is_boolean()) bad("start", "must be true or false");
     s.start = st->get<bool>();
   }
+  if (const json *rp = field(doc, "replace")) {
+    if (!rp->is_boolean()) bad("replace", "must be true or false");
+    s.replace = rp->get<bool>();
+  }
   if (!s.netns.empty() && s.netns.front() != '/')
     bad("netns", "must be an absolute path of a network namespace, got \"" + s.netns + "\"");
   if (const json *dns = field(doc, "dns")) {

@@ -41,6 +41,9 @@ struct TaskSpec {
   std::string resolv_conf;
   std::string hosts;
   bool start = false;  // start the process as part of create (one runtime call, not two)
+  // An exited container of this id is replaced, its logs kept as an
+  // earlier run (log_runs.h); without it such a create is refused (EXISTS).
+  bool replace = false;
   std::vector<nlohmann::json> oci_patches;  // merge patches over config.json, in order
   // A rootfs given directly instead of an image (TOP layer first), with an
   // optional image config ({"Env", "Entrypoint", "Cmd", "WorkingDir", "User"}).

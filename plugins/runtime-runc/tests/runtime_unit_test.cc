@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "log_runs.h"
 #include "oci_spec.h"
 #include "rotating_log.h"
 #include "runc_runtime.h"
@@ -430,6 +431,130 @@ TEST_F(RotatingLogTest, OneFileMeansStartingOver) {
   }
   EXPECT_EQ(slurp(path), "bb");
   EXPECT_FALSE(fs::exists(path + ".1"));
+}
+
+
+// Logs across runs (log_runs.h): each run in its own directory, the
+// symlinks on the current one, the earlier runs within max_files.
+using LogRunsTest = RotatingLogTest;
+
+nlohmann::json runs_of(const fs::path &logs) {
+  return nlohmann::json::parse(slurp(logs / "runs.json"))["runs"];
+}
+void write_run_files(const fs::path &logs, int run, int files) {
+  fs::path d = logs / ("run-" + std::to_string(run));
+  std::ofstream(d / "stdout.log") << "run " << run << "\n";
+  for (int k = 1; k < files; ++k)
+    std::ofstream(d / ("stdout.log." + std::to_string(k))) << "run " << run << " old " << k << "\n";
+}
+
+TEST_F(LogRunsTest, EachRunHasItsDirectoryAndTheSymlinksFollowTheCurrentOne) {
+  fs::path logs = dir_ / "logs";
+  LogRun one = start_log_run(logs, nullptr, 5, "t0");
+  EXPECT_EQ(one.run, 1);
+  EXPECT_EQ(one.stdout_log, logs / "run-1" / "stdout.log");
+  EXPECT_EQ(fs::read_symlink(logs / "stdout.log"), fs::path("run-1/stdout.log"));
+  EXPECT_EQ(fs::read_symlink(logs / "stderr.log"), fs::path("run-1/stderr.log"));
+  write_run_files(logs, 1, 1);
+  EXPECT_EQ(slurp(logs / "stdout.log"), "run 1\n");  // through the symlink
+
+  nlohmann::json ended = {{"exit_code", 3}, {"signal", 0}, {"started_at", "t1"},
+                          {"finished_at", "t2"}, {"status", "stopped"}};
+  LogRun two = start_log_run(logs, ended, 5, "t3");
+  EXPECT_EQ(two.run, 2);
+  EXPECT_EQ(fs::read_symlink(logs / "stdout.log"), fs::path("run-2/stdout.log"));
+  nlohmann::json runs = runs_of(logs);
+  ASSERT_EQ(runs.size(), 2u) << runs.dump();
+  EXPECT_EQ(runs[0]["exit_code"], 3);
+  EXPECT_EQ(runs[0]["started_at"], "t1");
+  EXPECT_EQ(runs[0]["finished_at"], "t2");
+  EXPECT_FALSE(runs[0].contains("status")) << "only how it ended";
+  EXPECT_EQ(runs[1]["run"], 2);
+  EXPECT_EQ(runs[1]["created_at"], "t3");
+  EXPECT_EQ(slurp(logs / "run-1" / "stdout.log"), "run 1\n") << "run 1 is kept";
+
+  // How run 2 ended, recorded at its exit.
+  record_run_end(logs, 2, {{"exit_code", 0}, {"signal", 9}, {"finished_at", "t4"}});
+  runs = runs_of(logs);
+  EXPECT_EQ(runs[1]["signal"], 9);
+  EXPECT_EQ(runs[1]["finished_at"], "t4");
+  record_run_end(logs, 7, {{"exit_code", 1}});  // no such run: nothing changes
+  EXPECT_EQ(runs_of(logs), runs);
+}
+
+TEST_F(LogRunsTest, ARunThatNeverStartedIsReused) {
+  fs::path logs = dir_ / "logs";
+  start_log_run(logs, nullptr, 5, "t0");
+  write_run_files(logs, 1, 1);
+  EXPECT_EQ(start_log_run(logs, nullptr, 5, "t1").run, 2);
+  // Run 2's create failed before its monitor wrote anything.
+  EXPECT_EQ(start_log_run(logs, nullptr, 5, "t2").run, 2);
+  nlohmann::json runs = runs_of(logs);
+  ASSERT_EQ(runs.size(), 2u) << runs.dump();
+  EXPECT_EQ(runs[1]["created_at"], "t2");
+}
+
+TEST_F(LogRunsTest, EarlierRunsKeepAtMostMaxFilesOldestFirst) {
+  fs::path logs = dir_ / "logs";
+  for (int run = 1; run <= 3; ++run) {
+    EXPECT_EQ(start_log_run(logs, nullptr, 3, "t").run, run);
+    write_run_files(logs, run, 2);  // stdout.log and stdout.log.1
+  }
+  // Six files of earlier runs, three may stay: run 1's two and run 2's
+  // oldest go.
+  EXPECT_EQ(start_log_run(logs, nullptr, 3, "t").run, 4);
+  nlohmann::json runs = runs_of(logs);
+  ASSERT_EQ(runs.size(), 4u) << runs.dump();
+  EXPECT_TRUE(runs[0].value("dropped", false)) << runs.dump();
+  EXPECT_FALSE(fs::exists(logs / "run-1"));
+  EXPECT_TRUE(runs[1].value("truncated", false)) << runs.dump();
+  EXPECT_FALSE(fs::exists(logs / "run-2" / "stdout.log.1"));
+  EXPECT_EQ(slurp(logs / "run-2" / "stdout.log"), "run 2\n");
+  EXPECT_FALSE(runs[2].value("truncated", false)) << runs.dump();
+  EXPECT_TRUE(fs::exists(logs / "run-3" / "stdout.log.1"));
+  size_t files = 0;
+  for (const auto &e : fs::recursive_directory_iterator(logs))
+    if (e.is_regular_file() && e.path().filename().string().rfind("stdout.log", 0) == 0) ++files;
+  EXPECT_EQ(files, 3u) << "earlier runs within max_files";
+}
+
+TEST_F(LogRunsTest, LogsOfAnOlderPluginBecomeRunOne) {
+  fs::path logs = dir_ / "logs";
+  fs::create_directories(logs);
+  std::ofstream(logs / "stdout.log") << "before the upgrade\n";
+  std::ofstream(logs / "stdout.log.1") << "older\n";
+  LogRun next = start_log_run(logs, {{"exit_code", 1}}, 5, "t");
+  EXPECT_EQ(next.run, 2);
+  EXPECT_EQ(slurp(logs / "run-1" / "stdout.log"), "before the upgrade\n");
+  EXPECT_EQ(slurp(logs / "run-1" / "stdout.log.1"), "older\n");
+  EXPECT_TRUE(fs::is_symlink(logs / "stdout.log"));
+  EXPECT_EQ(runs_of(logs)[0]["exit_code"], 1);
+}
+
+TEST(LogRuns, StreamNames) {
+  fs::path logs = "/d/logs";
+  EXPECT_EQ(log_stream_path(logs, "stdout"), "/d/logs/stdout.log");
+  EXPECT_EQ(log_stream_path(logs, "stderr"), "/d/logs/stderr.log");
+  EXPECT_EQ(log_stream_path(logs, "runs"), "/d/logs/runs.json");
+  EXPECT_EQ(log_stream_path(logs, "stdout@2"), "/d/logs/run-2/stdout.log");
+  EXPECT_EQ(log_stream_path(logs, "stderr@17"), "/d/logs/run-17/stderr.log");
+  for (const char *bad : {"", "stdin", "stdout@", "stdout@0", "stdout@01", "stdout@x",
+                          "stdout@1/../..", "runs@1", "stdout@1234567890"})
+    EXPECT_EQ(log_stream_path(logs, bad), "") << bad;
+}
+
+TEST(TaskSpec, ReplaceIsABoolean) {
+  nlohmann::json doc = task_doc();
+  EXPECT_FALSE(parse_task_json(doc.dump()).replace);
+  doc["replace"] = true;
+  EXPECT_TRUE(parse_task_json(doc.dump()).replace);
+  doc["replace"] = "yes";
+  try {
+    parse_task_json(doc.dump());
+    ADD_FAILURE() << "accepted";
+  } catch (const TaskError &e) {
+    EXPECT_NE(std::string(e.what()).find("replace"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
