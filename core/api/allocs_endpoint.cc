@@ -249,16 +249,16 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
   std::string stream = "stdout";
   if (auto it = req.query.find("stream"); it != req.query.end()) stream = it->second;
   if (stream != "stdout" && stream != "stderr" && stream != "runs")
-    return r.send(error_json(
-        400, "invalid", "stream \"" + stream + "\" is not one of stdout, stderr, runs"));
+    return r.send(
+        error_json(400, "invalid", "stream \"" + stream + "\" is not one of stdout, stderr, runs"));
   // run=N: that run of a task that restarted (stream=runs lists them).
   std::string run;
   if (auto it = req.query.find("run"); it != req.query.end()) {
     run = it->second;
     if (run.empty() || run.size() > 9 || run[0] == '0' ||
         run.find_first_not_of("0123456789") != std::string::npos)
-      return r.send(error_json(400, "invalid",
-                               "run \"" + run + "\" is not a run number (1, 2, ...)"));
+      return r.send(
+          error_json(400, "invalid", "run \"" + run + "\" is not a run number (1, 2, ...)"));
     if (stream == "runs")
       return r.send(error_json(400, "invalid", "stream=runs lists every run; it takes no run"));
   }

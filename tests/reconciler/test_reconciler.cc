@@ -352,8 +352,8 @@ TEST_F(ReconcilerTest, RestartPolicyRestartsThenFails) {
 TEST_F(ReconcilerTest, ARuntimeWithoutReplaceStillRestarts) {
   fake_.honours_replace = false;
   start_reconciler();
-  json restart = {{"attempts", 1}, {"interval_ms", 600000}, {"delay_ms", 0},
-                  {"jitter", 0.0}, {"mode", "fail"}};
+  json restart = {
+      {"attempts", 1}, {"interval_ms", 600000}, {"delay_ms", 0}, {"jitter", 0.0}, {"mode", "fail"}};
   put("/flotilla/allocs/s2", alloc("s2", "service", restart));
   ASSERT_TRUE(run_until([&] {
     return fake_.containers.count("s2.t") && fake_.containers.at("s2.t").status == "running";

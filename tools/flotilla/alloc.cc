@@ -89,10 +89,12 @@ int alloc_logs(Cli &cli, Args &args) {
   std::string run = args.option({"--run"}, "N (a run number, from --runs)");
   std::string id = args.positional("ID (an allocation id)");
   args.done();
-  if (!run.empty() && (run.find_first_not_of("0123456789") != std::string::npos ||
-                       run[0] == '0' || run.size() > 9))
-    throw UsageError("--run must be a run number (1, 2, ...; flotilla alloc logs ID --runs "
-                     "lists them), got " + run);
+  if (!run.empty() &&
+      (run.find_first_not_of("0123456789") != std::string::npos || run[0] == '0' || run.size() > 9))
+    throw UsageError(
+        "--run must be a run number (1, 2, ...; flotilla alloc logs ID --runs "
+        "lists them), got " +
+        run);
   if (list_runs && (!run.empty() || follow))
     throw UsageError("--runs lists the runs; it takes neither --run nor --follow");
   const std::string stream = stderr_stream ? "stderr" : "stdout";
@@ -118,7 +120,8 @@ int alloc_logs(Cli &cli, Args &args) {
     }
     Table t({"RUN", "STARTED", "FINISHED", "EXIT", "SIGNAL", "LOGS"});
     for (const json &r : runs)
-      t.add({cell(r, "run"), r.contains("started_at") ? cell(r, "started_at") : cell(r, "created_at"),
+      t.add({cell(r, "run"),
+             r.contains("started_at") ? cell(r, "started_at") : cell(r, "created_at"),
              cell(r, "finished_at"), cell(r, "exit_code"), cell(r, "signal"),
              r.value("dropped", false)     ? "dropped (log limits)"
              : r.value("truncated", false) ? "oldest part dropped (log limits)"

@@ -20,9 +20,9 @@
 #include "../image/image_store.h"
 #include "../shim/proc_info.h"
 #include "../shim/shim_protocol.h"
-#include "netlink.h"
 #include "image_pulls.h"
 #include "log_runs.h"
+#include "netlink.h"
 #include "oci_spec.h"
 #include "task_spec.h"
 
@@ -1146,9 +1146,10 @@ flotilla_status RuncRuntime::log_path(const char *id, const char *stream, char *
     return refuse(FLOTILLA_E_INVALID, "log_path: container_id, stream and buf are required");
   std::string s = stream;
   if (log_stream_path("logs", s).empty())
-    return refuse(FLOTILLA_E_INVALID, "log_path: stream must be \"stdout\", \"stderr\", "
-                                      "\"stdout@N\", \"stderr@N\" (run N) or \"runs\", got \"" +
-                                          s + "\"");
+    return refuse(FLOTILLA_E_INVALID,
+                  "log_path: stream must be \"stdout\", \"stderr\", "
+                  "\"stdout@N\", \"stderr@N\" (run N) or \"runs\", got \"" +
+                      s + "\"");
   // Before recovery finished the path is still known: it only depends on the id.
   if (ready_ && !find(id))
     return refuse(FLOTILLA_E_NOT_FOUND, std::string("no container \"") + id + "\" in runtime-runc");

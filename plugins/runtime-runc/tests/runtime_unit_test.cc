@@ -433,7 +433,6 @@ TEST_F(RotatingLogTest, OneFileMeansStartingOver) {
   EXPECT_FALSE(fs::exists(path + ".1"));
 }
 
-
 // Logs across runs (log_runs.h): each run in its own directory, the
 // symlinks on the current one, the earlier runs within max_files.
 using LogRunsTest = RotatingLogTest;
@@ -458,8 +457,11 @@ TEST_F(LogRunsTest, EachRunHasItsDirectoryAndTheSymlinksFollowTheCurrentOne) {
   write_run_files(logs, 1, 1);
   EXPECT_EQ(slurp(logs / "stdout.log"), "run 1\n");  // through the symlink
 
-  nlohmann::json ended = {{"exit_code", 3}, {"signal", 0}, {"started_at", "t1"},
-                          {"finished_at", "t2"}, {"status", "stopped"}};
+  nlohmann::json ended = {{"exit_code", 3},
+                          {"signal", 0},
+                          {"started_at", "t1"},
+                          {"finished_at", "t2"},
+                          {"status", "stopped"}};
   LogRun two = start_log_run(logs, ended, 5, "t3");
   EXPECT_EQ(two.run, 2);
   EXPECT_EQ(fs::read_symlink(logs / "stdout.log"), fs::path("run-2/stdout.log"));
