@@ -163,6 +163,19 @@ bool Socket::add_bridge(const std::string &name, unsigned mtu) {
   return true;
 }
 
+bool Socket::add_link(const std::string &name, const std::string &kind, unsigned mtu) {
+  LinkPtr l(rtnl_link_alloc());
+  if (!l) throw Error("netlink: out of memory");
+  rtnl_link_set_name(l.get(), name.c_str());
+  int err = rtnl_link_set_type(l.get(), kind.c_str());
+  if (err < 0) fail("netlink: " + kind + " links unsupported", err);
+  if (mtu) rtnl_link_set_mtu(l.get(), mtu);
+  err = rtnl_link_add(sk_, l.get(), NLM_F_CREATE | NLM_F_EXCL);
+  if (err == -NLE_EXIST) return false;
+  if (err < 0) fail("netlink: cannot create " + kind + " link " + name, err);
+  return true;
+}
+
 bool Socket::add_veth(const std::string &name, const std::string &peer_name, unsigned mtu,
                       int peer_netns_fd) {
   LinkPtr l(rtnl_link_veth_alloc());
@@ -309,6 +322,26 @@ bool Socket::delete_route(const std::string &dst, const std::string &dev) {
   if (err == -NLE_OBJ_NOTFOUND || err == -NLE_NODEV) return false;
   if (err < 0) fail("netlink: cannot delete route " + dst + " dev " + dev, err);
   return true;
+}
+
+std::vector<std::string> Socket::routes(const std::string &dev) {
+  std::vector<std::string> out;
+  auto l = link(dev);
+  if (!l) return out;
+  nl_cache *c = nullptr;
+  int err = rtnl_route_alloc_cache(sk_, AF_UNSPEC, 0, &c);
+  if (err < 0) fail("netlink: cannot list routes", err);
+  CachePtr hold(c);
+  for (nl_object *o = nl_cache_get_first(c); o; o = nl_cache_get_next(o)) {
+    auto *r = reinterpret_cast<rtnl_route *>(o);
+    if (rtnl_route_get_table(r) != RT_TABLE_MAIN || rtnl_route_get_nnexthops(r) < 1) continue;
+    if (rtnl_route_nh_get_ifindex(rtnl_route_nexthop_n(r, 0)) != l->index) continue;
+    if (rtnl_route_get_type(r) != RTN_UNICAST) continue;
+    nl_addr *d = rtnl_route_get_dst(r);
+    if (!d) continue;
+    out.push_back(addr_text(d));
+  }
+  return out;
 }
 
 std::optional<Link> Socket::default_route_link(int family) {

@@ -82,6 +82,8 @@ class Socket {
 
   // Each returns false (and changes nothing) when the link already exists.
   bool add_bridge(const std::string &name, unsigned mtu);
+  // A link of a kind with no attributes of its own ("wireguard", "dummy").
+  bool add_link(const std::string &name, const std::string &kind, unsigned mtu);
   // A veth pair: `name` here, its peer in the namespace peer_netns_fd (-1:
   // here too) under the name peer_name.
   bool add_veth(const std::string &name, const std::string &peer_name, unsigned mtu,
@@ -103,6 +105,8 @@ class Socket {
   // of dev ("" to let the kernel pick by gateway). false when it exists.
   bool add_route(const std::string &dst, const std::string &gateway, const std::string &dev);
   bool delete_route(const std::string &dst, const std::string &dev);
+  // Destinations ("10.42.1.0/24") of the main table's routes out of dev.
+  std::vector<std::string> routes(const std::string &dev);
   // The interface of the main table's default route (AF_INET or AF_INET6),
   // or nullopt.
   std::optional<Link> default_route_link(int family);

@@ -102,6 +102,22 @@ TEST_F(Namespaces, BridgeVethAddressesRoutes) {
 
   // A route to another subnet, on-link, and its removal.
   EXPECT_TRUE(sa.add_route("10.77.2.0/24", "", "flbr0"));
+  EXPECT_TRUE(sa.add_route("10.77.3.0/24", "", "flbr0"));
+  auto has_route = [&](const std::string &dst) {
+    auto r = sa.routes("flbr0");  // with the link's own connected ones
+    return std::find(r.begin(), r.end(), dst) != r.end();
+  };
+  EXPECT_TRUE(has_route("10.77.2.0/24"));
+  EXPECT_TRUE(has_route("10.77.3.0/24"));
+  EXPECT_TRUE(sa.delete_route("10.77.3.0/24", "flbr0"));
+  EXPECT_FALSE(has_route("10.77.3.0/24"));
+  EXPECT_TRUE(sa.routes("nosuchlink0").empty());
+  // A link by kind name (bridge here: this kernel may lack dummy).
+  EXPECT_TRUE(sa.add_link("fladd0", "bridge", 1400));
+  EXPECT_FALSE(sa.add_link("fladd0", "bridge", 1400));
+  EXPECT_EQ(sa.link("fladd0")->kind, "bridge");
+  EXPECT_EQ(sa.link("fladd0")->mtu, 1400u);
+  EXPECT_TRUE(sa.delete_link("fladd0"));
   EXPECT_TRUE(sa.delete_route("10.77.2.0/24", "flbr0"));
   EXPECT_FALSE(sa.delete_route("10.77.2.0/24", "flbr0"));
 
