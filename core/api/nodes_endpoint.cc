@@ -1,7 +1,12 @@
-// /v1/nodes: the cluster's nodes, and draining one.
+// /v1/nodes: the cluster's nodes, and draining one; this node's network
+// (its network plugin's status: subnets, WireGuard peers).
+#include <flotilla/network.h>
+
+#include <memory>
 #include <string>
 
 #include "api/endpoint.h"
+#include "plugin_host.h"
 
 namespace flotilla::api {
 namespace {
@@ -92,11 +97,76 @@ bool node_changed(const StoreEvent &e, const Request &, const Params &p) {
 
 }  // namespace
 
+// GET /v1/nodes/{name}/network: the network plugin's status() of this
+// daemon's own node (another node's is asked of that node's daemon).
+void get_node_network(const StatePtr &s, Request &, const Params &p, Responder &r) {
+  const std::string name = p[0];
+  const std::string self = s->ctx.config ? s->ctx.config->node.name : "";
+  if (name != self)
+    return r.send(error_json(409, "not_this_node",
+                             "this daemon is node \"" + self + "\"; ask node \"" + name +
+                                 "\"'s own daemon for its network"));
+  const std::vector<PluginRef> nets = s->providers(FLOTILLA_NETWORK_INTERFACE_ID);
+  if (nets.empty())
+    return r.send(error_json(404, "not_found",
+                             "no plugin provides " FLOTILLA_NETWORK_INTERFACE_ID " on this node"));
+  auto *net = static_cast<const flotilla_network_v1 *>(nets[0].vtable);
+  struct Pending {
+    StatePtr state;
+    Responder responder;
+    std::string plugin;
+  };
+  auto pending = std::make_unique<Pending>(Pending{s, r, nets[0].plugin});
+  s->clear_plugin_error();
+  flotilla_status st = net->status(
+      nets[0].self,
+      [](void *user, flotilla_status status, const char *text) {
+        std::unique_ptr<Pending> pd(static_cast<Pending *>(user));
+        guarded(pd->responder, [&] {
+          if (status != FLOTILLA_OK || !text)
+            return pd->responder.send(
+                status_error(status, "plugin " + pd->plugin + " has no network status"));
+          json j = json::parse(text, nullptr, false);
+          if (j.is_discarded())
+            return pd->responder.send(
+                error_json(502, "plugin", "plugin " + pd->plugin + " answered no JSON"));
+          pd->responder.send(Response::json(200, j));
+        });
+      },
+      pending.get());
+  if (st != FLOTILLA_OK) {
+    std::string why = s->plugin_error();
+    return r.send(status_error(
+        st, "plugin " + nets[0].plugin + ": " + (why.empty() ? status_name(st) : why)));
+  }
+  pending.release();  // the callback owns it now
+}
+
+// POST /v1/nodes/{name}/rotate-key: this node's network plugin rotates its
+// WireGuard key, make before break (plugins/net-overlay/README.md); asked
+// through the event bus, answered at once (202): GET .../network shows the
+// new key_generation once it is done.
+void post_node_rotate_key(const StatePtr &s, Request &, const Params &p, Responder &r) {
+  const std::string name = p[0];
+  const std::string self = s->ctx.config ? s->ctx.config->node.name : "";
+  if (name != self)
+    return r.send(error_json(409, "not_this_node",
+                             "this daemon is node \"" + self + "\"; ask node \"" + name +
+                                 "\"'s own daemon to rotate its key"));
+  if (!s->ctx.plugins || s->providers(FLOTILLA_NETWORK_INTERFACE_ID).empty())
+    return r.send(error_json(404, "not_found",
+                             "no plugin provides " FLOTILLA_NETWORK_INTERFACE_ID " on this node"));
+  s->ctx.plugins->events().publish("network.rotate_key.request", "{}");
+  r.send(Response::json(202, {{"node", name}, {"requested", true}}));
+}
+
 std::vector<Route> nodes_routes() {
   return {
       {{"v1", "nodes"}, {{"GET", list_nodes}}, false, nodes_changed},
       {{"v1", "nodes", "*"}, {{"GET", get_node}}, false, node_changed},
       {{"v1", "nodes", "*", "drain"}, {{"POST", post_node_drain}}},
+      {{"v1", "nodes", "*", "network"}, {{"GET", get_node_network}}},
+      {{"v1", "nodes", "*", "rotate-key"}, {{"POST", post_node_rotate_key}}},
   };
 }
 

@@ -1,5 +1,6 @@
 #include "net_config.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -11,9 +12,14 @@ using nlohmann::json;
 namespace {
 
 const std::set<std::string> kKeys = {
-    "cluster_cidr", "cluster_cidr_v6", "subnet_prefix", "subnet_prefix_v6", "bridge",
-    "veth_prefix",  "nft_table",       "netns_dir",     "mtu",              "underlay_interface",
-    "masquerade",   "dns_servers",     "dns_search",    "dns_options"};
+    "cluster_cidr",       "cluster_cidr_v6", "subnet_prefix",
+    "subnet_prefix_v6",   "bridge",          "veth_prefix",
+    "nft_table",          "netns_dir",       "mtu",
+    "underlay_interface", "masquerade",      "dns_servers",
+    "dns_search",         "dns_options",     "wireguard",
+    "wg_interface",       "wg_listen_port",  "wg_endpoint",
+    "wg_behind_nat",      "wg_keepalive",    "wg_resync_interval",
+    "node_lease_ttl",     "wireguard_go",    "wg_rotate_overlap_ms"};
 
 bool ifname_ok(const std::string &n, size_t max) {
   if (n.empty() || n.size() > max) return false;
@@ -171,7 +177,73 @@ NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProbl
           "\"" + c.dns_servers[i] + "\" is not an IP address");
   strings("dns_search", c.dns_search);
   strings("dns_options", c.dns_options);
+
+  if (text("wireguard", s)) {
+    if (s != "auto" && s != "userspace" && s != "kernel" && s != "off")
+      bad("wireguard", "must be \"auto\", \"userspace\", \"kernel\" or \"off\", got \"" + s + "\"");
+    else
+      c.wireguard = s;
+  }
+  if (text("wg_interface", s)) {
+    if (!ifname_ok(s, 15))
+      bad("wg_interface", "\"" + s + "\" is not an interface name (1 to 15 of a-z, 0-9, - _ .)");
+    else
+      c.wg_interface = s;
+  }
+  integer("wg_listen_port", 1, 65535, c.wg_listen_port);
+  if (text("wg_endpoint", s) && !s.empty()) {
+    if (!parse_endpoint(s, c.wg_listen_port))
+      bad("wg_endpoint", "\"" + s +
+                             "\" is not an address with an optional port (\"192.0.2.7\", "
+                             "\"192.0.2.7:51820\", \"[2001:db8::7]:51820\")");
+    else
+      c.wg_endpoint = *parse_endpoint(s, c.wg_listen_port);
+  }
+  if (doc.contains("wg_behind_nat")) {
+    if (!doc["wg_behind_nat"].is_boolean())
+      bad("wg_behind_nat", "must be true or false, got " + doc["wg_behind_nat"].dump());
+    else
+      c.wg_behind_nat = doc["wg_behind_nat"].get<bool>();
+  }
+  integer("wg_keepalive", 0, 65535, c.wg_keepalive);
+  integer("wg_resync_interval", 1, 3600, c.wg_resync_interval);
+  integer("node_lease_ttl", 2, 3600, c.node_lease_ttl);
+  integer("wg_rotate_overlap_ms", 100, 60000, c.wg_rotate_overlap_ms);
+  if (text("wireguard_go", s)) {
+    if (s.empty() || s[0] != '/')
+      bad("wireguard_go", "must be an absolute path, got \"" + s + "\"");
+    else
+      c.wireguard_go = s;
+  }
+  if (c.wg_interface == c.bridge)
+    bad("wg_interface", "\"" + c.wg_interface + "\" is also the bridge's name");
   return c;
+}
+
+std::optional<std::string> parse_endpoint(const std::string &text, int default_port) {
+  std::string host = text, port;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos) return std::nullopt;
+    host = text.substr(1, close - 1);
+    if (close + 1 < text.size()) {
+      if (text[close + 1] != ':') return std::nullopt;
+      port = text.substr(close + 2);
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    host = text.substr(0, text.find(':'));
+    port = text.substr(text.find(':') + 1);
+  }
+  auto a = parse_address(host);
+  if (!a) return std::nullopt;
+  int p = default_port;
+  if (!port.empty()) {
+    if (port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos)
+      return std::nullopt;
+    p = std::stoi(port);
+    if (p < 1 || p > 65535) return std::nullopt;
+  }
+  return a->v6 ? "[" + host + "]:" + std::to_string(p) : host + ":" + std::to_string(p);
 }
 
 unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool underlay_v6) {

@@ -27,6 +27,18 @@ struct NetConfig {
   std::vector<std::string> dns_servers;  // empty: the host's (loopback ones dropped)
   std::vector<std::string> dns_search;
   std::vector<std::string> dns_options;
+
+  // The WireGuard mesh between the nodes (README.md, "WireGuard mesh").
+  std::string wireguard = "auto";  // auto | userspace | kernel | off
+  std::string wg_interface = "flotilla-wg";
+  int wg_listen_port = 51820;
+  std::string wg_endpoint;  // "": the underlay's first address, port wg_listen_port
+  bool wg_behind_nat = false;
+  int wg_keepalive = 25;            // seconds, for peers behind NAT (all, when this node is)
+  int wg_resync_interval = 30;      // seconds between full comparisons against the device
+  int node_lease_ttl = 10;          // seconds the node's record outlives its daemon
+  int wg_rotate_overlap_ms = 1000;  // a rotation's next key published before the switch
+  std::string wireguard_go = "/usr/bin/wireguard-go";
 };
 
 struct ConfigProblem {
@@ -37,6 +49,11 @@ struct ConfigProblem {
 // Parses the JSON text of the plugin's table; problems is empty when all is
 // well.
 NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProblem> &problems);
+
+// A WireGuard endpoint, "192.0.2.7:51820" or "[2001:db8::7]:51820", from
+// an address with an optional port (default_port when none); nullopt when
+// it is not one.
+std::optional<std::string> parse_endpoint(const std::string &text, int default_port);
 
 // The MTU for the bridge, veths (and the WireGuard device): the underlay's
 // minus 60 (IPv4 underlay) or 80 (IPv6 underlay) bytes, unless configured.

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -29,6 +30,8 @@
 
 #include "attachment.h"
 #include "host_net.h"
+#include "mesh.h"
+#include "mesh_device.h"
 #include "net_config.h"
 #include "netlink.h"
 #include "nft.h"
@@ -44,6 +47,7 @@ namespace nft = flotilla::nft;
 const std::string kSubnets = "/flotilla/net/subnets/";
 const std::string kAddrs = "/flotilla/net/addrs/";
 const std::string kAllocs = "/flotilla/allocs/";
+const std::string kNodes = "/flotilla/net/nodes/";
 
 struct Instance;
 
@@ -77,6 +81,28 @@ struct Instance {
   std::mutex mu;
   std::condition_variable cv;
   int in_flight = 0;
+
+  // ---- the WireGuard mesh (README.md, "WireGuard mesh") ----
+  std::string backend;  // "" (off), "userspace" or "kernel"
+  ov::NodeKey key;
+  std::string endpoint;
+  std::unique_ptr<nl::Socket> mesh_sock;          // used only by the one running mesh work
+  std::map<std::string, ov::NodeRecord> records;  // every node's, by node name
+  bool records_loaded = false, listing = false;
+  flotilla_lease_id lease = 0;
+  bool granting = false, lease_reuse_tried = false;
+  flotilla_handle mesh_timer = 0, rotate_timer = 0;
+  flotilla_handle rotate_sub = 0;
+  int mesh_ticks = 0;
+  flotilla_store_watch_id watch_id = 0;
+  bool watching = false;
+  bool mesh_busy = false, mesh_again = false, mesh_started = false;
+  std::chrono::steady_clock::time_point change_seen{};  // oldest change not yet applied
+  int wg_pid = 0;
+  std::string mesh_error;
+  std::mutex mesh_mu;  // a convergence and the clean-up never overlap
+  std::string wg_dir() const { return data_dir + "/wireguard"; }
+  std::string node_key() const { return kNodes + node; }
 
   void log(flotilla_log_level l, const std::string &m) const {
     host->log(host->host_ctx, l, m.c_str());
@@ -477,6 +503,37 @@ flotilla_status net_detach(void *inst, const char *alloc_id, const char *, floti
   return FLOTILLA_OK;
 }
 
+// The peers as the device has them, with the node and key generation
+// their records give.
+json peers_of(const Instance *self, const ov::WgDevice &d) {
+  json peers = json::array();
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  for (const auto &p : d.peers) {
+    json e = {{"public_key", p.public_key},
+              {"endpoint", p.endpoint},
+              {"allowed_ips", p.allowed_ips},
+              {"last_handshake_age_s", p.last_handshake_sec > 0
+                                           ? json(std::max<int64_t>(0, now - p.last_handshake_sec))
+                                           : json(nullptr)},
+              {"rx_bytes", p.rx_bytes},
+              {"tx_bytes", p.tx_bytes},
+              {"keepalive_s", p.keepalive},
+              {"backend", self->backend},
+              {"node", nullptr},
+              {"key_generation", nullptr}};
+    for (const auto &[name, r] : self->records)
+      if (r.public_key == p.public_key) {
+        e["node"] = name;
+        e["key_generation"] = r.key_generation;
+        e["behind_nat"] = r.behind_nat;
+      }
+    peers.push_back(std::move(e));
+  }
+  return peers;
+}
+
 flotilla_status net_status(void *inst, flotilla_network_attach_cb cb, void *user) {
   auto *self = static_cast<Instance *>(inst);
   json atts = json::array();
@@ -486,21 +543,46 @@ flotilla_status net_status(void *inst, flotilla_network_attach_cb cb, void *user
     subnets.push_back(self->net.subnet4.text());
     if (self->net.subnet6) subnets.push_back(self->net.subnet6->text());
   }
-  json s = {{"ready", self->ready},
-            {"bridge", self->cfg.bridge},
-            {"mtu", self->net.mtu},
-            {"underlay", {{"interface", self->underlay.interface}, {"mtu", self->underlay.mtu}}},
-            {"subnets", subnets},
-            {"nft_table", "inet " + self->cfg.nft_table},
-            {"attachments", atts},
-            {"peers", json::array()}};
+  auto s = std::make_shared<json>(
+      json{{"ready", self->ready},
+           {"bridge", self->cfg.bridge},
+           {"mtu", self->net.mtu},
+           {"underlay", {{"interface", self->underlay.interface}, {"mtu", self->underlay.mtu}}},
+           {"subnets", subnets},
+           {"nft_table", "inet " + self->cfg.nft_table},
+           {"attachments", atts},
+           {"peers", json::array()}});
+  if (!self->backend.empty()) {
+    (*s)["wireguard"] = {{"backend", self->backend},
+                         {"interface", self->cfg.wg_interface},
+                         {"public_key", self->key.public_b64()},
+                         {"key_generation", self->key.generation},
+                         {"endpoint", self->endpoint},
+                         {"listen_port", self->cfg.wg_listen_port},
+                         {"behind_nat", self->cfg.wg_behind_nat},
+                         {"pid", self->wg_pid},
+                         {"error", self->mesh_error}};
+    // The device's own counters, read now on the thread pool.
+    auto dev = std::make_shared<ov::WgDevice>();
+    const std::string backend = self->backend, ifname = self->cfg.wg_interface;
+    run_work(
+        self, [dev, backend, ifname] { *dev = ov::read_mesh_device(backend, ifname); },
+        [self, s, dev, cb, user](const std::string &error) {
+          if (!error.empty())
+            (*s)["wireguard"]["error"] = error;
+          else
+            (*s)["peers"] = peers_of(self, *dev);
+          cb(user, FLOTILLA_OK, s->dump().c_str());
+        });
+    return FLOTILLA_OK;
+  }
   // Asynchronous, as the ABI promises: the callback runs on a later turn.
   struct Ctx {
     flotilla_network_attach_cb cb;
     void *user;
     std::string text;
   };
-  auto *c = new Ctx{cb, user, s.dump()};
+  auto *c = new Ctx{cb, user, s->dump()};
   flotilla_handle t = self->host->timer_start(
       self->host->host_ctx, 0, 0,
       [](void *u) {
@@ -521,6 +603,9 @@ flotilla_status net_status(void *inst, flotilla_network_attach_cb cb, void *user
 // {"ok": bool, "error": "...", "removed": [...]} (docs/abi-json.md).
 void cleanup(Instance *self) {
   enqueue(self, [self](std::function<void()> done) {
+    // The mesh stops first: no convergence starts wireguard-go again.
+    const bool mesh = !self->backend.empty();
+    self->backend.clear();
     auto removed = std::make_shared<std::vector<std::string>>();
     auto answer = [self, done, removed](const std::string &why) {
       if (!why.empty()) self->log(FLOTILLA_LOG_ERROR, "clean-up: " + why);
@@ -533,14 +618,18 @@ void cleanup(Instance *self) {
         [self, removed] {
           *removed = ov::remove_everything(self->cfg, *self->host_sock, *self->nft_ctx);
           std::filesystem::remove_all(self->record_dir());
+          std::lock_guard<std::mutex> g(self->mesh_mu);  // after a convergence in flight
+          for (const auto &r :
+               ov::remove_mesh(self->wg_dir(), self->cfg.wg_interface, *self->host_sock))
+            removed->push_back(r);
         },
-        [self, removed, answer](const std::string &error) {
+        [self, removed, answer, mesh](const std::string &error) {
           if (!error.empty()) return answer(error);
           for (const auto &r : *removed) self->log(FLOTILLA_LOG_INFO, "removed " + r);
           self->attachments.clear();
           flotilla_status st = self->store->list(
-              kSubnets, [self, removed, answer](flotilla_status s, std::vector<ov::Kv> kvs,
-                                                int64_t) {
+              kSubnets,
+              [self, removed, answer, mesh](flotilla_status s, std::vector<ov::Kv> kvs, int64_t) {
                 if (self->stopping) return;
                 if (s != FLOTILLA_OK) return answer("cannot read " + kSubnets);
                 std::vector<ov::TxnOp> ops;
@@ -551,6 +640,8 @@ void cleanup(Instance *self) {
                 }
                 for (const auto &[ip, alloc] : self->owner)
                   ops.push_back({self->addr_key(ip), std::nullopt, -1, 0});
+                // The node's WireGuard record: the other nodes drop the peer now.
+                if (mesh) ops.push_back({self->node_key(), std::nullopt, -1, 0});
                 if (ops.empty()) return answer("");
                 flotilla_status ts = self->store->txn(
                     ops, [self, removed, answer, n = ops.size()](flotilla_status s2, bool) {
@@ -567,6 +658,349 @@ void cleanup(Instance *self) {
           if (st != FLOTILLA_OK) answer("the store refused a read");
         });
   });
+}
+
+// ---- the WireGuard mesh ------------------------------------------------------
+//
+// This node's record (/flotilla/net/nodes/<node>) lives under a lease of
+// the plugin's own, kept alive while the daemon runs: when the node goes,
+// its record goes within node_lease_ttl and every other node removes the
+// peer. The other records are watched; on every change, and every
+// wg_resync_interval, the device is compared with them and changed by diff.
+
+ov::NodeRecord own_record(const Instance *self) {
+  ov::NodeRecord r;
+  r.node = self->node;
+  r.public_key = self->key.public_b64();
+  r.endpoint = self->endpoint;
+  r.key_generation = self->key.generation;
+  r.subnets.push_back(self->net.subnet4.text());
+  if (self->net.subnet6) r.subnets.push_back(self->net.subnet6->text());
+  r.behind_nat = self->cfg.wg_behind_nat;
+  r.backend = self->backend;
+  if (self->key.next) r.next_public_key = ov::key_to_base64(ov::public_key_of(*self->key.next));
+  return r;
+}
+
+void publish(Instance *self) {
+  if (self->backend.empty() || !self->ready || !self->lease) return;
+  const std::string value = own_record(self).to_json();
+  flotilla_status st = self->store->txn(
+      {{self->node_key(), value, -1, self->lease}}, [self](flotilla_status s, bool) {
+        if (self->stopping) return;
+        if (s != FLOTILLA_OK) {
+          self->count("net_overlay_wg_errors_total");
+          self->log(FLOTILLA_LOG_WARN,
+                    "could not write " + self->node_key() + "; again at the next keepalive");
+          self->lease = 0;  // granted anew, and written again
+        }
+      });
+  if (st != FLOTILLA_OK) self->lease = 0;
+}
+
+// The lease's id is kept in the data dir: a daemon restarted within the
+// TTL takes its old lease back, so its record never expires in between
+// and no other node drops the peer.
+std::string lease_file(const Instance *self) {
+  return self->wg_dir() + "/lease";
+}
+
+void save_lease(const Instance *self) {
+  std::ofstream(lease_file(self), std::ios::trunc) << self->lease << "\n";
+}
+
+void grant_lease(Instance *self) {
+  if (self->granting || self->stopping) return;
+  self->granting = true;
+  if (!self->lease_reuse_tried) {
+    self->lease_reuse_tried = true;
+    std::ifstream in(lease_file(self));
+    flotilla_lease_id old = 0;
+    if (in >> old && old > 0) {
+      flotilla_status st =
+          self->store->lease_keepalive(old, [self, old](flotilla_status s, flotilla_lease_id) {
+            self->granting = false;
+            if (self->stopping) return;
+            if (s == FLOTILLA_OK) {
+              self->lease = old;
+              self->log(FLOTILLA_LOG_INFO, "kept the WireGuard record's lease of the last run");
+              return publish(self);
+            }
+            grant_lease(self);
+          });
+      if (st == FLOTILLA_OK) return;
+    }
+  }
+  flotilla_status st = self->store->lease_grant(
+      self->cfg.node_lease_ttl, [self](flotilla_status s, flotilla_lease_id id) {
+        self->granting = false;
+        if (self->stopping) return;
+        if (s != FLOTILLA_OK) {
+          self->log(FLOTILLA_LOG_WARN, "no lease for the node's WireGuard record yet");
+          return;  // the next tick asks again
+        }
+        self->lease = id;
+        save_lease(self);
+        publish(self);
+      });
+  if (st != FLOTILLA_OK) self->granting = false;
+}
+
+void keep_lease(Instance *self) {
+  if (!self->lease) return grant_lease(self);
+  self->store->lease_keepalive(self->lease, [self](flotilla_status s, flotilla_lease_id) {
+    if (self->stopping || s == FLOTILLA_OK) return;
+    // Expired (the daemon was paused or cut off longer than the TTL): the
+    // record went with it; a new lease and the record again.
+    self->log(FLOTILLA_LOG_WARN, "the node's WireGuard record lease was lost; publishing again");
+    self->lease = 0;
+    grant_lease(self);
+  });
+}
+
+void converge(Instance *self);
+
+void retry_mesh_soon(Instance *self) {
+  // The once-a-second tick converges again when mesh_again is set.
+  self->mesh_again = true;
+}
+
+void converge(Instance *self) {
+  if (self->backend.empty() || !self->ready || !self->records_loaded || self->stopping) return;
+  if (self->mesh_busy) {
+    self->mesh_again = true;
+    return;
+  }
+  self->mesh_again = false;
+  auto spec = std::make_shared<ov::MeshSpec>();
+  spec->backend = self->backend;
+  spec->ifname = self->cfg.wg_interface;
+  spec->wireguard_go = self->cfg.wireguard_go;
+  spec->state_dir = self->wg_dir();
+  spec->mtu = self->net.mtu;
+  spec->listen_port = self->cfg.wg_listen_port;
+  spec->private_key = self->key.private_key;
+  spec->addresses.push_back(self->net.gateway4() + "/32");
+  if (self->net.subnet6) spec->addresses.push_back(self->net.gateway6() + "/128");
+  spec->peers =
+      ov::desired_peers(self->records, self->node, self->cfg.wg_behind_nat, self->cfg.wg_keepalive);
+  spec->routes = ov::desired_routes(self->records, self->node);
+  spec->cluster.push_back(self->cfg.cluster_cidr);
+  if (self->cfg.cluster_cidr_v6) spec->cluster.push_back(*self->cfg.cluster_cidr_v6);
+  self->mesh_busy = true;
+  const auto began = self->change_seen;
+  self->change_seen = {};
+  auto out = std::make_shared<ov::MeshOutcome>();
+  run_work(
+      self,
+      [self, spec, out] {
+        std::lock_guard<std::mutex> g(self->mesh_mu);
+        *out = ov::converge_mesh(*spec, *self->mesh_sock);
+      },
+      [self, spec, out, began](const std::string &error) {
+        self->mesh_busy = false;
+        if (!error.empty()) {
+          self->count("net_overlay_wg_errors_total");
+          if (error != self->mesh_error)
+            self->log(FLOTILLA_LOG_ERROR, "WireGuard mesh: " + error + "; trying again");
+          self->mesh_error = error;
+          if (began != std::chrono::steady_clock::time_point{} &&
+              self->change_seen == std::chrono::steady_clock::time_point{})
+            self->change_seen = began;
+          return retry_mesh_soon(self);
+        }
+        self->mesh_error.clear();
+        if (out->started && self->backend == "userspace")
+          self->log(FLOTILLA_LOG_INFO, "started wireguard-go for " + spec->ifname + " (pid " +
+                                           std::to_string(out->pid) + ")");
+        else if (out->reattached && !self->mesh_started)
+          self->log(FLOTILLA_LOG_INFO, "reattached to the running wireguard-go for " +
+                                           spec->ifname + " (pid " + std::to_string(out->pid) +
+                                           ")");
+        self->mesh_started = true;
+        self->wg_pid = out->pid;
+        if (out->added || out->updated || out->removed || out->routes_changed)
+          self->log(FLOTILLA_LOG_INFO,
+                    "WireGuard peers: " + std::to_string(out->added) + " added, " +
+                        std::to_string(out->updated) + " updated, " + std::to_string(out->removed) +
+                        " removed; " + std::to_string(out->routes_changed) + " route changes; " +
+                        std::to_string(spec->peers.size()) + " peers");
+        const flotilla_host *h = self->host;
+        if (out->added)
+          h->metric_counter_add(h->host_ctx, "net_overlay_wg_peer_adds_total", out->added);
+        if (out->updated)
+          h->metric_counter_add(h->host_ctx, "net_overlay_wg_peer_updates_total", out->updated);
+        if (out->removed)
+          h->metric_counter_add(h->host_ctx, "net_overlay_wg_peer_removes_total", out->removed);
+        if (out->routes_changed)
+          h->metric_counter_add(h->host_ctx, "net_overlay_wg_route_changes_total",
+                                out->routes_changed);
+        self->count("net_overlay_wg_syncs_total");
+        self->gauge("net_overlay_wg_peers", static_cast<double>(out->device.peers.size()));
+        if (began != std::chrono::steady_clock::time_point{})
+          self->gauge(
+              "net_overlay_wg_convergence_seconds",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+        if (self->mesh_again) converge(self);
+      });
+}
+
+void note_change(Instance *self) {
+  if (self->change_seen == std::chrono::steady_clock::time_point{})
+    self->change_seen = std::chrono::steady_clock::now();
+  converge(self);
+}
+
+void list_records(Instance *self);
+
+void watch_records(Instance *self, int64_t from) {
+  flotilla_status st = self->store->watch(
+      kNodes, from,
+      [self](flotilla_status s, const flotilla_watch_event *evs, size_t n) {
+        if (self->stopping) return;
+        if (s != FLOTILLA_OK) {
+          // Ended (compacted, store lost): read everything again.
+          self->watching = false;
+          self->records_loaded = false;
+          return;  // the tick lists again
+        }
+        bool own_gone = false;
+        for (size_t i = 0; i < n; ++i) {
+          const auto &kv = evs[i].kv;
+          std::string key(kv.key, kv.key_len);
+          const std::string name = key.substr(kNodes.size());
+          if (evs[i].type == FLOTILLA_EVENT_DELETE) {
+            self->records.erase(name);
+            if (name == self->node) own_gone = true;
+            continue;
+          }
+          auto r = ov::NodeRecord::from_json(std::string(kv.value, kv.value_len));
+          if (r && r->node == name)
+            self->records[name] = *r;
+          else
+            self->records.erase(name);
+        }
+        if (own_gone) publish(self);
+        note_change(self);
+      },
+      &self->watch_id);
+  self->watching = st == FLOTILLA_OK;
+}
+
+void list_records(Instance *self) {
+  if (self->listing || self->stopping) return;
+  self->listing = true;
+  flotilla_status st =
+      self->store->list(kNodes, [self](flotilla_status s, std::vector<ov::Kv> kvs, int64_t rev) {
+        self->listing = false;
+        if (self->stopping || s != FLOTILLA_OK) return;  // the tick lists again
+        self->records.clear();
+        for (const auto &kv : kvs) {
+          const std::string name = kv.key.substr(kNodes.size());
+          auto r = ov::NodeRecord::from_json(kv.value);
+          if (r && r->node == name) self->records[name] = *r;
+        }
+        self->records_loaded = true;
+        if (self->watching) {
+          self->store->cancel(self->watch_id);
+          self->watching = false;
+        }
+        watch_records(self, rev + 1);
+        note_change(self);
+      });
+  if (st != FLOTILLA_OK) self->listing = false;
+}
+
+// Once a second: the lease kept alive (every third of its TTL), the
+// records listed again after a lost watch, wireguard-go's liveness, a
+// failed convergence retried, and every wg_resync_interval a full
+// comparison against the device.
+void mesh_tick(Instance *self) {
+  if (self->stopping || self->backend.empty()) return;
+  self->mesh_ticks++;
+  const int ka = std::max(1, self->cfg.node_lease_ttl / 3);
+  if (!self->lease || self->mesh_ticks % ka == 0) keep_lease(self);
+  if (!self->ready) return;
+  if (!self->records_loaded || !self->watching) return list_records(self);
+  bool again = self->mesh_again;
+  if (self->backend == "userspace" && self->wg_pid > 0 &&
+      ov::wireguard_go_pid(self->wg_dir(), self->cfg.wg_interface) != self->wg_pid) {
+    self->log(FLOTILLA_LOG_WARN,
+              "wireguard-go (pid " + std::to_string(self->wg_pid) + ") is gone; starting it again");
+    self->count("net_overlay_wg_errors_total");
+    self->wg_pid = 0;
+    again = true;
+  }
+  if (again || self->mesh_ticks % self->cfg.wg_resync_interval == 0) converge(self);
+}
+
+// Key rotation, make before break: (1) the next key is made, kept in the
+// key file and published as the record's next_public_key; every other node
+// adds it as a peer with no allowed-ips, so a handshake with it can be
+// made while traffic still flows to the old key; (2) after
+// wg_rotate_overlap_ms the device switches to it and the record's
+// public_key becomes it, generation + 1: the others move the allowed-ips to
+// the new peer (already known to them) and remove the old one. Asked for
+// through the event bus ("network.rotate_key.request", POST
+// /v1/nodes/<node>/rotate-key, flotilla node rotate-key).
+void finish_rotation(Instance *self) {
+  self->rotate_timer = 0;
+  if (!self->key.next || self->backend.empty()) return;
+  ov::NodeKey k = self->key;
+  k.private_key = *k.next;
+  k.next.reset();
+  k.generation++;
+  try {
+    ov::save_key(self->wg_dir(), k);
+  } catch (const std::exception &e) {
+    self->count("net_overlay_wg_errors_total");
+    self->log(FLOTILLA_LOG_ERROR, std::string("key rotation: ") + e.what());
+    return;
+  }
+  self->key = k;
+  self->log(FLOTILLA_LOG_INFO, "WireGuard key rotated: generation " + std::to_string(k.generation) +
+                                   ", public key " + k.public_b64());
+  self->count("net_overlay_wg_key_rotations_total");
+  converge(self);
+  publish(self);
+}
+
+void schedule_finish(Instance *self) {
+  if (self->rotate_timer) return;
+  self->rotate_timer = self->host->timer_start(
+      self->host->host_ctx, static_cast<uint64_t>(self->cfg.wg_rotate_overlap_ms), 0,
+      [](void *u) { finish_rotation(static_cast<Instance *>(u)); }, self);
+}
+
+void rotate_key(Instance *self) {
+  if (self->backend.empty()) {
+    self->log(FLOTILLA_LOG_WARN, "key rotation asked for, but this node has no WireGuard mesh");
+    return;
+  }
+  if (self->key.next) return;  // one is under way
+  ov::NodeKey k = self->key;
+  try {
+    k.next = ov::generate_private_key();
+    ov::save_key(self->wg_dir(), k);
+  } catch (const std::exception &e) {
+    self->count("net_overlay_wg_errors_total");
+    self->log(FLOTILLA_LOG_ERROR, std::string("key rotation: ") + e.what());
+    return;
+  }
+  self->key = k;
+  self->log(FLOTILLA_LOG_INFO, "WireGuard key rotation: next key " +
+                                   ov::key_to_base64(ov::public_key_of(*k.next)) +
+                                   " published; switching in " +
+                                   std::to_string(self->cfg.wg_rotate_overlap_ms) + " ms");
+  publish(self);
+  schedule_finish(self);
+}
+
+void start_mesh(Instance *self) {
+  if (self->backend.empty()) return;
+  if (self->key.next) schedule_finish(self);  // a rotation the last run began
+  publish(self);
+  list_records(self);
 }
 
 // ---- start-up --------------------------------------------------------------
@@ -621,6 +1055,7 @@ void setup(Instance *self) {
                                                std::to_string(self->underlay.mtu) + ")");
               self->ready = true;
               collect_garbage(self);
+              start_mesh(self);
               pump(self);
             });
       });
@@ -722,6 +1157,57 @@ flotilla_status init(const flotilla_host *host, void **out) {
     report();
     return FLOTILLA_E_INVALID;
   }
+  // The mesh: which backend, the node's key, the endpoint it publishes.
+  if (self->cfg.wireguard != "off") {
+    const bool module = ::access("/sys/module/wireguard", F_OK) == 0;
+    const bool go = ::access(self->cfg.wireguard_go.c_str(), X_OK) == 0;
+    const bool tun = ::access("/dev/net/tun", R_OK | W_OK) == 0;
+    if (self->cfg.wireguard == "kernel" && !module)
+      problems.push_back({"wireguard",
+                          "\"kernel\": this kernel has no WireGuard module "
+                          "(/sys/module/wireguard); use \"userspace\" (wireguard-go)"});
+    else if (self->cfg.wireguard == "userspace" && !go)
+      problems.push_back(
+          {self->cfg.wireguard_go == "/usr/bin/wireguard-go" ? "wireguard" : "wireguard_go",
+           self->cfg.wireguard_go + " is not an executable; install Debian's "
+                                    "wireguard-go or set wireguard_go"});
+    else if (self->cfg.wireguard == "userspace" && !tun)
+      problems.push_back({"wireguard", "\"userspace\" needs /dev/net/tun, which this host lacks"});
+    else if (self->cfg.wireguard == "auto")
+      self->backend = module ? "kernel" : (go && tun) ? "userspace" : "";
+    else
+      self->backend = self->cfg.wireguard;
+    if (self->cfg.wireguard == "auto" && self->backend.empty())
+      self->log(FLOTILLA_LOG_WARN,
+                "no WireGuard here (no kernel module, no " + self->cfg.wireguard_go +
+                    " or /dev/net/tun): containers reach only this node's containers");
+  }
+  if (!self->backend.empty()) {
+    try {
+      self->key = ov::load_or_create_key(self->wg_dir());
+      self->mesh_sock = std::make_unique<nl::Socket>(nl::Socket::open());
+    } catch (const std::exception &e) {
+      self->set_error(std::string("net-overlay: ") + e.what());
+      return FLOTILLA_E_UNAVAILABLE;
+    }
+    self->endpoint = self->cfg.wg_endpoint;
+    if (self->endpoint.empty()) {
+      for (const auto &a : self->host_sock->addresses(self->underlay.interface)) {
+        const std::string ip = a.substr(0, a.find('/'));
+        if (ip.find(':') == std::string::npos) {
+          self->endpoint = ip + ":" + std::to_string(self->cfg.wg_listen_port);
+          break;
+        }
+      }
+      if (self->endpoint.empty())
+        problems.push_back({"wg_endpoint", "the underlay " + self->underlay.interface +
+                                               " has no IPv4 address to publish; set wg_endpoint"});
+    }
+    if (!problems.empty()) {
+      report();
+      return FLOTILLA_E_INVALID;
+    }
+  }
   self->net.cfg = self->cfg;
   self->net.mtu = ov::overlay_mtu(self->cfg.mtu, self->underlay.mtu, self->underlay.v6);
   if (self->cfg.cluster_cidr_v6 && self->net.mtu < 1280) {
@@ -741,6 +1227,22 @@ flotilla_status init(const flotilla_host *host, void **out) {
         if (std::strcmp(topic, "network.cleanup.request") == 0) cleanup(static_cast<Instance *>(u));
       },
       raw);
+  if (!raw->backend.empty()) {
+    raw->log(FLOTILLA_LOG_INFO, "WireGuard mesh: " + raw->backend + " backend, device " +
+                                    raw->cfg.wg_interface + ", endpoint " + raw->endpoint +
+                                    ", public key " + raw->key.public_b64() + " (generation " +
+                                    std::to_string(raw->key.generation) + ")");
+    grant_lease(raw);
+    raw->rotate_sub = host->event_subscribe(
+        host->host_ctx, "network.rotate_key.request",
+        [](void *u, const char *topic, const char *) {
+          if (std::strcmp(topic, "network.rotate_key.request") == 0)
+            rotate_key(static_cast<Instance *>(u));
+        },
+        raw);
+    raw->mesh_timer = host->timer_start(
+        host->host_ctx, 1000, 1000, [](void *u) { mesh_tick(static_cast<Instance *>(u)); }, raw);
+  }
   setup(raw);
   return FLOTILLA_OK;
 }
@@ -752,6 +1254,14 @@ void deinit(void *inst) {
   self->stopping = true;
   if (self->retry_timer) self->host->timer_stop(self->host->host_ctx, self->retry_timer);
   if (self->cleanup_sub) self->host->event_unsubscribe(self->host->host_ctx, self->cleanup_sub);
+  // wireguard-go and the node's record stay: traffic keeps flowing while
+  // the daemon restarts, and the record expires with its lease if it does
+  // not come back.
+  if (self->mesh_timer) self->host->timer_stop(self->host->host_ctx, self->mesh_timer);
+  if (self->rotate_timer) self->host->timer_stop(self->host->host_ctx, self->rotate_timer);
+  if (self->rotate_sub) self->host->event_unsubscribe(self->host->host_ctx, self->rotate_sub);
+  if (self->watching) self->store->cancel(self->watch_id);
+  self->watching = false;
   {
     std::unique_lock<std::mutex> g(self->mu);
     self->cv.wait(g, [&] { return self->in_flight == 0; });

@@ -109,6 +109,65 @@ flotilla_status StoreView::watch(const std::string &prefix, int64_t start_revisi
   return st;
 }
 
+flotilla_status StoreView::lease_grant(int64_t ttl_seconds, LeaseCb cb) {
+  auto *ctx = new Call<LeaseCb>{this, std::move(cb)};
+  flotilla_status st = vt_->lease_grant(
+      self_, ttl_seconds,
+      [](void *user, flotilla_status status, flotilla_lease_id lease, int64_t) {
+        std::unique_ptr<Call<LeaseCb>> c(static_cast<Call<LeaseCb> *>(user));
+        StoreView *view = c->view;
+        c->cb(status, lease);
+        c.reset();
+        view->done_one();
+      },
+      ctx);
+  if (st != FLOTILLA_OK)
+    delete ctx;
+  else
+    pending_++;
+  return st;
+}
+
+flotilla_status StoreView::lease_keepalive(flotilla_lease_id lease, LeaseCb cb) {
+  auto *ctx = new Call<LeaseCb>{this, std::move(cb)};
+  flotilla_status st = vt_->lease_keepalive(
+      self_, lease,
+      [](void *user, flotilla_status status, flotilla_lease_id id, int64_t) {
+        std::unique_ptr<Call<LeaseCb>> c(static_cast<Call<LeaseCb> *>(user));
+        StoreView *view = c->view;
+        c->cb(status, id);
+        c.reset();
+        view->done_one();
+      },
+      ctx);
+  if (st != FLOTILLA_OK)
+    delete ctx;
+  else
+    pending_++;
+  return st;
+}
+
+flotilla_status StoreView::lease_revoke(flotilla_lease_id lease,
+                                        std::function<void(flotilla_status)> cb) {
+  using DoneCb = std::function<void(flotilla_status)>;
+  auto *ctx = new Call<DoneCb>{this, std::move(cb)};
+  flotilla_status st = vt_->lease_revoke(
+      self_, lease,
+      [](void *user, flotilla_status status) {
+        std::unique_ptr<Call<DoneCb>> c(static_cast<Call<DoneCb> *>(user));
+        StoreView *view = c->view;
+        c->cb(status);
+        c.reset();
+        view->done_one();
+      },
+      ctx);
+  if (st != FLOTILLA_OK)
+    delete ctx;
+  else
+    pending_++;
+  return st;
+}
+
 void StoreView::cancel(flotilla_store_watch_id id) { vt_->watch_cancel(self_, id); }
 
 }  // namespace flotilla::overlay

@@ -45,6 +45,11 @@ class StoreView {
                         flotilla_store_watch_id *id);
   void cancel(flotilla_store_watch_id id);
 
+  using LeaseCb = std::function<void(flotilla_status, flotilla_lease_id)>;
+  flotilla_status lease_grant(int64_t ttl_seconds, LeaseCb cb);
+  flotilla_status lease_keepalive(flotilla_lease_id lease, LeaseCb cb);
+  flotilla_status lease_revoke(flotilla_lease_id lease, std::function<void(flotilla_status)> cb);
+
   // Requests whose callback has not run yet. The owner, when it stops,
   // frees itself from on_idle once none is left (their callbacks still
   // run, and must find it).

@@ -109,6 +109,10 @@ std::string UapiWg::exchange(const std::string &ifname, const std::string &reque
     reply.append(buf, static_cast<size_t>(n));
   }
   ::close(fd);
+  // Every answer ends with errno=N: a socket that accepted but closed
+  // without one (a wireguard-go on its way out) is no answer.
+  if (reply.find("errno=") == std::string::npos)
+    throw WgError("wireguard-go for " + ifname + " closed " + path + " without an answer");
   return reply;
 }
 

@@ -294,6 +294,10 @@ void Cluster::record(const std::string &kind, const std::string &what) {
   std::ofstream(dir_ + "/manifest", std::ios::app) << kind << " " << what << "\n";
 }
 
+void Cluster::record_pid(int pid) {
+  if (pid > 0) record("pid", std::to_string(pid) + " " + start_time(pid));
+}
+
 Host *Cluster::host_named(const std::string &name) {
   for (auto &h : hosts_)
     if (h->name() == name) return h.get();

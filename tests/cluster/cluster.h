@@ -181,6 +181,10 @@ class Cluster {
 
   // Note a resource in the manifest (for the tests' own extra resources).
   void record(const std::string &kind, const std::string &what);
+  // A process the test did not start itself but must go with the cluster
+  // (a wireguard-go a daemon started): killed by pid at the end, only while
+  // its start time still matches. A "dir" entry may name a file.
+  void record_pid(int pid);
 
  private:
   friend class Etcd;

@@ -64,7 +64,10 @@ ClusterOptions discovery_options() {
   // hosts share one filesystem, and a start removes unowned ones).
   o.host_config = [](const Cluster &, const Host &h) {
     return std::string("[plugin.net-overlay]\npath = \"") + NET_OVERLAY_PLUGIN_PATH +
-           "\"\nnetns_dir = \"" + h.dir() + "/netns\"\nunderlay_interface = \"eth0\"\n";
+           "\"\nnetns_dir = \"" + h.dir() + "/netns\"\nunderlay_interface = \"eth0\"\n"
+           // No WireGuard mesh here (tests/cluster/test_mesh.cc has it): the
+           // hosts share /var/run/wireguard, one default device name.
+           "wireguard = \"off\"\n";
   };
   return o;
 }

@@ -194,8 +194,11 @@ class Network : public ::testing::Test {
 
   std::string config(const std::string &overlay_keys = "") const {
     return e2e::container_plugins_config(*d_, cgroup_parent()) +
-           "\n[plugin.net-overlay]\npath = \"" NET_OVERLAY_PATH "\"\nnetns_dir = \"" +
-           netns_dir() + "\"\n" + overlay_keys;
+           "\n[plugin.net-overlay]\npath = \"" NET_OVERLAY_PATH "\"\nnetns_dir = \"" + netns_dir() +
+           "\"\n" +
+           // One host: no mesh (tests/cluster/test_mesh.cc has it), so no
+           // wireguard-go would hold the test's namespace.
+           "wireguard = \"off\"\n" + overlay_keys;
   }
 
   void start_and_import() {
