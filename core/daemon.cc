@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -156,9 +157,36 @@ void Daemon::register_node() {
                   }
                   log::info("core", "node registered",
                             {{"node", config_.node.name}, {"revision", std::to_string(rev)}});
+                  write_heartbeat();
                 },
                 lease_);
   });
+}
+
+// When this node last renewed its lease, for `flotilla node status`: the
+// store interface cannot tell another node's lease's remaining TTL, so each
+// node says it, in a small key of its own under the same lease (gone with
+// it), once per renewal. Apart from the node record so that nothing that
+// watches nodes (the scheduler's placement, blocking queries on nodes)
+// reads the whole record again for it. The write load: core/README.md.
+void Daemon::write_heartbeat() {
+  if (stopping_ || lease_ == 0 || heartbeat_in_flight_) return;
+  heartbeat_in_flight_ = true;
+  auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  nlohmann::json hb = {{"at", rfc3339_now(true)},
+                       {"at_ms", now_ms},
+                       {"every_ms", config_.cluster.lease_ttl_ms / 3},
+                       {"ttl_ms", config_.cluster.lease_ttl_ms}};
+  store_->put(
+      "/flotilla/heartbeats/" + config_.node.name, hb.dump(),
+      [this](StoreResult r, int64_t) {
+        heartbeat_in_flight_ = false;
+        if (!r.ok() && r.status != FLOTILLA_E_UNAVAILABLE && !stopping_)
+          log::warn("core", "cannot write the node's heartbeat: " + r.message);
+      },
+      lease_);
 }
 
 void Daemon::keep_node_alive() {
@@ -172,6 +200,7 @@ void Daemon::keep_node_alive() {
     if (r.ok()) {
       if (store_trouble_) log::info("core", "node lease renewed again: the store answers");
       store_trouble_ = false;
+      write_heartbeat();
       return;
     }
     if (r.status != FLOTILLA_E_NOT_FOUND) {

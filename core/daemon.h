@@ -44,6 +44,7 @@ class Daemon {
   void lock_data_dir();
   void register_node();
   void keep_node_alive();
+  void write_heartbeat();
   void on_signal(int signo);
   void reload();
   void begin_shutdown();
@@ -62,6 +63,7 @@ class Daemon {
   uv_timer_t heartbeat_{};
   int64_t lease_ = 0;
   bool store_trouble_ = false;  // the last lease renewal failed (store away)
+  bool heartbeat_in_flight_ = false;
   int lock_fd_ = -1;
   bool stopping_ = false;
   uint64_t started_ms_ = 0;

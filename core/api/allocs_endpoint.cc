@@ -35,7 +35,8 @@ void list_allocs(const StatePtr &s, Request &req, const Params &, Responder &r) 
           }
           r.send(Response::json(200, {{"allocs", allocs}, {"revision", rev}}));
         });
-      });
+      },
+      r);
 }
 
 void get_alloc(const StatePtr &s, Request &, const Params &p, Responder &r) {
@@ -52,7 +53,8 @@ void get_alloc(const StatePtr &s, Request &, const Params &p, Responder &r) {
           a["revision"] = rev;
           r.send(Response::json(200, a));
         });
-      });
+      },
+      r);
 }
 
 // Streams one log file to the client, from an offset, optionally following
@@ -360,7 +362,8 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
               follow && stream != "runs" && !is_terminal_state(alloc_state(status)));
           ls->start();
         });
-      });
+      },
+      r);
 }
 
 bool allocs_changed(const StoreEvent &e, const Request &req, const Params &) {

@@ -1,6 +1,7 @@
 #include "api/endpoint.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -169,11 +170,12 @@ namespace {
 
 // What each read last saw, per store. While the store cannot be reached
 // (etcd down, this node cut off), a read answers from it; its "revision"
-// says which state it shows. Running containers do not depend on the store,
-// and neither should looking at them.
+// (and X-Flotilla-Index) says which state it shows. Running containers do
+// not depend on the store, and neither should looking at them.
 struct LastSeen {
   std::vector<KeyValue> kvs;
   int64_t revision = 0;
+  std::chrono::steady_clock::time_point at;
 };
 std::map<std::pair<const StoreClient *, std::string>, LastSeen> &last_seen() {
   static std::map<std::pair<const StoreClient *, std::string>, LastSeen> seen;
@@ -181,10 +183,14 @@ std::map<std::pair<const StoreClient *, std::string>, LastSeen> &last_seen() {
 }
 std::string seen_key(const ReadSpec &spec) { return (spec.exact ? "=" : "*") + spec.key; }
 
-}  // namespace
+void mark_answer(Responder &answer, int64_t revision, bool stale, int64_t age_ms) {
+  answer.add_header("X-Flotilla-Index", std::to_string(revision));
+  answer.add_header("X-Flotilla-Stale", stale ? "true" : "false");
+  answer.add_header("X-Flotilla-Last-Contact", std::to_string(age_ms));
+}
 
-void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb,
-                   std::vector<std::vector<KeyValue>> done, int64_t revision) {
+void read_step(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb, Responder answer,
+               std::vector<std::vector<KeyValue>> done, int64_t revision) {
   StoreClient *store = s->store();
   if (!store) {
     cb(StoreResult{FLOTILLA_E_CANCELLED, "the API is shutting down"}, {}, 0);
@@ -194,20 +200,26 @@ void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb
   std::string key = specs[i].key;
   store->list(
       key,
-      [s, store, specs = std::move(specs), cb = std::move(cb), done = std::move(done), revision](
-          StoreResult res, std::vector<KeyValue> kvs, int64_t rev) mutable {
+      [s, store, specs = std::move(specs), cb = std::move(cb), answer = std::move(answer),
+       done = std::move(done),
+       revision](StoreResult res, std::vector<KeyValue> kvs, int64_t rev) mutable {
         if (!res.ok()) {
           if (res.status == FLOTILLA_E_UNAVAILABLE) {
             // Unreachable: the last state seen, if every part was seen.
             std::vector<std::vector<KeyValue>> cached;
             int64_t oldest = 0;
+            auto oldest_at = std::chrono::steady_clock::now();
             for (const ReadSpec &sp : specs) {
               auto it = last_seen().find({store, seen_key(sp)});
               if (it == last_seen().end()) break;
               cached.push_back(it->second.kvs);
               if (oldest == 0 || it->second.revision < oldest) oldest = it->second.revision;
+              oldest_at = std::min(oldest_at, it->second.at);
             }
             if (cached.size() == specs.size()) {
+              auto age = std::chrono::duration_cast<std::chrono::milliseconds>(
+                  std::chrono::steady_clock::now() - oldest_at);
+              mark_answer(answer, oldest, true, age.count());
               cb(StoreResult{}, std::move(cached), oldest);
               return;
             }
@@ -218,15 +230,24 @@ void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb
         const ReadSpec &spec = specs[done.size()];
         if (spec.exact) std::erase_if(kvs, [&](const KeyValue &kv) { return kv.key != spec.key; });
         if (revision == 0) revision = rev;
-        last_seen()[{store, seen_key(spec)}] = LastSeen{kvs, revision};
+        last_seen()[{store, seen_key(spec)}] =
+            LastSeen{kvs, revision, std::chrono::steady_clock::now()};
         done.push_back(std::move(kvs));
         if (done.size() == specs.size()) {
+          mark_answer(answer, revision, false, 0);
           cb(std::move(res), std::move(done), revision);
           return;
         }
-        read_snapshot(s, std::move(specs), std::move(cb), std::move(done), revision);
+        read_step(s, std::move(specs), std::move(cb), std::move(answer), std::move(done), revision);
       },
       revision);
+}
+
+}  // namespace
+
+void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb,
+                   Responder answer) {
+  read_step(s, std::move(specs), std::move(cb), std::move(answer), {}, 0);
 }
 
 std::string key_suffix(const std::string &key, std::string_view prefix) {
@@ -259,8 +280,7 @@ bool alloc_of_job(const StoreEvent &e, const std::string &name) {
   return job.empty() ? under(id, name + "-") : job == name;
 }
 
-json alloc_view(const KeyValue &kv, const std::map<std::string, json> &statuses,
-                bool with_spec) {
+json alloc_view(const KeyValue &kv, const std::map<std::string, json> &statuses, bool with_spec) {
   std::string id = key_suffix(kv.key, kAllocsPrefix);
   json a = parse_record(kv.value);
   if (!a.is_object()) a = json{{"record", a}};

@@ -47,6 +47,7 @@ inline constexpr std::string_view kJobsPrefix = "/flotilla/jobs/";
 inline constexpr std::string_view kAllocsPrefix = "/flotilla/allocs/";
 inline constexpr std::string_view kAllocStatusPrefix = "/flotilla/alloc-status/";
 inline constexpr std::string_view kNodesPrefix = "/flotilla/nodes/";
+inline constexpr std::string_view kHeartbeatsPrefix = "/flotilla/heartbeats/";
 
 // ---- shared state -----------------------------------------------------------
 
@@ -143,9 +144,19 @@ using SnapshotCb =
     std::function<void(StoreResult, std::vector<std::vector<KeyValue>>, int64_t revision)>;
 
 // Read each spec in turn, all at the revision the first read saw, so that a
-// job and its allocations are shown as they were at one moment.
+// job and its allocations are shown as they were at one moment. While the
+// store is unreachable the callback gets the last state this node saw of
+// every spec (ok, and the oldest revision among them) if it saw all of them.
+//
+// `answer`, when given, is the request's responder: a read that succeeded
+// puts on its answer (whatever it is, a 404 too) the headers that say what
+// the answer reflects, as Nomad's X-Nomad-Index / X-Nomad-KnownLeader:
+//   X-Flotilla-Index: <revision>            always
+//   X-Flotilla-Stale: true|false            true: the last state seen, the store unreachable
+//   X-Flotilla-Last-Contact: <ms>           how old that state is (0 on a live read)
+// Pass it for reads the answer shows, not for a read before a write.
 void read_snapshot(const StatePtr &s, std::vector<ReadSpec> specs, SnapshotCb cb,
-                   std::vector<std::vector<KeyValue>> done = {}, int64_t revision = 0);
+                   Responder answer = {});
 
 std::string key_suffix(const std::string &key, std::string_view prefix);
 bool under(const std::string &key, std::string_view prefix);

@@ -312,6 +312,7 @@ struct Exchange {
   std::string method, path;
   uint64_t start_ns = 0;
   std::function<void()> cancel_cb;
+  Headers extra_headers;  // Responder::add_header, put on whatever answer is sent
 
   ~Exchange();
   void cancel() {
@@ -937,6 +938,8 @@ void Responder::send(Response response) {
     ex_->phase = Exchange::Phase::done;
     return;
   }
+  for (auto &h : ex_->extra_headers) response.headers.push_back(std::move(h));
+  ex_->extra_headers.clear();
   c->send_response(*ex_, std::move(response));
 }
 
@@ -944,7 +947,19 @@ void Responder::begin_stream(int status, Headers headers) {
   if (!ex_ || ex_->phase != Exchange::Phase::waiting) return;
   auto c = ex_->conn.lock();
   if (!c || c->closing || c->active != ex_.get()) return;
+  for (auto &h : ex_->extra_headers) headers.push_back(std::move(h));
+  ex_->extra_headers.clear();
   c->begin_stream(*ex_, status, std::move(headers));
+}
+
+void Responder::add_header(std::string name, std::string value) {
+  if (!ex_ || ex_->phase != Exchange::Phase::waiting) return;
+  for (auto &h : ex_->extra_headers)
+    if (h.first == name) {
+      h.second = std::move(value);
+      return;
+    }
+  ex_->extra_headers.emplace_back(std::move(name), std::move(value));
 }
 
 void Responder::write(std::string chunk, std::function<void(bool)> written) {

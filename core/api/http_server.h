@@ -90,6 +90,11 @@ class Responder {
   // once if that already happened.
   void on_cancel(std::function<void()> cb);
 
+  // A header for the answer not sent yet, whichever way it is sent (a
+  // second call with the same name replaces the value). What a read
+  // learned on the way (X-Flotilla-Index) reaches every answer, 404s too.
+  void add_header(std::string name, std::string value);
+
  private:
   friend struct Exchange;
   friend struct Connection;

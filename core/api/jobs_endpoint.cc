@@ -221,7 +221,8 @@ void list_jobs(const StatePtr &s, Request &, const Params &, Responder &r) {
           }
           r.send(Response::json(200, {{"jobs", jobs}, {"revision", rev}}));
         });
-      });
+      },
+      r);
 }
 
 void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
@@ -259,7 +260,8 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
           }
           r.send(Response::json(200, out));
         });
-      });
+      },
+      r);
 }
 
 // One txn: the job gets "stop": true (or goes, with purge) and each of its

@@ -2,6 +2,9 @@
 // (its network plugin's status: subnets, WireGuard peers).
 #include <flotilla/network.h>
 
+#include <algorithm>
+#include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -11,29 +14,54 @@
 namespace flotilla::api {
 namespace {
 
+// The node's own note of its last lease renewal (/flotilla/heartbeats/,
+// core/README.md): "last_heartbeat" as it wrote it and "heartbeat_age_ms"
+// by this node's clock (so clock skew between the two shows in it). A node
+// with a record but no heartbeat yet (or of an older version) gets null.
+void add_heartbeat(json &n, const KeyValue *hb) {
+  n["last_heartbeat"] = nullptr;
+  n["heartbeat_age_ms"] = nullptr;
+  if (!hb) return;
+  json h = parse_record(hb->value);
+  if (!h.is_object() || !h.contains("at_ms") || !h["at_ms"].is_number_integer()) return;
+  auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  n["last_heartbeat"] = string_field(h, "at");
+  n["heartbeat_age_ms"] = std::max<int64_t>(0, now_ms - h["at_ms"].get<int64_t>());
+  if (h.contains("every_ms")) n["heartbeat_every_ms"] = h["every_ms"];
+}
+
 void list_nodes(const StatePtr &s, Request &, const Params &, Responder &r) {
   if (!s->store()) return r.send(no_store());
-  read_snapshot(s, {{std::string(kNodesPrefix)}},
-                [r](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
-                  guarded(r, [&] {
-                    if (!res.ok()) return r.send(store_failure(res, "reading nodes"));
-                    json nodes = json::array();
-                    for (const auto &kv : kvs[0]) {
-                      json n = parse_record(kv.value);
-                      if (!n.is_object()) n = json{{"record", n}};
-                      n["name"] = key_suffix(kv.key, kNodesPrefix);
-                      nodes.push_back(std::move(n));
-                    }
-                    r.send(Response::json(200, {{"nodes", nodes}, {"revision", rev}}));
-                  });
-                });
+  read_snapshot(
+      s, {{std::string(kNodesPrefix)}, {std::string(kHeartbeatsPrefix)}},
+      [r](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
+        guarded(r, [&] {
+          if (!res.ok()) return r.send(store_failure(res, "reading nodes"));
+          std::map<std::string, const KeyValue *> beats;
+          for (const auto &kv : kvs[1]) beats[key_suffix(kv.key, kHeartbeatsPrefix)] = &kv;
+          json nodes = json::array();
+          for (const auto &kv : kvs[0]) {
+            json n = parse_record(kv.value);
+            if (!n.is_object()) n = json{{"record", n}};
+            std::string name = key_suffix(kv.key, kNodesPrefix);
+            n["name"] = name;
+            auto it = beats.find(name);
+            add_heartbeat(n, it == beats.end() ? nullptr : it->second);
+            nodes.push_back(std::move(n));
+          }
+          r.send(Response::json(200, {{"nodes", nodes}, {"revision", rev}}));
+        });
+      },
+      r);
 }
 
 void get_node(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s, {{std::string(kNodesPrefix) + name, true}},
+      s, {{std::string(kNodesPrefix) + name, true}, {std::string(kHeartbeatsPrefix) + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading node " + name));
@@ -42,10 +70,12 @@ void get_node(const StatePtr &s, Request &, const Params &p, Responder &r) {
           json n = parse_record(kvs[0][0].value);
           if (!n.is_object()) n = json{{"record", n}};
           n["name"] = name;
+          add_heartbeat(n, kvs[1].empty() ? nullptr : &kvs[1][0]);
           n["revision"] = rev;
           r.send(Response::json(200, n));
         });
-      });
+      },
+      r);
 }
 
 // POST /v1/nodes/{name}/drain {"drain": true, "eligible": false}: the
@@ -66,7 +96,8 @@ void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder
   json control = {{"drain", drain}, {"eligible", body.value("eligible", !drain)}};
   read_snapshot(
       s, {{std::string(kNodesPrefix) + name, true}},
-      [s, r, name, control](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t) mutable {
+      [s, r, name, control](StoreResult res, std::vector<std::vector<KeyValue>> kvs,
+                            int64_t) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading node " + name));
           if (kvs[0].empty())

@@ -905,6 +905,41 @@ TEST_P(ApiTest, NodesAreListedAndShown) {
   EXPECT_EQ(call("GET", "/v1/nodes/node-2").status, 404);
 }
 
+// Each node notes its last lease renewal under /flotilla/heartbeats/; the
+// node list shows how long ago that was, by the answering daemon's clock.
+TEST_P(ApiTest, NodesShowHowLongSinceTheirLastHeartbeat) {
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
+  store_put("/flotilla/nodes/node-2", {{"name", "node-2"}, {"status", "ready"}});
+  int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  store_put("/flotilla/heartbeats/node-1",
+            {{"at", "2026-12-03T10:00:00.000Z"}, {"at_ms", now_ms - 3000}, {"every_ms", 3333}});
+  auto t0 = std::chrono::steady_clock::now();
+  HttpResponse r = call("GET", "/v1/nodes");
+  auto took =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  ASSERT_EQ(r.status, 200) << r.body;
+  json nodes = body(r)["nodes"];
+  ASSERT_EQ(nodes.size(), 2u);
+  EXPECT_EQ(nodes[0]["name"], "node-1");
+  EXPECT_EQ(nodes[0]["last_heartbeat"], "2026-12-03T10:00:00.000Z");
+  int64_t age = nodes[0]["heartbeat_age_ms"].get<int64_t>();
+  EXPECT_GE(age, 3000);
+  EXPECT_LE(age, 3000 + took + 1000);
+  EXPECT_EQ(nodes[0]["heartbeat_every_ms"], 3333);
+  EXPECT_TRUE(nodes[1]["heartbeat_age_ms"].is_null()) << nodes[1].dump();
+  EXPECT_TRUE(nodes[1]["last_heartbeat"].is_null());
+
+  json one = body(call("GET", "/v1/nodes/node-1"));
+  EXPECT_GE(one["heartbeat_age_ms"].get<int64_t>(), 3000);
+  EXPECT_TRUE(body(call("GET", "/v1/nodes/node-2"))["heartbeat_age_ms"].is_null());
+  // A heartbeat is not a node: no record, not listed.
+  store_put("/flotilla/heartbeats/node-3", {{"at", "x"}, {"at_ms", now_ms}});
+  EXPECT_EQ(body(call("GET", "/v1/nodes"))["nodes"].size(), 2u);
+}
+
 // ---- blocking queries ----------------------------------------------------------------------
 
 // Whether a request started with std::async has answered within `ms`. Only
@@ -1240,6 +1275,82 @@ TEST_P(ApiFakeStoreTest, UnavailableStoreIs503) {
   EXPECT_EQ(submit(kWebToml).status, 503);
 }
 
+// A read while the store is unreachable answers from the last state this
+// node saw, and says so in its headers: the revision it reflects, stale,
+// and how old that state is (as Nomad's X-Nomad-Index / KnownLeader /
+// LastContact). Writes stay refused.
+TEST_P(ApiFakeStoreTest, ReadsFromTheLastStateSeenSayTheirRevisionAndThatTheyAreStale) {
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
+  seed_allocs();
+  ASSERT_EQ(submit(kWebToml).status, 201);
+
+  // Live reads: the header's index is the body's revision, not stale.
+  HttpResponse live = call("GET", "/v1/jobs/web");
+  ASSERT_EQ(live.status, 200) << live.body;
+  int64_t rev = body(live)["revision"].get<int64_t>();
+  ASSERT_NE(live.header("x-flotilla-index"), nullptr);
+  EXPECT_EQ(*live.header("x-flotilla-index"), std::to_string(rev));
+  ASSERT_NE(live.header("x-flotilla-stale"), nullptr);
+  EXPECT_EQ(*live.header("x-flotilla-stale"), "false");
+  EXPECT_EQ(*live.header("x-flotilla-last-contact"), "0");
+  HttpResponse nodes = call("GET", "/v1/nodes");
+  ASSERT_EQ(nodes.status, 200);
+  HttpResponse allocs = call("GET", "/v1/allocs");
+  ASSERT_EQ(allocs.status, 200);
+  // A 404 read at a revision says which one too.
+  HttpResponse missing = call("GET", "/v1/nodes/node-9");
+  EXPECT_EQ(missing.status, 404);
+  ASSERT_NE(missing.header("x-flotilla-index"), nullptr);
+  EXPECT_EQ(*missing.header("x-flotilla-stale"), "false");
+
+  // A change this node never read, then the store goes away.
+  store_put("/flotilla/nodes/node-2", {{"name", "node-2"}, {"status", "ready"}});
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  loop_.run([&] { fake_->unavailable = true; });
+
+  HttpResponse stale = call("GET", "/v1/jobs/web");
+  ASSERT_EQ(stale.status, 200) << stale.body;
+  EXPECT_EQ(body(stale)["revision"], rev);
+  EXPECT_EQ(body(stale)["job"]["name"], "web");
+  ASSERT_NE(stale.header("x-flotilla-index"), nullptr);
+  EXPECT_EQ(*stale.header("x-flotilla-index"), std::to_string(rev));
+  ASSERT_NE(stale.header("x-flotilla-stale"), nullptr);
+  EXPECT_EQ(*stale.header("x-flotilla-stale"), "true");
+  ASSERT_NE(stale.header("x-flotilla-last-contact"), nullptr);
+  EXPECT_GE(std::stoll(*stale.header("x-flotilla-last-contact")), 20);
+
+  // The node list is the one seen before: node-2 is not in it.
+  HttpResponse stale_nodes = call("GET", "/v1/nodes");
+  ASSERT_EQ(stale_nodes.status, 200);
+  EXPECT_EQ(body(stale_nodes)["nodes"].size(), 1u);
+  EXPECT_EQ(*stale_nodes.header("x-flotilla-stale"), "true");
+  EXPECT_EQ(*stale_nodes.header("x-flotilla-index"),
+            std::to_string(body(stale_nodes)["revision"].get<int64_t>()));
+  HttpResponse stale_allocs = call("GET", "/v1/allocs");
+  ASSERT_EQ(stale_allocs.status, 200);
+  EXPECT_EQ(*stale_allocs.header("x-flotilla-stale"), "true");
+
+  // Never read before: nothing to answer from, a 503 without an index.
+  HttpResponse never = call("GET", "/v1/nodes/never-read-by-any-test");
+  EXPECT_EQ(never.status, 503);
+  EXPECT_EQ(never.header("x-flotilla-index"), nullptr);
+  // Writes are refused, and carry no read's index.
+  HttpResponse write = submit(kWebTomlV2);
+  EXPECT_EQ(write.status, 503);
+  EXPECT_EQ(write.header("x-flotilla-index"), nullptr);
+  HttpResponse drain = call("POST", "/v1/nodes/node-1/drain", "{}", "application/json");
+  EXPECT_EQ(drain.status, 503) << drain.body;
+  EXPECT_EQ(drain.header("x-flotilla-index"), nullptr);
+
+  // Back: live again.
+  loop_.run([&] { fake_->unavailable = false; });
+  HttpResponse back = call("GET", "/v1/nodes");
+  ASSERT_EQ(back.status, 200);
+  EXPECT_EQ(body(back)["nodes"].size(), 2u);
+  EXPECT_EQ(*back.header("x-flotilla-stale"), "false");
+  EXPECT_GT(std::stoll(*back.header("x-flotilla-index")), rev);
+}
+
 // ---- the flotilla CLI against this server --------------------------------------------------
 
 struct CliRun {
@@ -1514,6 +1625,31 @@ TEST_P(CliTest, ServiceListAndStatus) {
   r = flotilla({"service", "status"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_TRUE(contains(r.err, "missing NAME")) << r.err;
+}
+
+TEST_P(CliTest, NodeStatusShowsTheLastHeartbeat) {
+  store_put("/flotilla/nodes/node-1", {{"name", "node-1"}, {"status", "ready"}});
+  store_put("/flotilla/nodes/node-2", {{"name", "node-2"}, {"status", "ready"}});
+  int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  store_put("/flotilla/heartbeats/node-1",
+            {{"at", "2026-12-03T10:00:00.000Z"}, {"at_ms", now_ms - 125'000}});
+  CliRun r = flotilla({"node", "status"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "HEARTBEAT")) << r.out;
+  // 2m05s, give or take the machine's speed.
+  EXPECT_TRUE(contains(r.out, "2m0") && contains(r.out, "s ago")) << r.out;
+  // node-2 has not written one: its line ends in "-".
+  size_t line = r.out.find("node-2");
+  ASSERT_NE(line, std::string::npos);
+  std::string l2 = r.out.substr(line, r.out.find('\n', line) - line);
+  while (!l2.empty() && l2.back() == ' ') l2.pop_back();
+  EXPECT_EQ(l2.back(), '-') << l2;
+  r = flotilla({"node", "status", "node-1"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "Last heartbeat")) << r.out;
+  EXPECT_TRUE(contains(r.out, "s ago (2026-12-03T10:00:00.000Z)")) << r.out;
 }
 
 TEST_P(CliTest, UsageErrorsExit2) {

@@ -73,6 +73,40 @@ TEST(Daemon, ServesTheApiLoadsPluginsAndRegistersTheNode) {
   EXPECT_NE(m.body.find("flotilla_hello_started_total"), std::string::npos) << m.body;
 }
 
+// The node notes each lease renewal in /flotilla/heartbeats/<node> (under
+// the lease); the API and `flotilla node status` show how long ago the last
+// one was. With a 3 s TTL it renews every second.
+TEST(Daemon, TheNodeWritesAHeartbeatAtEachLeaseRenewal) {
+  e2e::Daemon d("[cluster]\nlease_ttl = \"3s\"\n");
+  ASSERT_TRUE(d.start()) << d.log();
+  json first;
+  for (int i = 0; i < 100; ++i) {
+    auto n = d.get("/v1/nodes/e2e-node");
+    if (n.status == 200) {
+      first = parse(n.body);
+      if (first.contains("last_heartbeat") && first["last_heartbeat"].is_string()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(first.contains("last_heartbeat") && first["last_heartbeat"].is_string())
+      << first.dump() << d.log();
+  EXPECT_LT(first["heartbeat_age_ms"].get<int64_t>(), 3000) << first.dump();
+  EXPECT_EQ(first["heartbeat_every_ms"], 1000);
+  // A renewal rewrites it: a newer time within a few renewals.
+  json later;
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    later = parse(d.get("/v1/nodes/e2e-node").body);
+    if (later.value("last_heartbeat", json()) != first["last_heartbeat"]) break;
+  }
+  EXPECT_NE(later.value("last_heartbeat", json()), first["last_heartbeat"]) << later.dump();
+  EXPECT_LT(later["heartbeat_age_ms"].get<int64_t>(), 3000) << later.dump();
+  auto out = e2e::run({cli(), "--socket", d.socket(), "node", "status"});
+  EXPECT_EQ(out.exit_code, 0) << out.output;
+  EXPECT_NE(out.output.find("HEARTBEAT"), std::string::npos) << out.output;
+  EXPECT_NE(out.output.find("s ago"), std::string::npos) << out.output;
+}
+
 TEST(Daemon, CheckConfigAcceptsGoodAndExplainsBad) {
   e2e::Daemon d;
   auto ok = e2e::run({e2e::build_dir() + "/core/flotillad", "--config", d.config_path(),

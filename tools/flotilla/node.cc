@@ -64,6 +64,24 @@ void print_network(const json &n) {
     t.print();
 }
 
+// How long since the node last renewed its lease, as the answering daemon
+// sees it: "1.2s ago", "3m04s ago"; "-" before its first heartbeat.
+std::string heartbeat(const json &node) {
+  auto it = node.find("heartbeat_age_ms");
+  if (it == node.end() || !it->is_number_integer()) return "-";
+  int64_t ms = it->get<int64_t>();
+  char buf[48];
+  if (ms < 60'000)
+    std::snprintf(buf, sizeof buf, "%.1fs ago", static_cast<double>(ms) / 1000.0);
+  else if (ms < 3'600'000)
+    std::snprintf(buf, sizeof buf, "%lldm%02llds ago", static_cast<long long>(ms / 60'000),
+                  static_cast<long long>(ms / 1000 % 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm ago", static_cast<long long>(ms / 3'600'000),
+                  static_cast<long long>(ms / 60'000 % 60));
+  return buf;
+}
+
 // One node, as GET /v1/nodes/<name> shows it.
 int one_node_status(Cli &cli, const std::string &name) {
   int code = kExitOk;
@@ -79,6 +97,8 @@ int one_node_status(Cli &cli, const std::string &name) {
       attrs += (attrs.empty() ? "" : ", ") + k + "=" + (v.is_string() ? v.get<std::string>() : v.dump());
   print_fields({{"Name", cell(n, "name")},
                 {"Status", cell(n, "status")},
+                {"Last heartbeat",
+                 heartbeat(n) == "-" ? "-" : heartbeat(n) + " (" + cell(n, "last_heartbeat") + ")"},
                 {"Eligible", cell(n, "eligible")},
                 {"Drain", n.value("drain", false) ? "true" : "false"},
                 {"Datacenter", cell(n, "datacenter")},
@@ -104,11 +124,11 @@ int node_status(Cli &cli, Args &args) {
   auto j = get_json(cli, "/v1/nodes", code);
   if (!j) return code;
   Table t({"NAME", "STATUS", "ELIGIBLE", "DATACENTER", "CPU (MHz)", "MEMORY (MiB)", "DISK (MiB)",
-           "VERSION"});
+           "VERSION", "HEARTBEAT"});
   for (const json &n : (*j)["nodes"])
     t.add({cell(n, "name"), cell(n, "status"), cell(n, "eligible"), cell(n, "datacenter"),
            resource(n, "cpu_mhz"), resource(n, "memory_mb"), resource(n, "disk_mb"),
-           cell(n, "version")});
+           cell(n, "version"), heartbeat(n)});
   if (t.empty()) {
     std::printf("No nodes have registered.\n");
   } else {
@@ -189,7 +209,8 @@ const std::vector<Command> &node_commands() {
   static const std::vector<Command> commands = {
       {"node", "status", "[NODE]", "list the nodes of the cluster, or show one",
        "Any node's API serves the whole cluster: every node is listed, whichever\n"
-       "daemon answers. With NODE, that node's record in full.",
+       "daemon answers, with how long since its last heartbeat (lease renewal) by\n"
+       "that daemon's clock. With NODE, that node's record in full.",
        node_status},
       {"node", "drain", "[--undo | --ineligible] NODE", "move a node's allocations elsewhere",
        "The scheduler stops every allocation on NODE and places it again on other nodes,\n"
