@@ -15,15 +15,10 @@ namespace flotilla::runc {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-struct ImagePulls::Work {
-  std::function<void()> work;
-  std::function<void(flotilla_status, const std::string &)> after;
-  flotilla_status status = FLOTILLA_OK;
-  std::string message;
-};
-
-ImagePulls::ImagePulls(const flotilla_host *host, RegistryConfig config, fs::path pulls_dir)
+ImagePulls::ImagePulls(const flotilla_host *host, RegistryConfig config, fs::path pulls_dir,
+                       Queue queue)
     : host_(host),
+      queue_(std::move(queue)),
       config_(std::move(config)),
       pulls_dir_(std::move(pulls_dir)),
       http_(std::make_unique<CurlLoop>(host)) {}
@@ -37,41 +32,6 @@ ImagePulls::~ImagePulls() {
       w.cb(w.user, FLOTILLA_E_CANCELLED, "null");
     }
   }
-}
-
-void ImagePulls::queue(std::function<void()> work,
-                       std::function<void(flotilla_status, const std::string &)> after) {
-  auto *w = new Work{std::move(work), std::move(after), FLOTILLA_OK, {}};
-  if (host_->queue_work(host_->host_ctx, &ImagePulls::on_work, &ImagePulls::on_work_done, w) !=
-      FLOTILLA_OK) {
-    std::unique_ptr<Work> owned(w);
-    owned->after(FLOTILLA_E_INTERNAL, "the host refused to queue work");
-  }
-}
-
-void ImagePulls::on_work(void *user) {
-  auto *w = static_cast<Work *>(user);
-  try {
-    w->work();
-  } catch (const ImageError &e) {
-    w->status = e.status();
-    w->message = e.what();
-  } catch (const std::bad_alloc &) {
-    w->status = FLOTILLA_E_NOMEM;
-    w->message = "out of memory";
-  } catch (const std::exception &e) {
-    w->status = FLOTILLA_E_IO;
-    w->message = e.what();
-  }
-}
-
-void ImagePulls::on_work_done(void *user, flotilla_status status) {
-  std::unique_ptr<Work> w(static_cast<Work *>(user));
-  if (status != FLOTILLA_OK) {
-    w->status = status;
-    w->message = "the daemon stopped before the work ran";
-  }
-  w->after(w->status, w->message);
 }
 
 flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
@@ -127,7 +87,7 @@ flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
                           ? ref.store_name
                           : ref.store_name.substr(0, ref.store_name.rfind(':')) + "@" + ref.digest;
   std::string auth_file = config_.auth_file;
-  queue(
+  queue_(
       [out, store, local, policy, auth_file] {
         if (policy == "if_not_present") {
           try {
@@ -208,7 +168,7 @@ void ImagePulls::downloaded(const std::string &key, flotilla_status st, const st
                 {"blobs_downloaded", result.blobs_downloaded},
                 {"blobs_present", result.blobs_present}};
   bool ok = st == FLOTILLA_OK;
-  queue(
+  queue_(
       [store, dir, name, origin, stats, out, ok] {
         struct Cleanup {
           fs::path d;

@@ -32,7 +32,14 @@ class ImageStore;
 
 class ImagePulls {
  public:
-  ImagePulls(const flotilla_host *host, RegistryConfig config, std::filesystem::path pulls_dir);
+  // The runtime's work queue: work runs on the thread pool and must not
+  // touch *this; an exception it throws becomes (status, message) for
+  // after, which runs on the loop.
+  using Queue = std::function<void(
+      std::function<void()> work, std::function<void(flotilla_status, const std::string &)> after)>;
+
+  ImagePulls(const flotilla_host *host, RegistryConfig config, std::filesystem::path pulls_dir,
+             Queue queue);
   // Pending callers get FLOTILLA_E_CANCELLED.
   ~ImagePulls();
   ImagePulls(const ImagePulls &) = delete;
@@ -62,14 +69,6 @@ class ImagePulls {
     RegistryAuths auths;
     std::string last_progress;
   };
-  struct Work;
-
-  // work runs on the thread pool and must not touch *this; an exception
-  // it throws becomes (status, message) for after.
-  void queue(std::function<void()> work,
-             std::function<void(flotilla_status, const std::string &)> after);
-  static void on_work(void *user);
-  static void on_work_done(void *user, flotilla_status status);
 
   void begin(const std::string &key);
   void downloaded(const std::string &key, flotilla_status st, const std::string &message,
@@ -78,6 +77,7 @@ class ImagePulls {
   void progress(const std::string &key, const PullProgress &p);
 
   const flotilla_host *host_;
+  Queue queue_;
   RegistryConfig config_;
   std::filesystem::path pulls_dir_;
   std::shared_ptr<ImageStore> store_;

@@ -1456,7 +1456,11 @@ flotilla_status RuncRuntime::open(const flotilla_host *host, std::unique_ptr<Run
   fs::path pulls_dir = fs::path(config.image_dir) / "pulls";
   RegistryConfig registry = config.registry;
   out.reset(new RuncRuntime(host, std::move(config)));
-  out->pulls_ = std::make_unique<ImagePulls>(host, std::move(registry), pulls_dir);
+  RuncRuntime *rt = out.get();
+  out->pulls_ = std::make_unique<ImagePulls>(host, std::move(registry), pulls_dir,
+                                             [rt](std::function<void()> work, Done after) {
+                                               rt->queue(std::move(work), std::move(after));
+                                             });
   out->recover();
   return FLOTILLA_OK;
 }
