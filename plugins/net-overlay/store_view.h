@@ -6,6 +6,8 @@
 #include <flotilla/store.h>
 
 #include <functional>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +32,10 @@ struct TxnOp {
 class StoreView {
  public:
   StoreView(const flotilla_store_v1 *vt, void *self) : vt_(vt), self_(self) {}
+  // Cancels the watches still open (their callbacks never run again).
+  ~StoreView();
+  StoreView(const StoreView &) = delete;
+  StoreView &operator=(const StoreView &) = delete;
 
   using RangeCb = std::function<void(flotilla_status, std::vector<Kv>, int64_t revision)>;
   using TxnCb = std::function<void(flotilla_status, bool succeeded)>;
@@ -40,10 +46,14 @@ class StoreView {
   flotilla_status list(const std::string &prefix, RangeCb cb);
   // All ops atomically if every guard holds; succeeded says whether they did.
   flotilla_status txn(const std::vector<TxnOp> &ops, TxnCb cb);
-  // Changes under prefix from start_revision on; *id for cancel.
+  // Changes under prefix from start_revision on; *id for cancel. The
+  // callback is kept until the watch ends (a non-OK status) or is
+  // cancelled; cancel may be called from inside it.
   flotilla_status watch(const std::string &prefix, int64_t start_revision, WatchCb cb,
                         flotilla_store_watch_id *id);
   void cancel(flotilla_store_watch_id id);
+  // Watches open (their callbacks held).
+  size_t watches() const { return watches_.size(); }
 
   using LeaseCb = std::function<void(flotilla_status, flotilla_lease_id)>;
   flotilla_status lease_grant(int64_t ttl_seconds, LeaseCb cb);
@@ -62,8 +72,25 @@ class StoreView {
     StoreView *view;
     Cb cb;
   };
+  // A request's callback, freed and counted done once it has run.
+  template <typename Cb, typename Issue>
+  flotilla_status request(Cb cb, Issue issue);
+  template <typename Cb, typename... Args>
+  static void finish(void *user, Args &&...args);
+  struct Watch {
+    StoreView *view;
+    WatchCb cb;
+    flotilla_store_watch_id id = 0;
+    bool running = false;    // its callback is on the stack
+    bool cancelled = false;  // cancelled from inside it: freed on return
+  };
+  static void on_watch(void *user, flotilla_status status, const flotilla_watch_event *evs,
+                       size_t n, int64_t revision);
   void done_one();
   int pending_ = 0;
+  // By their own address: the store's callback carries it, and the id is
+  // known only once watch() returned.
+  std::map<const Watch *, std::unique_ptr<Watch>> watches_;
   const flotilla_store_v1 *vt_;
   void *self_;
 };
