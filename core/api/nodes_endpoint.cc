@@ -126,17 +126,55 @@ bool node_changed(const StoreEvent &e, const Request &, const Params &p) {
          e.kv.key == "/flotilla/node-control/" + p[0];
 }
 
+// Where a network plugin keeps a copy of each node's status() for the
+// other nodes' APIs (docs/abi-json.md).
+constexpr std::string_view kNetStatusPrefix = "/flotilla/net/status/";
+
+// Another node's network status: the copy its network plugin keeps in the
+// store (docs/abi-json.md, "network status in the store"), with its age by
+// this node's clock.
+void get_other_node_network(const StatePtr &s, const std::string &name, Responder &r) {
+  if (!s->store()) return r.send(no_store());
+  read_snapshot(
+      s, {{std::string(kNodesPrefix) + name, true}, {std::string(kNetStatusPrefix) + name, true}},
+      [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
+        guarded(r, [&] {
+          if (!res.ok()) return r.send(store_failure(res, "reading node " + name + "'s network"));
+          if (kvs[0].empty())
+            return r.send(error_json(404, "not_found", "node \"" + name + "\" not found"));
+          if (kvs[1].empty())
+            return r.send(error_json(
+                404, "not_found",
+                "node \"" + name +
+                    "\" keeps no network status in the store (its network plugin has no "
+                    "mesh, or status_interval = 0); ask its own daemon"));
+          json n = parse_record(kvs[1][0].value);
+          if (!n.is_object())
+            return r.send(error_json(502, "plugin",
+                                     "node \"" + name + "\"'s network status is not JSON"));
+          n["source"] = "store";
+          n["revision"] = rev;
+          if (n.contains("published_at_ms") && n["published_at_ms"].is_number_integer()) {
+            auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+            n["age_ms"] = std::max<int64_t>(0, now_ms - n["published_at_ms"].get<int64_t>());
+          }
+          r.send(Response::json(200, n));
+        });
+      },
+      r);
+}
+
 }  // namespace
 
 // GET /v1/nodes/{name}/network: the network plugin's status() of this
-// daemon's own node (another node's is asked of that node's daemon).
+// daemon's own node, read now; another node's as that node last copied it
+// into the store.
 void get_node_network(const StatePtr &s, Request &, const Params &p, Responder &r) {
   const std::string name = p[0];
   const std::string self = s->ctx.config ? s->ctx.config->node.name : "";
-  if (name != self)
-    return r.send(error_json(409, "not_this_node",
-                             "this daemon is node \"" + self + "\"; ask node \"" + name +
-                                 "\"'s own daemon for its network"));
+  if (name != self) return get_other_node_network(s, name, r);
   const std::vector<PluginRef> nets = s->providers(FLOTILLA_NETWORK_INTERFACE_ID);
   if (nets.empty())
     return r.send(error_json(404, "not_found",

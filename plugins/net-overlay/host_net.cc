@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 namespace flotilla::overlay {
 
@@ -89,6 +90,34 @@ bool is_ours(const NetConfig &cfg, const std::string &link) {
 
 }  // namespace
 
+namespace {
+
+std::string read_sysctl(const std::string &key) {
+  std::ifstream in("/proc/sys/" + key);
+  std::string v;
+  in >> v;
+  return v;
+}
+
+// IPv6 forwards between interfaces only with the global switch
+// (conf/all/forwarding; the per-interface one does not route): the
+// bridge's traffic to the WireGuard device and to the underlay needs it.
+// Forwarding turns off router advertisements where accept_ra is 1, so the
+// interface of the IPv6 default route (learnt from them, often) gets 2:
+// it keeps taking them.
+void enable_ipv6_forwarding(nl::Socket &host, const std::string &bridge) {
+  if (read_sysctl("net/ipv6/conf/all/forwarding") != "1") {
+    if (auto l = host.default_route_link(AF_INET6)) {
+      const std::string key = "net/ipv6/conf/" + l->name + "/accept_ra";
+      if (read_sysctl(key) == "1") nl::netns::write_sysctl(key, "2");
+    }
+    nl::netns::write_sysctl("net/ipv6/conf/all/forwarding", "1");
+  }
+  nl::netns::write_sysctl("net/ipv6/conf/" + bridge + "/forwarding", "1");
+}
+
+}  // namespace
+
 std::vector<std::string> setup_node(const NodeNet &n, const std::vector<Attachment> &known,
                                     nl::Socket &host, nft::Context &nft) {
   std::vector<std::string> removed;
@@ -101,7 +130,7 @@ std::vector<std::string> setup_node(const NodeNet &n, const std::vector<Attachme
   nl::netns::write_sysctl("net/ipv4/ip_forward", "1");
   // Port mappings used from the host's own 127.0.0.1.
   nl::netns::write_sysctl("net/ipv4/conf/" + c.bridge + "/route_localnet", "1");
-  if (n.subnet6) nl::netns::write_sysctl("net/ipv6/conf/" + c.bridge + "/forwarding", "1");
+  if (n.subnet6) enable_ipv6_forwarding(host, c.bridge);
 
   std::set<std::string> veths, pins;
   std::vector<MappedAlloc> mapped;

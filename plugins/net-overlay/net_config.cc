@@ -19,7 +19,8 @@ const std::set<std::string> kKeys = {
     "dns_search",         "dns_options",     "wireguard",
     "wg_interface",       "wg_listen_port",  "wg_endpoint",
     "wg_behind_nat",      "wg_keepalive",    "wg_resync_interval",
-    "node_lease_ttl",     "wireguard_go",    "wg_rotate_overlap_ms"};
+    "node_lease_ttl",     "wireguard_go",    "wg_rotate_overlap_ms",
+    "status_interval"};
 
 bool ifname_ok(const std::string &n, size_t max) {
   if (n.empty() || n.size() > max) return false;
@@ -209,6 +210,7 @@ NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProbl
   integer("wg_resync_interval", 1, 3600, c.wg_resync_interval);
   integer("node_lease_ttl", 2, 3600, c.node_lease_ttl);
   integer("wg_rotate_overlap_ms", 100, 60000, c.wg_rotate_overlap_ms);
+  integer("status_interval", 0, 3600, c.status_interval);
   if (text("wireguard_go", s)) {
     if (s.empty() || s[0] != '/')
       bad("wireguard_go", "must be an absolute path, got \"" + s + "\"");

@@ -38,6 +38,7 @@ struct NetConfig {
   int wg_resync_interval = 30;      // seconds between full comparisons against the device
   int node_lease_ttl = 10;          // seconds the node's record outlives its daemon
   int wg_rotate_overlap_ms = 1000;  // a rotation's next key published before the switch
+  int status_interval = 10;         // seconds between status() copies in the store; 0 never
   std::string wireguard_go = "/usr/bin/wireguard-go";
 };
 

@@ -48,6 +48,9 @@ const std::string kSubnets = "/flotilla/net/subnets/";
 const std::string kAddrs = "/flotilla/net/addrs/";
 const std::string kAllocs = "/flotilla/allocs/";
 const std::string kNodes = "/flotilla/net/nodes/";
+// Each node's status() as of its last copy (status_interval), for the API
+// of every other node (docs/abi-json.md, "network status in the store").
+const std::string kStatus = "/flotilla/net/status/";
 
 struct Instance;
 
@@ -97,6 +100,7 @@ struct Instance {
   flotilla_store_watch_id watch_id = 0;
   bool watching = false;
   bool mesh_busy = false, mesh_again = false, mesh_started = false;
+  bool status_busy = false;  // a status copy is being read or written
   std::chrono::steady_clock::time_point change_seen{};  // oldest change not yet applied
   int wg_pid = 0;
   std::string mesh_error;
@@ -642,6 +646,7 @@ void cleanup(Instance *self) {
                   ops.push_back({self->addr_key(ip), std::nullopt, -1, 0});
                 // The node's WireGuard record: the other nodes drop the peer now.
                 if (mesh) ops.push_back({self->node_key(), std::nullopt, -1, 0});
+                if (mesh) ops.push_back({kStatus + self->node, std::nullopt, -1, 0});
                 if (ops.empty()) return answer("");
                 flotilla_status ts = self->store->txn(
                     ops, [self, removed, answer, n = ops.size()](flotilla_status s2, bool) {
@@ -911,6 +916,35 @@ void list_records(Instance *self) {
   if (st != FLOTILLA_OK) self->listing = false;
 }
 
+// A copy of this node's status() in the store, under the record's lease
+// (so it goes with the node): another node's API answers GET
+// /v1/nodes/<this node>/network with it. Its peers' counters are as of
+// the copy, which says when it was made (published_at_ms).
+void publish_status(Instance *self) {
+  if (self->backend.empty() || !self->ready || !self->lease || self->status_busy) return;
+  self->status_busy = true;
+  flotilla_status st = net_status(
+      self,
+      [](void *user, flotilla_status s, const char *text) {
+        auto *self = static_cast<Instance *>(user);
+        self->status_busy = false;
+        if (self->stopping || s != FLOTILLA_OK || !text || !self->lease) return;
+        json j = json::parse(text, nullptr, false);
+        if (!j.is_object()) return;
+        j["node"] = self->node;
+        j["published_at_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+        self->store->txn({{kStatus + self->node, j.dump(), -1, self->lease}},
+                         [self](flotilla_status s2, bool) {
+                           if (!self->stopping && s2 != FLOTILLA_OK)
+                             self->count("net_overlay_wg_errors_total");
+                         });
+      },
+      self);
+  if (st != FLOTILLA_OK) self->status_busy = false;
+}
+
 // Once a second: the lease kept alive (every third of its TTL), the
 // records listed again after a lost watch, wireguard-go's liveness, a
 // failed convergence retried, and every wg_resync_interval a full
@@ -932,6 +966,8 @@ void mesh_tick(Instance *self) {
     again = true;
   }
   if (again || self->mesh_ticks % self->cfg.wg_resync_interval == 0) converge(self);
+  if (self->cfg.status_interval > 0 && self->mesh_ticks % self->cfg.status_interval == 0)
+    publish_status(self);
 }
 
 // Key rotation, make before break: (1) the next key is made, kept in the

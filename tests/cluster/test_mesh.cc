@@ -83,7 +83,7 @@ class Mesh : public flotilla::cluster::ClusterTest {
       return "[plugin.net-overlay]\npath = \"" NET_OVERLAY_PATH "\"\nnetns_dir = \"" +
              netns_dir(h) + "\"\nwireguard = \"userspace\"\nwg_interface = \"" + h.wg_interface() +
              "\"\nunderlay_interface = \"eth0\"\nnode_lease_ttl = " + std::to_string(kTtl) +
-             "\nwg_resync_interval = 5\n";
+             "\nwg_resync_interval = 5\nstatus_interval = 1\ncluster_cidr_v6 = \"fd42:11::/48\"\n";
     };
     return o;
   }
@@ -149,8 +149,12 @@ class Mesh : public flotilla::cluster::ClusterTest {
       std::string ip;
       try {
         auto s = nl::Socket::open_in(netns_dir(*h) + "/" + id);
-        for (const auto &addr : s.addresses("eth0"))
-          if (addr.find(':') == std::string::npos) ip = addr.substr(0, addr.find('/'));
+        for (const auto &addr : s.addresses("eth0")) {
+          if (addr.find(':') == std::string::npos)
+            ip = addr.substr(0, addr.find('/'));
+          else if (addr.rfind("fe80", 0) != 0)
+            ip6_[h->name()] = addr.substr(0, addr.find('/'));
+        }
       } catch (const std::exception &) {
       }
       if (!ip.empty()) out[h->name()] = {id, ip};
@@ -172,6 +176,7 @@ class Mesh : public flotilla::cluster::ClusterTest {
   }
 
   std::set<int> seen_pids_;
+  std::map<std::string, std::string> ip6_;  // node -> its container's IPv6 address
 };
 
 }  // namespace
@@ -227,6 +232,15 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
       const std::string page = http(ns, d.second);
       EXPECT_NE(page.find(marker()), std::string::npos)
           << from << " -> " << to << " (" << d.second << ") TCP: " << page;
+      // Dual stack: the same over IPv6, through the same tunnels.
+      const std::string six = ip6_[to];
+      EXPECT_EQ(six.rfind("fd42:11:", 0), 0u) << to << "'s container has no IPv6 address";
+      ok = false;
+      wait_until([&] { return ok = ping(ns, six); }, 5s, 100ms);
+      EXPECT_TRUE(ok) << from << " -> " << to << " (" << six << ") ping over IPv6\n" << state();
+      const std::string page6 = http(ns, "[" + six + "]");
+      EXPECT_NE(page6.find(marker()), std::string::npos)
+          << from << " -> " << to << " (" << six << ") TCP over IPv6: " << page6;
     }
 
   // Per-peer status: the API, the CLI and the metrics.
@@ -243,11 +257,36 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
       EXPECT_EQ(p.value("endpoint", "").rfind("10.88.0.", 0), 0u) << p.dump();
     }
     EXPECT_EQ(nodes, (std::set<std::string>{"h1", "h2"})) << net.dump();
-    EXPECT_EQ(h0.api("GET", "/v1/nodes/h1/network").status, 409) << "h1's own daemon has it";
     auto st = h0.cli({"node", "status", "h0"});
     EXPECT_EQ(st.exit_code, 0) << st.output;
     for (const char *want : {"userspace backend", "HANDSHAKE", "h1", "h2", "10.88.0.12:51820"})
       EXPECT_NE(st.output.find(want), std::string::npos) << want << " in\n" << st.output;
+    // Another node's, through h0's API: the copy h1 keeps in the store
+    // (status_interval = 1), with its peers h0 and h2 as h1 sees them.
+    json other;
+    EXPECT_TRUE(wait_until(
+        [&] {
+          other = h0.get("/v1/nodes/h1/network");
+          if (!other.is_object() || other.value("source", "") != "store") return false;
+          std::set<std::string> ps;
+          for (const auto &p : other.value("peers", json::array())) {
+            if (!p["last_handshake_age_s"].is_number()) return false;
+            ps.insert(p.value("node", ""));
+          }
+          return ps == std::set<std::string>{"h0", "h2"};
+        },
+        10s))
+        << h0.api("GET", "/v1/nodes/h1/network").body;
+    EXPECT_EQ(other.value("node", ""), "h1") << other.dump();
+    EXPECT_EQ(other["wireguard"].value("endpoint", ""), "10.88.0.12:51820") << other.dump();
+    EXPECT_TRUE(other["age_ms"].is_number() && other["age_ms"].get<int64_t>() < 5000)
+        << other.dump();
+    auto remote = h0.cli({"node", "status", "h1"});
+    EXPECT_EQ(remote.exit_code, 0) << remote.output;
+    for (const char *want :
+         {"as the node last copied it into the store", "HANDSHAKE", "h0", "h2", "10.88.0.11:51820"})
+      EXPECT_NE(remote.output.find(want), std::string::npos) << want << " in\n" << remote.output;
+    EXPECT_EQ(h0.api("GET", "/v1/nodes/nosuch/network").status, 404);
     const std::string metrics = h0.api("GET", "/v1/metrics").body;
     EXPECT_NE(metrics.find("flotilla_net_overlay_wg_peers 2"), std::string::npos) << metrics;
     EXPECT_NE(metrics.find("flotilla_net_overlay_wg_peer_adds_total"), std::string::npos);
@@ -264,11 +303,13 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
     int n = 0;
     std::istringstream in(res.output);
     std::string line;
-    while (std::getline(in, line)) n += line.find(" IP ") != std::string::npos;
+    while (std::getline(in, line))
+      n += line.find(" IP ") != std::string::npos || line.find(" IP6 ") != std::string::npos;
     return n;
   };
   EXPECT_GE(count("udp port 51820"), 12) << "WireGuard traffic between the hosts";
-  EXPECT_EQ(count("tcp port 8080 or icmp"), 0) << "no overlay packet unencrypted on the underlay";
+  EXPECT_EQ(count("tcp port 8080 or icmp or ip6 net fd42:11::/48"), 0)
+      << "no overlay packet unencrypted on the underlay";
   // The capture does see cleartext when there is some: etcd's gRPC.
   EXPECT_NE(bytes.find("/flotilla/"), std::string::npos) << "the capture saw nothing in cleartext";
 

@@ -6,9 +6,10 @@
 // tables are never touched, and both namespaces go when the test ends.
 //
 //   container (10.42.x.y) -- flotilla0 -- [test host ns] uplink 198.51.100.1
-//                                                |
-//                                   [outside ns] eth0 198.51.100.2 (no route
-//                                   to 10.42/16: only NAT gets replies back)
+//                                                |       2001:db8:100::1
+//                                   [outside ns] eth0 198.51.100.2, 2001:db8:100::2
+//                                   (no route to the cluster's addresses: only
+//                                   NAT gets replies back)
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -73,6 +74,11 @@ void make_world() {
   out.add_address("eth0", "198.51.100.2/24");
   out.set_up("eth0");
   host.add_route("default", "198.51.100.2", "uplink");
+  // IPv6 too, for the dual-stack test: the outside again has no route to
+  // the cluster's addresses.
+  host.add_address("uplink", "2001:db8:100::1/64");
+  out.add_address("eth0", "2001:db8:100::2/64");
+  host.add_route("default", "2001:db8:100::2", "uplink");
 }
 
 void remove_world() {
@@ -248,6 +254,16 @@ class Network : public ::testing::Test {
         if (a.find(':') == std::string::npos) return a;
     } catch (const std::exception &e) {
       return std::string("(") + e.what() + ")";
+    }
+    return "";
+  }
+  // The container's global IPv6 address on eth0 ("" when none).
+  std::string address6_of(const std::string &alloc) {
+    try {
+      auto s = nl::Socket::open_in(netns_dir() + "/" + alloc);
+      for (const auto &a : s.addresses("eth0"))
+        if (a.find(':') != std::string::npos && a.rfind("fe80", 0) != 0) return a;
+    } catch (const std::exception &) {
     }
     return "";
   }
@@ -436,4 +452,89 @@ int main(int argc, char **argv) {
   int rc = RUN_ALL_TESTS();
   remove_world();
   return rc;
+}
+
+// Dual stack (cluster_cidr_v6): each container gets an address of the
+// node's /64 besides its IPv4 one; two containers reach each other over
+// IPv6 (ping and TCP), the host reaches them, they reach the outside
+// through the ip6 masquerade, and a port mapping answers on the host's
+// IPv6 address from outside.
+TEST_F(Network, DualStackContainersReachEachOtherOverIpv6) {
+  d_->write_config(config("cluster_cidr_v6 = \"fd42:e2e::/48\"\n"));
+  start_and_import();
+  const char *job = R"(name = "NAME"
+type = "service"
+[[task]]
+name = "httpd"
+image = "busybox:latest"
+command = "/bin/sh"
+args = ["-c", "echo v6-page-NAME > /tmp/index.html && exec httpd -f -p 8091 -h /tmp"]
+network = "bridge"
+PORTS)";
+  auto job_named = [&](const std::string &name, const std::string &ports) {
+    std::string t = job;
+    for (size_t at; (at = t.find("NAME")) != std::string::npos;) t.replace(at, 4, name);
+    t.replace(t.find("PORTS"), 5, ports);
+    return t;
+  };
+  run_job(job_named("six-a", "[task.resources]\nports = [8091]\n"));
+  run_job(job_named("six-b", ""));
+  json a = wait_for("six-a", {"running", "failed"});
+  json b = wait_for("six-b", {"running", "failed"});
+  ASSERT_EQ(e2e::alloc_status(a), "running") << a.dump() << d_->log();
+  ASSERT_EQ(e2e::alloc_status(b), "running") << b.dump() << d_->log();
+  const std::string ns_a = netns_dir() + "/" + a.value("id", "");
+  const std::string ns_b = netns_dir() + "/" + b.value("id", "");
+
+  const std::string a6 = address6_of(a.value("id", "")), b6 = address6_of(b.value("id", ""));
+  ASSERT_EQ(a6.rfind("fd42:e2e:", 0), 0u) << a6;
+  ASSERT_NE(a6.find("/64"), std::string::npos) << a6;
+  ASSERT_EQ(b6.rfind("fd42:e2e:", 0), 0u) << b6;
+  EXPECT_NE(a6, b6);
+  const std::string ip_a = a6.substr(0, a6.find('/')), ip_b = b6.substr(0, b6.find('/'));
+  // Both in the node's one /64, whose first address is the bridge's.
+  json net = json::parse(d_->get("/v1/nodes/" + d_->options().node_name + "/network").body, nullptr, false);
+  ASSERT_TRUE(net.is_object());
+  std::string subnet6;
+  for (const auto &sn : net.value("subnets", json::array()))
+    if (sn.get<std::string>().find(':') != std::string::npos) subnet6 = sn.get<std::string>();
+  ASSERT_NE(subnet6.find("/64"), std::string::npos) << net.dump();
+  const std::string base = subnet6.substr(0, subnet6.find("::"));
+  EXPECT_EQ(ip_a.rfind(base + ":", 0), 0u) << ip_a << " in " << subnet6;
+  EXPECT_EQ(ip_b.rfind(base + ":", 0), 0u) << ip_b << " in " << subnet6;
+  bool gw = false;
+  for (const auto &addr : nl::Socket::open().addresses("flotilla0"))
+    if (addr == base + "::1/64") gw = true;
+  EXPECT_TRUE(gw) << "the bridge holds " << base << "::1/64";
+  EXPECT_EQ(e2e::read_text("/proc/sys/net/ipv6/conf/all/forwarding").substr(0, 1), "1");
+
+  const std::string busybox = "/usr/bin/busybox";
+  auto ping6 = [&](const std::string &ns, const std::string &ip) {
+    bool ok = false;
+    for (int i = 0; i < 30 && !ok; ++i)
+      ok = e2e::run({busybox, "ping", "-c", "1", "-W", "1", ip}, ns).exit_code == 0;
+    return ok;
+  };
+  auto get6 = [&](const std::string &ns, const std::string &ip) {
+    std::string out;
+    for (int i = 0; i < 30 && out.find("v6-page") == std::string::npos; ++i) {
+      out = e2e::run({"/usr/bin/timeout", "5", busybox, "wget", "-q", "-O", "-",
+                      "http://[" + ip + "]:8091/"},
+                     ns)
+                .output;
+      if (out.find("v6-page") == std::string::npos)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return out;
+  };
+  EXPECT_TRUE(ping6(ns_a, ip_b)) << "a -> b over IPv6";
+  EXPECT_TRUE(ping6(ns_b, ip_a)) << "b -> a over IPv6";
+  EXPECT_EQ(get6(ns_a, ip_b), "v6-page-six-b\n");
+  EXPECT_EQ(get6(ns_b, ip_a), "v6-page-six-a\n");
+  EXPECT_TRUE(ping6("", ip_a)) << "the host -> a over IPv6";
+  // The outside has no route to fd42:e2e::/48: only the masquerade brings
+  // the reply back.
+  EXPECT_TRUE(ping6(ns_a, "2001:db8:100::2")) << "a -> outside through the ip6 masquerade";
+  // A's mapped port on the host's IPv6 address, from outside.
+  EXPECT_EQ(get6(g_outside, "2001:db8:100::1"), "v6-page-six-a\n");
 }

@@ -32,6 +32,15 @@ void print_network(const json &n) {
   for (const json &s : n.value("subnets", json::array()))
     subnets += (subnets.empty() ? "" : ", ") + cell(s);
   std::printf("\n");
+  // Another node's: the copy it keeps in the store, as old as it says.
+  if (n.value("source", "") == "store") {
+    const json age_ms = n.value("age_ms", json());
+    print_fields({{"Network", "as the node last copied it into the store" +
+                                  (age_ms.is_number() ? ", " +
+                                                            age(json(age_ms.get<int64_t>() / 1000)) +
+                                                            " ago"
+                                                      : std::string())}});
+  }
   print_fields({{"Subnets", subnets.empty() ? "-" : subnets},
                 {"Bridge", cell(n, "bridge") + " (MTU " + cell(n, "mtu") + ")"}});
   if (!n.contains("wireguard") || !n["wireguard"].is_object()) {
@@ -109,8 +118,8 @@ int one_node_status(Cli &cli, const std::string &name) {
                 {"Version", cell(n, "version")},
                 {"Attributes", attrs.empty() ? "-" : attrs},
                 {"Plugins", plugins.empty() ? "-" : plugins}});
-  // The node's network, when this daemon is that node (409 otherwise: its
-  // own daemon has it) and a network plugin is loaded.
+  // The node's network when a network plugin is loaded: read now when this
+  // daemon is that node, else the copy that node keeps in the store.
   HttpResponse nr = cli.client.request("GET", "/v1/nodes/" + url_escape(name) + "/network");
   if (nr.status == 200) print_network(body_json(nr));
   return kExitOk;
