@@ -38,64 +38,30 @@ done
 [ "$n" -ge 20 ] || { echo "--n must be at least 20" >&2; exit 2; }
 build=$(cd "${build:-build}" && pwd)
 src=$(cd "$(dirname "$0")/../.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "container_start.sh: needs root (runs containers)" >&2; exit 1; }
-for t in curl jq python3 runc; do
-  command -v "$t" >/dev/null || { echo "container_start.sh: $t is required" >&2; exit 1; }
-done
+. "$src/tools/bench/lib.sh"
+bench_require "runs containers" curl jq python3 runc
 
 tmp=$(mktemp -d /tmp/flotilla-bench-start-XXXXXX)
 tag=fbs$$
-pid=""          # the flotillad we started
 cur_root=""     # OCI root of the raw runs in progress
 cur_bin=""
 cgparents=()
 
-stop_daemon() {
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=""
-}
-
 cleanup() {
   set +e
-  local d
   # Jobs of our daemon: stop and purge so it removes its containers.
-  if [ -n "$pid" ] && [ -S "$tmp/flo/api.sock" ]; then
-    for j in $(curl -s --unix-socket "$tmp/flo/api.sock" http://x/v1/jobs |
-               jq -r '(.jobs? // .)[]?.name? // empty' 2>/dev/null); do
-      curl -s -o /dev/null -X DELETE --unix-socket "$tmp/flo/api.sock" "http://x/v1/jobs/$j?purge=true"
-    done
-    for _ in $(seq 100); do [ -z "$(ls -A "$tmp/flo/oci-root" 2>/dev/null)" ] && break; sleep 0.1; done
-  fi
-  stop_daemon
+  bench_purge_jobs "$tmp/flo/api.sock" "$tmp/flo/oci-root"
+  bench_stop_daemon
   # Whatever is still under our own OCI roots, by id.
   for rt in runc crun; do
     bin=$rt; [ -x "$tmp/$rt/runtime" ] && bin="$tmp/$rt/runtime"
-    for r in "$tmp/$rt/flo/oci-root" "$tmp/$rt/raw-root"; do
-    [ -d "$r" ] || continue
-    for c in "$r"/*; do [ -e "$c" ] && "$bin" --root "$r" delete --force "$(basename "$c")" >/dev/null 2>&1; done
-    done
+    bench_delete_containers "$bin" "$tmp/$rt/flo/oci-root" "$tmp/$rt/raw-root"
   done
-  # Shims our daemon started, by the pid they recorded.
-  find "$tmp" -name shim-state.json 2>/dev/null | while read -r s; do
-    p=$(jq -r '.shim_pid // 0' "$s" 2>/dev/null); [ "${p:-0}" -gt 0 ] && kill -KILL "$p" 2>/dev/null
-  done
-  # Our mounts, deepest first.
-  awk -v t="$tmp" '$5 ~ "^"t {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
-    umount -l "$m" 2>/dev/null
-  done
-  for p in "${cgparents[@]}"; do
-    for m in $(awk '$9 ~ /^cgroup2?$/ {print $5}' /proc/self/mountinfo); do
-      [ -d "$m/$p" ] && find "$m/$p" -depth -type d -exec rmdir {} \; 2>/dev/null
-    done
-  done
-  rm -rf "$tmp"
+  # Shims, mounts and cgroups, then $tmp.
+  bench_remove_leftovers "$tmp" "${cgparents[@]}"
 }
 trap cleanup EXIT
-die() { echo "container_start.sh: $*" >&2; exit 1; }
+die() { bench_die "$@"; }
 
 # The busybox image, built once.
 "$src/tools/mkimage-busybox" "$tmp/busybox-oci" >/dev/null || die "mkimage-busybox failed"
@@ -145,36 +111,15 @@ binary = "$bin"
 root = "$dir/flo/oci-root"
 cgroup_parent = "$cg"
 CFG
-  "$build/core/flotillad" --config "$dir/flo/flotillad.toml" >"$dir/flo/log" 2>&1 &
-  pid=$!
   local sock="$dir/flo/api.sock"
-  for _ in $(seq 200); do [ -S "$sock" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  [ -S "$sock" ] || { cat "$dir/flo/log" >&2; echo "flotillad did not start" >&2; return 1; }
+  bench_start_daemon "$build/core/flotillad" "$dir/flo/flotillad.toml" "$sock" "$dir/flo/log" || return 1
   "$build/tools/flotilla/flotilla" --socket "$sock" image import "$tmp/busybox-oci" --tag busybox:latest \
     >"$dir/import.log" 2>&1 || { cat "$dir/import.log" "$dir/flo/log" >&2; return 1; }
 
-  python3 - "$sock" "$dir" "$bin" "$n" "$cgraw" "$rt" "$poll" <<'PY'
-import http.client, json, os, socket, subprocess, sys, time, glob, statistics
+  { bench_py; cat <<'PY'
 sock, d, binary, n, cgraw, rt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 poll = sys.argv[7] == "1"
-
-class UConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30); self.path = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(self.path)
-
-conn = UConn(sock)
-def req(method, path, body=None, ctype=None):
-    h = {"Content-Type": ctype} if ctype else {}
-    conn.request(method, path, body=body, headers=h)
-    r = conn.getresponse(); data = r.read()
-    return r.status, data
-
-def status_of(a):
-    s = a.get("status")
-    if isinstance(s, dict): return s.get("status", "")
-    return a.get("client_status", s or "")
+connect(sock)
 
 def allocs(job, index=0):
     # index > 0: a blocking query, answered when the job's view changed
@@ -229,10 +174,6 @@ def flotilla_once(name, keep_config=False):
         time.sleep(0.01)
     return dt
 
-def q(xs, p):
-    xs = sorted(xs); k = (len(xs) - 1) * p; f = int(k); c = min(f + 1, len(xs) - 1)
-    return xs[f] + (xs[c] - xs[f]) * (k - f)
-
 # Warm-up (image cache, first shim, first cgroup): not counted.
 flotilla_once("warm-0", keep_config=True)
 flotilla_once("warm-1")
@@ -276,8 +217,9 @@ for i in range(n):
 print("%s %.2f %.2f %.2f %.2f %d" % (rt, 1000 * statistics.median(flo), 1000 * q(flo, 0.9),
                                      1000 * statistics.median(raw), 1000 * q(raw, 0.9), n))
 PY
+  } | python3 - "$sock" "$dir" "$bin" "$n" "$cgraw" "$rt" "$poll"
   local rc=$?
-  stop_daemon
+  bench_stop_daemon
   return $rc
 }
 

@@ -41,43 +41,25 @@ done
 [ "$starts" -ge 10 ] || { echo "--starts must be at least 10" >&2; exit 2; }
 build=$(cd "${build:-build}" && pwd)
 src=$(cd "$(dirname "$0")/../.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "registry_pull.sh: needs root (unpacks layers, runs containers)" >&2; exit 1; }
-for t in curl jq python3 runc skopeo umoci docker-registry; do
-  command -v "$t" >/dev/null || { echo "registry_pull.sh: $t is required" >&2; exit 1; }
-done
+. "$src/tools/bench/lib.sh"
+bench_require "unpacks layers, runs containers" curl jq python3 bc runc skopeo umoci docker-registry
 
 tmp=$(mktemp -d /tmp/flotilla-bench-pull-XXXXXX)
 cg=fbp$$
-pid=""   # our flotillad
 rpid=""  # our docker-registry
 sock="$tmp/flo/api.sock"
 flo() { "$build/tools/flotilla/flotilla" --socket "$sock" "$@"; }
 
 cleanup() {
   set +e
-  if [ -n "$pid" ] && [ -S "$sock" ]; then
-    for j in $(curl -s --unix-socket "$sock" http://x/v1/jobs |
-               jq -r '(.jobs? // .)[]?.name? // empty' 2>/dev/null); do
-      curl -s -o /dev/null -X DELETE --unix-socket "$sock" "http://x/v1/jobs/$j?purge=true"
-    done
-    for _ in $(seq 100); do [ -z "$(ls -A "$tmp/flo/oci-root" 2>/dev/null)" ] && break; sleep 0.1; done
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
-  fi
+  bench_purge_jobs "$sock" "$tmp/flo/oci-root"
+  bench_stop_daemon
   [ -n "$rpid" ] && { kill -KILL "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null; }
-  for c in "$tmp/flo/oci-root"/*; do [ -e "$c" ] && runc --root "$tmp/flo/oci-root" delete --force "$(basename "$c")" >/dev/null 2>&1; done
-  find "$tmp" -name shim-state.json 2>/dev/null | while read -r s; do
-    p=$(jq -r '.shim_pid // 0' "$s" 2>/dev/null); [ "${p:-0}" -gt 0 ] && kill -KILL "$p" 2>/dev/null
-  done
-  awk -v t="$tmp" '$5 ~ "^"t {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  for m in $(awk '$9 ~ /^cgroup2?$/ {print $5}' /proc/self/mountinfo); do
-    [ -d "$m/$cg" ] && find "$m/$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
-  done
-  rm -rf "$tmp"
+  bench_delete_containers runc "$tmp/flo/oci-root"
+  bench_remove_leftovers "$tmp" "$cg"
 }
 trap cleanup EXIT
-die() { echo "registry_pull.sh: $*" >&2; exit 1; }
+die() { bench_die "$@"; }
 
 # The registry, plain HTTP on a free loopback port.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -140,13 +122,9 @@ cgroup_parent = "$cg"
 [plugin.runtime-runc.registry]
 insecure = ["$host"]
 CFG
-"$build/core/flotillad" --config "$tmp/flo/flotillad.toml" >"$tmp/flo/log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do [ -S "$sock" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-[ -S "$sock" ] || { cat "$tmp/flo/log" >&2; die "flotillad did not start"; }
+bench_start_daemon "$build/core/flotillad" "$tmp/flo/flotillad.toml" "$sock" "$tmp/flo/log" || exit 1
 images="$tmp/flo/data/plugins/runtime-runc/images"
 
-now() { date +%s.%N; }
 ref="$host/bench/big:1"
 flo_t=() sk_t=() imp_t=()
 # One warm-up of each (page cache of the registry's storage, first TLS-less
@@ -157,20 +135,19 @@ skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$tmp/sk-warm:big
 rm -rf "$tmp/sk-warm"
 for i in $(seq "$n"); do
   [ -z "$(ls -A "$images/blobs/sha256" 2>/dev/null)" ] || die "the store is not empty before pull $i"
-  t0=$(now); flo image pull "$ref" >/dev/null || die "flotilla image pull failed"; t1=$(now)
+  t0=$(bench_now); flo image pull "$ref" >/dev/null || die "flotilla image pull failed"; t1=$(bench_now)
   flo_t+=("$(echo "$t1 - $t0" | bc)")
   flo image rm "$ref" >/dev/null || die "flotilla image rm failed"
-  t0=$(now); skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$tmp/sk-$i:big" || die "skopeo copy failed"; t1=$(now)
+  t0=$(bench_now); skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$tmp/sk-$i:big" || die "skopeo copy failed"; t1=$(bench_now)
   sk_t+=("$(echo "$t1 - $t0" | bc)")
   # What of Flotilla's time is not the download: importing skopeo's copy
   # (verify + unpack, the same steps after the blobs are in).
-  t0=$(now); flo image import "$tmp/sk-$i" --tag "bench/local:$i" >/dev/null || die "flotilla image import failed"; t1=$(now)
+  t0=$(bench_now); flo image import "$tmp/sk-$i" --tag "bench/local:$i" >/dev/null || die "flotilla image import failed"; t1=$(bench_now)
   imp_t+=("$(echo "$t1 - $t0" | bc)")
   flo image rm "bench/local:$i" >/dev/null || die "flotilla image rm failed"
   rm -rf "$tmp/sk-$i"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-fm=$(median "${flo_t[@]}") sm=$(median "${sk_t[@]}") im=$(median "${imp_t[@]}")
+fm=$(bench_median "${flo_t[@]}") sm=$(bench_median "${sk_t[@]}") im=$(bench_median "${imp_t[@]}")
 echo "cold pull of $ref: $layers layers, $big_mib MiB compressed, $n runs each after a warm-up (s)"
 echo "  Flotilla (flotilla image pull: download, verify, unpack): $(printf '%.2f ' "${flo_t[@]}")median $fm"
 echo "  skopeo copy docker:// oci: (download, verify):             $(printf '%.2f ' "${sk_t[@]}")median $sm"
@@ -179,20 +156,9 @@ awk -v f="$fm" -v s="$sm" -v i="$im" 'BEGIN { r = f / s; printf "  ratio %.2fx  
 
 # Warm start: never vs if_not_present, the busybox image present.
 flo image pull "$host/bench/busybox:1" >/dev/null || die "pull of the busybox image failed"
-python3 - "$sock" "$tmp" "$host/bench/busybox:1" "$starts" <<'PY'
-import http.client, json, os, socket, statistics, sys, time
+{ bench_py; cat <<'PY'
 sock, d, image, m = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-class UConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=60); self.path = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(self.path)
-conn = UConn(sock)
-def req(method, path, body=None, ctype=None):
-    conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
-    r = conn.getresponse(); return r.status, r.read()
-def status_of(a):
-    s = a.get("status"); return s.get("status", "") if isinstance(s, dict) else (s or "")
+connect(sock)
 oci_root = d + "/flo/oci-root"
 def once(name, policy):
     toml = ('name = "%s"\ntype = "batch"\n[[task]]\nname = "sleep"\nimage = "%s"\n'
@@ -245,3 +211,4 @@ print("the check alone, 200 each, alternating (ms): POST /v1/images/pull if_not_
 print("  the pull check costs at most %.3f ms (the whole POST; %.3f ms more than a GET /v1/images)"
       "  target < 1 ms: %s" % (mc, mc - ml, "met" if mc < 1 else "MISSED"))
 PY
+} | python3 - "$sock" "$tmp" "$host/bench/busybox:1" "$starts"

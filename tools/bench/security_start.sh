@@ -28,41 +28,18 @@ done
 [ "$n" -ge 20 ] || { echo "--n must be at least 20" >&2; exit 2; }
 build=$(cd "${build:-build}" && pwd)
 src=$(cd "$(dirname "$0")/../.." && pwd)
-[ "$(id -u)" = 0 ] || { echo "security_start.sh: needs root (runs containers)" >&2; exit 1; }
-for t in curl jq python3 runc; do
-  command -v "$t" >/dev/null || { echo "security_start.sh: $t is required" >&2; exit 1; }
-done
+. "$src/tools/bench/lib.sh"
+bench_require "runs containers" curl jq python3 runc
 
 tmp=$(mktemp -d /tmp/flotilla-bench-sec-XXXXXX)
 cg="fbsec$$"
-pid=""
 
 cleanup() {
   set +e
-  if [ -n "$pid" ] && [ -S "$tmp/api.sock" ]; then
-    for j in $(curl -s --unix-socket "$tmp/api.sock" http://x/v1/jobs |
-               jq -r '(.jobs? // .)[]?.name? // empty' 2>/dev/null); do
-      curl -s -o /dev/null -X DELETE --unix-socket "$tmp/api.sock" "http://x/v1/jobs/$j?purge=true"
-    done
-    for _ in $(seq 100); do [ -z "$(ls -A "$tmp/oci-root" 2>/dev/null)" ] && break; sleep 0.1; done
-  fi
-  if [ -n "$pid" ]; then
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-  fi
-  for r in "$tmp/oci-root" "$tmp/raw-root"; do
-    for c in "$r"/*; do [ -e "$c" ] && runc --root "$r" delete --force "$(basename "$c")" >/dev/null 2>&1; done
-  done
-  find "$tmp" -name shim-state.json 2>/dev/null | while read -r s; do
-    p=$(jq -r '.shim_pid // 0' "$s" 2>/dev/null); [ "${p:-0}" -gt 0 ] && kill -KILL "$p" 2>/dev/null
-  done
-  awk -v t="$tmp" '$5 ~ "^"t {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
-  for m in $(awk '$9 ~ /^cgroup2?$/ {print $5}' /proc/self/mountinfo); do
-    [ -d "$m/$cg" ] && find "$m/$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
-  done
-  rm -rf "$tmp"
+  bench_purge_jobs "$tmp/api.sock" "$tmp/oci-root"
+  bench_stop_daemon
+  bench_delete_containers runc "$tmp/oci-root" "$tmp/raw-root"
+  bench_remove_leftovers "$tmp" "$cg"
 }
 trap cleanup EXIT
 
@@ -91,28 +68,12 @@ cgroup_parent = "$cg"
 path = "$build/plugins/security/flotilla-security.so"
 allow_unconfined = true
 CFG
-"$build/core/flotillad" --config "$tmp/flotillad.toml" >"$tmp/log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do [ -S "$tmp/api.sock" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-[ -S "$tmp/api.sock" ] || { cat "$tmp/log" >&2; echo "flotillad did not start" >&2; exit 1; }
+bench_start_daemon "$build/core/flotillad" "$tmp/flotillad.toml" "$tmp/api.sock" "$tmp/log" || exit 1
 "$build/tools/flotilla/flotilla" --socket "$tmp/api.sock" image import "$tmp/busybox-oci" --tag busybox:latest >/dev/null
 
-python3 - "$tmp/api.sock" "$tmp/oci-root" "$n" <<'PY'
-import http.client, json, os, socket, statistics, sys, time
+{ bench_py; cat <<'PY'
 sock, oci_root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-class UConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=30); self.path = path
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(self.path)
-conn = UConn(sock)
-def req(method, path, body=None, ctype=None):
-    conn.request(method, path, body=body, headers={"Content-Type": ctype} if ctype else {})
-    r = conn.getresponse(); return r.status, r.read()
-def status_of(a):
-    s = a.get("status")
-    return s.get("status", "") if isinstance(s, dict) else a.get("client_status", s or "")
+connect(sock)
 def once(name, profile):
     toml = ('name = "%s"\ntype = "batch"\n[[task]]\nname = "sleep"\nimage = "busybox:latest"\n'
             'command = "/bin/sleep"\nargs = ["1000"]\nkill_timeout = "1s"\n'
@@ -135,9 +96,6 @@ def once(name, profile):
         if time.monotonic() - t1 > 60: sys.exit("containers of %s not removed" % name)
         time.sleep(0.01)
     return dt
-def q(xs, p):
-    xs = sorted(xs); k = (len(xs) - 1) * p; f = int(k); c = min(f + 1, len(xs) - 1)
-    return xs[f] + (xs[c] - xs[f]) * (k - f)
 once("warm-d", "default"); once("warm-u", "unconfined")
 d, u = [], []
 for i in range(n):
@@ -149,6 +107,7 @@ print("  default    median %7.1f  p90 %7.1f" % (1000 * md, 1000 * q(d, 0.9)))
 print("  unconfined median %7.1f  p90 %7.1f" % (1000 * mu, 1000 * q(u, 0.9)))
 print("  ratio default/unconfined (medians): %.3fx" % (md / mu))
 PY
+} | python3 - "$tmp/api.sock" "$tmp/oci-root" "$n"
 
 # Raw runc, the same filter with and without: runc compiles it with
 # libseccomp in every container's init.
