@@ -26,8 +26,15 @@ esac
 
 demo=build/tests/cluster/cluster_demo
 if [ "$cmd" = up ]; then
-  command -v meson >/dev/null || die "meson is missing: run tools/setup.sh start first (it installs the packages)"
-  [ -f build/build.ninja ] || meson setup build >/dev/null
+  # etcd, wireguard-go and the rest are test packages, which `start` leaves out.
+  tools/setup.sh test-packages
+  # `tools/setup.sh start` configures build/ without the tests, where the
+  # demo (tests/cluster/cluster_demo) lives.
+  if [ -f build/build.ninja ]; then
+    meson configure build -Dtests=true >/dev/null
+  else
+    meson setup build >/dev/null
+  fi
   ninja -C build >/dev/null
 fi
 [ -x "$demo" ] || die "$demo is not built: run tools/cluster-demo.sh up"

@@ -7,6 +7,10 @@
 #                          errors, run every test suite, then the unit suite
 #                          again under AddressSanitizer + UBSan
 #   tools/setup.sh stop    stop the host that `start` started
+#   tools/setup.sh test-packages
+#                          install what the tests need (and tools/cluster-demo.sh)
+#   tools/setup.sh bench-packages
+#                          install what tools/bench/ needs as well
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,9 +30,19 @@ need_root() {
 start_options=(--prefix=/usr/local --sysconfdir=/etc --localstatedir=/var
                -Doptimization=2 -Ddebug=false -Dtests=false -Dbenchmarks=false)
 
-install_packages() {
+# The packages of the given sections of tools/debian-packages.txt.
+packages_of() {  # packages_of SECTION...
+  local want=" $* "
+  awk -v want="$want" '
+    /^[[:space:]]*(#|$)/ { next }
+    /^\[[a-z]+\]$/ { section = substr($0, 2, length($0) - 2); next }
+    index(want, " " section " ") { print $1 }' tools/debian-packages.txt
+}
+
+install_packages() {  # install_packages SECTION...
   local want missing=()
-  mapfile -t want < <(grep -v '^\s*#' tools/debian-packages.txt | grep -v '^\s*$')
+  mapfile -t want < <(packages_of "$@")
+  [ ${#want[@]} -gt 0 ] || die "tools/debian-packages.txt lists no packages in: $*"
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -70,7 +84,7 @@ stop_daemon() {
 
 start() {
   need_root
-  install_packages
+  install_packages start
   build build "${start_options[@]}"
   say "installing into /usr/local"
   meson install -C build --quiet
@@ -108,7 +122,7 @@ MSG
 
 run_tests() {
   need_root
-  install_packages
+  install_packages start test
   build build-ci -Dwerror=true -Dbuildtype=debugoptimized
   say "running every test suite (unit, then end-to-end)"
   meson test -C build-ci --suite unit --print-errorlogs --num-processes 2 --logbase unit
@@ -136,12 +150,35 @@ run_tests() {
   done
   say "all suites passed"
   echo "$passed passed, $failed failed"
+  report_skips build-ci/meson-logs/unit.txt build-ci/meson-logs/fuzz.txt \
+               build-ci/meson-logs/e2e.txt build-asan/meson-logs/asan-unit.txt
+}
+
+# A skipped check is not a pass: name every skipped test program and every
+# skipped test case, with the reason it printed.
+report_skips() {  # report_skips MESON_TEXT_LOG...
+  local skipped
+  skipped=$(awk '
+    /^ *[0-9]+\/[0-9]+ .* SKIP / { sub(/^ *[0-9]+\/[0-9]+ +/, ""); sub(/ +SKIP .*/, ""); print "  program " $0; next }
+    /: Skipped$/ { getline why; next }
+    /^\[  SKIPPED \] .* \([0-9]+ ms\)$/ {
+      name = $0; sub(/^\[  SKIPPED \] /, "", name); sub(/ \([0-9]+ ms\)$/, "", name)
+      print "  " name ": " why }' "$@" 2>/dev/null | sort -u)
+  if [ -n "$skipped" ]; then
+    echo "skipped (not counted as passed), $(printf '%s\n' "$skipped" | wc -l):"
+    printf '%s\n' "$skipped"
+  else
+    echo "nothing was skipped"
+  fi
 }
 
 case "${1:-}" in
   start) start; say "ready in ${SECONDS}s" ;;
   stop) need_root; stop_daemon ;;
   test) run_tests ;;
+  test-packages) need_root; install_packages start test ;;
+  bench-packages) need_root; install_packages start test bench ;;
+  packages) shift; packages_of "$@" ;;  # for tools/tests
   start-options) printf '%s\n' "${start_options[@]}" ;;  # for tools/tests
-  *) echo "usage: tools/setup.sh start|stop|test" >&2; exit 2 ;;
+  *) echo "usage: tools/setup.sh start|stop|test|test-packages|bench-packages" >&2; exit 2 ;;
 esac
