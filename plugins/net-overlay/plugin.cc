@@ -687,8 +687,12 @@ ov::NodeRecord own_record(const Instance *self) {
   return r;
 }
 
+// Only once the device holds the other nodes' peers (the first
+// convergence): a node that learns this record and sends a handshake at
+// once must find itself known here, or WireGuard retries only after its
+// 5 s rekey timeout.
 void publish(Instance *self) {
-  if (self->backend.empty() || !self->ready || !self->lease) return;
+  if (self->backend.empty() || !self->ready || !self->lease || !self->mesh_started) return;
   const std::string value = own_record(self).to_json();
   flotilla_status st = self->store->txn(
       {{self->node_key(), value, -1, self->lease}}, [self](flotilla_status s, bool) {
@@ -822,8 +826,10 @@ void converge(Instance *self) {
           self->log(FLOTILLA_LOG_INFO, "reattached to the running wireguard-go for " +
                                            spec->ifname + " (pid " + std::to_string(out->pid) +
                                            ")");
+        const bool first = !self->mesh_started;
         self->mesh_started = true;
         self->wg_pid = out->pid;
+        if (first) publish(self);
         if (out->added || out->updated || out->removed || out->routes_changed)
           self->log(FLOTILLA_LOG_INFO,
                     "WireGuard peers: " + std::to_string(out->added) + " added, " +
