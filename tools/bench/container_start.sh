@@ -3,7 +3,16 @@
 # runtime-runc -> shim -> OCI runtime) against the raw OCI runtime's
 # `run -d` on an equivalent bundle, in the same run.
 # Target: Flotilla's median at most 1.25x the raw runtime's.
-#   tools/bench/container_start.sh BUILD_DIR [--runtime runc|crun|both] [--n N] [--poll]
+#   tools/bench/container_start.sh BUILD_DIR [--runtime runc|crun|both] [--n N] [--poll] [--attach]
+#
+# --attach: the network attachment's share of a start. The daemon also
+# loads net-overlay (no mesh) and every Flotilla run is made twice,
+# alternating: `network = "host"` and `network = "bridge"` (namespace,
+# veth pair, addresses, routes through the plugin); the difference of the
+# medians is the attach cost. The whole benchmark then runs in a network
+# namespace of its own (unshare -n) with a stand-in underlay (a veth pair),
+# so the bridge, veths, sysctls and nft table never touch this machine's
+# network.
 #
 # Flotilla, per iteration: POST /v1/jobs (a batch job running /bin/sleep
 # 1000 from busybox:latest), then blocking queries (GET /v1/jobs/<name>
@@ -21,16 +30,19 @@
 # something broke. Everything lives in /tmp/flotilla-bench-start-XXXXXX.
 set -euo pipefail
 
+args=("$@")
 build=""
 runtimes="runc"
 n=25
 poll=0
+attach=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --runtime) runtimes=$2; shift 2 ;;
     --n) n=$2; shift 2 ;;
     --poll) poll=1; shift ;;
-    -*) echo "usage: $0 BUILD_DIR [--runtime runc|crun|both] [--n N] [--poll]" >&2; exit 2 ;;
+    --attach) attach=1; shift ;;
+    -*) echo "usage: $0 BUILD_DIR [--runtime runc|crun|both] [--n N] [--poll] [--attach]" >&2; exit 2 ;;
     *) build=$1; shift ;;
   esac
 done
@@ -40,6 +52,16 @@ build=$(cd "${build:-build}" && pwd)
 src=$(cd "$(dirname "$0")/../.." && pwd)
 . "$src/tools/bench/lib.sh"
 bench_require "runs containers" curl jq python3 runc
+if [ "$attach" = 1 ] && [ -z "${FLOTILLA_BENCH_NETNS:-}" ]; then
+  # Again, in a network namespace of its own (gone when the script ends).
+  FLOTILLA_BENCH_NETNS=1 exec unshare -n "$0" "${args[@]}"
+fi
+if [ "$attach" = 1 ]; then
+  [ -e "$build/plugins/net-overlay/flotilla-net-overlay.so" ] || bench_die "net-overlay is not built"
+  ip link set lo up
+  ip link add ul0 type veth peer name ul1 && ip link set ul1 up && ip addr add 192.0.2.1/24 dev ul0 &&
+    ip link set ul0 up && ip route add default via 192.0.2.254 dev ul0 || bench_die "no stand-in underlay"
+fi
 
 tmp=$(mktemp -d /tmp/flotilla-bench-start-XXXXXX)
 tag=fbs$$
@@ -111,6 +133,14 @@ binary = "$bin"
 root = "$dir/flo/oci-root"
 cgroup_parent = "$cg"
 CFG
+  if [ "$attach" = 1 ]; then cat >> "$dir/flo/flotillad.toml" <<CFG
+[plugin.net-overlay]
+path = "$build/plugins/net-overlay/flotilla-net-overlay.so"
+netns_dir = "$dir/flo/netns"
+wireguard = "off"
+underlay_interface = "ul0"
+CFG
+  fi
   local sock="$dir/flo/api.sock"
   bench_start_daemon "$build/core/flotillad" "$dir/flo/flotillad.toml" "$sock" "$dir/flo/log" || return 1
   "$build/tools/flotilla/flotilla" --socket "$sock" image import "$tmp/busybox-oci" --tag busybox:latest \
@@ -119,6 +149,7 @@ CFG
   { bench_py; cat <<'PY'
 sock, d, binary, n, cgraw, rt = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 poll = sys.argv[7] == "1"
+attach = sys.argv[8] == "1"
 connect(sock)
 
 def allocs(job, index=0):
@@ -137,13 +168,14 @@ oci_root = d + "/flo/oci-root"
 def containers_gone():
     return not os.path.isdir(oci_root) or not os.listdir(oci_root)
 
-def job_toml(name):
+def job_toml(name, network):
     return ('name = "%s"\ntype = "batch"\n[[task]]\nname = "sleep"\nimage = "busybox:latest"\n'
-            'command = "/bin/sleep"\nargs = ["1000"]\nkill_timeout = "1s"\n' % name).encode()
+            'command = "/bin/sleep"\nargs = ["1000"]\nkill_timeout = "1s"\n%s' %
+            (name, 'network = "%s"\n' % network if network else "")).encode()
 
-def flotilla_once(name, keep_config=False):
+def flotilla_once(name, keep_config=False, network="host" if attach else ""):
     t0 = time.monotonic()
-    st, body = req("POST", "/v1/jobs", job_toml(name), "application/toml")
+    st, body = req("POST", "/v1/jobs", job_toml(name, network), "application/toml")
     if st >= 300: sys.exit("POST /v1/jobs: %d %s" % (st, body.decode()))
     index = 0 if poll else json.loads(body)["revision"]
     deadline = t0 + 60
@@ -177,6 +209,8 @@ def flotilla_once(name, keep_config=False):
 # Warm-up (image cache, first shim, first cgroup): not counted.
 flotilla_once("warm-0", keep_config=True)
 flotilla_once("warm-1")
+if attach:
+    flotilla_once("warm-b0", network="bridge"); flotilla_once("warm-b1", network="bridge")
 
 # The raw bundle: Flotilla's config for the same task, rootfs = an overlay
 # of the same image snapshot(s), like Flotilla mounts per container.
@@ -210,14 +244,17 @@ def raw_once(cid):
 raw_once("warm-0"); raw_once("warm-1")
 # Alternating, so that whatever else this machine does at the time weighs
 # on both sides alike.
-flo, raw = [], []
+flo, raw, bridge = [], [], []
 for i in range(n):
     flo.append(flotilla_once("b-%d" % i))
+    if attach: bridge.append(flotilla_once("br-%d" % i, network="bridge"))
     raw.append(raw_once("id-%d" % i))
-print("%s %.2f %.2f %.2f %.2f %d" % (rt, 1000 * statistics.median(flo), 1000 * q(flo, 0.9),
-                                     1000 * statistics.median(raw), 1000 * q(raw, 0.9), n))
+print("%s %.2f %.2f %.2f %.2f %d %.2f %.2f" % (rt, 1000 * statistics.median(flo), 1000 * q(flo, 0.9),
+                                     1000 * statistics.median(raw), 1000 * q(raw, 0.9), n,
+                                     1000 * statistics.median(bridge) if bridge else 0,
+                                     1000 * q(bridge, 0.9) if bridge else 0))
 PY
-  } | python3 - "$sock" "$dir" "$bin" "$n" "$cgraw" "$rt" "$poll"
+  } | python3 - "$sock" "$dir" "$bin" "$n" "$cgraw" "$rt" "$poll" "$attach"
   local rc=$?
   bench_stop_daemon
   return $rc
@@ -232,11 +269,14 @@ status=0
 for rt in $runtimes; do
   if ! command -v "$rt" >/dev/null; then echo "  $rt: skipped ($rt is not installed)"; continue; fi
   if bench "$rt" >"$tmp/$rt.result" 2>"$tmp/$rt.err"; then
-    read -r _ fm fp rm rp _ <"$tmp/$rt.result"
-    awk -v rt="$rt" -v fm="$fm" -v fp="$fp" -v rm="$rm" -v rp="$rp" 'BEGIN {
+    read -r _ fm fp rm rp _ bm bp <"$tmp/$rt.result"
+    awk -v rt="$rt" -v fm="$fm" -v fp="$fp" -v rm="$rm" -v rp="$rp" -v bm="$bm" -v bp="$bp" -v attach="$attach" 'BEGIN {
       r = fm / rm
-      printf "  %-5s Flotilla median %7.1f  p90 %7.1f | raw median %7.1f  p90 %7.1f | ratio %.2fx  target <= 1.25x: %s\n",
-             rt, fm, fp, rm, rp, r, (r <= 1.25 ? "met" : "MISSED") }'
+      printf "  %-5s Flotilla%s median %7.1f  p90 %7.1f | raw median %7.1f  p90 %7.1f | ratio %.2fx  target <= 1.25x: %s\n",
+             rt, (attach == 1 ? " (network = host)" : ""), fm, fp, rm, rp, r, (r <= 1.25 ? "met" : "MISSED")
+      if (attach == 1)
+        printf "  %-5s Flotilla (network = bridge, net-overlay) median %7.1f  p90 %7.1f | attach cost %.1f ms = %.0f%% of a bridge-mode start\n",
+               rt, bm, bp, bm - fm, 100 * (bm - fm) / bm }'
   elif [ "$rt" = crun ]; then
     echo "  crun: skipped, it failed here: $(tail -n 3 "$tmp/$rt.err" | tr '\n' ' ')"
   else

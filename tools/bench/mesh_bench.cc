@@ -80,10 +80,15 @@ ClusterOptions options(int hosts, bool containers) {
   return o;
 }
 
+// Every wireguard-go the daemons started, and their UAPI sockets, go with
+// the cluster.
 void record_wireguard_gos(Cluster &c, std::set<int> &seen) {
   for (int i = 0; i < c.size(); ++i) {
     int pid = ov::wireguard_go_pid(plugin_dir(c.host(i)) + "/wireguard", c.host(i).wg_interface());
-    if (pid > 0 && seen.insert(pid).second) c.record_pid(pid);
+    if (pid > 0 && seen.insert(pid).second) {
+      c.record_pid(pid);
+      c.record("dir", ov::UapiWg().socket_path(c.host(i).wg_interface()));
+    }
   }
 }
 
@@ -289,16 +294,27 @@ memory = 8
       f = iperf(cs["h1"].first, cs["h0"].first, cs["h1"].second, seconds, c.dir(), c);
     }
     double hh = iperf(c.host(1).netns_path(), c.host(0).netns_path(), gw1, seconds, c.dir(), c);
+    // Bare wireguard-go again with conntrack on in both namespaces (a nat
+    // chain, as Flotilla's table has on every host): what tracking every
+    // packet, inner and outer, costs.
+    for (const auto &n : {a, b})
+      must(run({"/usr/sbin/nft", "add table inet mbct ; add chain inet mbct post { type nat hook "
+                                 "postrouting priority srcnat ; }"},
+               n),
+           "nft");
+    double wct = iperf(b, a, "10.99.0.2", seconds, c.dir(), c);
+    for (const auto &n : {a, b}) run({"/usr/sbin/nft", "delete table inet mbct"}, n);
     double p = iperf(b, a, "10.88.0.201", seconds, c.dir(), c);
     auto fr = rtt(cs["h0"].first, cs["h1"].second, 200);
     auto wr = rtt(a, "10.99.0.2", 200);
     auto pr = rtt(a, "10.88.0.201", 200);
     std::printf(
         "  round %d (%s): flotilla mesh %.2f Gbit/s | bare wireguard-go %.2f Gbit/s (ratio "
-        "%.2f) | plain veth/bridge %.2f Gbit/s | flotilla's tunnel host -> host %.2f Gbit/s\n"
+        "%.2f) | plain veth/bridge %.2f Gbit/s | flotilla's tunnel host -> host %.2f Gbit/s | "
+        "bare wireguard-go with conntrack %.2f Gbit/s\n"
         "    RTT p50/p99 ms: flotilla mesh %.3f / %.3f | bare wireguard-go %.3f / %.3f | plain "
         "%.3f / %.3f\n",
-        round + 1, l.c_str(), f, w, w > 0 ? f / w : 0.0, p, hh, fr.first, fr.second, wr.first,
+        round + 1, l.c_str(), f, w, w > 0 ? f / w : 0.0, p, hh, wct, fr.first, fr.second, wr.first,
         wr.second, pr.first, pr.second);
     std::fflush(stdout);
   }
@@ -442,6 +458,8 @@ int convergence(int hosts, int rounds) {
         }
       });
     for (auto &t : pingers) t.join();
+    // The new wireguard-go runs by now (the others reached it): recorded.
+    record_wireguard_gos(c, pids);
     auto put = puts.first_after(before, 1000ms);
     if (!put) throw std::runtime_error("no PUT of the record seen:\n" + j.log());
     auto last = *put;

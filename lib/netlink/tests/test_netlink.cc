@@ -149,13 +149,22 @@ TEST_F(Namespaces, ErrorsNameTheThing) {
 }
 
 TEST_F(Namespaces, SysctlInsideNamespace) {
-  nl::netns::run_in(a_, [] { nl::netns::write_sysctl("net/ipv4/ip_forward", "1"); });
-  std::string v;
-  nl::netns::run_in(b_, [&] {
-    FILE *f = std::fopen("/proc/sys/net/ipv4/ip_forward", "r");
-    ASSERT_NE(f, nullptr);
-    v = std::string(1, static_cast<char>(std::fgetc(f)));
-    std::fclose(f);
-  });
-  EXPECT_EQ(v, "0") << "the write in a must not show in b";
+  // A new namespace's IPv4 settings start as the host's (ip_forward may be
+  // 1 there): a is set to the opposite of what b has, and b must keep it.
+  auto read = [](const std::string &ns) {
+    std::string v;
+    nl::netns::run_in(ns, [&] {
+      FILE *f = std::fopen("/proc/sys/net/ipv4/ip_forward", "r");
+      if (!f) return;
+      v = std::string(1, static_cast<char>(std::fgetc(f)));
+      std::fclose(f);
+    });
+    return v;
+  };
+  const std::string before = read(b_);
+  ASSERT_TRUE(before == "0" || before == "1") << before;
+  const std::string other = before == "0" ? "1" : "0";
+  nl::netns::run_in(a_, [&] { nl::netns::write_sysctl("net/ipv4/ip_forward", other); });
+  EXPECT_EQ(read(a_), other) << "the write in a";
+  EXPECT_EQ(read(b_), before) << "the write in a must not show in b";
 }
