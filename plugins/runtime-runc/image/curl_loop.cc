@@ -140,6 +140,12 @@ void CurlLoop::cancel(uint64_t id) {
   transfers_.erase(id);
 }
 
+void CurlLoop::resume(uint64_t id) {
+  auto it = transfers_.find(id);
+  if (it == transfers_.end()) return;
+  curl_easy_pause(it->second->easy, CURLPAUSE_CONT);
+}
+
 size_t CurlLoop::on_header(char *data, size_t size, size_t n, void *user) {
   auto *t = static_cast<Transfer *>(user);
   std::string line(data, size * n);
@@ -168,9 +174,15 @@ size_t CurlLoop::on_write(char *data, size_t size, size_t n, void *user) {
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
   t->response.body_bytes += len;
   if (status >= 200 && status < 300 && t->request.on_body) {
-    if (!t->request.on_body(status, data, len)) {
-      t->response.aborted = true;
-      return 0;  // CURLE_WRITE_ERROR
+    switch (t->request.on_body(status, data, len)) {
+      case BodyAction::take:
+        break;
+      case BodyAction::pause:
+        t->response.body_bytes -= len;  // delivered again after resume()
+        return CURL_WRITEFUNC_PAUSE;
+      case BodyAction::abort:
+        t->response.aborted = true;
+        return 0;  // CURLE_WRITE_ERROR
     }
     return len;
   }

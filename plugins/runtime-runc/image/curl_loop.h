@@ -18,6 +18,13 @@
 
 namespace flotilla::runc {
 
+// What on_body did with the bytes it was given.
+enum class BodyAction {
+  take,   // consumed
+  pause,  // not consumed: curl keeps them and pauses the transfer until resume()
+  abort,  // stop the transfer (HttpResponse::aborted)
+};
+
 struct HttpRequest {
   std::string url;
   std::vector<std::string> headers;  // "Accept: ...", "Authorization: ..."
@@ -27,8 +34,8 @@ struct HttpRequest {
   long connect_timeout_s = 10;
   size_t max_body = 4 << 20;  // bodies kept in HttpResponse::body beyond this abort the transfer
   // Bytes of a 2xx response (200 or 206, given as status) go here instead
-  // of into body; returning false aborts the transfer (HttpResponse::aborted).
-  std::function<bool(long status, const char *data, size_t len)> on_body;
+  // of into body.
+  std::function<BodyAction(long status, const char *data, size_t len)> on_body;
 };
 
 struct HttpResponse {
@@ -59,7 +66,11 @@ class CurlLoop {
   uint64_t start(HttpRequest request, Done done);
   // Stops a transfer; its done never runs. Unknown ids are ignored.
   void cancel(uint64_t id);
+  // Continues a transfer whose on_body said pause; on_body may run inside
+  // (with the bytes it refused). Unknown ids are ignored.
+  void resume(uint64_t id);
   size_t active() const { return transfers_.size(); }
+  const flotilla_host *host() const { return host_; }
 
  private:
   struct Transfer;

@@ -552,7 +552,7 @@ std::string human_bytes(uint64_t b) {
 // unpacked in the store yet) declare more content in their tar headers
 // than the data directory's filesystem has free. Reads the headers only.
 void ImageStore::check_space_for(const ImageRecord &rec, const std::vector<fs::path> &layer_files,
-                                 const std::string &from) const {
+                                 const std::vector<bool> &staged, const std::string &from) const {
   struct statvfs vfs {};
   if (::statvfs(snapshots_dir_.c_str(), &vfs) != 0) return;  // cannot tell: unpacking will
   const uint64_t block = vfs.f_bsize ? vfs.f_bsize : 4096;
@@ -561,6 +561,7 @@ void ImageStore::check_space_for(const ImageRecord &rec, const std::vector<fs::p
   std::string detail;
   const size_t n = rec.layers.size();
   for (size_t i = 0; i < n; ++i) {
+    if (staged[i]) continue;  // on disk already
     {
       FileLock lock(index_lock_path_, FileLock::Mode::shared);
       if (snapshot_exists(rec.layers[i].chain_id)) continue;
@@ -589,7 +590,17 @@ void ImageStore::check_space_for(const ImageRecord &rec, const std::vector<fs::p
 ImportResult ImageStore::import_image(const fs::path &source, std::string_view tag,
                                       const json &origin) {
   std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
-  ImportResult result = import_locked(source, name, origin);
+  return finish_import(import_locked(source, name, origin, nullptr));
+}
+
+ImportResult ImageStore::import_pulled(const fs::path &layout, std::string_view tag,
+                                       const json &origin,
+                                       const std::map<std::string, StagedLayer> &layers) {
+  std::string name = tag.empty() ? std::string() : normalize_image_name(tag);
+  return finish_import(import_locked(layout, name, origin, &layers));
+}
+
+ImportResult ImageStore::finish_import(ImportResult result) {
   {
     std::lock_guard<std::mutex> g(in_use_mutex_);
     last_used_[result.record.digest] = std::chrono::system_clock::now();
@@ -603,7 +614,8 @@ ImportResult ImageStore::import_image(const fs::path &source, std::string_view t
 }
 
 ImportResult ImageStore::import_locked(const fs::path &source, const std::string &tag_name,
-                                       const json &origin) {
+                                       const json &origin,
+                                       const std::map<std::string, StagedLayer> *pulled) {
   FileLock gc_lock(gc_lock_path_, FileLock::Mode::shared);
   TempDir work(tmp_dir_, "import-");
   const fs::path staged_dir = work.path() / "blobs";
@@ -696,6 +708,23 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
       return p;
     }
     fs::path dest = staged_dir / digest_hex(d.digest, what);
+    if (pulled) {
+      // Verified by the pull as it streamed in: moved, not read again.
+      fs::path p = source / "blobs" / "sha256" / digest_hex(d.digest, what);
+      struct stat st {};
+      if (::lstat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+        if (st.st_size != d.size) {
+          throw_blob_mismatch({d.digest, d.size, what}, from,
+                              "it has " + std::to_string(st.st_size) +
+                                  " bytes, the descriptor says " + std::to_string(d.size));
+        }
+        // (Made durable by the syncfs below, with the snapshots.)
+        if (::rename(p.c_str(), dest.c_str()) != 0) throw_errno("move " + p.string());
+        staged[d.digest] = dest;
+        ++result.blobs_read;
+        return dest;
+      }
+    }
     src.fetch({d.digest, d.size, what}, dest, options_.sync);
     staged[d.digest] = dest;
     ++result.blobs_read;
@@ -787,8 +816,21 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
     rec.layers.push_back(std::move(lr));
   }
 
+  // ---- layers a pull unpacked already, each used once ----
+  std::vector<const StagedLayer *> prestaged(n, nullptr);
+  std::vector<bool> is_prestaged(n, false);
+  if (pulled) {
+    std::set<std::string> taken;
+    for (size_t i = 0; i < n; ++i) {
+      auto it = pulled->find(rec.layers[i].digest);
+      if (it == pulled->end() || !taken.insert(it->first).second) continue;
+      prestaged[i] = &it->second;
+      is_prestaged[i] = true;
+    }
+  }
+
   // ---- free space: the layers still to unpack must fit ----
-  if (options_.check_free_space) check_space_for(rec, layer_files, from);
+  if (options_.check_free_space) check_space_for(rec, layer_files, is_prestaged, from);
 
   // ---- snapshots ----
   ChainClaims claims(*this);
@@ -833,10 +875,21 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
       std::string what = "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " (" +
                          short_digest(lr.digest) + ") of " + name;
       fs::path dir = work.path() / ("snapshot-" + std::to_string(i));
-      make_private_dir(dir);
-      rootfs = dir / "rootfs";
-      UnpackResult u =
-          unpack_layer(layer_files[i], compressions[i], rootfs, lowers, options_.limits, what);
+      UnpackResult u;
+      if (prestaged[i]) {
+        // Unpacked while it streamed in, without the layers below: what it
+        // made implicitly takes their attributes now, bottom up, so the
+        // snapshot is what unpack_layer would have made here.
+        if (::rename(prestaged[i]->dir.c_str(), dir.c_str()) != 0)
+          throw_errno("move " + prestaged[i]->dir.string());
+        rootfs = dir / "rootfs";
+        u = prestaged[i]->unpack;
+        adopt_lower_attributes(rootfs, u.implicit_dirs, lowers, what);
+      } else {
+        make_private_dir(dir);
+        rootfs = dir / "rootfs";
+        u = unpack_layer(layer_files[i], compressions[i], rootfs, lowers, options_.limits, what);
+      }
       if (u.diff_id != lr.diff_id) {
         throw ImageError(FLOTILLA_E_INVALID,
                          from + ": " + what + ": the uncompressed layer has digest " + u.diff_id +
@@ -861,7 +914,7 @@ ImportResult ImageStore::import_locked(const fs::path &source, const std::string
     }
     lowers.insert(lowers.begin(), rootfs);
   }
-  if (options_.sync && !new_snapshots.empty()) {
+  if (options_.sync && (!new_snapshots.empty() || pulled)) {
     UniqueFd fd(::open(work.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd || ::syncfs(fd.get()) != 0) throw_errno("syncfs " + work.path().string());
   }

@@ -157,6 +157,21 @@ class ImageStore {
   ImportResult import_image(const std::filesystem::path &source, std::string_view tag = {},
                             const nlohmann::json &origin = nullptr);
 
+  // A pull's staging (RegistryPull): layout is an OCI image layout on the
+  // store's filesystem whose blobs the pull verified by size and digest as
+  // they streamed in, and layers the layers it unpacked meanwhile (by blob
+  // digest). Imported as import_image() does, except that the layout's
+  // blobs are moved in, not read and hashed again, and a staged layer
+  // becomes the snapshot instead of being unpacked again, once its diff_id
+  // matches the config's and its implicitly made directories took their
+  // attributes from the layers below (adopt_lower_attributes: the layers
+  // were unpacked independently, in whatever order they arrived). Staged
+  // layers not used (their snapshot exists already) stay where they are,
+  // for the caller to remove with the layout.
+  ImportResult import_pulled(const std::filesystem::path &layout, std::string_view tag,
+                             const nlohmann::json &origin,
+                             const std::map<std::string, StagedLayer> &layers);
+
   std::vector<ImageRecord> list() const;
 
   // ref: "name[:tag]", "name@sha256:...", or "sha256:..." (a manifest
@@ -185,13 +200,14 @@ class ImageStore {
   // than max_bytes (0: no limit); then gc(). An image is "used" when it is
   // imported or pulled, and when it is acquired or released; times live in
   // this object, so an image is never older than the store's opening.
-  ImageGcResult collect_unused(std::chrono::seconds unused_after, uint64_t max_bytes,
-                               std::chrono::system_clock::time_point now =
-                                   std::chrono::system_clock::now());
+  ImageGcResult collect_unused(
+      std::chrono::seconds unused_after, uint64_t max_bytes,
+      std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
   // When the image was last used, as collect_unused() sees it.
   std::chrono::system_clock::time_point last_used(const ImageRecord &record) const;
 
   const std::filesystem::path &data_dir() const { return data_dir_; }
+  const ImageStoreOptions &options() const { return options_; }
   // The directory holding the snapshots, so that the runtime can pass short
   // relative lowerdirs ("<chain-hex>/rootfs") from there.
   const std::filesystem::path &snapshots_dir() const { return snapshots_dir_; }
@@ -204,10 +220,12 @@ class ImageStore {
   class ChainClaims;
 
   ImportResult import_locked(const std::filesystem::path &source, const std::string &name,
-                             const nlohmann::json &origin);
+                             const nlohmann::json &origin,
+                             const std::map<std::string, StagedLayer> *pulled);
+  ImportResult finish_import(ImportResult result);
   void check_space_for(const ImageRecord &rec,
                        const std::vector<std::filesystem::path> &layer_files,
-                       const std::string &from) const;
+                       const std::vector<bool> &staged, const std::string &from) const;
   std::vector<ImageRecord> read_index() const;  // caller holds index.lock
   void write_index(std::vector<ImageRecord> records);
   ResolvedImage resolve_record(const ImageRecord &record) const;

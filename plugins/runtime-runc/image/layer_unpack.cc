@@ -56,15 +56,88 @@ int openat2_fd(int dirfd, const char *path, uint64_t flags, uint64_t resolve) {
   }
 }
 
-LayerCompression sniff_compression(int fd) {
-  unsigned char magic[4] = {};
-  ssize_t n = ::pread(fd, magic, sizeof magic, 0);
-  if (n >= 2 && magic[0] == 0x1f && magic[1] == 0x8b) return LayerCompression::gzip;
-  if (n == 4 && magic[0] == 0x28 && magic[1] == 0xb5 && magic[2] == 0x2f && magic[3] == 0xfd) {
+LayerCompression sniff_compression(std::string_view head) {
+  auto byte = [&](size_t i) { return static_cast<unsigned char>(head[i]); };
+  if (head.size() >= 2 && byte(0) == 0x1f && byte(1) == 0x8b) return LayerCompression::gzip;
+  if (head.size() >= 4 && byte(0) == 0x28 && byte(1) == 0xb5 && byte(2) == 0x2f &&
+      byte(3) == 0xfd) {
     return LayerCompression::zstd;
   }
   return LayerCompression::none;
 }
+
+// A layer blob file as a LayerSource.
+class FileLayerSource : public LayerSource {
+ public:
+  FileLayerSource(int fd, std::string what) : fd_(fd), what_(std::move(what)), buf_(kBufferBytes) {}
+  size_t read(const void **data) override {
+    for (;;) {
+      ssize_t n = ::read(fd_, buf_.data(), buf_.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno(what_ + ": read the layer blob");
+      *data = buf_.data();
+      return static_cast<size_t>(n);
+    }
+  }
+
+ private:
+  int fd_;
+  std::string what_;
+  std::vector<char> buf_;
+};
+
+// The compressed bytes for libarchive's gzip/zstd filter: the first few
+// read ahead (to sniff the compression), then the rest from the source. An
+// exception of the source is kept (it must not cross libarchive's C) and
+// rethrown by the unpacker, so that the source's own error is the one
+// reported (a blob longer than its descriptor, a cancelled pull).
+class CompressedInput {
+ public:
+  explicit CompressedInput(LayerSource &source) : source_(source) {
+    while (head_.size() < 4 && !eof_) {
+      const void *data = nullptr;
+      size_t n = source_.read(&data);
+      if (n == 0) eof_ = true;
+      if (n > 0) head_.append(static_cast<const char *>(data), n);
+    }
+  }
+  LayerCompression compression() const { return sniff_compression(head_); }
+
+  static la_ssize_t read_cb(struct archive *a, void *self, const void **out) {
+    auto *in = static_cast<CompressedInput *>(self);
+    try {
+      return static_cast<la_ssize_t>(in->next(out));
+    } catch (const std::exception &e) {
+      in->failure_ = std::current_exception();
+      archive_set_error(a, EIO, "%s", e.what());
+      return -1;
+    }
+  }
+  void rethrow_failure() const {
+    if (failure_) std::rethrow_exception(failure_);
+  }
+
+ private:
+  size_t next(const void **out) {
+    if (!head_sent_) {
+      head_sent_ = true;
+      if (!head_.empty()) {
+        *out = head_.data();
+        return head_.size();
+      }
+    }
+    if (eof_) return 0;
+    size_t n = source_.read(out);
+    if (n == 0) eof_ = true;
+    return n;
+  }
+
+  LayerSource &source_;
+  std::string head_;
+  bool head_sent_ = false;
+  bool eof_ = false;
+  std::exception_ptr failure_;
+};
 
 std::string join(const std::vector<std::string> &comps, size_t count) {
   std::string out;
@@ -90,7 +163,8 @@ struct EntryPath {
 // every byte on the way: the hash is the diff_id, the count bounds a bomb.
 class TarFeed {
  public:
-  TarFeed(int blob_fd, LayerCompression compression, uint64_t limit, std::string_view what)
+  TarFeed(CompressedInput &input, LayerCompression compression, uint64_t limit,
+          std::string_view what)
       : limit_(limit), what_(what) {
     src_.reset(archive_read_new());
     if (!src_) throw ImageError(FLOTILLA_E_NOMEM, "libarchive: out of memory");
@@ -98,8 +172,10 @@ class TarFeed {
     if (compression == LayerCompression::zstd) archive_read_support_filter_zstd(src_.get());
     archive_read_support_format_raw(src_.get());
     struct archive_entry *entry = nullptr;
-    if (archive_read_open_fd(src_.get(), blob_fd, kBufferBytes) != ARCHIVE_OK ||
+    if (archive_read_open(src_.get(), &input, nullptr, &CompressedInput::read_cb, nullptr) !=
+            ARCHIVE_OK ||
         archive_read_next_header(src_.get(), &entry) != ARCHIVE_OK) {
+      input.rethrow_failure();
       throw ImageError(FLOTILLA_E_INVALID, std::string(what) + ": cannot decompress (" +
                                                compression_name(compression) +
                                                "): " + archive_error_string(src_.get()));
@@ -183,6 +259,13 @@ class LayerWriter {
   uint64_t entries() const { return entries_; }
   uint64_t file_bytes() const { return file_bytes_; }
   std::vector<std::string> take_skipped_devices() { return std::move(skipped_devices_); }
+  // Directories made for entries whose parents the layer does not list
+  // ("" for the root when the layer has no "./"), sorted.
+  std::vector<std::string> implicit_dirs() const {
+    std::vector<std::string> out(implicit_dirs_.begin(), implicit_dirs_.end());
+    if (!root_listed_) out.insert(out.begin(), std::string());
+    return out;
+  }
   std::vector<std::string> take_notes() {
     if (dropped_notes_ > 0) {
       notes_.push_back("... and " + std::to_string(dropped_notes_) + " more notes");
@@ -247,6 +330,8 @@ class LayerWriter {
   uint64_t file_bytes_ = 0;
   std::vector<std::string> skipped_devices_;
   std::set<std::string> skipped_paths_;  // device nodes left out, for hard links to them
+  std::set<std::string> implicit_dirs_;
+  bool root_listed_ = false;
   void device_node(const EntryPath &p, struct archive_entry *e, bool block);
 };
 
@@ -297,8 +382,11 @@ UniqueFd LayerWriter::resolve_dir(const std::string &path, const EntryPath &p,
   }
 }
 
-std::optional<struct stat> LayerWriter::lower_dir_stat(const std::string &path) const {
-  for (const auto &lower : lowers_) {
+// The directory at path in the merged view of lowers (top first): the
+// first lower that has the path decides.
+std::optional<struct stat> lower_dir_stat(const std::vector<UniqueFd> &lowers,
+                                          const std::string &path) {
+  for (const auto &lower : lowers) {
     int fd = openat2_fd(lower.get(), path.c_str(), O_PATH | O_NOFOLLOW, kResolveNoSymlinks);
     if (fd < 0) continue;
     UniqueFd owned(fd);
@@ -309,6 +397,10 @@ std::optional<struct stat> LayerWriter::lower_dir_stat(const std::string &path) 
     return st;
   }
   return std::nullopt;
+}
+
+std::optional<struct stat> LayerWriter::lower_dir_stat(const std::string &path) const {
+  return runc::lower_dir_stat(lowers_, path);
 }
 
 // The directory an entry goes into, creating missing parents the way tar
@@ -352,6 +444,7 @@ UniqueFd LayerWriter::parent_dir(const EntryPath &p) {
     }
     if (::fchmod(dir.get(), mode) != 0) fail_errno(p.display, "chmod \"" + prefix + "\"", errno);
     if (below) dir_times_.emplace_back(prefix, below->st_mtim);
+    implicit_dirs_.insert(prefix);
     cur.reset(::openat(cur.get(), comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!cur) fail_errno(p.display, "open directory \"" + prefix + "\"", errno);
   }
@@ -581,6 +674,7 @@ void LayerWriter::root_entry(const EntryPath &p, struct archive_entry *e) {
   set_owner_mode(fd.get(), p, e);
   set_xattrs(fd.get(), p, e);
   dir_times_.emplace_back("", mtime_of(e));
+  root_listed_ = true;
 }
 
 void LayerWriter::make_dir(const EntryPath &p, struct archive_entry *e) {
@@ -604,6 +698,7 @@ void LayerWriter::make_dir(const EntryPath &p, struct archive_entry *e) {
   set_xattrs(fd.get(), p, e);
   if (opaque) mark_opaque(fd.get(), p.full());
   dir_times_.emplace_back(p.full(), mtime_of(e));
+  implicit_dirs_.erase(p.full());
 }
 
 void LayerWriter::make_file(const EntryPath &p, struct archive_entry *e) {
@@ -789,7 +884,13 @@ UnpackResult unpack_layer(const fs::path &blob_path, LayerCompression announced,
                           const UnpackLimits &limits, std::string_view what) {
   UniqueFd blob(::open(blob_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!blob) throw_errno(std::string(what) + ": open " + blob_path.string());
+  FileLayerSource source(blob.get(), std::string(what));
+  return unpack_layer_from(source, announced, dest, lower_dirs, limits, what);
+}
 
+UnpackResult unpack_layer_from(LayerSource &source, LayerCompression announced,
+                               const fs::path &dest, const std::vector<fs::path> &lower_dirs,
+                               const UnpackLimits &limits, std::string_view what) {
   std::vector<UniqueFd> lowers;
   for (const auto &dir : lower_dirs) {
     UniqueFd fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -819,50 +920,58 @@ UnpackResult unpack_layer(const fs::path &blob_path, LayerCompression announced,
       }
     }
 
-    LayerCompression actual = sniff_compression(blob.get());
+    CompressedInput input(source);
+    LayerCompression actual = input.compression();
     if (actual != announced) {
       result.notes.push_back(std::string(what) + ": media type says " +
                              compression_name(announced) + " but the data is " +
                              compression_name(actual) + "; unpacked as " +
                              compression_name(actual));
     }
-    TarFeed feed(blob.get(), actual, limits.max_layer_bytes, what);
+    TarFeed feed(input, actual, limits.max_layer_bytes, what);
 
     ArchivePtr tar(archive_read_new());
     if (!tar) throw ImageError(FLOTILLA_E_NOMEM, "libarchive: out of memory");
     archive_read_support_format_tar(tar.get());
     archive_read_support_format_empty(tar.get());
     if (archive_read_open(tar.get(), &feed, nullptr, &TarFeed::read_cb, nullptr) != ARCHIVE_OK) {
+      input.rethrow_failure();
       throw ImageError(FLOTILLA_E_INVALID,
                        std::string(what) + ": not a tar archive: " +
                            (feed.error().empty() ? archive_error_string(tar.get()) : feed.error()));
     }
     LayerWriter writer(root.get(), std::move(lowers), limits, what, tar.get());
-    for (;;) {
-      struct archive_entry *entry = nullptr;
-      int r = archive_read_next_header(tar.get(), &entry);
-      if (r == ARCHIVE_EOF) break;
-      if (r < ARCHIVE_WARN || (r == ARCHIVE_WARN && entry == nullptr)) {
-        throw ImageError(
-            FLOTILLA_E_INVALID,
-            std::string(what) + ": reading the tar failed after " +
-                std::to_string(writer.entries()) + " entries: " +
-                (feed.error().empty() ? archive_error_string(tar.get()) : feed.error()));
-      }
-      // A pax UTF-8 name that the process' locale (C, in the daemon) cannot
-      // represent: libarchive keeps its bytes as they are, which is what a
-      // container wants, and warns. Other warnings are worth a note.
-      if (r == ARCHIVE_WARN) {
-        const char *warning = archive_error_string(tar.get());
-        if (warning != nullptr && std::strstr(warning, "can't be converted") == nullptr) {
-          result.notes.push_back(std::string(what) + ": " + warning);
+    try {
+      for (;;) {
+        struct archive_entry *entry = nullptr;
+        int r = archive_read_next_header(tar.get(), &entry);
+        if (r == ARCHIVE_EOF) break;
+        if (r < ARCHIVE_WARN || (r == ARCHIVE_WARN && entry == nullptr)) {
+          throw ImageError(
+              FLOTILLA_E_INVALID,
+              std::string(what) + ": reading the tar failed after " +
+                  std::to_string(writer.entries()) + " entries: " +
+                  (feed.error().empty() ? archive_error_string(tar.get()) : feed.error()));
         }
+        // A pax UTF-8 name that the process' locale (C, in the daemon) cannot
+        // represent: libarchive keeps its bytes as they are, which is what a
+        // container wants, and warns. Other warnings are worth a note.
+        if (r == ARCHIVE_WARN) {
+          const char *warning = archive_error_string(tar.get());
+          if (warning != nullptr && std::strstr(warning, "can't be converted") == nullptr) {
+            result.notes.push_back(std::string(what) + ": " + warning);
+          }
+        }
+        writer.entry(entry);
       }
-      writer.entry(entry);
+      writer.finish();
+      feed.drain();
+    } catch (...) {
+      input.rethrow_failure();
+      throw;
     }
-    writer.finish();
-    feed.drain();
     result.entries = writer.entries();
+    result.implicit_dirs = writer.implicit_dirs();
     result.tar_bytes = feed.bytes();
     result.diff_id = feed.diff_id();
     result.unpacked_bytes = writer.file_bytes();
@@ -886,7 +995,9 @@ LayerFootprint layer_footprint(const std::filesystem::path &blob_path, uint64_t 
   if (block_size == 0) block_size = 4096;
   UniqueFd blob(::open(blob_path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!blob) throw_errno(std::string(what) + ": open " + blob_path.string());
-  TarFeed feed(blob.get(), sniff_compression(blob.get()), limits.max_layer_bytes, what);
+  FileLayerSource source(blob.get(), std::string(what));
+  CompressedInput input(source);
+  TarFeed feed(input, input.compression(), limits.max_layer_bytes, what);
   ArchivePtr tar(archive_read_new());
   if (!tar) throw ImageError(FLOTILLA_E_NOMEM, "libarchive: out of memory");
   archive_read_support_format_tar(tar.get());
@@ -920,6 +1031,46 @@ LayerFootprint layer_footprint(const std::filesystem::path &blob_path, uint64_t 
     if (out.entries > limits.max_entries) break;  // unpacking refuses it, with the limit
   }
   return out;
+}
+
+void adopt_lower_attributes(const fs::path &rootfs, const std::vector<std::string> &implicit_dirs,
+                            const std::vector<fs::path> &lower_dirs, std::string_view what) {
+  if (lower_dirs.empty() || implicit_dirs.empty()) return;
+  std::vector<UniqueFd> lowers;
+  for (const auto &dir : lower_dirs) {
+    UniqueFd fd(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) throw_errno(std::string(what) + ": open lower snapshot " + dir.string());
+    lowers.push_back(std::move(fd));
+  }
+  UniqueFd root(::open(rootfs.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!root) throw_errno(std::string(what) + ": open " + rootfs.string());
+  const bool can_chown = ::geteuid() == 0;
+  for (const auto &path : implicit_dirs) {
+    std::optional<struct stat> below;
+    UniqueFd dir;
+    if (path.empty()) {
+      // The root: as unpack_layer gives it, the top lower's owner and mode.
+      struct stat st {};
+      if (::fstat(lowers.front().get(), &st) == 0) below = st;
+      dir.reset(::dup(root.get()));
+    } else {
+      below = lower_dir_stat(lowers, path);
+      // Only what is still a directory of this layer (a later entry may
+      // have replaced it), never through a symlink.
+      int fd = openat2_fd(root.get(), path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW,
+                          kResolveNoSymlinks);
+      if (fd >= 0) dir.reset(fd);
+    }
+    if (!below || !dir) continue;
+    std::string where = std::string(what) + ": directory \"" + path + "\"";
+    if (can_chown && ::fchown(dir.get(), below->st_uid, below->st_gid) != 0)
+      throw_errno(where + ": chown");
+    if (::fchmod(dir.get(), below->st_mode & 07777) != 0) throw_errno(where + ": chmod");
+    if (!path.empty()) {
+      struct timespec times[2] = {below->st_mtim, below->st_mtim};
+      if (::futimens(dir.get(), times) != 0) throw_errno(where + ": set times");
+    }
+  }
 }
 
 }  // namespace flotilla::runc

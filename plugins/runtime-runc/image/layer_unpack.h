@@ -49,6 +49,28 @@ struct UnpackResult {
   std::vector<std::string> skipped_devices;
   // The layer's content as its tar headers declare it: regular file sizes.
   uint64_t unpacked_bytes = 0;
+  // Directories the layer has no entry for but needed (a file without its
+  // parent's entry), relative to dest, sorted; "" for the root when the
+  // layer has no "./" entry. adopt_lower_attributes() takes them.
+  std::vector<std::string> implicit_dirs;
+};
+
+// A layer unpacked ahead of its import (a pull unpacks layers as they
+// stream in): dir holds rootfs/; unpack is what unpack_layer_from said.
+struct StagedLayer {
+  std::filesystem::path dir;
+  UnpackResult unpack;
+};
+
+// Where the compressed bytes of a layer come from, for unpack_layer_from.
+class LayerSource {
+ public:
+  virtual ~LayerSource() = default;
+  // [the unpacking thread] Sets *data to the next bytes and returns how
+  // many; 0 at the end. The bytes stay valid until the next call. May block
+  // until bytes arrive; throws to abandon the layer (that exception is what
+  // unpack_layer_from throws then).
+  virtual size_t read(const void **data) = 0;
 };
 
 // A layer's declared content, read from its tar headers without unpacking
@@ -80,6 +102,28 @@ UnpackResult unpack_layer(const std::filesystem::path &blob_path, LayerCompressi
                           const std::filesystem::path &dest,
                           const std::vector<std::filesystem::path> &lower_dirs,
                           const UnpackLimits &limits, std::string_view what);
+
+// The same, from bytes as they arrive (a layer streaming in from a
+// registry): one extractor, the same checks and limits. With lower_dirs
+// empty (the layers below are not unpacked yet, or still arriving), the
+// directories the layer makes implicitly are root's 0755 and the root
+// 0755; adopt_lower_attributes() gives them what unpack_layer would have
+// given them, once the layers below are there.
+UnpackResult unpack_layer_from(LayerSource &source, LayerCompression announced,
+                               const std::filesystem::path &dest,
+                               const std::vector<std::filesystem::path> &lower_dirs,
+                               const UnpackLimits &limits, std::string_view what);
+
+// For a layer unpacked without its lower snapshots: each of implicit_dirs
+// (UnpackResult::implicit_dirs) that is still a directory of rootfs takes
+// the owner, mode and mtime it has in lower_dirs (top first; the root only
+// owner and mode), as unpack_layer does while unpacking. Whiteouts and
+// opaque directories need nothing: overlayfs reads them per layer. Throws
+// ImageError.
+void adopt_lower_attributes(const std::filesystem::path &rootfs,
+                            const std::vector<std::string> &implicit_dirs,
+                            const std::vector<std::filesystem::path> &lower_dirs,
+                            std::string_view what);
 
 // Opaque-directory xattr and whiteout device that overlayfs understands.
 inline constexpr const char *kOverlayOpaqueXattr = "trusted.overlay.opaque";

@@ -2,6 +2,8 @@
 
 #include <curl/curl.h>
 #include <openssl/evp.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -151,14 +153,29 @@ json PullProgress::to_json() const {
 struct RegistryPull::BlobJob {
   Descriptor desc;
   std::string what;
+  std::string unpack_what;  // a layer's name in unpack errors; empty: not a layer
+  LayerCompression compression = LayerCompression::none;
   size_t progress_index = 0;
-  std::unique_ptr<VerifiedBlobWriter> writer;
-  uint64_t transfer = 0;
+  std::unique_ptr<BlobStream> stream;
+  uint64_t transfer = 0;  // in flight, 0 when none
   unsigned attempts = 0;
   size_t ep = 0;
-  std::string error;  // a verification failure raised while streaming
-  flotilla_status error_status = FLOTILLA_OK;
+  bool paused = false;    // the stream was full: the transfer waits for room
+  bool awaiting = false;  // the transfer ended: waiting for the stream's verdict
   bool done = false;
+};
+
+struct RegistryPull::Waker {
+  int fd = -1;
+  ~Waker() {
+    if (fd >= 0) ::close(fd);
+  }
+  // [any thread]
+  void wake() const {
+    uint64_t one = 1;
+    ssize_t n = ::write(fd, &one, sizeof one);
+    (void)n;  // EAGAIN: the counter is set already, the loop wakes anyway
+  }
 };
 
 RegistryPull::RegistryPull(PullContext ctx, RegistryRef ref, fs::path layout_dir, Progress progress,
@@ -193,7 +210,58 @@ RegistryPull::RegistryPull(PullContext ctx, RegistryRef ref, fs::path layout_dir
 }
 
 RegistryPull::~RegistryPull() {
+  *alive_ = false;
   for (uint64_t id : transfers_) ctx_.http->cancel(id);
+  if (wake_watch_) ctx_.http->host()->fd_unwatch(ctx_.http->host()->host_ctx, wake_watch_);
+  // The streams still here are joined as jobs_ goes (shutdown, or a caller
+  // that did not take them).
+}
+
+std::vector<std::unique_ptr<BlobStream>> RegistryPull::take_streams() {
+  std::vector<std::unique_ptr<BlobStream>> out;
+  for (auto &j : jobs_) {
+    if (!j->stream) continue;
+    j->stream->cancel();  // a finished stream ignores it
+    out.push_back(std::move(j->stream));
+  }
+  return out;
+}
+
+void RegistryPull::on_wake(void *user, int fd, uint32_t) {
+  uint64_t count = 0;
+  ssize_t n = ::read(fd, &count, sizeof count);
+  (void)n;
+  static_cast<RegistryPull *>(user)->woken();
+}
+
+// A stream has room again or is done: resume its transfer, or take its
+// verdict. One verdict per turn (it may end the pull); the eventfd is set
+// again when more may be waiting.
+void RegistryPull::woken() {
+  if (finished_) return;
+  for (auto &jp : jobs_) {
+    BlobJob &job = *jp;
+    if (!job.stream || job.done) continue;
+    if (job.paused && !job.stream->failed() && job.stream->has_room()) {
+      job.paused = false;
+      ctx_.http->resume(job.transfer);  // may call the sink, which may pause again
+    }
+  }
+  for (auto &jp : jobs_) {
+    BlobJob &job = *jp;
+    if (!job.stream || job.done || !job.stream->done()) continue;
+    if (!job.awaiting && !job.stream->failed()) continue;
+    if (job.transfer) {
+      // The stream failed while bytes still came: stop them.
+      ctx_.http->cancel(job.transfer);
+      transfers_.erase(job.transfer);
+      job.transfer = 0;
+    }
+    std::shared_ptr<bool> alive = alive_;
+    stream_finished(job);
+    if (*alive && !finished_) waker_->wake();
+    return;
+  }
 }
 
 std::string RegistryPull::describe(const Endpoint &e) const {
@@ -239,7 +307,17 @@ std::string RegistryPull::registry_message(const HttpResponse &r) const {
 }
 
 void RegistryPull::start() {
-  fs::create_directories(layout_dir_ / "blobs" / "sha256");
+  waker_ = std::make_shared<Waker>();
+  waker_->fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  const flotilla_host *host = ctx_.http->host();
+  if (waker_->fd >= 0) {
+    wake_watch_ = host->fd_watch(host->host_ctx, waker_->fd, FLOTILLA_FD_READABLE,
+                                 &RegistryPull::on_wake, this);
+  }
+  if (waker_->fd < 0 || wake_watch_ == 0) {
+    fail(FLOTILLA_E_IO, "pull " + ref_.canonical() + ": cannot make or watch an eventfd");
+    return;
+  }
   progress_.phase = "resolving";
   size_t ep = 0;
   fetch_manifest(ref_.reference(), ep, nullptr,
@@ -249,7 +327,8 @@ void RegistryPull::start() {
 }
 
 void RegistryPull::exchange(size_t ep, const std::string &path, std::vector<std::string> headers,
-                            uint64_t range_from, BodySink sink, Reply done, bool retried_auth) {
+                            uint64_t range_from, BodySink sink, Reply done, uint64_t *slot,
+                            bool retried_auth) {
   Endpoint &e = endpoints_[ep];
   HttpRequest req;
   req.url = e.base + path;
@@ -260,9 +339,10 @@ void RegistryPull::exchange(size_t ep, const std::string &path, std::vector<std:
   req.low_speed_timeout_s = static_cast<long>(ctx_.config->low_speed_timeout_s);
   req.on_body = sink;
   auto id = std::make_shared<uint64_t>(0);
-  *id = ctx_.http->start(std::move(req), [this, ep, path, headers, range_from, sink, done,
+  *id = ctx_.http->start(std::move(req), [this, ep, path, headers, range_from, sink, done, slot,
                                           retried_auth, id](HttpResponse r) {
     transfers_.erase(*id);
+    if (slot) *slot = 0;
     if (r.curl_code == CURLE_OK && r.status == 401 && !retried_auth &&
         !r.www_authenticate.empty()) {
       answer_challenge(ep, r, [=, this, r = r](std::string error) {
@@ -274,13 +354,14 @@ void RegistryPull::exchange(size_t ep, const std::string &path, std::vector<std:
           done(std::move(failed));
           return;
         }
-        exchange(ep, path, headers, range_from, sink, done, true);
+        exchange(ep, path, headers, range_from, sink, done, slot, true);
       });
       return;
     }
     done(std::move(r));
   });
   transfers_.insert(*id);
+  if (slot) *slot = *id;
 }
 
 void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
@@ -368,7 +449,8 @@ void RegistryPull::fetch_manifest(const std::string &reference, size_t ep, const
   std::optional<Descriptor> want;
   if (expect) want = *expect;
   exchange(
-      ep, path, {kManifestAccept}, 0, nullptr, [this, ep, reference, want, then](HttpResponse r) {
+      ep, path, {kManifestAccept}, 0, nullptr,
+      [this, ep, reference, want, then](HttpResponse r) {
         Endpoint &e = endpoints_[ep];
         bool last = next_endpoint(ep) >= endpoints_.size();
         std::string what = "manifest " + ref_.repository + ":" + reference;
@@ -419,12 +501,13 @@ void RegistryPull::fetch_manifest(const std::string &reference, size_t ep, const
         std::string type = r.header("content-type");
         if (auto semi = type.find(';'); semi != std::string::npos) type.resize(semi);
         then(std::move(r.body), std::move(type), std::move(digest));
-      });
+      },
+      nullptr);
 }
 
+// The caller writes it, off the loop (PullResult::files).
 void RegistryPull::write_blob_file(const std::string &digest, const std::string &body) {
-  fs::path p = layout_dir_ / "blobs" / "sha256" / digest_hex(digest, "manifest");
-  write_file_atomic(p, body, false);
+  result_.files.emplace_back("blobs/sha256/" + digest_hex(digest, "manifest"), body);
 }
 
 void RegistryPull::got_top(std::string body, std::string media_type, std::string digest) {
@@ -492,6 +575,10 @@ void RegistryPull::got_manifest(std::string body, std::string media_type, std::s
       auto job = std::make_unique<BlobJob>();
       job->desc = d;
       job->what = role + " of " + ref_.canonical();
+      if (role != "config") {
+        job->unpack_what = role + " (" + d.digest.substr(0, 7 + 12) + ") of " + ref_.canonical();
+        job->compression = layer_compression(d.media_type, what);
+      }
       job->progress_index = progress_.blobs.size() - 1;
       job->ep = manifest_ep_;
       jobs_.push_back(std::move(job));
@@ -524,70 +611,85 @@ void RegistryPull::pump_blobs() {
   }
 }
 
+void RegistryPull::new_stream(BlobJob &job) {
+  BlobStream::Options o;
+  std::string hex = digest_hex(job.desc.digest, job.what);
+  o.blob_path = layout_dir_ / "blobs" / "sha256" / hex;
+  o.expect = BlobExpectation{job.desc.digest, job.desc.size, job.what};
+  o.source = describe(endpoints_[job.ep]);
+  o.unpack = !job.unpack_what.empty();
+  o.compression = job.compression;
+  o.snapshot_dir = layout_dir_ / "snapshots" / hex;
+  o.limits = ctx_.limits;
+  o.what = job.unpack_what;
+  o.high_water = ctx_.stream_high_water;
+  std::shared_ptr<Waker> waker = waker_;
+  job.stream = std::make_unique<BlobStream>(std::move(o), [waker] { waker->wake(); });
+  job.paused = false;
+  job.awaiting = false;
+}
+
 void RegistryPull::start_blob(BlobJob &job) {
-  try {
-    if (!job.writer) {
-      job.writer = std::make_unique<VerifiedBlobWriter>(
-          layout_dir_ / "blobs" / "sha256" / digest_hex(job.desc.digest, job.what),
-          BlobExpectation{job.desc.digest, job.desc.size, job.what}, describe(endpoints_[job.ep]),
-          false);
-    }
-  } catch (const ImageError &e) {
-    fail(e.status(), e.what());
-    return;
-  }
-  uint64_t from = job.writer->written();
+  if (!job.stream) new_stream(job);
+  uint64_t from = job.stream->bytes_pushed();
   BlobJob *jp = &job;
   exchange(
       job.ep, "/v2/" + ref_.repository + "/blobs/" + job.desc.digest, {}, from,
       [this, jp, from](long status, const char *data, size_t len) {
-        try {
-          if (from > 0 && status == 200 && jp->writer->written() == from) {
-            // The server ignored the Range: start over.
-            jp->writer.reset();
-            jp->writer = std::make_unique<VerifiedBlobWriter>(
-                layout_dir_ / "blobs" / "sha256" / digest_hex(jp->desc.digest, jp->what),
-                BlobExpectation{jp->desc.digest, jp->desc.size, jp->what},
-                describe(endpoints_[jp->ep]), false);
-            progress_.blobs[jp->progress_index].done = 0;
-          }
-          jp->writer->write(data, len);
-        } catch (const ImageError &e) {
-          jp->error = e.what();
-          jp->error_status = e.status();
-          return false;
+        if (from > 0 && status == 200 && jp->stream->bytes_pushed() == from) {
+          // The server ignored the Range: start over (joins the old
+          // stream's thread, which removes what it wrote: rare).
+          jp->stream.reset();
+          new_stream(*jp);
+          progress_.blobs[jp->progress_index].done = 0;
         }
-        progress_.blobs[jp->progress_index].done = jp->writer->written();
+        if (jp->stream->failed()) return BodyAction::abort;
+        if (!jp->stream->push(data, len)) {
+          if (jp->stream->failed()) return BodyAction::abort;
+          jp->paused = true;  // resumed by woken() once the stream has room
+          return BodyAction::pause;
+        }
+        progress_.blobs[jp->progress_index].done = jp->stream->bytes_pushed();
         result_.bytes_downloaded += len;
         report(false);
-        return true;
+        return BodyAction::take;
       },
-      [this, jp](HttpResponse r) { blob_done(*jp, std::move(r)); });
+      [this, jp](HttpResponse r) { blob_done(*jp, std::move(r)); }, &job.transfer);
+}
+
+void RegistryPull::stream_finished(BlobJob &job) {
+  BlobStream::Outcome out = job.stream->outcome();
+  if (out.status != FLOTILLA_OK) {
+    fail(out.status, "pull " + ref_.canonical() + ": " + out.message);
+    return;
+  }
+  if (!job.unpack_what.empty()) {
+    result_.layers[job.desc.digest] = StagedLayer{
+        layout_dir_ / "snapshots" / digest_hex(job.desc.digest, job.what), std::move(out.unpack)};
+  }
+  job.done = true;
+  ++jobs_done_;
+  --running_;
+  ++result_.blobs_downloaded;
+  report(true);
+  pump_blobs();
 }
 
 void RegistryPull::blob_done(BlobJob &job, HttpResponse r) {
   Endpoint &e = endpoints_[job.ep];
-  if (!job.error.empty()) {
-    job.writer.reset();  // deletes the partial file
-    fail(job.error_status, "pull " + ref_.canonical() + ": " + job.error);
+  if (job.stream->failed() || r.aborted) {
+    // The stream refused the bytes: its verdict says why.
+    job.awaiting = true;
+    if (job.stream->done()) stream_finished(job);
     return;
   }
   std::string failure;
   flotilla_status st = FLOTILLA_E_IO;
   if (r.curl_code == CURLE_OK && (r.status == 200 || r.status == 206)) {
-    try {
-      job.writer->commit();
-    } catch (const ImageError &err) {
-      job.writer.reset();
-      fail(err.status(), "pull " + ref_.canonical() + ": " + err.what());
-      return;
-    }
-    job.done = true;
-    ++jobs_done_;
-    --running_;
-    ++result_.blobs_downloaded;
-    report(true);
-    pump_blobs();
+    // Every byte is with the stream: its thread verifies (and finishes the
+    // unpacking) and wakes the loop.
+    job.stream->finish();
+    job.awaiting = true;
     return;
   }
   if (r.curl_code != CURLE_OK) {
@@ -615,7 +717,6 @@ void RegistryPull::blob_done(BlobJob &job, HttpResponse r) {
       return;
     }
   }
-  job.writer.reset();
   fail(st, "pull " + ref_.canonical() + ": " + failure +
                (network ? " (after " + std::to_string(job.attempts + 1) + " attempts)" : ""));
 }
@@ -630,7 +731,7 @@ void RegistryPull::report(bool force) {
 }
 
 void RegistryPull::finish_ok() {
-  try {
+  {
     json index = {
         {"schemaVersion", 2},
         {"mediaType", media_type::kOciIndex},
@@ -639,11 +740,8 @@ void RegistryPull::finish_ok() {
                        {"digest", top_.digest},
                        {"size", top_.size},
                        {"annotations", {{std::string(kRefNameAnnotation), ref_.store_name}}}}})}};
-    write_file_atomic(layout_dir_ / "index.json", index.dump(), false);
-    write_file_atomic(layout_dir_ / "oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}", false);
-  } catch (const ImageError &e) {
-    fail(e.status(), e.what());
-    return;
+    result_.files.emplace_back("index.json", index.dump());
+    result_.files.emplace_back("oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}");
   }
   finished_ = true;
   progress_.phase = "unpacking";
@@ -658,7 +756,11 @@ void RegistryPull::fail(flotilla_status status, const std::string &message) {
   finished_ = true;
   for (uint64_t id : transfers_) ctx_.http->cancel(id);
   transfers_.clear();
-  for (auto &j : jobs_) j->writer.reset();  // partial files go
+  // The streams stop; the caller joins them (take_streams()) off the loop.
+  for (auto &j : jobs_) {
+    j->transfer = 0;
+    if (j->stream) j->stream->cancel();
+  }
   Done done = std::move(done_);
   PullResult result = result_;
   done(status, message, std::move(result));  // may destroy *this

@@ -1,15 +1,20 @@
 // One pull of one image from an OCI distribution (v2) registry, on the
 // loop thread: the manifest by tag or digest (OCI and Docker schema 2
 // manifests and indexes, the host's platform picked from an index), then
-// the config and the layers the store lacks, several at once, each
-// streamed to disk and verified by size and SHA-256 while it arrives. An
-// interrupted blob resumes with a Range request.
+// the config and the layers the store lacks, several at once. Each blob is
+// handed as it arrives to a BlobStream (a thread of its own) that writes it,
+// verifies its size and SHA-256 and unpacks a layer on the way into a
+// staging snapshot; the loop only drives curl's sockets and passes the
+// buffers on, pausing a transfer while its stream is full. An interrupted
+// blob resumes with a Range request.
 //
-// What it produces is an OCI image layout in a directory under the
-// store's tmp/ (only the blobs the store lacks), which
-// ImageStore::import_image() then verifies and publishes as any other
-// import; a failed pull leaves nothing but that directory, which the
-// caller removes.
+// What it produces, under layout_dir: blobs/sha256/ (only the blobs the
+// store lacks, each verified) and snapshots/<hex>/rootfs (each downloaded
+// layer, unpacked); PullResult lists the small files still to write (the
+// manifests, index.json, oci-layout: the loop writes nothing) and the
+// staged layers, for ImageStore::import_pulled(). A failed pull leaves
+// nothing but that directory, which the caller removes after it destroyed
+// the streams (take_streams()).
 //
 // Auth: anonymous; Basic; the Bearer token flow (a WWW-Authenticate
 // challenge, a token from its realm, cached until it expires) with the
@@ -30,7 +35,9 @@
 #include <string>
 #include <vector>
 
+#include "blob_stream.h"
 #include "curl_loop.h"
+#include "layer_unpack.h"
 #include "oci_manifest.h"
 #include "registry_config.h"
 #include "registry_ref.h"
@@ -74,6 +81,11 @@ struct PullResult {
   uint64_t bytes_downloaded = 0;
   unsigned blobs_downloaded = 0;
   unsigned blobs_present = 0;
+  // Files of the layout still to write, relative to it: manifests (whose
+  // digests the pull checked), index.json, oci-layout.
+  std::vector<std::pair<std::string, std::string>> files;
+  // Layers unpacked while they streamed in, by blob digest.
+  std::map<std::string, StagedLayer> layers;
 };
 
 struct PullContext {
@@ -84,6 +96,8 @@ struct PullContext {
   Platform platform = Platform::host();
   std::function<bool(const std::string &digest)> have_blob;         // in the store already
   std::function<std::string(const std::string &digest)> read_blob;  // a small one of the store's
+  UnpackLimits limits;                 // the store's, for layers unpacked as they stream in
+  size_t stream_high_water = 8 << 20;  // bytes queued per blob before its transfer pauses
 };
 
 class RegistryPull {
@@ -102,6 +116,11 @@ class RegistryPull {
 
   void start();
 
+  // The blob streams, for the caller to destroy off the loop (joining a
+  // cancelled stream's thread may wait for its file removal) before it
+  // removes layout_dir. Call after done ran.
+  std::vector<std::unique_ptr<BlobStream>> take_streams();
+
  private:
   struct Endpoint {
     std::string host;
@@ -112,11 +131,14 @@ class RegistryPull {
     std::string authorization;  // header value once a challenge was answered
   };
   struct BlobJob;
-  using BodySink = std::function<bool(long status, const char *, size_t)>;
+  using BodySink = std::function<BodyAction(long status, const char *, size_t)>;
   using Reply = std::function<void(HttpResponse)>;
 
+  // *slot (when given) holds the id of the transfer in flight, across a
+  // retry after an auth challenge, and 0 once done runs.
   void exchange(size_t ep, const std::string &path, std::vector<std::string> headers,
-                uint64_t range_from, BodySink sink, Reply done, bool retried_auth = false);
+                uint64_t range_from, BodySink sink, Reply done, uint64_t *slot,
+                bool retried_auth = false);
   void answer_challenge(size_t ep, const HttpResponse &challenge,
                         std::function<void(std::string error)> then);
   void fetch_manifest(
@@ -127,7 +149,11 @@ class RegistryPull {
   void write_blob_file(const std::string &digest, const std::string &body);
   void pump_blobs();
   void start_blob(BlobJob &job);
+  void new_stream(BlobJob &job);
   void blob_done(BlobJob &job, HttpResponse r);
+  void stream_finished(BlobJob &job);
+  static void on_wake(void *user, int fd, uint32_t events);
+  void woken();
   void finish_ok();
   void fail(flotilla_status status, const std::string &message);
   void report(bool force);
@@ -153,6 +179,12 @@ class RegistryPull {
   PullResult result_;
   bool finished_ = false;
   std::chrono::steady_clock::time_point last_report_{};
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed
+  // The streams' threads wake the loop through this eventfd; shared with
+  // them so it outlives this object while a stream still holds it.
+  struct Waker;
+  std::shared_ptr<Waker> waker_;
+  flotilla_handle wake_watch_ = 0;
 };
 
 }  // namespace flotilla::runc

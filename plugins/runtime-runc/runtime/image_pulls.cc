@@ -124,6 +124,7 @@ void ImagePulls::begin(const std::string &key) {
   BlobStore blobs(store->data_dir() / "blobs");
   ctx.have_blob = [blobs](const std::string &d) { return blobs.contains(d); };
   ctx.read_blob = [blobs](const std::string &d) { return blobs.read(d, 4 << 20, "manifest " + d); };
+  ctx.limits = store->options().limits;
   try {
     std::error_code ec;
     fs::remove_all(p.dir, ec);
@@ -168,8 +169,16 @@ void ImagePulls::downloaded(const std::string &key, flotilla_status st, const st
                 {"blobs_downloaded", result.blobs_downloaded},
                 {"blobs_present", result.blobs_present}};
   bool ok = st == FLOTILLA_OK;
+  // The blob streams are joined on the pool, not here: a cancelled one may
+  // still be removing what it unpacked.
+  auto streams = std::make_shared<std::vector<std::unique_ptr<BlobStream>>>(
+      p.pull ? p.pull->take_streams() : std::vector<std::unique_ptr<BlobStream>>{});
+  auto files =
+      std::make_shared<std::vector<std::pair<std::string, std::string>>>(std::move(result.files));
+  auto layers = std::make_shared<std::map<std::string, StagedLayer>>(std::move(result.layers));
   queue_(
-      [store, dir, name, origin, stats, out, ok] {
+      [store, dir, name, origin, stats, out, ok, streams, files, layers] {
+        streams->clear();
         struct Cleanup {
           fs::path d;
           ~Cleanup() {
@@ -178,7 +187,11 @@ void ImagePulls::downloaded(const std::string &key, flotilla_status st, const st
           }
         } cleanup{dir};
         if (!ok) return;
-        ImportResult r = store->import_image(dir, name, origin);
+        for (const auto &[path, content] : *files) {
+          fs::create_directories((dir / path).parent_path());
+          write_file_atomic(dir / path, content, false);
+        }
+        ImportResult r = store->import_pulled(dir, name, origin, *layers);
         json j = r.record.to_json();
         j["pulled"] = true;
         j["pull"] = stats;

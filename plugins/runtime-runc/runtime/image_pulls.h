@@ -1,9 +1,11 @@
 // The pulls of one runtime-runc instance: image_pull of flotilla.runtime/1.
 // Each reference pulls once however many ask for it at the same time
 // (they all get its progress and its result); the download runs on the
-// loop (RegistryPull over one CurlLoop), the verification and unpacking of
-// what arrived on the work queue (ImageStore::import_image), so that an
-// image appears whole or not at all.
+// loop (RegistryPull over one CurlLoop), which hands the bytes to a
+// BlobStream thread per blob (written, verified, a layer unpacked as it
+// arrives); the import of what arrived on the work queue
+// (ImageStore::import_pulled), so that an image appears whole or not at
+// all.
 //
 // Staging: <image_dir>/pulls/<id>/ is an OCI layout of what one pull
 // downloaded; it is removed when the pull ends, and the whole directory at
