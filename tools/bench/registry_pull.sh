@@ -12,8 +12,8 @@
 # layers, ~101 MiB compressed. Pushed once with skopeo.
 # Cold pull, per iteration (alternating): `flotilla image rm` (the store is
 # empty again: blobs and snapshots collected) then `flotilla image pull REF`
-# (POST /v1/images/pull: manifest, blobs verified by size and sha256 while
-# they stream, 3 at once, then unpacked into snapshots); and `skopeo copy
+# (POST /v1/images/pull: manifest, blobs verified by size and sha256 and
+# layers unpacked while they stream, 3 at once, then imported); and `skopeo copy
 # docker://REF oci:DIR` into a fresh directory (blobs verified, not
 # unpacked: Flotilla does more work than skopeo here). N (default 5) each.
 # Warm start: M (default 20) batch jobs each with "never" and with
@@ -152,7 +152,20 @@ echo "cold pull of $ref: $layers layers, $big_mib MiB compressed, $n runs each a
 echo "  Flotilla (flotilla image pull: download, verify, unpack): $(printf '%.2f ' "${flo_t[@]}")median $fm"
 echo "  skopeo copy docker:// oci: (download, verify):             $(printf '%.2f ' "${sk_t[@]}")median $sm"
 echo "  flotilla image import of skopeo's copy (verify, unpack):  $(printf '%.2f ' "${imp_t[@]}")median $im"
-awk -v f="$fm" -v s="$sm" -v i="$im" 'BEGIN { r = f / s; printf "  ratio %.2fx  target <= 1.1x: %s; without the unpack (pull - import) %.2f s = %.2fx skopeo\n", r, (r <= 1.1 ? "met" : "MISSED"), f - i, (f - i) / s }'
+echo "  (the import is the work a pull did after its download before layers were unpacked as they stream in)"
+awk -v f="$fm" -v s="$sm" 'BEGIN { r = f / s; printf "  ratio %.2fx  target <= 1.1x: %s\n", r, (r <= 1.1 ? "met" : "MISSED") }'
+
+# Where one more pull's time goes (not counted above), from the CLI's plain
+# progress lines, each stamped as it arrives: the manifest; the last byte
+# of the last blob; every blob verified (and, since streaming, unpacked);
+# the import into the store (snapshot publish, syncfs, the record).
+t0=$(bench_now)
+flo image pull "$ref" | while IFS= read -r l; do printf '%s %s\n' "$(bench_now)" "$l"; done >"$tmp/phases"
+t1=$(bench_now)
+awk -v t0="$t0" -v t1="$t1" '
+  $2 == "downloading" && !d { d = $1 } $NF == "done" { last = $1 } $2 == "unpacking" { u = $1 }
+  END { printf "  one pull, phases (s): manifest %.2f | download to the last byte %.2f | last verify/unpack %.2f | import %.2f | total %.2f\n",
+               d - t0, last - d, u - last, t1 - u, t1 - t0 }' "$tmp/phases"
 
 # Warm start: never vs if_not_present, the busybox image present.
 flo image pull "$host/bench/busybox:1" >/dev/null || die "pull of the busybox image failed"

@@ -603,9 +603,14 @@ void RegistryPull::pump_blobs() {
     finish_ok();
     return;
   }
-  while (running_ < ctx_.config->concurrency && next_job_ < jobs_.size()) {
+  // A download's slot frees once its last byte is with its stream, so the
+  // next download overlaps the stream still unpacking; the streams still
+  // unpacking are bounded too (each holds up to stream_high_water).
+  while (running_ < ctx_.config->concurrency && streams_open_ < 2 * ctx_.config->concurrency &&
+         next_job_ < jobs_.size()) {
     BlobJob &job = *jobs_[next_job_++];
     ++running_;
+    ++streams_open_;
     start_blob(job);
     if (finished_) return;
   }
@@ -669,7 +674,7 @@ void RegistryPull::stream_finished(BlobJob &job) {
   }
   job.done = true;
   ++jobs_done_;
-  --running_;
+  --streams_open_;
   ++result_.blobs_downloaded;
   report(true);
   pump_blobs();
@@ -690,6 +695,8 @@ void RegistryPull::blob_done(BlobJob &job, HttpResponse r) {
     // unpacking) and wakes the loop.
     job.stream->finish();
     job.awaiting = true;
+    --running_;
+    pump_blobs();
     return;
   }
   if (r.curl_code != CURLE_OK) {

@@ -171,7 +171,8 @@ class RegistryPull {
   size_t manifest_ep_ = 0;
   std::set<uint64_t> transfers_;  // ids in flight
   std::vector<std::unique_ptr<BlobJob>> jobs_;
-  size_t running_ = 0;
+  size_t running_ = 0;       // downloads in flight, at most concurrency
+  size_t streams_open_ = 0;  // streams not done yet, at most 2 x concurrency
   size_t next_job_ = 0;
   size_t jobs_done_ = 0;
   Descriptor top_;

@@ -24,6 +24,7 @@
 #include "image_test_support.h"
 #include "plugin_host.h"
 #include "registry_test_support.h"
+#include "runtime_test_daemon.h"
 
 namespace {
 
@@ -31,69 +32,33 @@ using flotilla::PluginHost;
 using flotilla::PluginSettings;
 using flotilla::runc::testing::LayoutBuilder;
 using flotilla::runc::testing::make_layer;
+using flotilla::runc::testing::progress_cb;
+using flotilla::runc::testing::Result;
+using flotilla::runc::testing::state_cb;
 using flotilla::runc::testing::TarBuilder;
+using flotilla::runc::testing::TestDaemon;
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 constexpr uint64_t kGuardMs = 60000;  // against hangs only
 
-struct Result {
-  bool done = false;
-  flotilla_status status = FLOTILLA_E_INTERNAL;
-  std::string text;
-  std::string error;
-  std::vector<json> progress;
-};
-
-void state_cb(void *user, flotilla_status st, const char *text) {
-  auto *r = static_cast<Result *>(user);
-  r->done = true;
-  r->status = st;
-  r->text = text ? text : "";
-  if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
-}
-void progress_cb(void *user, const char *text) {
-  static_cast<Result *>(user)->progress.push_back(json::parse(text));
-}
-
-// One loop and one PluginHost with runtime-runc: "the daemon".
-class Daemon {
+// "The daemon" (runtime_test_daemon.h), with the pull and list calls.
+class Daemon : public TestDaemon {
  public:
-  Daemon(const std::string &data_dir, const json &config) : loop_(std::make_unique<uv_loop_t>()) {
-    uv_loop_init(loop_.get());
-    host_ = std::make_unique<PluginHost>(
-        loop_.get(), PluginHost::Options{"node1", data_dir, "/etc/flotilla/test.toml"});
-    PluginSettings s;
-    s.name = "runtime-runc";
-    s.path = RUNTIME_PLUGIN_PATH;
-    s.config = config;
-    host_->start({s});
-    rt_ = host_->find<flotilla_runtime_v1>(FLOTILLA_RUNTIME_INTERFACE_ID, &self_);
-    if (!rt_) throw std::runtime_error("runtime-runc serves no flotilla.runtime/1");
-  }
-  ~Daemon() {
+  Daemon(const std::string &data_dir, const json &config)
+      : TestDaemon(data_dir, config, kGuardMs) {}
+  ~Daemon() override { shutdown(); }
+
+  // Nothing runs in containers here: stop, then run the loop until the
+  // plugin's last work and handles are done.
+  void shutdown() override {
+    if (!running()) return;
+    host_->events().unsubscribe(exit_sub_);
     host_->stop();
     while (uv_run(loop_.get(), UV_RUN_NOWAIT) != 0) {
     }
     host_.reset();
     uv_loop_close(loop_.get());
-  }
-
-  template <class Pred>
-  bool run_until(Pred done) {
-    uv_loop_t *loop = loop_.get();
-    uint64_t deadline = uv_now(loop) + kGuardMs;
-    while (!done() && uv_now(loop) < deadline) {
-      uv_timer_t t;
-      uv_timer_init(loop, &t);
-      uv_timer_start(
-          &t, [](uv_timer_t *) {}, 20, 0);
-      uv_run(loop, UV_RUN_ONCE);
-      uv_close(reinterpret_cast<uv_handle_t *>(&t), nullptr);
-      uv_run(loop, UV_RUN_NOWAIT);
-      uv_update_time(loop);
-    }
-    return done();
   }
 
   // Starts a pull; run_until(r->done) finishes it.
@@ -117,18 +82,12 @@ class Daemon {
     return r;
   }
   json images() {
-    Result r;
-    rt_->image_list(
-        self_, [](void *u, flotilla_status st, const char *text) { state_cb(u, st, text); }, &r);
-    run_until([&] { return r.done; });
+    Result r = call([&](Result *res) {
+      return rt_->image_list(
+          self_, [](void *u, flotilla_status st, const char *text) { state_cb(u, st, text); }, res);
+    });
     return json::parse(r.text.empty() ? "[]" : r.text);
   }
-
- private:
-  std::unique_ptr<uv_loop_t> loop_;
-  std::unique_ptr<PluginHost> host_;
-  const flotilla_runtime_v1 *rt_ = nullptr;
-  void *self_ = nullptr;
 };
 
 std::string random_bytes(size_t n, unsigned seed) {

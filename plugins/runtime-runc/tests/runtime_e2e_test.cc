@@ -33,6 +33,7 @@
 #include "config.h"
 #include "error.h"
 #include "plugin_host.h"
+#include "runtime_test_daemon.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -130,92 +131,16 @@ std::string exe_path() {
   return fs::read_symlink("/proc/self/exe").string();
 }
 
-struct Result {
-  bool done = false;
-  flotilla_status status = FLOTILLA_E_INTERNAL;
-  std::string text;
-  std::string error;
-};
+using flotilla::runc::testing::done_cb;
+using flotilla::runc::testing::Result;
+using flotilla::runc::testing::state_cb;
+using flotilla::runc::testing::TestDaemon;
 
-void state_cb(void *user, flotilla_status st, const char *text) {
-  auto *r = static_cast<Result *>(user);
-  r->done = true;
-  r->status = st;
-  r->text = text ? text : "";
-  if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
-}
-void done_cb(void *user, flotilla_status st) {
-  auto *r = static_cast<Result *>(user);
-  r->done = true;
-  r->status = st;
-  if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
-}
-
-// One loop and one PluginHost with the runtime-runc plugin; "the daemon".
-class Daemon {
+// "The daemon" (runtime_test_daemon.h), with the runtime's calls.
+class Daemon : public TestDaemon {
  public:
-  Daemon(const std::string &data_dir, const json &config) : loop_(std::make_unique<uv_loop_t>()) {
-    uv_loop_init(loop_.get());
-    host_ = std::make_unique<PluginHost>(
-        loop_.get(), PluginHost::Options{"node1", data_dir, "/etc/flotilla/test.toml"});
-    exit_sub_ = host_->events().subscribe("runtime.exit",
-                                          [this](const std::string &, const std::string &payload) {
-                                            exits_.push_back(json::parse(payload));
-                                          });
-    PluginSettings s;
-    s.name = "runtime-runc";
-    s.path = RUNTIME_PLUGIN_PATH;
-    s.config = config;
-    host_->start({s});
-    rt_ = host_->find<flotilla_runtime_v1>(FLOTILLA_RUNTIME_INTERFACE_ID, &self_);
-    if (!rt_) throw std::runtime_error("runtime-runc serves no flotilla.runtime/1");
-  }
-  ~Daemon() { shutdown(); }
-
-  // Unload the plugin as a stopping daemon would: containers are left alone.
-  // The stopped host and its loop are kept, never run again, until the test
-  // process exits, as if the daemon had gone: the shims it spawned are
-  // still its children in libuv's books, and work it queued may still be
-  // running on the thread pool inside the plugin's (still mapped) code.
-  void shutdown() {
-    if (!host_) return;
-    host_->events().unsubscribe(exit_sub_);
-    host_->stop();
-    static std::vector<std::pair<std::unique_ptr<uv_loop_t>, std::unique_ptr<PluginHost>>> gone;
-    gone.emplace_back(std::move(loop_), std::move(host_));
-  }
-
-  template <class Pred>
-  bool run_until(Pred done, uint64_t guard_ms = kGuardMs) {
-    uv_loop_t *loop = loop_.get();
-    uint64_t deadline = uv_now(loop) + guard_ms;
-    while (!done() && uv_now(loop) < deadline) {
-      uv_timer_t t;
-      uv_timer_init(loop, &t);
-      uv_timer_start(
-          &t, [](uv_timer_t *) {}, 20, 0);
-      uv_run(loop, UV_RUN_ONCE);
-      uv_close(reinterpret_cast<uv_handle_t *>(&t), nullptr);
-      uv_run(loop, UV_RUN_NOWAIT);
-      uv_update_time(loop);
-    }
-    return done();
-  }
-
-  // Calls f(result) and runs the loop until its callback came.
-  Result call(const std::function<flotilla_status(Result *)> &f) {
-    auto r = std::make_unique<Result>();
-    flotilla_status st = f(r.get());
-    if (st != FLOTILLA_OK) {
-      r->done = true;
-      r->status = st;
-      r->error = PluginHost::last_error();
-      return *r;
-    }
-    EXPECT_FALSE(r->done) << "a callback ran inside the call";
-    EXPECT_TRUE(run_until([&] { return r->done; })) << "no callback within the guard time";
-    return *r;
-  }
+  Daemon(const std::string &data_dir, const json &config)
+      : TestDaemon(data_dir, config, kGuardMs) {}
 
   Result create(const std::string &id, const json &task) {
     std::string text = task.dump();
@@ -262,14 +187,6 @@ class Daemon {
   bool wait_exit(const std::string &id) {
     return run_until([&] { return exit_of(id).has_value(); });
   }
-
- private:
-  std::unique_ptr<uv_loop_t> loop_;
-  std::unique_ptr<PluginHost> host_;
-  uint64_t exit_sub_ = 0;
-  const flotilla_runtime_v1 *rt_ = nullptr;
-  void *self_ = nullptr;
-  std::vector<json> exits_;
 };
 
 json busybox_task(const std::vector<std::string> &argv,
