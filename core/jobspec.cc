@@ -1512,7 +1512,7 @@ json check_job(Checker &c, const json &job) {
                 "got " +
                     c.describe(*v, s.key("count")));
   } else {
-    count = integer(s, "count", {0, 10000, "an integer from 0 to 10000", ""}).value_or(count);
+    count = integer(s, "count", {0, 100000, "an integer from 0 to 100000", ""}).value_or(count);
   }
   out["count"] = count;
 

@@ -236,22 +236,75 @@ struct ChunkedWrite {
   std::vector<TxnChunk> chunks;
 };
 
-// Chunk i, then the next, each requiring the epoch as the previous left
-// it. done(result, all compares held, revision) after the last or the
-// first that failed.
-void write_chunks(StoreClient *store, std::shared_ptr<const ChunkedWrite> w, size_t i,
-                  StoreCompare epoch,
+// Up to kChunksInFlight chunks at once (store-etcd pipelines as many).
+// Chunk 0 requires the epoch as the evaluation read it; chunk i puts a
+// value of its own there (unique: the node, the fence, a random number for
+// this write, i), and chunk i + 1 requires that value. So etcd applies a
+// chunk only after the one before it, the store may send them without
+// waiting for each answer (store-etcd does: etcd_store.cc, pump_writes),
+// and a chain broken half-way stops there: no chunk is sent after a
+// failure. The store answers in call order; done(result, all compares
+// held, revision) after the last answer, with the first failure if any.
+constexpr size_t kChunksInFlight = 64;
+
+struct ChunkWriter {
+  StoreClient *store;
+  std::shared_ptr<const ChunkedWrite> w;
+  StoreCompare epoch;
+  std::string base;  // the epoch values: base + chunk index
+  size_t next = 0, answered = 0;
+  StoreResult result;
+  bool ok = true;
+  int64_t revision = 0;
+  std::function<void(StoreResult, bool, int64_t)> done;
+};
+
+void send_chunks(const std::shared_ptr<ChunkWriter> &s) {
+  while (s->ok && s->result.ok() && s->next < s->w->chunks.size() &&
+         s->next - s->answered < kChunksInFlight) {
+    const size_t i = s->next++;
+    const TxnChunk &c = s->w->chunks[i];
+    std::vector<StoreCompare> cmp{s->w->fence};
+    if (i == 0)
+      cmp.push_back(s->epoch);
+    else
+      cmp.push_back({kPlacementEpoch, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0,
+                     s->base + std::to_string(i - 1)});
+    cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
+    std::vector<StoreOp> ops = c.ops;
+    ops.push_back(StoreOp::put(kPlacementEpoch, s->base + std::to_string(i)));
+    s->store->txn(cmp, ops, {}, [s](StoreResult r, bool ok, int64_t rev) {
+      ++s->answered;
+      if (s->result.ok() && s->ok) {
+        if (!r.ok() || !ok) {
+          s->result = std::move(r);
+          s->ok = ok;
+        }
+        s->revision = rev;
+      }
+      const bool stop = !s->ok || !s->result.ok() || s->next == s->w->chunks.size();
+      if (!stop) return send_chunks(s);
+      if (s->answered == s->next && s->done) {
+        auto done = std::move(s->done);
+        s->done = nullptr;
+        done(std::move(s->result), s->ok, s->revision);
+      }
+    });
+  }
+}
+
+void write_chunks(StoreClient *store, std::shared_ptr<const ChunkedWrite> w, StoreCompare epoch,
                   std::function<void(StoreResult, bool, int64_t)> done) {
-  const TxnChunk &c = w->chunks[i];
-  std::vector<StoreCompare> cmp{w->fence, std::move(epoch)};
-  cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
-  std::vector<StoreOp> ops = c.ops;
-  ops.push_back(StoreOp::put(kPlacementEpoch, w->node));
-  store->txn(cmp, ops, {}, [store, w, i, done](StoreResult r, bool ok, int64_t rev) {
-    if (!r.ok() || !ok || i + 1 == w->chunks.size()) return done(std::move(r), ok, rev);
-    // The epoch was put in that transaction: its mod_revision is rev.
-    write_chunks(store, w, i + 1, StoreCompare::mod_revision_is(kPlacementEpoch, rev), done);
-  });
+  auto s = std::make_shared<ChunkWriter>();
+  s->store = store;
+  s->w = std::move(w);
+  s->epoch = std::move(epoch);
+  s->done = std::move(done);
+  static std::mt19937_64 rng{std::random_device{}()};
+  char run[24];
+  snprintf(run, sizeof run, "%016llx", static_cast<unsigned long long>(rng()));
+  s->base = s->w->node + "/" + std::to_string(s->w->fence.number) + "/" + run + "/";
+  send_chunks(s);
 }
 
 }  // namespace
@@ -502,23 +555,27 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
       if (ex.release) ex.release(&ex);
     }
 
+    // What every new allocation of this job shares, built once (a job of
+    // 100,000 allocations spends most of its planning copying JSON).
+    json tmpl = {{"job", name},
+                 {"job_version", version},
+                 {"desired_status", "run"},
+                 {"resources",
+                  {{"cpu_mhz", ask.cpu_mhz}, {"memory_mb", ask.memory_mb}, {"disk_mb", ask.disk_mb}}},
+                 {"ports", job_ports(job)},
+                 {"devices", job_devices(job)},
+                 {"created_at", rfc3339_now()}};
+    out.specs[name] = job;
+    out.specs[name].erase("mod_revision");
+    out.new_allocs.reserve(out.new_allocs.size() + missing.size());
     for (size_t i = 0; i < missing.size(); ++i) {
       int64_t ni = placements[i].node_index;
       if (ni < 0 || static_cast<size_t>(ni) >= candidates.size()) continue;
       const std::string &node = candidates[ni];
-      json a = {{"id", new_id(name, missing[i])},
-                {"job", name},
-                {"job_version", version},
-                {"index", missing[i]},
-                {"node", node},
-                {"desired_status", "run"},
-                {"resources",
-                 {{"cpu_mhz", ask.cpu_mhz}, {"memory_mb", ask.memory_mb}, {"disk_mb", ask.disk_mb}}},
-                {"ports", job_ports(job)},
-                {"devices", job_devices(job)},
-                {"spec", job},
-                {"created_at", rfc3339_now()}};
-      a["spec"].erase("mod_revision");
+      json a = tmpl;
+      a["id"] = new_id(name, missing[i]);
+      a["index"] = missing[i];
+      a["node"] = node;
       if (auto prev = replaces.find(missing[i]); prev != replaces.end()) {
         json r = member(prev->second, "reschedule", json::object());
         json times = json::array();
@@ -775,7 +832,9 @@ void Evaluator::evaluate() {
   if (!leader_ || stopping_) return;
   eval_running_ = true;
   eval_again_ = false;
-  store_->list("/flotilla/", [this](StoreResult r, std::vector<KeyValue> kvs, int64_t) {
+  const uint64_t t_read = uv_hrtime();
+  store_->list("/flotilla/", [this, t_read](StoreResult r, std::vector<KeyValue> kvs, int64_t) {
+    const uint64_t t_plan = uv_hrtime();
     auto finish = [this] {
       eval_running_ = false;
       if (eval_again_) request_evaluation();
@@ -833,8 +892,21 @@ void Evaluator::evaluate() {
     // The evaluation's writes, each with the job whose unchanged record it
     // depends on ("": none).
     std::vector<std::pair<std::string, StoreOp>> ops;
-    for (const auto &a : p.new_allocs)
-      ops.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+    // A new allocation's record is the plan's with its job's spec added
+    // ("spec" is written once per job and joined to each record as text).
+    std::map<std::string, std::string> spec_text;
+    for (auto it = p.specs.begin(); it != p.specs.end(); ++it) spec_text[it.key()] = it.value().dump();
+    for (const auto &a : p.new_allocs) {
+      const std::string &job = a["job"].get_ref<const std::string &>();
+      std::string record = a.dump();
+      if (auto sp = spec_text.find(job); sp != spec_text.end() && !a.contains("spec")) {
+        record.pop_back();  // the closing brace
+        record += ",\"spec\":";
+        record += sp->second;
+        record += '}';
+      }
+      ops.emplace_back(job, StoreOp::put(kAllocs + a["id"].get<std::string>(), std::move(record)));
+    }
     for (const auto &a : p.updated_allocs)
       ops.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
     for (const auto &j : p.job_updates)  // auto_revert
@@ -896,11 +968,16 @@ void Evaluator::evaluate() {
     }
     const size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size(),
                  n_txns = plan_write->chunks.size();
+    const uint64_t t_write = uv_hrtime();
+    auto ms = [](uint64_t from, uint64_t to) { return std::to_string((to - from) / 1000000); };
+    const std::string read_ms = ms(t_read, t_plan), plan_ms = ms(t_plan, t_write);
     write_chunks(
-        store_, plan_write, 0,
+        store_, plan_write,
         epoch_rev ? StoreCompare::mod_revision_is(kPlacementEpoch, epoch_rev)
                   : StoreCompare::absent(kPlacementEpoch),
-        [this, finish, placed, stopped, n_txns](StoreResult tr, bool ok, int64_t rev) {
+        [this, finish, placed, stopped, n_txns, read_ms, plan_ms, t_write, ms](StoreResult tr,
+                                                                                bool ok,
+                                                                                int64_t rev) {
           if (!tr.ok()) {
             log::error("scheduler", "cannot write placements: " + tr.message);
             store_trouble();
@@ -916,7 +993,10 @@ void Evaluator::evaluate() {
                       {{"placed", std::to_string(placed)},
                        {"stopped", std::to_string(stopped)},
                        {"transactions", std::to_string(n_txns)},
-                       {"revision", std::to_string(rev)}});
+                       {"revision", std::to_string(rev)},
+                       {"read_ms", read_ms},
+                       {"plan_ms", plan_ms},
+                       {"write_ms", ms(t_write, uv_hrtime())}});
           }
           finish();
         });

@@ -38,7 +38,11 @@ class Evaluator {
   // keyed by name/id, the changes one evaluation makes. Deterministic
   // except for new allocation ids, which come from `new_id`.
   struct Plan {
-    std::vector<nlohmann::json> new_allocs;         // full records
+    // New records, without "spec": each one's is specs[job], added when
+    // it is written (copying a spec into 100,000 records is most of the
+    // cost of planning a job that large).
+    std::vector<nlohmann::json> new_allocs;
+    nlohmann::json specs = nlohmann::json::object();  // job -> spec (no mod_revision)
     std::vector<nlohmann::json> updated_allocs;     // full records with desired_status changed
     nlohmann::json failures = nlohmann::json::object();  // job -> explanation
     // When a failed allocation's reschedule delay ends (ms since the epoch),

@@ -251,11 +251,11 @@ TEST(JobSpecProblems, TypeCountPriority) {
   EXPECT_EQ(problem_of("type = \"cron\"\n" + kMinimal),
             "web.toml line 1, type: \"cron\" is not one of service, batch or system");
   EXPECT_EQ(problem_of("count = -1\n" + kMinimal),
-            "web.toml line 1, count: must be an integer from 0 to 10000, got -1");
-  EXPECT_EQ(problem_of("count = 10001\n" + kMinimal),
-            "web.toml line 1, count: must be at most 10000, got 10001");
+            "web.toml line 1, count: must be an integer from 0 to 100000, got -1");
+  EXPECT_EQ(problem_of("count = 100001\n" + kMinimal),
+            "web.toml line 1, count: must be at most 100000, got 100001");
   EXPECT_EQ(problem_of("count = 2.0\n" + kMinimal),
-            "web.toml line 1, count: must be an integer from 0 to 10000, got a float 2");
+            "web.toml line 1, count: must be an integer from 0 to 100000, got a float 2");
   EXPECT_EQ(parse_jobspec("count = 0\n" + kMinimal, "web.toml")["count"], 0);
   EXPECT_EQ(problem_of("priority = 0\n" + kMinimal),
             "web.toml line 1, priority: must be an integer from 1 to 100, got 0");
@@ -734,7 +734,7 @@ memory = -5
     EXPECT_STREQ(e.what(),
                  "web.toml line 1, name: \"Web\" is not a valid name: use 1 to 63 lowercase "
                  "letters, digits and '-', starting and ending with a letter or digit\n"
-                 "web.toml line 2, count: must be an integer from 0 to 10000, got -1\n"
+                 "web.toml line 2, count: must be an integer from 0 to 100000, got -1\n"
                  "web.toml line 6, task[0].comand: unknown key; did you mean \"command\"?\n"
                  "web.toml line 8, task[0].resources.memory: must be a positive integer (MiB), "
                  "got -5");

@@ -233,6 +233,11 @@ struct EtcdStore::Request {
   uint64_t deadline = 0;
   int attempts = 0;
   bool uncertain = false;      // an earlier attempt may have been applied
+  // Sent behind the write before it, chained (pump_writes); its answer
+  // waits in `held` until that write's has been given.
+  bool pipelined = false;
+  std::function<void()> held;
+  bool held_refused = false;  // held: its compares failed
   int64_t guard_revision = 0;  // the highest revision seen before the first attempt
   std::string what;            // for messages: `put "/k"`
   void *user = nullptr;
@@ -621,20 +626,103 @@ uint64_t EtcdStore::add_request(std::unique_ptr<Request> r) {
   return id;
 }
 
-// Writes go to etcd one at a time, in the order they were made: etcd runs
-// concurrent requests in any order, and callers rely on each write getting
-// the next revision after the one made before it.
+// Writes go to etcd in the order they were made, and each gets a later
+// revision than the one before: callers rely on it. etcd runs concurrent
+// requests in any order, so a write is sent only when the one before it
+// was answered -- unless etcd itself would refuse it out of order. That is
+// a transaction that compares a key's value to exactly the value the
+// transaction before it puts there (the scheduler's placement chain):
+// it is sent at once, with one more compare, that key's mod_revision newer
+// than any revision seen when that transaction was sent. Arriving first, it
+// fails; its answer waits until the one before it was given, and if that
+// one was applied it is sent again, now in order. Up to kMaxChained are in
+// flight; answers are given in call order.
+constexpr size_t kMaxChained = 64;
+
+bool EtcdStore::chain_behind(const Request &prev, Request &next) {
+  if (prev.kind != Request::Kind::txn || next.kind != Request::Kind::txn) return false;
+  if (prev.uncertain || next.uncertain || prev.emulated || next.emulated) return false;
+  // A failure branch would be applied by an attempt that arrived early.
+  if (next.txn_req.failure_size() > 0) return false;
+  if (next.txn_req.compare_size() + 1 > config_.max_txn_ops) return false;
+  for (const auto &c : next.txn_req.compare()) {
+    if (c.target() != pb::Compare::VALUE || c.result() != pb::Compare::EQUAL ||
+        !c.range_end().empty())
+      continue;
+    for (const auto &op : prev.txn_req.success()) {
+      if (!op.has_request_put() || op.request_put().key() != c.key() ||
+          op.request_put().value() != c.value())
+        continue;
+      const int64_t size = static_cast<int64_t>(next.txn_req.ByteSizeLong() + c.key().size()) + 32;
+      if (size + kRaftOverheadBytes > config_.max_request_bytes) return false;
+      pb::Compare newer;
+      newer.set_key(c.key());
+      newer.set_target(pb::Compare::MOD);
+      newer.set_result(pb::Compare::GREATER);
+      newer.set_mod_revision(prev.guard_revision);
+      *next.txn_req.add_compare() = newer;
+      next.pipelined = true;
+      return true;
+    }
+  }
+  return false;
+}
+
 void EtcdStore::pump_writes() {
-  if (closing_ || write_in_flight_ || zero_holds_ > 0) return;
+  if (closing_) return;
+  // Answers that arrived early, given in call order.
+  while (!in_flight_.empty()) {
+    const uint64_t id = in_flight_.front();
+    auto it = requests_.find(id);
+    if (it == requests_.end()) {
+      in_flight_.pop_front();
+      continue;
+    }
+    Request &r = *it->second;
+    if (!r.held) break;
+    std::function<void()> give = std::move(r.held);
+    r.held = nullptr;
+    if (r.held_refused && last_write_succeeded_) {
+      // Refused, perhaps only for arriving before the one before it: again,
+      // in order now (the answer to this attempt is final), and every later
+      // one already refused again too, chained behind it as before.
+      r.held_refused = false;
+      r.pipelined = false;
+      host_->metric_counter_add(host_->host_ctx, "store_etcd_chain_resends_total", 1);
+      send(id);
+      for (size_t k = 1; k < in_flight_.size(); ++k) {
+        auto later = requests_.find(in_flight_[k]);
+        if (later == requests_.end() || !later->second->held || !later->second->held_refused)
+          continue;
+        later->second->held = nullptr;
+        later->second->held_refused = false;
+        host_->metric_counter_add(host_->host_ctx, "store_etcd_chain_resends_total", 1);
+        send(in_flight_[k]);
+      }
+      break;
+    }
+    give();  // answers, and pumps again
+    return;
+  }
+  if (zero_holds_ > 0) return;
   while (!write_queue_.empty()) {
     const uint64_t id = write_queue_.front();
-    write_queue_.pop_front();
     auto it = requests_.find(id);
-    if (it == requests_.end()) continue;
-    write_in_flight_ = id;
-    it->second->guard_revision = last_revision_;
+    if (it == requests_.end()) {
+      write_queue_.pop_front();
+      continue;
+    }
+    Request &r = *it->second;
+    if (!in_flight_.empty()) {
+      if (in_flight_.size() >= kMaxChained) return;
+      auto prev = requests_.find(in_flight_.back());
+      if (prev == requests_.end() || !chain_behind(*prev->second, r)) return;
+      host_->metric_counter_add(host_->host_ctx, "store_etcd_chained_total", 1);
+    }
+    write_queue_.pop_front();
+    in_flight_.push_back(id);
+    r.guard_revision = last_revision_;
     send(id);
-    return;
   }
 }
 
@@ -646,12 +734,24 @@ void EtcdStore::finish(uint64_t id) {
     host_->timer_stop(host_->host_ctx, t->second);
     timers_.erase(t);
   }
-  if (write_in_flight_ == id) write_in_flight_ = 0;
+  if (auto f = std::find(in_flight_.begin(), in_flight_.end(), id); f != in_flight_.end())
+    in_flight_.erase(f);
 }
 
 void EtcdStore::fail(uint64_t id, flotilla_status status, const std::string &message) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
+  if (it->second->pipelined && !closing_ && !in_flight_.empty() && in_flight_.front() != id) {
+    // After the answer to the write before it.
+    it->second->held = [this, id, status, message] {
+      if (auto i = requests_.find(id); i != requests_.end()) i->second->pipelined = false;
+      fail(id, status, message);
+    };
+    it->second->held_refused = false;
+    return;
+  }
+  if (std::find(in_flight_.begin(), in_flight_.end(), id) != in_flight_.end())
+    last_write_succeeded_ = false;
   std::unique_ptr<Request> r = std::move(it->second);
   finish(id);
   for (auto &[lease, waiting] : keepalives_)
@@ -1013,6 +1113,24 @@ void EtcdStore::on_txn(uint64_t id, pb::TxnResponse &resp) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
   Request &r = *it->second;
+  if (r.pipelined) {
+    // Held until the answers before it were given; a refusal may be sent
+    // again (pump_writes).
+    const bool refused = !r.wrapped && !resp.succeeded();
+    if (refused || (!in_flight_.empty() && in_flight_.front() != id)) {
+      auto keep = std::make_shared<pb::TxnResponse>(std::move(resp));
+      r.held = [this, id, keep] { deliver_txn(id, *keep); };
+      r.held_refused = refused;
+      return pump_writes();
+    }
+  }
+  deliver_txn(id, resp);
+}
+
+void EtcdStore::deliver_txn(uint64_t id, const pb::TxnResponse &resp) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  Request &r = *it->second;
   const pb::TxnResponse *t = &resp;
   if (r.wrapped) {
     if (!t->succeeded()) return fail(id, FLOTILLA_E_UNAVAILABLE, kUncertain);
@@ -1021,6 +1139,7 @@ void EtcdStore::on_txn(uint64_t id, pb::TxnResponse &resp) {
   for (size_t i = 0; i < r.emulated; ++i) t = &t->responses(0).response_txn();
   auto owned = std::move(it->second);
   finish(id);
+  last_write_succeeded_ = t->succeeded();
   owned->txn_cb(owned->user, FLOTILLA_OK, t->succeeded() ? 1 : 0, resp.header().revision());
   pump_writes();
 }

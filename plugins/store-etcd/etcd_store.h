@@ -147,6 +147,10 @@ class EtcdStore {
   // ---- requests ----------------------------------------------------------
   uint64_t add_request(std::unique_ptr<Request> r);
   void pump_writes();
+  // May `next` be sent while `prev` (the last one sent) is in flight?
+  // Then it is given the compare that makes etcd refuse it before `prev`.
+  bool chain_behind(const Request &prev, Request &next);
+  void deliver_txn(uint64_t id, const pb::TxnResponse &resp);
   void send(uint64_t id);
   void attempt_failed(uint64_t id, const grpc::Status &status, uint64_t generation);
   void retry_later(uint64_t id);
@@ -199,8 +203,12 @@ class EtcdStore {
 
   uint64_t next_request_ = 1;
   std::map<uint64_t, std::unique_ptr<Request>> requests_;
-  std::deque<uint64_t> write_queue_;  // ordered requests, one in flight
-  uint64_t write_in_flight_ = 0;
+  std::deque<uint64_t> write_queue_;  // ordered requests not yet sent
+  // Ordered requests sent and not yet answered to the caller, in call
+  // order: one, or a chain of transactions etcd itself keeps in order
+  // (pump_writes).
+  std::deque<uint64_t> in_flight_;
+  bool last_write_succeeded_ = false;  // the last ordered request answered: applied?
   int zero_holds_ = 0;  // watches from "now" whose start etcd has not fixed yet
 
   flotilla_store_watch_id next_watch_ = 1;

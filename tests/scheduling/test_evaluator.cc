@@ -62,7 +62,11 @@ class EvaluatorPlan : public ::testing::Test {
   int ids_ = 0;  // non-zero: unique ids (replacements of the same index)
   // Turn a plan's new allocations into the allocs map, as the store would.
   static json apply(json allocs, const Evaluator::Plan &p) {
-    for (const auto &a : p.new_allocs) allocs[a["id"].get<std::string>()] = a;
+    // As the evaluator writes them: each new record with its job's spec.
+    for (auto a : p.new_allocs) {
+      if (p.specs.contains(a["job"].get<std::string>())) a["spec"] = p.specs[a["job"].get<std::string>()];
+      allocs[a["id"].get<std::string>()] = a;
+    }
     for (const auto &a : p.updated_allocs) allocs[a["id"].get<std::string>()] = a;
     return allocs;
   }
@@ -84,8 +88,10 @@ TEST_F(EvaluatorPlan, PlacesEveryMissingAllocationAndIsIdempotent) {
     EXPECT_EQ(p.new_allocs[i]["node"], "n1");
     EXPECT_EQ(p.new_allocs[i]["desired_status"], "run");
     EXPECT_EQ(p.new_allocs[i]["resources"]["cpu_mhz"], 100);
-    EXPECT_EQ(p.new_allocs[i]["spec"]["name"], "web");
+    EXPECT_FALSE(p.new_allocs[i].contains("spec")) << "the spec is the job's, joined when written";
   }
+  EXPECT_EQ(p.specs["web"]["name"], "web");
+  EXPECT_FALSE(p.specs["web"].contains("mod_revision"));
   auto again = plan(jobs, nodes, apply(json::object(), p));
   EXPECT_TRUE(again.new_allocs.empty());
   EXPECT_TRUE(again.updated_allocs.empty());

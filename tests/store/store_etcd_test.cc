@@ -357,6 +357,96 @@ TEST_F(StoreEtcd, RequestsOverEtcdsSizeLimitAreRefusedNotCut) {
   EXPECT_OK(s.put("/fits", std::string(1400 * 1024, 'x')).result);
 }
 
+// ---- chained transactions in flight together ----------------------------------
+
+// A transaction that compares a key's value to the value the transaction
+// before it puts there is sent without waiting for that one's answer
+// (etcd refuses it out of order). Answers still come in call order, each
+// revision after the one before, and a write that cannot be chained waits.
+TEST_F(StoreEtcd, ChainedTransactionsAreSentTogetherAndKeepTheirOrder) {
+  test::EtcdCluster etcd;
+  auto store = open(etcd.plugin_config());
+  SyncStore s(loop_, *store);
+  ASSERT_OK(s.put("/chain/epoch", "t0").result);
+  constexpr int kTxns = 300;
+  std::vector<int> order;
+  std::vector<int64_t> revs;
+  int ok = 0;
+  auto token = [](int i) { return "t" + std::to_string(i); };
+  for (int i = 0; i < kTxns; ++i) {
+    if (i == kTxns / 2) {
+      // Not chained: sent once every transaction before it was answered.
+      store->client().put("/chain/plain", "p", [&](StoreResult r, int64_t rev) {
+        EXPECT_OK(r);
+        order.push_back(-1);
+        revs.push_back(rev);
+      });
+    }
+    store->client().txn(
+        {{"/chain/epoch", FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, token(i)}},
+        {StoreOp::put("/chain/epoch", token(i + 1)),
+         StoreOp::put("/chain/k/" + std::to_string(1000 + i), std::string(200, 'v'))},
+        {}, [&, i](StoreResult r, bool succeeded, int64_t rev) {
+          EXPECT_OK(r);
+          EXPECT_TRUE(succeeded) << "transaction " << i;
+          ok += r.ok() && succeeded;
+          order.push_back(i);
+          revs.push_back(rev);
+        });
+  }
+  run_until([&] { return order.size() == kTxns + 1u; }, "every answer");
+  EXPECT_EQ(ok, kTxns);
+  for (size_t i = 1; i < order.size(); ++i) {
+    EXPECT_GT(revs[i], revs[i - 1]) << "answer " << i << " (" << order[i] << ")";
+    if (order[i] >= 0 && order[i - 1] >= 0) {
+      EXPECT_EQ(order[i], order[i - 1] + 1);
+    }
+  }
+  EXPECT_EQ(order[kTxns / 2], -1) << "the plain put is answered in its place";
+  auto all = s.list("/chain/k/");
+  ASSERT_OK(all.result);
+  ASSERT_EQ(all.kvs.size(), static_cast<size_t>(kTxns));
+  for (size_t i = 1; i < all.kvs.size(); ++i)
+    EXPECT_GT(all.kvs[i].mod_revision, all.kvs[i - 1].mod_revision) << all.kvs[i].key;
+  EXPECT_EQ(s.get("/chain/epoch").kv->value, token(kTxns));
+  const double chained = metric(*store, "store_etcd_chained_total");
+  EXPECT_GE(chained, kTxns / 4) << "most transactions were sent before the one before was answered";
+  std::printf("%g of %d sent chained, %g sent again after arriving early\n", chained, kTxns,
+              metric(*store, "store_etcd_chain_resends_total"));
+}
+
+// A chain broken half-way stops there: the transactions after the one that
+// failed fail too (their compare needs its value), in order, and none of
+// them is applied.
+TEST_F(StoreEtcd, AChainBrokenHalfWayAppliesNothingAfterTheBreak) {
+  test::EtcdCluster etcd;
+  auto store = open(etcd.plugin_config());
+  SyncStore s(loop_, *store);
+  ASSERT_OK(s.put("/chain/epoch", "t0").result);
+  constexpr int kTxns = 60, kBreak = 25;
+  std::vector<int> order;
+  std::vector<bool> applied;
+  for (int i = 0; i < kTxns; ++i) {
+    const std::string want = i == kBreak ? "not this" : "t" + std::to_string(i);
+    store->client().txn({{"/chain/epoch", FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, want}},
+                        {StoreOp::put("/chain/epoch", "t" + std::to_string(i + 1)),
+                         StoreOp::put("/chain/k/" + std::to_string(100 + i), "v")},
+                        {}, [&, i](StoreResult r, bool succeeded, int64_t) {
+                          EXPECT_OK(r);
+                          order.push_back(i);
+                          applied.push_back(succeeded);
+                        });
+  }
+  run_until([&] { return order.size() == kTxns; }, "every answer");
+  for (int i = 0; i < kTxns; ++i) {
+    EXPECT_EQ(order[i], i);
+    EXPECT_EQ(applied[i], i < kBreak) << "transaction " << i;
+  }
+  EXPECT_EQ(s.list("/chain/k/").kvs.size(), static_cast<size_t>(kBreak));
+  EXPECT_EQ(s.get("/chain/epoch").kv->value, "t" + std::to_string(kBreak));
+  EXPECT_GE(metric(*store, "store_etcd_chained_total"), 1);
+}
+
 // ---- watches across a cut link ----------------------------------------------------
 
 TEST_F(StoreEtcd, WatchResumesAfterTheLinkIsCutWithoutSkippingOrRepeating) {
