@@ -828,6 +828,7 @@ constexpr KeyRule kTaskKeys[] = {{"name"},
                                  {"service"}};
 constexpr KeyRule kResourceKeys[] = {{"cpu"},  {"memory"}, {"memory_max"}, {"disk"},
                                      {"pids"}, {"ports"},  {"devices"}};
+constexpr KeyRule kPortMappingKeys[] = {{"name"}, {"host"}, {"to"}};
 constexpr KeyRule kLogKeys[] = {{"max_files"}, {"max_file_size"}};
 constexpr KeyRule kSecurityKeys[] = {{"profile"}, {"cap_add"},          {"cap_drop"},
                                      {"user"},    {"read_only_rootfs"}, {"no_new_privileges"}};
@@ -835,7 +836,8 @@ constexpr KeyRule kSecurityKeys[] = {{"profile"}, {"cap_add"},          {"cap_dr
 constexpr std::int64_t kHourMs = 3600 * 1000;
 
 // [[task.service]] and its checks (plugins/discovery).
-constexpr KeyRule kServiceKeys[] = {{"name"}, {"port"}, {"tags"}, {"check"}};
+constexpr KeyRule kServiceKeys[] = {{"name"}, {"port"}, {"tags"}, {"check"}, {"check_restart"}};
+constexpr KeyRule kCheckRestartKeys[] = {{"limit"}, {"grace", KeyKind::duration}};
 constexpr KeyRule kCheckKeys[] = {{"type"},
                                   {"interval", KeyKind::duration},
                                   {"timeout", KeyKind::duration},
@@ -1080,18 +1082,58 @@ void check_job_placement(Section &s, const std::string &type, json &out) {
 }
 
 // [task.resources] ports and devices, added to out only when given.
-void check_resource_placement(Checker &c, const json &resources, const std::string &path, json &out) {
+void check_resource_placement(Checker &c, const json &resources, const std::string &path,
+                              const std::string &network, json &out) {
   if (auto it = resources.find("ports"); it != resources.end()) {
     const std::string at = child_path(path, "ports");
     if (!it->is_array() || it->size() > 64) {
-      c.problem(at, "must be an array of up to 64 port numbers, got " + c.describe(*it, at));
+      c.problem(at, "must be an array of up to 64 port numbers or named mappings, got " +
+                        c.describe(*it, at));
     } else {
+      // A number: that host port, mapped to the same container port. A
+      // table: a named mapping {name, host, to}, which services and checks
+      // can name as their port.
+      const IntRule port_rule{1, 65535, "a port number from 1 to 65535", ""};
       json ports = json::array();
       std::set<std::int64_t> seen;
+      std::set<std::string> names;
       for (std::size_t i = 0; i < it->size(); ++i) {
-        auto p = as_integer(c, (*it)[i], index_path(at, i), {1, 65535, "a port number from 1 to 65535", ""});
-        if (p && !seen.insert(*p).second) c.problem(index_path(at, i), std::to_string(*p) + " is listed twice");
-        else if (p) ports.push_back(*p);
+        const std::string iat = index_path(at, i);
+        const json &item = (*it)[i];
+        std::optional<std::int64_t> p;
+        json entry;
+        if (item.is_object()) {
+          Section m(c, item, iat, kPortMappingKeys);
+          auto name = text(m, "name", "a mapping name like \"http\"", Presence::required);
+          if (name && !is_valid_name(*name)) {
+            c.problem(m.key("name"), quote_value(*name) + " is not a valid name: " + kNameRule);
+            name.reset();
+          } else if (name && !names.insert(*name).second) {
+            c.problem(m.key("name"), quote_value(*name) + " names two mappings");
+            name.reset();
+          }
+          p = integer(m, "host", port_rule);
+          if (!m.get("host")) c.problem(m.key("host"), "is required: the host port, like 8080");
+          auto to = integer(m, "to", port_rule);
+          // A host-network task listens on its host port: nothing maps it.
+          if (to && p && *to != *p && network == "host")
+            c.problem(m.key("to"),
+                      "a host-network task listens on its host port itself; leave "
+                      "to out or make it " +
+                          std::to_string(*p));
+          if (name && p) entry = {{"name", *name}, {"host", *p}, {"to", to.value_or(*p)}};
+        } else {
+          p = as_integer(c, item, iat,
+                         {1, 65535,
+                          "a port number from 1 to 65535 or a table "
+                          "{ name = \"http\", host = 8080, to = 80 }",
+                          ""});
+          if (p) entry = *p;
+        }
+        if (p && !seen.insert(*p).second)
+          c.problem(iat, std::to_string(*p) + " is listed twice");
+        else if (!entry.is_null())
+          ports.push_back(entry);
       }
       out["ports"] = ports;
     }
@@ -1189,7 +1231,8 @@ json check_env(Checker &c, const json *env, const std::string &path) {
   return out;
 }
 
-json check_resources(Checker &c, const json *resources, const std::string &path) {
+json check_resources(Checker &c, const json *resources, const std::string &path,
+                     const std::string &network) {
   std::int64_t cpu = 100, memory = 64, disk = 0, pids = 1024;
   std::optional<std::int64_t> memory_max;
   if (resources) {
@@ -1212,7 +1255,7 @@ json check_resources(Checker &c, const json *resources, const std::string &path)
               {"memory_max", memory_max.value_or(memory)},
               {"disk", disk},
               {"pids", pids}};
-  if (resources) check_resource_placement(c, *resources, path, out);
+  if (resources) check_resource_placement(c, *resources, path, network, out);
   return out;
 }
 
@@ -1292,20 +1335,35 @@ json check_security(Checker &c, const json &security, const std::string &path) {
   return out;
 }
 
-// A service port: a container port number, or the name of one of the
-// task's port mappings (none have names yet, so a name is refused with why).
-json check_service_port(Section &s) {
+// The task's named port mappings ([task.resources] ports tables): name ->
+// the port its services are reached at (the container port `to`, which is
+// the host port itself for a host-network task).
+using PortNames = std::map<std::string, std::int64_t>;
+
+PortNames port_names(const json &resources) {
+  PortNames out;
+  for (const auto &p : resources.value("ports", json::array()))
+    if (p.is_object()) out[p.value("name", "")] = p.value("to", 0);
+  return out;
+}
+
+// A service's or check's port: a container port number, or the name of
+// one of the task's port mappings, resolved to its container port.
+std::optional<std::int64_t> check_port_or_name(Section &s, const PortNames &names) {
   const json *v = s.get("port");
+  if (!v) return std::nullopt;
   const std::string at = s.key("port");
-  if (!v) {
-    s.c.problem(at, "is required: the container port the service listens on, like 8080");
-    return 0;
-  }
   if (v->is_string() && !s.c.is_date(at)) {
     const std::string name = v->get<std::string>();
-    s.c.problem(at, quote_value(name) +
-                        " names a port mapping, but this task has no named port mappings; "
-                        "give the container port number, like 8080");
+    if (auto it = names.find(name); it != names.end()) return it->second;
+    std::string known;
+    for (const auto &[n, port] : names) known += (known.empty() ? "" : ", ") + quote_value(n);
+    s.c.problem(at, quote_value(name) + " is not a port mapping of this task; " +
+                        (known.empty() ? std::string("it has no named mappings ([task.resources] "
+                                                     "ports = [{ name = \"http\", host = 8080, "
+                                                     "to = 80 }])")
+                                       : "its named mappings are " + known) +
+                        ", or give the container port number, like 8080");
     return 0;
   }
   return as_integer(s.c, *v, at,
@@ -1313,7 +1371,16 @@ json check_service_port(Section &s) {
       .value_or(0);
 }
 
-json check_service_check(Checker &c, const json &check, const std::string &path) {
+json check_service_port(Section &s, const PortNames &names) {
+  if (!s.get("port")) {
+    s.c.problem(s.key("port"), "is required: the container port the service listens on, like 8080");
+    return 0;
+  }
+  return check_port_or_name(s, names).value_or(0);
+}
+
+json check_service_check(Checker &c, const json &check, const std::string &path,
+                         const PortNames &names) {
   Section s(c, check, path, kCheckKeys);
   json out = json::object();
   const auto type = choice(s, "type", kCheckTypes);
@@ -1355,12 +1422,12 @@ json check_service_check(Checker &c, const json &check, const std::string &path)
     for (const char *k : {"path", "expect_status"})
       if (s.get(k)) c.problem(s.key(k), "is only used with type = \"http\"");
   }
-  if (s.get("port"))
-    out["port"] = integer(s, "port", {1, 65535, "a port number from 1 to 65535", ""}).value_or(0);
+  if (auto port = check_port_or_name(s, names)) out["port"] = *port;
   return out;
 }
 
-json check_service(Checker &c, const json &service, const std::string &path) {
+json check_service(Checker &c, const json &service, const std::string &path,
+                   const PortNames &names) {
   Section s(c, service, path, kServiceKeys);
   json out = json::object();
   auto name = text(s, "name", "a service name like \"web\"", Presence::required);
@@ -1372,7 +1439,7 @@ json check_service(Checker &c, const json &service, const std::string &path) {
     name.reset();
   }
   out["name"] = name.value_or("");
-  out["port"] = check_service_port(s);
+  out["port"] = check_service_port(s, names);
   std::set<std::string> seen;
   auto tags =
       text_list(s, "tags", "a tag", "tags", 64, [&](const std::string &at, const std::string &t) {
@@ -1388,9 +1455,18 @@ json check_service(Checker &c, const json &service, const std::string &path) {
         return true;
       });
   out["tags"] = tags.value_or(std::vector<std::string>{});
+  // As Nomad's check_restart: the task is restarted (by its [restart]
+  // policy) once a check fails `limit` times in a row, not counting runs
+  // within `grace` of the task's start.
+  if (const json *cr = sub_object(s, "check_restart", "[task.service.check_restart]")) {
+    Section r(c, *cr, s.key("check_restart"), kCheckRestartKeys);
+    out["check_restart"] = {
+        {"limit", integer(r, "limit", {1, 100, "an integer from 1 to 100", ""}).value_or(3)},
+        {"grace_ms", duration(r, "grace", {0, kHourMs}).value_or(1000)}};
+  }
   out["check"] = table_list(
       c, s.get("check"), s.key("check"), "task.service.check", 16,
-      [&](const json &ch, const std::string &at) { return check_service_check(c, ch, at); });
+      [&](const json &ch, const std::string &at) { return check_service_check(c, ch, at, names); });
   return out;
 }
 
@@ -1478,15 +1554,16 @@ json check_task(Checker &c, const json &task, const std::string &path) {
 
   out["network"] = choice(s, "network", kNetworkModes).value_or("bridge");
   out["env"] = check_env(c, sub_object(s, "env", "[task.env]"), s.key("env"));
-  out["resources"] =
-      check_resources(c, sub_object(s, "resources", "[task.resources]"), s.key("resources"));
+  out["resources"] = check_resources(c, sub_object(s, "resources", "[task.resources]"),
+                                     s.key("resources"), out["network"].get<std::string>());
   out["logs"] = check_logs(c, sub_object(s, "logs", "[task.logs]"), s.key("logs"));
   if (const json *sec = sub_object(s, "security", "[task.security]"))
     out["security"] = check_security(c, *sec, s.key("security"));
+  const PortNames names = port_names(out["resources"]);
   if (s.get("service"))
     out["service"] = table_list(
         c, s.get("service"), s.key("service"), "task.service", 16,
-        [&](const json &svc, const std::string &at) { return check_service(c, svc, at); });
+        [&](const json &svc, const std::string &at) { return check_service(c, svc, at, names); });
   return out;
 }
 

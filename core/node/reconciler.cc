@@ -48,6 +48,7 @@ struct Reconciler::Task {
   uv_timer_t *restart_timer = nullptr;
   json pull;                   // the image pull's progress while it runs, else null
   uint64_t pull_report_ms = 0;  // loop time of the last status write for it
+  std::string check_restart;    // why discovery asked for a restart; "" otherwise
 };
 
 struct Reconciler::Alloc {
@@ -117,7 +118,8 @@ void Reconciler::stop() {
   if (gc_timer_) close_timer(gc_timer_);
   if (sync_timer_) close_timer(sync_timer_);
   if (exit_sub_) plugins_->events().unsubscribe(exit_sub_);
-  exit_sub_ = 0;
+  if (check_restart_sub_) plugins_->events().unsubscribe(check_restart_sub_);
+  exit_sub_ = check_restart_sub_ = 0;
   for (auto &[id, a] : allocs_)
     for (auto &t : a->tasks) {
       if (t.restart_timer) delete static_cast<RestartCtx *>(t.restart_timer->data);
@@ -144,6 +146,12 @@ void Reconciler::start() {
     on_task_exit(e.value("id", ""), e.value("exit_code", int64_t{-1}), e.value("signal", 0),
                  e.value("finished_at", rfc3339_now(true)));
   });
+  check_restart_sub_ = plugins_->events().subscribe(
+      "discovery.check_restart", [this](const std::string &topic, const std::string &payload) {
+        json e = json::parse(payload, nullptr, false);
+        if (topic != "discovery.check_restart" || !e.is_object()) return;
+        on_check_restart(e.value("alloc", ""), e.value("task", ""), e.value("reason", ""));
+      });
   // 1. What the runtime still runs (containers outlive the daemon).
   runtime_->list([this](StoreResult r, json list) {
     if (stopped_) return;
@@ -459,7 +467,11 @@ void Reconciler::attach_network(Alloc &a) {
     if (t.spec.value("network", "bridge") != "bridge") continue;
     hostnames.push_back(t.name);
     for (const auto &p : t.spec.value("resources", json::object()).value("ports", json::array()))
-      ports.push_back({{"host", p}, {"to", p}, {"protocol", "tcp"}});
+      if (p.is_object())  // a named mapping: host port -> container port `to`
+        ports.push_back(
+            {{"host", p.value("host", 0)}, {"to", p.value("to", 0)}, {"protocol", "tcp"}});
+      else
+        ports.push_back({{"host", p}, {"to", p}, {"protocol", "tcp"}});
   }
   json spec = {{"version", 1},
                {"alloc_id", a.id},
@@ -682,6 +694,7 @@ void Reconciler::register_services(Alloc &a, Task &t) {
                 {"tags", svc.value("tags", json::array())},
                 {"checks", checks},
                 {"task", t.name}};
+    if (svc.contains("check_restart")) one["check_restart"] = svc["check_restart"];
     services.push_back(std::move(one));
   }
   // The addresses: the network plugin's attachment when there is one; a
@@ -731,6 +744,11 @@ void Reconciler::on_task_exit(const std::string &container, int64_t exit_code, i
   t->exit_code = exit_code;
   t->signal = signal;
   t->finished_at = finished_at;
+  if (!t->check_restart.empty()) {  // stopped for its failing checks: restarted, whatever its code
+    t->message = "restarted by check_restart: " + t->check_restart;
+    t->check_restart.clear();
+    return apply_restart_policy(*a, *t);
+  }
   const bool batch = a->record.value("spec", json::object()).value("type", "service") == "batch";
   if (batch && exit_code == 0 && signal == 0) {
     t->state = "dead";
@@ -742,6 +760,35 @@ void Reconciler::on_task_exit(const std::string &container, int64_t exit_code, i
   t->message = signal ? "killed by signal " + std::to_string(signal)
                       : "exited with code " + std::to_string(exit_code);
   apply_restart_policy(*a, *t);
+}
+
+void Reconciler::on_check_restart(const std::string &alloc, const std::string &task,
+                                  const std::string &reason) {
+  if (stopped_) return;
+  Alloc *a = find_alloc(alloc);
+  if (!a || a->stopping || a->stopped) return;
+  for (auto &t : a->tasks) {
+    if (t.name != task) continue;
+    if (t.state != "running" || !t.check_restart.empty()) return;
+    t.check_restart = reason.empty() ? "its checks kept failing" : reason;
+    log::info("reconciler", "restarting task for its failing checks",
+              {{"alloc", a->id}, {"task", t.name}, {"why", t.check_restart}});
+    const std::string cid = t.container;
+    const uint64_t attempt = t.attempt;
+    const std::string id = a->id;
+    // Its exit comes as runtime.exit and restarts it (on_task_exit). A
+    // stop that failed leaves the task as it was, to be asked again.
+    runtime_->stop(cid, t.spec.value("kill_timeout_ms", uint64_t{5000}),
+                   [this, id, cid, attempt](StoreResult r, json) {
+                     Alloc *al = stopped_ || r.ok() ? nullptr : find_alloc(id);
+                     if (!al) return;
+                     for (auto &tt : al->tasks)
+                       if (tt.container == cid && tt.attempt == attempt) tt.check_restart.clear();
+                     log::warn("reconciler", "could not stop the task for its failing checks",
+                               {{"alloc", id}, {"error", r.message}});
+                   });
+    return;
+  }
 }
 
 // The wait before a restart: `delay` lengthened by a random fraction of it,

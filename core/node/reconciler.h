@@ -68,6 +68,11 @@ class Reconciler {
   void register_services(Alloc &a, Task &t);
   void deregister_services(Alloc &a);
   void apply_restart_policy(Alloc &a, Task &t);
+  // discovery's "discovery.check_restart" (a service's check_restart
+  // limit reached): the task is stopped, and its exit restarts it by the
+  // job's [restart] policy.
+  void on_check_restart(const std::string &alloc, const std::string &task,
+                        const std::string &reason);
   void stop_alloc(Alloc &a, const std::string &why, bool purge);
   void collect_if_job_gone(Alloc &a);
   void gc_sweep();
@@ -83,6 +88,7 @@ class Reconciler {
   std::string node_;
   bool stopped_ = false;
   uint64_t exit_sub_ = 0;
+  uint64_t check_restart_sub_ = 0;
   nlohmann::json containers_ = nlohmann::json::object();  // runtime list at start: id -> state
   nlohmann::json previous_ = nlohmann::json::object();    // alloc-status at start: id -> status
   std::map<std::string, std::unique_ptr<Alloc>> allocs_;

@@ -75,7 +75,8 @@ json job_ports(const json &job) {
   json ports = json::array();
   for (const auto &t : tasks_of(job))
     for (const auto &p : member(member(t, "resources", json::object()), "ports", json::array()))
-      ports.push_back(p);
+      // A named mapping counts its host port.
+      ports.push_back(p.is_object() ? member(p, "host", json(0)) : p);
   return ports;
 }
 json job_devices(const json &job) {

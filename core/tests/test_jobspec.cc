@@ -663,7 +663,8 @@ TEST(JobSpecService, BadValuesNameTheLineAndKey) {
   EXPECT_EQ(problem_of(head + "name = \"web\"\nport = 70000\n"),
             "web.toml line 9, task[0].service[0].port: must be at most 65535, got 70000");
   EXPECT_NE(problem_of(head + "name = \"web\"\nport = \"http\"\n")
-                .find("line 9, task[0].service[0].port: \"http\" names a port mapping"),
+                .find("line 9, task[0].service[0].port: \"http\" is not a port mapping of this "
+                      "task; it has no named mappings"),
             std::string::npos);
   EXPECT_NE(problem_of(head + "name = \"web\"\n").find("task[0].service[0].port: is required"),
             std::string::npos);
@@ -687,6 +688,91 @@ TEST(JobSpecService, BadValuesNameTheLineAndKey) {
             std::string::npos);
   EXPECT_NE(problem_of(check + "type = \"tcp\"\nintervall = \"1s\"\n")
                 .find("check[0].intervall: unknown key"),
+            std::string::npos);
+}
+
+// [task.resources] ports may hold named mappings { name, host, to }; a
+// service's or a check's port may name one, and resolves to its container
+// port (to). The scheduler still sees host ports.
+TEST(JobSpecService, NamedPortMappingsResolveToTheirContainerPort) {
+  json job = parse_jobspec(kMinimal + R"(
+[task.resources]
+ports = [9000, { name = "http", host = 8081, to = 80 }, { name = "admin", host = 9100 }]
+
+[[task.service]]
+name = "web"
+port = "http"
+  [[task.service.check]]
+  type = "tcp"
+  port = "admin"
+)",
+                           "web.toml");
+  const json &t = job["task"][0];
+  EXPECT_EQ(t["resources"]["ports"], json::parse(R"([9000, {"name": "http", "host": 8081, "to": 80},
+                            {"name": "admin", "host": 9100, "to": 9100}])"));
+  EXPECT_EQ(t["service"][0]["port"], 80);
+  EXPECT_EQ(t["service"][0]["check"][0]["port"], 9100);
+  EXPECT_EQ(validate_job_json(job, "web.json"), job);
+
+  const std::string res = kMinimal + "[task.resources]\n";  // line 7
+  EXPECT_EQ(problem_of(res + "ports = [{ name = \"http\", to = 80 }]\n"),
+            "web.toml line 8, task[0].resources.ports[0].host: is required: the host port, like "
+            "8080");
+  EXPECT_EQ(
+      problem_of(res + "ports = [{ name = \"Http\", host = 80 }]\n")
+          .find("web.toml line 8, task[0].resources.ports[0].name: \"Http\" is not a valid name"),
+      0u);
+  EXPECT_EQ(
+      problem_of(res + "ports = [{ name = \"a\", host = 80 },\n  { name = \"a\", host = 81 }]\n"),
+      "web.toml line 9, task[0].resources.ports[1].name: \"a\" names two mappings");
+  EXPECT_EQ(problem_of(res + "ports = [80, { name = \"a\", host = 80 }]\n"),
+            "web.toml line 8, task[0].resources.ports[1]: 80 is listed twice");
+  EXPECT_NE(problem_of(res + "ports = [{ name = \"a\", host = 80, colour = 1 }]\n")
+                .find("task[0].resources.ports[0].colour: unknown key"),
+            std::string::npos);
+  EXPECT_EQ(problem_of(res + "ports = [{ name = \"a\", host = 80, to = 0 }]\n"),
+            "web.toml line 8, task[0].resources.ports[0].to: must be a port number from 1 to 65535, "
+            "got 0");
+  // A host-network task cannot move its port.
+  EXPECT_NE(problem_of(kMinimal + "network = \"host\"\n" + res.substr(kMinimal.size()) +
+                       "ports = [{ name = \"a\", host = 80, to = 81 }]\n")
+                .find("line 9, task[0].resources.ports[0].to: a host-network task listens on its "
+                      "host port itself"),
+            std::string::npos);
+  // An unknown name, with the names the task has.
+  EXPECT_EQ(problem_of(res + "ports = [{ name = \"http\", host = 8081, to = 80 }]\n"
+                             "[[task.service]]\nname = \"web\"\nport = \"htp\"\n"),
+            "web.toml line 11, task[0].service[0].port: \"htp\" is not a port mapping of this "
+            "task; its named mappings are \"http\", or give the container port number, like 8080");
+  EXPECT_NE(problem_of(res + "ports = [{ name = \"http\", host = 8081, to = 80 }]\n"
+                             "[[task.service]]\nname = \"web\"\nport = 80\n"
+                             "[[task.service.check]]\ntype = \"tcp\"\nport = \"nope\"\n")
+                .find("line 14, task[0].service[0].check[0].port: \"nope\" is not a port mapping"),
+            std::string::npos);
+}
+
+TEST(JobSpecService, CheckRestartIsCanonicalisedAndCheckedByKey) {
+  const std::string svc = kMinimal + "[[task.service]]\nname = \"web\"\nport = 80\n";  // 7-9
+  json job =
+      parse_jobspec(svc + "[task.service.check_restart]\nlimit = 2\ngrace = \"3s\"\n", "web.toml");
+  EXPECT_EQ(job["task"][0]["service"][0]["check_restart"],
+            json({{"limit", 2}, {"grace_ms", 3000}}));
+  EXPECT_EQ(validate_job_json(job, "web.json"), job);
+  job = parse_jobspec(svc + "[task.service.check_restart]\n", "web.toml");
+  EXPECT_EQ(job["task"][0]["service"][0]["check_restart"],
+            json({{"limit", 3}, {"grace_ms", 1000}}));
+  EXPECT_FALSE(parse_jobspec(svc, "web.toml")["task"][0]["service"][0].contains("check_restart"));
+  EXPECT_EQ(problem_of(svc + "[task.service.check_restart]\nlimit = 0\n"),
+            "web.toml line 11, task[0].service[0].check_restart.limit: must be an integer from 1 to "
+            "100, got 0");
+  EXPECT_NE(problem_of(svc + "[task.service.check_restart]\ngrace = \"soon\"\n")
+                .find("line 11, task[0].service[0].check_restart.grace"),
+            std::string::npos);
+  EXPECT_NE(problem_of(svc + "[task.service.check_restart]\nlimits = 2\n")
+                .find("line 11, task[0].service[0].check_restart.limits: unknown key"),
+            std::string::npos);
+  EXPECT_NE(problem_of(svc + "check_restart = 3\n")
+                .find("line 10, task[0].service[0].check_restart: must be a table"),
             std::string::npos);
 }
 

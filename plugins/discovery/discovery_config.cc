@@ -144,7 +144,8 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
                                               "host_address",
                                               "vip_cidr",
                                               "vip_table",
-                                              "vip_masquerade_mark"};
+                                              "vip_masquerade_mark",
+                                              "container_dns"};
   for (auto it = table.begin(); it != table.end(); ++it)
     if (!known.count(it.key()))
       problems.push_back(
@@ -177,6 +178,7 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
   r.str("vip_cidr", cfg.vip_cidr);
   r.str("vip_table", cfg.vip_table);
   r.number("vip_masquerade_mark", cfg.vip_masquerade_mark, 1, 0x7fffffff, "(a mark bit)");
+  r.boolean("container_dns", cfg.container_dns);
 
   if (!cfg.vip_cidr.empty()) {
     auto slash = cfg.vip_cidr.find('/');
@@ -243,6 +245,23 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
       cfg.upstream_addrs.push_back(a);
   }
   return problems;
+}
+
+bool listen_covers(const std::vector<SocketAddress> &listen, const SocketAddress &a) {
+  for (const auto &l : listen) {
+    if (same_address(l, a)) return true;
+    if (l.ss.ss_family != a.ss.ss_family) continue;
+    if (l.ss.ss_family == AF_INET) {
+      auto *x = reinterpret_cast<const sockaddr_in *>(&l.ss);
+      auto *y = reinterpret_cast<const sockaddr_in *>(&a.ss);
+      if (x->sin_addr.s_addr == htonl(INADDR_ANY) && x->sin_port == y->sin_port) return true;
+    } else if (l.ss.ss_family == AF_INET6) {
+      auto *x = reinterpret_cast<const sockaddr_in6 *>(&l.ss);
+      auto *y = reinterpret_cast<const sockaddr_in6 *>(&a.ss);
+      if (IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) && x->sin6_port == y->sin6_port) return true;
+    }
+  }
+  return false;
 }
 
 std::vector<SocketAddress> read_resolv_conf(const std::string &path,

@@ -42,6 +42,10 @@ struct DiscoveryConfig {
   std::string vip_table = "flotilla_vip";
   uint32_t vip_masquerade_mark = 0x4000;
   uint32_t vip_base = 0, vip_size = 0;  // parsed vip_cidr (host order)
+  // Answer containers on the node's bridge gateway (port 53) once
+  // net-overlay made the bridge, and ask it to point their resolv.conf
+  // there with ndots:1 (README.md, "Containers' resolver").
+  bool container_dns = true;
   // Parsed forms.
   std::vector<SocketAddress> listen_addrs;
   std::vector<SocketAddress> upstream_addrs;  // from `upstreams` only
@@ -54,6 +58,10 @@ struct ConfigProblem {
 
 // Fills cfg from the plugin's table; returns every problem found.
 std::vector<ConfigProblem> parse_config(const nlohmann::json &table, DiscoveryConfig &cfg);
+
+// True when one of `listen` already receives queries sent to `a`: the same
+// address and port, or the wildcard address of its family on its port.
+bool listen_covers(const std::vector<SocketAddress> &listen, const SocketAddress &a);
 
 // The nameserver lines of a resolv.conf, as addresses on port 53, without
 // any of `exclude` (our own listen addresses: never forward to ourselves).

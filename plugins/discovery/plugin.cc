@@ -12,6 +12,7 @@
 #include <ifaddrs.h>
 #include <net/if.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -54,6 +55,15 @@ struct Local {
   std::vector<std::unique_ptr<HealthCheck>> checks;
   std::vector<CheckSpec> specs;
   std::string output;  // the last check's output
+  // check_restart (README.md): after `restart_limit` failures in a row of
+  // one check, not counting runs before `grace_until`, the task is
+  // restarted ("discovery.check_restart" to the reconciler), once per
+  // registration: the restarted task registers again.
+  std::string task;
+  uint32_t restart_limit = 0;  // 0: no check_restart
+  std::chrono::steady_clock::time_point grace_until{};
+  std::vector<uint32_t> restart_failures;  // per check
+  bool restart_asked = false;
 };
 
 struct Instance {
@@ -64,6 +74,12 @@ struct Instance {
   std::unique_ptr<Responder> responder;
   std::unique_ptr<Forwarder> forwarder;
   std::unique_ptr<DnsServer> server;
+  // Containers' resolver: one server per bridge gateway address, bound
+  // when net-overlay announces the bridge (README.md, "Containers'
+  // resolver"); the addresses announced back.
+  std::map<std::string, std::unique_ptr<DnsServer>> gateway_servers;
+  std::vector<std::string> container_nameservers;
+  flotilla_handle bridge_sub = 0;
   const flotilla_store_v1 *store = nullptr;
   void *store_self = nullptr;
   flotilla_store_watch_id watch_services = 0, watch_vips = 0;
@@ -431,6 +447,25 @@ void on_check_result(Instance &inst, const std::string &key, size_t index, bool 
     else if (s->health() == Health::starting && overall != Health::critical)
       overall = Health::starting;
   }
+  if (l.restart_limit && !l.restart_asked) {
+    uint32_t &n = l.restart_failures[index];
+    n = ok || std::chrono::steady_clock::now() < l.grace_until ? 0 : n + 1;
+    if (n >= l.restart_limit) {
+      l.restart_asked = true;
+      const std::string reason = "service " + l.endpoint.service + " check " +
+                                 std::to_string(index) + " (" + l.specs[index].type + ") failed " +
+                                 std::to_string(n) + " times in a row: " + output;
+      inst.log(FLOTILLA_LOG_WARN,
+               "restarting task " + l.task + " of " + l.endpoint.alloc + ": " + reason);
+      json ev = {{"alloc", l.endpoint.alloc},
+                 {"task", l.task},
+                 {"service", l.endpoint.service},
+                 {"check", index},
+                 {"failures", n},
+                 {"reason", reason}};
+      inst.host->event_publish(inst.host->host_ctx, "discovery.check_restart", ev.dump().c_str());
+    }
+  }
   const std::string name = health_name(overall);
   const bool changed = name != l.endpoint.health;
   if (!ok || changed) l.output = output;
@@ -527,6 +562,24 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
           spec.port = l->endpoint.port;
         l->specs.push_back(spec);
       }
+      l->task = s.value("task", "");
+      if (s.contains("check_restart")) {
+        const json &cr = s["check_restart"];
+        if (!cr.is_object() || !cr.value("limit", json()).is_number_unsigned() ||
+            cr["limit"].get<uint64_t>() < 1 || cr["limit"].get<uint64_t>() > 100)
+          return inst->error(FLOTILLA_E_INVALID,
+                             at + ".check_restart.limit: must be an integer from 1 to 100");
+        if (cr.contains("grace_ms") && !cr["grace_ms"].is_number_unsigned())
+          return inst->error(FLOTILLA_E_INVALID,
+                             at + ".check_restart.grace_ms: must be a whole number of ms");
+        if (l->task.empty())
+          return inst->error(FLOTILLA_E_INVALID,
+                             at + ".task: check_restart needs the task's name to restart it");
+        l->restart_limit = cr["limit"].get<uint32_t>();
+        l->grace_until = std::chrono::steady_clock::now() +
+                         std::chrono::milliseconds(cr.value("grace_ms", uint64_t{1000}));
+        l->restart_failures.assign(l->specs.size(), 0);
+      }
       // No checks: passing once registered (as Consul and Nomad).
       l->endpoint.health = l->specs.empty() ? "passing" : "starting";
       made.push_back(std::move(l));
@@ -617,6 +670,57 @@ void report_stats(void *user) {
                                static_cast<double>(inst->forwarder->inflight()));
   inst->host->metric_gauge_set(inst->host->host_ctx, "discovery_services",
                                static_cast<double>(inst->zone->services().size()));
+}
+
+// ---- the containers' resolver ------------------------------------------------
+
+// "network.bridge.ready" {"gateways": [...]}: answer on each gateway's
+// port 53 (unless `listen` already does), then tell net-overlay
+// ("discovery.dns.ready") to write them, with ndots:1, into the
+// resolv.conf of the containers it attaches from now on. A gateway that
+// cannot be bound is logged and left out; with none, containers keep the
+// resolvers net-overlay gives them without us.
+void on_bridge_ready(void *user, const char *topic, const char *payload) {
+  auto *inst = static_cast<Instance *>(user);
+  if (std::strcmp(topic, "network.bridge.ready") != 0) return;
+  json j = json::parse(payload ? payload : "", nullptr, false);
+  if (!j.is_object() || !j.contains("gateways") || !j["gateways"].is_array()) {
+    inst->log(FLOTILLA_LOG_WARN, "network.bridge.ready without gateways; ignored");
+    return;
+  }
+  std::vector<std::string> served;
+  for (const auto &g : j["gateways"]) {
+    if (!g.is_string()) continue;
+    const std::string ip = g.get<std::string>();
+    SocketAddress a;
+    if (!parse_socket_address(ip.find(':') != std::string::npos ? "[" + ip + "]" : ip, 53, a)) {
+      inst->log(FLOTILLA_LOG_WARN, "network.bridge.ready: \"" + ip + "\" is not an address");
+      continue;
+    }
+    if (listen_covers(inst->cfg.listen_addrs, a) || inst->gateway_servers.count(ip)) {
+      served.push_back(ip);
+      continue;
+    }
+    DnsServer::Settings ss;
+    ss.listen = {a};
+    ss.tcp_idle_timeout_ms = inst->cfg.tcp_idle_timeout_ms;
+    ss.tcp_max_connections = inst->cfg.tcp_max_connections;
+    auto server = std::make_unique<DnsServer>(inst->host, *inst->responder, *inst->forwarder, ss);
+    std::string err;
+    if (!server->start(err)) {
+      inst->log(FLOTILLA_LOG_ERROR, "cannot answer containers on the bridge gateway: " + err +
+                                        "; they keep net-overlay's other resolvers");
+      continue;
+    }
+    inst->log(FLOTILLA_LOG_INFO, "DNS for ." + inst->cfg.domain + " also on " + a.text() +
+                                     " (the bridge gateway, for containers)");
+    inst->gateway_servers[ip] = std::move(server);
+    served.push_back(ip);
+  }
+  if (served.empty()) return;
+  inst->container_nameservers = served;
+  json ev = {{"nameservers", served}, {"options", {"ndots:1"}}, {"domain", inst->cfg.domain}};
+  inst->host->event_publish(inst->host->host_ctx, "discovery.dns.ready", ev.dump().c_str());
 }
 
 // ---- entry -------------------------------------------------------------------
@@ -730,6 +834,9 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
     }
     inst->host_address =
         inst->cfg.host_address.empty() ? first_host_ipv4() : inst->cfg.host_address;
+    if (inst->cfg.container_dns)
+      inst->bridge_sub =
+          host->event_subscribe(host->host_ctx, "network.bridge.", on_bridge_ready, inst.get());
     start_list(*inst);
     grant_lease(*inst);
     const uint64_t ka = std::max<uint64_t>(1000, inst->cfg.lease_ttl * 1000 / 3);
@@ -754,8 +861,10 @@ void deinit(void *instance) {
   if (inst->watch_services) inst->store->watch_cancel(inst->store_self, inst->watch_services);
   if (inst->watch_vips) inst->store->watch_cancel(inst->store_self, inst->watch_vips);
   inst->locals.clear();
+  if (inst->bridge_sub) h->event_unsubscribe(h->host_ctx, inst->bridge_sub);
   // The endpoints stay until the lease expires: a restarted daemon finds
   // its containers running and registers them again.
+  inst->gateway_servers.clear();
   inst->server.reset();
   inst->forwarder.reset();
   // The VIP table stays: traffic through it keeps flowing while the daemon

@@ -271,4 +271,31 @@ std::vector<std::string> resolv_nameservers(const std::string &resolv_conf) {
   return out;
 }
 
+ContainerDns container_dns(const NetConfig &cfg, const DiscoveryDns &discovery,
+                           const std::string &host_resolv_conf) {
+  ContainerDns out;
+  out.search = cfg.dns_search;
+  out.options = cfg.dns_options;
+  if (!cfg.dns_servers.empty()) {
+    out.nameservers = cfg.dns_servers;
+    return out;
+  }
+  if (discovery.nameservers.empty()) {
+    out.nameservers = resolv_nameservers(host_resolv_conf);
+    return out;
+  }
+  out.nameservers = discovery.nameservers;
+  // "ndots:1" unless the operator's dns_options set ndots themselves.
+  auto name_of = [](const std::string &o) { return o.substr(0, o.find(':')); };
+  std::vector<std::string> options;
+  for (const auto &o : discovery.options) {
+    bool overridden = false;
+    for (const auto &mine : cfg.dns_options) overridden |= name_of(mine) == name_of(o);
+    if (!overridden) options.push_back(o);
+  }
+  options.insert(options.end(), cfg.dns_options.begin(), cfg.dns_options.end());
+  out.options = options;
+  return out;
+}
+
 }  // namespace flotilla::overlay

@@ -64,4 +64,23 @@ unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool underlay_v
 // container cannot reach the host's 127.0.0.53).
 std::vector<std::string> resolv_nameservers(const std::string &resolv_conf);
 
+// What the containers' resolv.conf says.
+struct ContainerDns {
+  std::vector<std::string> nameservers, search, options;
+};
+
+// The node's discovery DNS, as discovery announced it on the event bus
+// ("discovery.dns.ready"): the addresses it answers containers on (the
+// bridge gateway) and the options it asks for ("ndots:1").
+struct DiscoveryDns {
+  std::vector<std::string> nameservers, options;
+};
+
+// The containers' DNS: `dns_servers` when the operator gave them; else the
+// node's discovery DNS once it announced itself (its options first unless
+// `dns_options` sets the same option); else the host's nameservers
+// (host_resolv_conf's text, loopback ones dropped).
+ContainerDns container_dns(const NetConfig &cfg, const DiscoveryDns &discovery,
+                           const std::string &host_resolv_conf);
+
 }  // namespace flotilla::overlay

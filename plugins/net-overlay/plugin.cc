@@ -80,6 +80,10 @@ struct Instance {
   flotilla_handle retry_timer = 0;
   flotilla_handle cleanup_sub = 0;
   int setup_attempts = 0;
+  // The node's discovery DNS once it announced itself on the event bus
+  // ("discovery.dns.ready"): the containers' resolver (README.md, "DNS").
+  flotilla_handle dns_sub = 0;
+  ov::DiscoveryDns discovery_dns;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -344,15 +348,16 @@ void release(Instance *self, const std::string &alloc, std::function<void(std::s
 
 // ---- attach / detach -------------------------------------------------------
 
-json dns_of(const ov::NetConfig &cfg) {
-  std::vector<std::string> servers = cfg.dns_servers;
-  if (servers.empty()) {
+json dns_of(const Instance *self) {
+  std::string host_resolv;
+  if (self->cfg.dns_servers.empty() && self->discovery_dns.nameservers.empty()) {
     std::ifstream in("/etc/resolv.conf");
     std::stringstream ss;
     ss << in.rdbuf();
-    servers = ov::resolv_nameservers(ss.str());
+    host_resolv = ss.str();
   }
-  return {{"nameservers", servers}, {"search", cfg.dns_search}, {"options", cfg.dns_options}};
+  ov::ContainerDns d = ov::container_dns(self->cfg, self->discovery_dns, host_resolv);
+  return {{"nameservers", d.nameservers}, {"search", d.search}, {"options", d.options}};
 }
 
 json result_of(Instance *self, const ov::Attachment &a) {
@@ -379,7 +384,7 @@ json result_of(Instance *self, const ov::Attachment &a) {
                                        {"mtu", self->net.mtu}}})},
           {"ips", ips},
           {"routes", routes},
-          {"dns", dns_of(self->cfg)},
+          {"dns", dns_of(self)},
           {"hosts", hosts},
           {"ports", ports}};
 }
@@ -1066,6 +1071,41 @@ void retry_setup(Instance *self, const std::string &why) {
       self);
 }
 
+// The bridge and its gateway addresses, for discovery (which answers the
+// containers' DNS there): "network.bridge.ready" on the event bus.
+void announce_bridge(Instance *self) {
+  json gateways = json::array({self->net.gateway4()});
+  if (self->net.subnet6) gateways.push_back(self->net.gateway6());
+  json ev = {{"node", self->node}, {"bridge", self->cfg.bridge}, {"gateways", gateways}};
+  self->host->event_publish(self->host->host_ctx, "network.bridge.ready", ev.dump().c_str());
+}
+
+// "discovery.dns.ready": {"nameservers": [...], "options": [...]}.
+void on_discovery_dns(void *u, const char *topic, const char *payload) {
+  auto *self = static_cast<Instance *>(u);
+  if (std::strcmp(topic, "discovery.dns.ready") != 0) return;
+  json j = json::parse(payload ? payload : "", nullptr, false);
+  if (!j.is_object()) return;
+  ov::DiscoveryDns d;
+  for (const char *k : {"nameservers", "options"})
+    if (j.contains(k) && j[k].is_array())
+      for (const auto &v : j[k])
+        if (v.is_string())
+          (std::strcmp(k, "nameservers") == 0 ? d.nameservers : d.options)
+              .push_back(v.get<std::string>());
+  for (const auto &ns : d.nameservers)
+    if (!ov::parse_address(ns))
+      return self->log(FLOTILLA_LOG_WARN,
+                       "discovery.dns.ready: \"" + ns + "\" is not an address; ignored");
+  self->discovery_dns = d;
+  std::string list;
+  for (const auto &ns : d.nameservers) list += (list.empty() ? "" : ", ") + ns;
+  self->log(FLOTILLA_LOG_INFO,
+            self->cfg.dns_servers.empty()
+                ? "containers attached from now on resolve through discovery's DNS at " + list
+                : "discovery's DNS answers at " + list + "; containers keep dns_servers");
+}
+
 // Subnets, then this node's reservations, then the host: bridge, sysctls,
 // the nft table, and removal of what no attachment owns.
 void setup(Instance *self) {
@@ -1096,6 +1136,7 @@ void setup(Instance *self) {
                                                self->underlay.interface + " " +
                                                std::to_string(self->underlay.mtu) + ")");
               self->ready = true;
+              announce_bridge(self);
               collect_garbage(self);
               start_mesh(self);
               pump(self);
@@ -1263,6 +1304,7 @@ flotilla_status init(const flotilla_host *host, void **out) {
   self->gauge("net_overlay_mtu", self->net.mtu);
   Instance *raw = self.release();
   *out = raw;
+  raw->dns_sub = host->event_subscribe(host->host_ctx, "discovery.dns.", on_discovery_dns, raw);
   raw->cleanup_sub = host->event_subscribe(
       host->host_ctx, "network.cleanup.request",
       [](void *u, const char *topic, const char *) {
@@ -1296,6 +1338,7 @@ void deinit(void *inst) {
   self->stopping = true;
   if (self->retry_timer) self->host->timer_stop(self->host->host_ctx, self->retry_timer);
   if (self->cleanup_sub) self->host->event_unsubscribe(self->host->host_ctx, self->cleanup_sub);
+  if (self->dns_sub) self->host->event_unsubscribe(self->host->host_ctx, self->dns_sub);
   // wireguard-go and the node's record stay: traffic keeps flowing while
   // the daemon restarts, and the record expires with its lease if it does
   // not come back.

@@ -1,7 +1,8 @@
 // Service discovery across hosts, end to end (issue 12): three flotillad
 // hosts in network namespaces (cluster.h) on real etcd, real runc
 // containers on net-overlay's bridges, the discovery plugin on every host
-// answering DNS on 0.0.0.0:53 of its namespace and keeping its VIP table.
+// answering DNS on its underlay address and, for the containers, on its
+// bridge gateway (their default resolv.conf), and keeping its VIP table.
 //
 // Cross-host container traffic needs the WireGuard mesh (not here yet), so
 // what crosses hosts is checked where it shows without it: the DNS answers
@@ -55,16 +56,19 @@ ClusterOptions discovery_options() {
   ClusterOptions o;
   o.hosts = 3;
   o.lease_ttl_s = kLeaseTtl;
-  o.extra_config =
-      std::string("[plugin.discovery]\npath = \"") + DISCOVERY_PLUGIN_PATH +
-      "\"\nlisten = [\"0.0.0.0:53\"]\nforward = false\nlease_ttl = " + std::to_string(kLeaseTtl) +
-      "\nttl = 1\nnegative_ttl = 1\nvip_cidr = \"10.43.0.0/24\"\nvip_table = \"" + kVipTable +
-      "\"\n";
   // Each host pins its allocations' namespaces under its own dir (the
   // hosts share one filesystem, and a start removes unowned ones).
+  // Discovery listens on the host's underlay address (the tests ask it
+  // there) and, by container_dns, on its bridge gateway once net-overlay
+  // announces it: the containers' default resolver.
   o.host_config = [](const Cluster &, const Host &h) {
-    return std::string("[plugin.net-overlay]\npath = \"") + NET_OVERLAY_PLUGIN_PATH +
-           "\"\nnetns_dir = \"" + h.dir() + "/netns\"\nunderlay_interface = \"eth0\"\n"
+    return std::string("[plugin.discovery]\npath = \"") + DISCOVERY_PLUGIN_PATH +
+           "\"\nlisten = [\"" + h.ip() +
+           ":53\"]\nforward = false\nlease_ttl = " + std::to_string(kLeaseTtl) +
+           "\nttl = 1\nnegative_ttl = 1\nvip_cidr = \"10.43.0.0/24\"\nvip_table = \"" + kVipTable +
+           "\"\n" + "[plugin.net-overlay]\npath = \"" + NET_OVERLAY_PLUGIN_PATH +
+           "\"\nnetns_dir = \"" + h.dir() +
+           "/netns\"\nunderlay_interface = \"eth0\"\n"
            // No WireGuard mesh here (tests/cluster/test_mesh.cc has it): the
            // hosts share /var/run/wireguard, one default device name.
            "wireguard = \"off\"\n";
@@ -365,12 +369,13 @@ TEST_F(DiscoveryCluster, HostAResolvesExactlyThePassingBackendsOnBAndC) {
   EXPECT_EQ(vip->begin()->rfind("10.43.0.", 0), 0u) << *vip->begin();
   EXPECT_EQ(a_records(C(), "web.vip.flotilla"), vip);
 
-  // A client container on A, through its bridge gateway (the node's DNS).
+  // A client container on A with its default resolv.conf: the node's DNS
+  // on its bridge gateway, ndots:1.
   run("client",
       script_job("client", "h0",
-                 "GW=$(ip route | awk '/default/{print $3}'); "
-                 "nslookup web.service.flotilla $GW; "
-                 "nslookup -type=srv _web._tcp.service.flotilla $GW; "
+                 "echo gw=$(ip route | awk '/default/{print $3}'); cat /etc/resolv.conf; "
+                 "nslookup web.service.flotilla; "
+                 "nslookup -type=srv _web._tcp.service.flotilla; "
                  "echo done-resolving; exec sleep 3600"),
       1);
   auto client = allocs_by_node("client")["h0"];
@@ -382,6 +387,16 @@ TEST_F(DiscoveryCluster, HostAResolvesExactlyThePassingBackendsOnBAndC) {
       },
       15s))
       << logs;
+  {
+    const auto g = logs.find("gw=");
+    ASSERT_NE(g, std::string::npos) << logs;
+    const std::string gw = logs.substr(g + 3, logs.find('\n', g) - g - 3);
+    EXPECT_NE(logs.find("nameserver " + gw + "\n"), std::string::npos)
+        << "resolv.conf should name the bridge gateway " << gw << ":\n"
+        << logs;
+    EXPECT_NE(logs.find("options ndots:1"), std::string::npos) << logs;
+    EXPECT_EQ(logs.find("search "), std::string::npos) << "no search list: " << logs;
+  }
   EXPECT_NE(logs.find("Address: " + ip_b), std::string::npos) << logs;
   EXPECT_NE(logs.find("Address: " + ip_c), std::string::npos) << logs;
   EXPECT_NE(logs.find("1 1 8080 " + by_node["h1"] + ".alloc.flotilla"), std::string::npos) << logs;
@@ -477,8 +492,7 @@ TEST_F(DiscoveryCluster, RequestsThroughTheVipReachBothBackends) {
   ASSERT_TRUE(everywhere("near", both, both, 15s));
   run("fetch",
       script_job("fetch", "h1",
-                 "GW=$(ip route | awk '/default/{print $3}'); "
-                 "VIP=$(nslookup near.vip.flotilla $GW | awk '/^Address: /{print $2}'); "
+                 "VIP=$(nslookup near.vip.flotilla | awk '/^Address: /{print $2}'); "
                  "echo vip=$VIP; for i in $(seq 20); do timeout 3 wget -q -O - "
                  "http://$VIP:8080/; done; echo done-fetching; exec sleep 3600"),
       1);
@@ -500,6 +514,41 @@ TEST_F(DiscoveryCluster, RequestsThroughTheVipReachBothBackends) {
   for (const auto &[ip, n] : hits) total += n;
   EXPECT_EQ(total, 20) << logs;
   std::cout << "[ measured ] 20 requests through the VIP: " << json(hits).dump() << "\n";
+}
+
+// check_restart: a backend whose check fails twice in a row (past a 1 s
+// grace) is restarted by its node under the job's restart policy; the new
+// container writes its health file again and passes.
+TEST_F(DiscoveryCluster, CheckRestartRestartsATaskWhoseCheckKeepsFailing) {
+  std::string job =
+      web_job("heal", "heal", 1,
+              "[restart]\nattempts = 3\ninterval = \"1h\"\ndelay = \"0s\"\n" + on_host("h1"));
+  const auto res = job.find("[task.resources]");
+  ASSERT_NE(res, std::string::npos);
+  job.insert(res, "  [task.service.check_restart]\n  limit = 2\n  grace = \"1s\"\n");
+  run("heal", job, 1, {"heal"});
+  const std::string alloc = allocs_by_node("heal")["h1"];
+  ASSERT_TRUE(wait_until([&] { return health_of("heal", alloc) == "passing"; }, 15s));
+  auto t0 = Clock::now();
+  in_container(B(), alloc, {"rm", "/www/health"});
+  json task;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        json all = cluster().any_live_host().get("/v1/allocs?job=heal");
+        if (!all.is_object()) return false;
+        for (const auto &a : all["allocs"])
+          if (a.value("id", "") == alloc && a.contains("status") && a["status"].is_object())
+            task = a["status"].value("tasks", json::object()).value("httpd", json::object());
+        return task.is_object() && task.value("restarts", 0) == 1;
+      },
+      15s))
+      << "never restarted: " << task.dump();
+  const double restarted = ms_since(t0);
+  ASSERT_TRUE(wait_until([&] { return health_of("heal", alloc) == "passing"; }, 15s))
+      << "the restarted task should pass again: " << instances("heal").dump();
+  std::cout << "[ measured ] restarted by check_restart " << restarted
+            << " ms after its health file went (interval 1 s, limit 2), passing again "
+            << ms_since(t0) << " ms after\n";
 }
 
 // Host C dies (SIGKILL: its daemon stops renewing its leases): its

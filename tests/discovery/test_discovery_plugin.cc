@@ -419,6 +419,56 @@ TEST_F(DiscoveryPlugin, HealthChecksMoveAnInstanceOutOfDnsAndBack) {
   }));
 }
 
+// check_restart: once a check failed `limit` times in a row past the
+// grace, discovery asks (once) for the task's restart on the event bus; a
+// passing run resets the count, and failures within the grace do not count.
+TEST_F(DiscoveryPlugin, CheckRestartAsksForTheTasksRestartOnceAfterTheLimit) {
+  start();
+  std::vector<json> asked;
+  host_->events().subscribe(
+      "discovery.check_restart",
+      [&](const std::string &, const std::string &j) { asked.push_back(json::parse(j)); });
+  Listener down;
+  down.close_it();  // nothing listens: every run fails
+  auto doc = [&](uint64_t grace_ms) {
+    return json{{"addresses", {"127.0.0.1"}},
+                {"services",
+                 {{{"name", "flaky"},
+                   {"port", down.port()},
+                   {"task", "srv"},
+                   {"check_restart", {{"limit", 3}, {"grace_ms", grace_ms}}},
+                   {"checks", {{{"type", "tcp"}, {"interval_ms", 100}, {"timeout_ms", 50}}}}}}}};
+  };
+  register_alloc("alloc-cr-1", doc(0));
+  ASSERT_TRUE(run_until([&] { return !asked.empty(); }, 10));
+  EXPECT_EQ(asked[0]["alloc"], "alloc-cr-1");
+  EXPECT_EQ(asked[0]["task"], "srv");
+  EXPECT_EQ(asked[0]["service"], "flaky");
+  EXPECT_EQ(asked[0]["failures"], 3);
+  EXPECT_NE(asked[0]["reason"].get<std::string>().find("failed 3 times in a row"),
+            std::string::npos)
+      << asked[0].dump();
+  // Not again while the same registration keeps failing.
+  const auto t1 = Clock::now();
+  run_until([&] { return Clock::now() - t1 > std::chrono::milliseconds(600); });
+  EXPECT_EQ(asked.size(), 1u);
+
+  // Within a 5 s grace, nothing.
+  register_alloc("alloc-cr-2", doc(5000));
+  const auto t2 = Clock::now();
+  run_until([&] { return Clock::now() - t2 > std::chrono::milliseconds(700); });
+  EXPECT_EQ(asked.size(), 1u) << asked.back().dump();
+
+  // A bad check_restart is refused with the field.
+  json bad = doc(0);
+  bad["services"][0]["check_restart"]["limit"] = 0;
+  auto cb = [](void *, flotilla_status) {};
+  EXPECT_EQ(disc_->register_alloc(disc_self_, "a-bad", bad.dump().c_str(), cb, nullptr),
+            FLOTILLA_E_INVALID);
+  EXPECT_NE(PluginHost::last_error().find("services[0].check_restart.limit"), std::string::npos)
+      << PluginHost::last_error();
+}
+
 TEST_F(DiscoveryPlugin, BadRegistrationsAreRefusedWithTheField) {
   start();
   json doc = {{"addresses", {"127.0.0.1"}}, {"services", {{{"name", "Bad_Name"}, {"port", 80}}}}};
@@ -475,6 +525,69 @@ TEST_F(DiscoveryPlugin, WithoutUpstreamsForeignNamesGetServfailAtOnce) {
   auto r = udp("example.com.", KNOT_RRTYPE_A);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->rcode, KNOT_RCODE_SERVFAIL);
+}
+
+// net-overlay announces the bridge ("network.bridge.ready"); discovery
+// answers on each gateway's port 53 and announces that back
+// ("discovery.dns.ready", with ndots:1) for the containers' resolv.conf.
+// A loopback address of this run stands in for the gateway.
+TEST_F(DiscoveryPlugin, AnswersOnTheBridgeGatewayOnceNetOverlayAnnouncesIt) {
+  if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (port 53)";
+  start();
+  std::vector<json> announced;
+  host_->events().subscribe("discovery.dns.", [&](const std::string &, const std::string &j) {
+    announced.push_back(json::parse(j));
+  });
+  const std::string gw = "127.53." + std::to_string(getpid() % 250 + 1) + ".1";
+  host_->events().publish(
+      "network.bridge.ready",
+      json{{"node", "node-a"}, {"bridge", "flt0"}, {"gateways", {gw, "bogus"}}}.dump());
+  ASSERT_TRUE(run_until([&] { return !announced.empty(); }, 5));
+  EXPECT_EQ(announced[0]["nameservers"], json::array({gw}));
+  EXPECT_EQ(announced[0]["options"], json::array({"ndots:1"}));
+  register_alloc("alloc-g1", {{"addresses", {"10.42.7.5"}},
+                              {"services", {{{"name", "gwsvc"}, {"port", 8080}}}}});
+  // Over UDP and TCP on gw:53.
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(53);
+  inet_pton(AF_INET, gw.c_str(), &a.sin_addr);
+  std::optional<dt::Reply> r;
+  ASSERT_TRUE(run_until(
+      [&] {
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+        auto q = dt::make_query("gwsvc.service.flotilla.", KNOT_RRTYPE_A);
+        sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr *>(&a), sizeof a);
+        std::vector<uint8_t> buf(4096);
+        ssize_t n = -1;
+        run_until([&] { return (n = recv(fd, buf.data(), buf.size(), 0)) >= 0; }, 1);
+        close(fd);
+        if (n > 0) r = dt::parse_reply(buf.data(), static_cast<size_t>(n));
+        return r && r->answer == std::vector<std::string>{"A 10.42.7.5"};
+      },
+      5));
+  int tfd = socket(AF_INET, SOCK_STREAM, 0);
+  EXPECT_EQ(connect(tfd, reinterpret_cast<sockaddr *>(&a), sizeof a), 0)
+      << "TCP on the gateway: " << std::strerror(errno);
+  close(tfd);
+  // Announced again (a restarted net-overlay): the same server, announced again.
+  host_->events().publish("network.bridge.ready", json{{"gateways", {gw}}}.dump());
+  ASSERT_TRUE(run_until([&] { return announced.size() == 2; }, 5));
+  EXPECT_EQ(announced[1]["nameservers"], json::array({gw}));
+}
+
+TEST_F(DiscoveryPlugin, WithContainerDnsOffTheBridgeIsNotServed) {
+  start({{"container_dns", false}});
+  int announced = 0;
+  host_->events().subscribe("discovery.dns.",
+                            [&](const std::string &, const std::string &) { ++announced; });
+  host_->events().publish("network.bridge.ready", json{{"gateways", {"127.0.0.1"}}}.dump());
+  bool ticked = false;
+  host_->events().publish("test.tick", "{}");
+  host_->events().subscribe("test.",
+                            [&](const std::string &, const std::string &) { ticked = true; });
+  ASSERT_TRUE(run_until([&] { return ticked; }, 5));
+  EXPECT_EQ(announced, 0);
 }
 
 TEST_F(DiscoveryPlugin, BadConfigNamesEveryKey) {

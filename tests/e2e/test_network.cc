@@ -296,7 +296,7 @@ command = "/bin/sh"
 args = ["-c", "echo bridge-page > /tmp/index.html && exec httpd -f -p 8090 -h /tmp"]
 network = "bridge"
 [task.resources]
-ports = [8090]
+ports = [8090, { name = "alt", host = 8091, to = 8090 }]
 [[task]]
 name = "probe"
 image = "busybox:latest"
@@ -308,7 +308,8 @@ network = "bridge"
 }  // namespace
 
 // An address, the gateway, the outside through NAT, a sibling task on
-// localhost, a mapped port from the host itself and from outside; then the
+// localhost, a mapped port (and a named mapping to another container port)
+// from the host itself and from outside; then the
 // daemon stops (nothing is torn down) and comes back to the same address.
 TEST_F(Network, BridgeContainerHasAddressEgressAndAMappedPort) {
   start_and_import();
@@ -341,6 +342,8 @@ TEST_F(Network, BridgeContainerHasAddressEgressAndAMappedPort) {
   EXPECT_EQ(page, "bridge-page\n");
   EXPECT_EQ(http_get("198.51.100.1", 8090), "bridge-page\n");
   EXPECT_EQ(http_get("198.51.100.1", 8090, g_outside), "bridge-page\n");
+  // A named mapping moves the port: host 8091 to the container's 8090.
+  EXPECT_EQ(http_get("198.51.100.1", 8091, g_outside), "bridge-page\n");
 
   // Stopped, the daemon leaves the network as it is.
   d_->signal(SIGTERM);

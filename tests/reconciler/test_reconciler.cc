@@ -347,6 +347,53 @@ TEST_F(ReconcilerTest, RestartPolicyRestartsThenFails) {
   EXPECT_EQ(fake_.count("remove s1.t"), 0);
 }
 
+// discovery's "discovery.check_restart" (a service's check_restart limit):
+// the task is stopped and restarted by the job's [restart] policy, which
+// counts it; the status says why. Events for other allocations or tasks,
+// or a second one before the exit, change nothing.
+TEST_F(ReconcilerTest, CheckRestartStopsTheTaskAndTheRestartPolicyRestartsIt) {
+  start_reconciler();
+  json restart = {{"attempts", 2},
+                  {"interval_ms", 600000},
+                  {"delay_ms", 300},
+                  {"jitter", 0.0},
+                  {"mode", "fail"}};
+  put("/flotilla/allocs/c1", alloc("c1", "batch", restart));
+  ASSERT_TRUE(wait_status("c1", "running"));
+  auto ask = [&](const std::string &alloc, const std::string &task) {
+    host_->events().publish(
+        "discovery.check_restart",
+        json{{"alloc", alloc},
+             {"task", task},
+             {"service", "web"},
+             {"reason", "service web check 0 (http) failed 3 times in a row: HTTP 503"}}
+            .dump());
+  };
+  ask("nope", "t");
+  ask("c1", "other");
+  ask("c1", "t");
+  ask("c1", "t");
+  // While it waits for its restart, the status says why.
+  json st;
+  ASSERT_TRUE(run_until([&] {
+    st = get("/flotilla/alloc-status/c1").value_or(json());
+    return st.is_object() && st["tasks"]["t"].value("restarts", 0) == 1;
+  })) << st.dump();
+  EXPECT_NE(st["tasks"]["t"]
+                .value("message", "")
+                .find("restarted by check_restart: service web "
+                      "check 0 (http) failed 3 times"),
+            std::string::npos)
+      << st.dump();
+  EXPECT_EQ(fake_.count("stop c1.t"), 1);
+  ASSERT_TRUE(run_until([&] {
+    return fake_.count("create c1.t") == 2 && fake_.containers.count("c1.t") &&
+           fake_.containers.at("c1.t").status == "running";
+  }));
+  ASSERT_TRUE(wait_status("c1", "running"));
+  EXPECT_EQ(status_of("c1"), "running") << "a batch task stopped for its checks is not complete";
+}
+
 // A runtime that does not know "replace" refuses the create (EXISTS): the
 // reconciler removes the old container and creates again, as before.
 TEST_F(ReconcilerTest, ARuntimeWithoutReplaceStillRestarts) {

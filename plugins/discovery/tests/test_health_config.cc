@@ -48,6 +48,30 @@ TEST(DiscoveryConfig, EveryProblemAtOnceWithItsKey) {
   EXPECT_NE(by_key["ttl"].find("-1"), std::string::npos) << by_key["ttl"];
 }
 
+TEST(DiscoveryConfig, ContainerDnsKeyAndWhatAListenerCovers) {
+  DiscoveryConfig c;
+  EXPECT_TRUE(c.container_dns);
+  auto p = parse_config(json{{"container_dns", "yes"}}, c);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_EQ(p[0].key, "container_dns");
+  EXPECT_TRUE(parse_config(json{{"container_dns", false}}, c).empty());
+  EXPECT_FALSE(c.container_dns);
+
+  auto at = [](const char *text) {
+    SocketAddress a;
+    EXPECT_TRUE(parse_socket_address(text, 53, a)) << text;
+    return a;
+  };
+  const SocketAddress gw = at("10.42.3.1"), gw6 = at("[fd42::1]");
+  EXPECT_TRUE(listen_covers({at("0.0.0.0:53")}, gw));
+  EXPECT_TRUE(listen_covers({at("127.0.0.1:8600"), at("10.42.3.1:53")}, gw));
+  EXPECT_FALSE(listen_covers({at("0.0.0.0:5353")}, gw));  // another port
+  EXPECT_FALSE(listen_covers({at("10.42.3.2:53")}, gw));
+  EXPECT_FALSE(listen_covers({at("[::]:53")}, gw));  // another family
+  EXPECT_TRUE(listen_covers({at("[::]:53")}, gw6));
+  EXPECT_FALSE(listen_covers({}, gw));
+}
+
 TEST(DiscoveryConfig, SocketAddresses) {
   SocketAddress a;
   ASSERT_TRUE(parse_socket_address("10.42.1.1", 53, a));

@@ -117,6 +117,31 @@ TEST(NetConfig, MtuAndResolvConf) {
   EXPECT_EQ(ns, (std::vector<std::string>{"10.0.0.2", "fd00::53"}));
 }
 
+// Operator's dns_servers > the node's discovery DNS (with its ndots:1
+// unless dns_options sets ndots) > the host's resolvers.
+TEST(NetConfig, ContainersResolveThroughDiscoveryWhenItAnnouncedItself) {
+  ov::NetConfig cfg;
+  const std::string host = "nameserver 127.0.0.53\nnameserver 10.0.0.2\n";
+  ov::DiscoveryDns none, disc{{"10.42.3.1"}, {"ndots:1"}};
+  auto d = ov::container_dns(cfg, none, host);
+  EXPECT_EQ(d.nameservers, std::vector<std::string>{"10.0.0.2"});
+  EXPECT_TRUE(d.options.empty());
+  d = ov::container_dns(cfg, disc, host);
+  EXPECT_EQ(d.nameservers, std::vector<std::string>{"10.42.3.1"});
+  EXPECT_EQ(d.options, std::vector<std::string>{"ndots:1"});
+  cfg.dns_options = {"timeout:2"};
+  cfg.dns_search = {"corp.example"};
+  d = ov::container_dns(cfg, disc, host);
+  EXPECT_EQ(d.options, (std::vector<std::string>{"ndots:1", "timeout:2"}));
+  EXPECT_EQ(d.search, std::vector<std::string>{"corp.example"});
+  cfg.dns_options = {"ndots:3"};
+  EXPECT_EQ(ov::container_dns(cfg, disc, host).options, std::vector<std::string>{"ndots:3"});
+  cfg.dns_servers = {"192.0.2.53"};
+  d = ov::container_dns(cfg, disc, host);
+  EXPECT_EQ(d.nameservers, std::vector<std::string>{"192.0.2.53"});
+  EXPECT_EQ(d.options, std::vector<std::string>{"ndots:3"});
+}
+
 TEST(Attachment, PortsNamesAndRecords) {
   auto ports = ov::parse_ports(json::parse(
       R"({"ports": [8080, {"host": 9090, "to": 80}, {"host": 5353, "protocol": "udp"}]})"));
