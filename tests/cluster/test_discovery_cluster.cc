@@ -526,6 +526,10 @@ TEST_F(DiscoveryCluster, CheckRestartRestartsATaskWhoseCheckKeepsFailing) {
   const auto res = job.find("[task.resources]");
   ASSERT_NE(res, std::string::npos);
   job.insert(res, "  [task.service.check_restart]\n  limit = 2\n  grace = \"1s\"\n");
+  // httpd as PID 1 ignores SIGTERM: the stop waits kill_timeout, then kills.
+  const auto net = job.find("network = \"bridge\"");
+  ASSERT_NE(net, std::string::npos);
+  job.insert(net, "kill_timeout = \"500ms\"\n");
   run("heal", job, 1, {"heal"});
   const std::string alloc = allocs_by_node("heal")["h1"];
   ASSERT_TRUE(wait_until([&] { return health_of("heal", alloc) == "passing"; }, 15s));
