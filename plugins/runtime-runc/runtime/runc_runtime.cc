@@ -79,8 +79,11 @@ json read_json_file(const fs::path &path) {
   }
 }
 
-bool find_program(const std::string &name) {
-  if (name.find('/') != std::string::npos) return ::access(name.c_str(), X_OK) == 0;
+// The absolute path of program NAME (as execvp would find it in PATH), or
+// "" when there is none.
+std::string find_program(const std::string &name) {
+  if (name.find('/') != std::string::npos)
+    return ::access(name.c_str(), X_OK) == 0 ? name : std::string();
   const char *path = std::getenv("PATH");
   std::string dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
   size_t start = 0;
@@ -88,10 +91,11 @@ bool find_program(const std::string &name) {
     size_t end = dirs.find(':', start);
     if (end == std::string::npos) end = dirs.size();
     std::string dir = dirs.substr(start, end - start);
-    if (!dir.empty() && ::access((dir + "/" + name).c_str(), X_OK) == 0) return true;
+    if (!dir.empty() && dir.front() == '/' && ::access((dir + "/" + name).c_str(), X_OK) == 0)
+      return dir + "/" + name;
     start = end + 1;
   }
-  return false;
+  return {};
 }
 
 // flotilla-runc-shim next to this shared object (a build tree, or a
@@ -1424,9 +1428,13 @@ bool RuncRuntime::read_config(const flotilla_host *host, RuntimeConfig &config) 
         rl.rlim_max < config.rlimit_nofile)
       config.rlimit_nofile = rl.rlim_max;
   }
-  // Checked once at start-up (a few stat calls) so that a typo is reported
-  // against the config line rather than at the first container.
-  if (!find_program(config.binary))
+  // Looked up once at start-up (a few stat calls) so that a typo is
+  // reported against the config line rather than at the first container,
+  // and so that every container runs the same program: the shim execs the
+  // absolute path instead of searching PATH again at each start.
+  if (std::string found = find_program(config.binary); !found.empty())
+    config.binary = found;
+  else
     problems.emplace_back(
         "binary", "\"" + config.binary + "\" is not " +
                       (config.binary.front() == '/' ? std::string("an executable file")
