@@ -22,6 +22,14 @@
 
 namespace flotilla {
 
+// Outside the anonymous namespace: PluginHost::Loaded, which has external
+// linkage, holds one (GCC's -Wsubobject-linkage, in unity builds).
+struct DlCloser {
+  void operator()(void *h) const {
+    if (h) dlclose(h);
+  }
+};
+
 namespace {
 
 thread_local std::string t_last_error;
@@ -30,12 +38,6 @@ thread_local std::string t_last_error;
 // plugin entry we can read.
 constexpr size_t kEntrySize_1_0 =
     offsetof(flotilla_entry, get_interface) + sizeof(void *);
-
-struct DlCloser {
-  void operator()(void *h) const {
-    if (h) dlclose(h);
-  }
-};
 
 std::string join(const std::vector<std::string> &v, const char *sep) {
   std::string out;

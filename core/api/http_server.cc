@@ -19,13 +19,9 @@
 #include "log.h"
 
 namespace flotilla::http {
-namespace {
 
-constexpr std::string_view kLog = "api";
-// Input buffered beyond this while a request is being answered stops
-// reading from that client until it is consumed.
-constexpr size_t kMaxPendingInput = 256 * 1024;
-
+// Outside the anonymous namespace: Server::State and Connection, which have
+// external linkage, hold these (GCC's -Wsubobject-linkage, in unity builds).
 struct SslCtxFree {
   void operator()(SSL_CTX *ctx) const { SSL_CTX_free(ctx); }
 };
@@ -34,6 +30,13 @@ struct SslFree {
 };
 using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
 using SslPtr = std::unique_ptr<SSL, SslFree>;
+
+namespace {
+
+constexpr std::string_view kLog = "api";
+// Input buffered beyond this while a request is being answered stops
+// reading from that client until it is consumed.
+constexpr size_t kMaxPendingInput = 256 * 1024;
 
 // Every queued OpenSSL error as one line, then the queue is empty.
 std::string ssl_errors() {

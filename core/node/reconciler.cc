@@ -9,6 +9,7 @@
 #include <set>
 
 #include "jobspec.h"
+#include "keyspace.h"
 #include "log.h"
 #include "rfc3339.h"
 
@@ -18,16 +19,13 @@ using nlohmann::json;
 
 namespace {
 
-const std::string kAllocs = "/flotilla/allocs/";
-const std::string kStatus = "/flotilla/alloc-status/";
-const std::string kJobs = "/flotilla/jobs/";
+using keyspace::kAllocs;
+using keyspace::kAllocStatus;
+using keyspace::kJobs;
+using keyspace::terminal;
 // After a failed read or an ended watch: soon, but not in a tight loop
 // while the store is away.
 constexpr uint64_t kResyncDelayMs = 1000;
-
-bool terminal(const std::string &s) {
-  return s == "complete" || s == "failed" || s == "stopped" || s == "lost";
-}
 
 }  // namespace
 
@@ -160,13 +158,13 @@ void Reconciler::start() {
       for (auto &c : list)
         if (c.is_object() && c.contains("id")) containers_[c["id"].get<std::string>()] = c;
     // 2. What this node reported before (restart counts, terminal states).
-    store_->list(kStatus, [this](StoreResult r2, std::vector<KeyValue> kvs, int64_t) {
+    store_->list(kAllocStatus, [this](StoreResult r2, std::vector<KeyValue> kvs, int64_t) {
       if (stopped_) return;
       if (!r2.ok()) log::error("reconciler", "cannot read allocation status: " + r2.message);
       for (const auto &kv : kvs) {
         json s = json::parse(kv.value, nullptr, false);
         if (s.is_object() && s.value("node", "") == node_)
-          previous_[kv.key.substr(kStatus.size())] = s;
+          previous_[kv.key.substr(kAllocStatus.size())] = s;
       }
       // 3. The allocations, then every change after them.
       sync_allocs(true);
@@ -393,7 +391,7 @@ void Reconciler::collect_if_job_gone(Alloc &a) {
   const std::string id = a.id;
   store_->txn({StoreCompare::absent(kJobs + job),
                StoreCompare::mod_revision_is(kAllocs + id, a.mod_revision)},
-              {StoreOp::remove(kAllocs + id), StoreOp::remove(kStatus + id)}, {},
+              {StoreOp::remove(kAllocs + id), StoreOp::remove(kAllocStatus + id)}, {},
               [id](StoreResult r, bool succeeded, int64_t) {
                 if (!r.ok())
                   log::warn("reconciler", "cannot delete the records of allocation " + id + ": " +
@@ -912,7 +910,7 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
     for (auto &t : al->tasks)
       if (t.state != "dead") t.state = "dead";
     if (purge) {
-      store_->remove(kStatus + id, false, [](StoreResult, int64_t, int64_t) {});
+      store_->remove(kAllocStatus + id, false, [](StoreResult, int64_t, int64_t) {});
       allocs_.erase(id);
       return;
     }
@@ -988,7 +986,7 @@ void Reconciler::report(Alloc &a) {
                         "([gc] in the daemon's config)";
   }
   const std::string id = a.id;
-  store_->put(kStatus + id, status.dump(), [id](StoreResult r, int64_t) {
+  store_->put(kAllocStatus + id, status.dump(), [id](StoreResult r, int64_t) {
     if (!r.ok()) log::error("reconciler", "cannot report status of " + id + ": " + r.message);
   });
 }

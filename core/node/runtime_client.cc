@@ -8,7 +8,7 @@ namespace flotilla {
 
 namespace {
 
-StoreResult result_of(flotilla_status status) {
+StoreResult runtime_result(flotilla_status status) {
   StoreResult r;
   r.status = status;
   if (status != FLOTILLA_OK) {
@@ -27,12 +27,12 @@ nlohmann::json parse_or_null(const char *text) {
 // Trampolines: user is a heap-held std::function, freed after the call.
 void json_tramp(void *user, flotilla_status st, const char *json) {
   std::unique_ptr<RuntimeClient::JsonCb> cb(static_cast<RuntimeClient::JsonCb *>(user));
-  (*cb)(result_of(st), parse_or_null(json));
+  (*cb)(runtime_result(st), parse_or_null(json));
 }
 
 void done_tramp(void *user, flotilla_status st) {
   std::unique_ptr<RuntimeClient::DoneCb> cb(static_cast<RuntimeClient::DoneCb *>(user));
-  (*cb)(result_of(st));
+  (*cb)(runtime_result(st));
 }
 
 template <class Start>
@@ -42,7 +42,7 @@ void with_json_cb(RuntimeClient::JsonCb cb, Start start) {
   flotilla_status st = start(held);
   if (st != FLOTILLA_OK) {
     std::unique_ptr<RuntimeClient::JsonCb> owned(held);
-    (*owned)(result_of(st), nullptr);
+    (*owned)(runtime_result(st), nullptr);
   }
 }
 
@@ -53,7 +53,7 @@ void with_done_cb(RuntimeClient::DoneCb cb, Start start) {
   flotilla_status st = start(held);
   if (st != FLOTILLA_OK) {
     std::unique_ptr<RuntimeClient::DoneCb> owned(held);
-    (*owned)(result_of(st));
+    (*owned)(runtime_result(st));
   }
 }
 
@@ -93,7 +93,7 @@ std::string RuntimeClient::log_path(const std::string &id, const std::string &st
   PluginHost::clear_last_error();
   flotilla_status st = vt_->log_path(self_, id.c_str(), stream.c_str(), buf, sizeof buf);
   if (st != FLOTILLA_OK) {
-    if (error) *error = result_of(st);
+    if (error) *error = runtime_result(st);
     return "";
   }
   buf[sizeof buf - 1] = '\0';
@@ -131,7 +131,7 @@ void pull_progress_tramp(void *user, const char *text) {
 
 void pull_done_tramp(void *user, flotilla_status st, const char *text) {
   std::unique_ptr<PullCallbacks> cbs(static_cast<PullCallbacks *>(user));
-  cbs->done(result_of(st), parse_or_null(text));
+  cbs->done(runtime_result(st), parse_or_null(text));
 }
 
 }  // namespace
@@ -156,7 +156,7 @@ void RuntimeClient::image_pull(const std::string &ref, const std::string &policy
                                        pull_progress_tramp, pull_done_tramp, held);
   if (st != FLOTILLA_OK) {
     std::unique_ptr<PullCallbacks> owned(held);
-    owned->done(result_of(st), nullptr);
+    owned->done(runtime_result(st), nullptr);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 
+#include "keyspace.h"
 #include "log.h"
 #include "rfc3339.h"
 
@@ -27,11 +28,12 @@ constexpr const char *kLeaderKey = "/flotilla/leader/scheduler";
 // scheduler off the loop while a container start is being reported.
 constexpr uint64_t kStatusEvalDelayMs = 5;
 
-const std::string kJobs = "/flotilla/jobs/";
-const std::string kNodes = "/flotilla/nodes/";
-const std::string kAllocs = "/flotilla/allocs/";
-const std::string kStatus = "/flotilla/alloc-status/";
-const std::string kJobStatus = "/flotilla/job-status/";
+using keyspace::kAllocs;
+using keyspace::kAllocStatus;
+using keyspace::kJobs;
+using keyspace::kJobStatus;
+using keyspace::kNodes;
+using keyspace::terminal;
 
 bool starts_with(const std::string &s, const std::string &p) { return s.compare(0, p.size(), p) == 0; }
 
@@ -54,10 +56,6 @@ flotilla_resources job_ask(const json &job) {
   return r;
 }
 
-bool terminal(const std::string &client_status) {
-  return client_status == "complete" || client_status == "failed" ||
-         client_status == "stopped" || client_status == "lost";
-}
 
 // ---- placement rules and reschedule policy (scheduler issue) ---------------
 
@@ -781,7 +779,7 @@ void Evaluator::become_leader() {
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
                 starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kNodeControl))
               changed = true;
-            else if (starts_with(e.kv.key, kStatus))
+            else if (starts_with(e.kv.key, kAllocStatus))
               status_only = true;
           }
           if (changed)
@@ -864,7 +862,7 @@ void Evaluator::evaluate() {
         job_revs[kv.key.substr(kJobs.size())] = kv.mod_revision;
         continue;
       }
-      if (parse(kNodes, nodes) || parse(kAllocs, allocs) || parse(kStatus, statuses) ||
+      if (parse(kNodes, nodes) || parse(kAllocs, allocs) || parse(kAllocStatus, statuses) ||
           parse(kJobStatus, job_status) || parse(kNodeControl, control))
         continue;
     }

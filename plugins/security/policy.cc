@@ -18,10 +18,6 @@ std::string list_text(const std::vector<std::string> &v) {
   return out + "]";
 }
 
-bool contains(const std::vector<std::string> &v, const std::string &s) {
-  return std::find(v.begin(), v.end(), s) != v.end();
-}
-
 // Whether the uid part of a user is known and not 0.
 bool known_non_root(const std::string &user) {
   std::string uid = user.substr(0, user.find(':'));

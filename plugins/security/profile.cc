@@ -53,10 +53,6 @@ uint32_t arch_token(const std::string &scmp_name) {
   return seccomp_arch_resolve_name(n.c_str());
 }
 
-bool contains(const std::vector<std::string> &v, const std::string &s) {
-  return std::find(v.begin(), v.end(), s) != v.end();
-}
-
 }  // namespace
 
 HostInfo HostInfo::current() {

@@ -19,6 +19,13 @@
 
 namespace flotilla::security {
 
+// Whether V holds S (capability and profile name lists).
+inline bool contains(const std::vector<std::string> &v, const std::string &s) {
+  for (const std::string &x : v)
+    if (x == s) return true;
+  return false;
+}
+
 // A profile that cannot be used. The message names the file (or "built-in
 // profile <name>"), the rule and the offending name.
 class ProfileError : public std::runtime_error {

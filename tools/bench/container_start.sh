@@ -2,7 +2,8 @@
 # Container start latency: Flotilla (API -> scheduler -> reconciler ->
 # runtime-runc -> shim -> OCI runtime) against the raw OCI runtime's
 # `run -d` on an equivalent bundle, in the same run.
-# Target: Flotilla's median at most 1.25x the raw runtime's.
+# Target (issue 14): Flotilla's median at most 1.15x the raw runtime's, in 5
+# of 5 runs on a quiet machine. Each result line ends with the load average.
 #   tools/bench/container_start.sh BUILD_DIR [--runtime runc|crun|both] [--n N] [--poll] [--attach]
 #
 # --attach: the network attachment's share of a start. The daemon also
@@ -223,6 +224,11 @@ subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
                 "lowerdir=%s,upperdir=%s/raw/upper,workdir=%s/raw/work" % (snaps[0], d, d),
                 b + "/rootfs"], check=True)
 cfg["root"] = {"path": "rootfs", "readonly": cfg.get("root", {}).get("readonly", False)}
+# Flotilla joins each allocation's tasks to one network namespace it pins
+# under its data dir (gone with the allocation); the raw run makes a new
+# one instead, as runc does for a namespace without a path.
+for ns in cfg.get("linux", {}).get("namespaces", []):
+    if ns.get("path", "").startswith(d + "/flo/"): del ns["path"]
 for m in cfg.get("mounts", []):  # bind mounts from Flotilla's container dir would be gone
     if m.get("source", "").startswith(d + "/flo/"): sys.exit("config.json binds %s; cannot reuse" % m["source"])
 root = d + "/raw-root"
@@ -270,10 +276,11 @@ for rt in $runtimes; do
   if ! command -v "$rt" >/dev/null; then echo "  $rt: skipped ($rt is not installed)"; continue; fi
   if bench "$rt" >"$tmp/$rt.result" 2>"$tmp/$rt.err"; then
     read -r _ fm fp rm rp _ bm bp <"$tmp/$rt.result"
-    awk -v rt="$rt" -v fm="$fm" -v fp="$fp" -v rm="$rm" -v rp="$rp" -v bm="$bm" -v bp="$bp" -v attach="$attach" 'BEGIN {
+    awk -v rt="$rt" -v fm="$fm" -v fp="$fp" -v rm="$rm" -v rp="$rp" -v bm="$bm" -v bp="$bp" -v attach="$attach" \
+        -v load="$(cut -d" " -f1-3 /proc/loadavg)" 'BEGIN {
       r = fm / rm
-      printf "  %-5s Flotilla%s median %7.1f  p90 %7.1f | raw median %7.1f  p90 %7.1f | ratio %.2fx  target <= 1.25x: %s\n",
-             rt, (attach == 1 ? " (network = host)" : ""), fm, fp, rm, rp, r, (r <= 1.25 ? "met" : "MISSED")
+      printf "  %-5s Flotilla%s median %7.1f  p90 %7.1f | raw median %7.1f  p90 %7.1f | ratio %.2fx  target <= 1.15x: %s  (load %s)\n",
+             rt, (attach == 1 ? " (network = host)" : ""), fm, fp, rm, rp, r, (r <= 1.15 ? "met" : "MISSED"), load
       if (attach == 1)
         printf "  %-5s Flotilla (network = bridge, net-overlay) median %7.1f  p90 %7.1f | attach cost %.1f ms = %.0f%% of a bridge-mode start\n",
                rt, bm, bp, bm - fm, 100 * (bm - fm) / bm }'

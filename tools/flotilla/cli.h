@@ -122,6 +122,8 @@ nlohmann::json body_json(const HttpResponse &r);
 // A JSON value as a table cell: strings bare, null and missing as "-".
 std::string cell(const nlohmann::json &j, std::string_view key);
 std::string cell(const nlohmann::json &value);
+// A JSON array as one cell, its items' cells joined by ","; "-" if empty.
+std::string joined(const nlohmann::json &list);
 
 // GET target; on an API error prints it and returns nullopt (exit 1).
 std::optional<nlohmann::json> get_json(Cli &cli, const std::string &target, int &exit_code);

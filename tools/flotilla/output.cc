@@ -160,6 +160,13 @@ std::string cell(const json &j, std::string_view key) {
   return it == j.end() ? "-" : cell(*it);
 }
 
+std::string joined(const json &list) {
+  if (!list.is_array() || list.empty()) return "-";
+  std::string out;
+  for (const json &s : list) out += (out.empty() ? "" : ",") + cell(s);
+  return out;
+}
+
 std::optional<json> get_json(Cli &cli, const std::string &target, int &exit_code) {
   HttpResponse r = cli.client.request("GET", target);
   if (r.status >= 400) {

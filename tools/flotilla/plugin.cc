@@ -6,13 +6,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string joined(const json &list) {
-  if (!list.is_array() || list.empty()) return "-";
-  std::string out;
-  for (const json &s : list) out += (out.empty() ? "" : ",") + cell(s);
-  return out;
-}
-
 int plugin_ls(Cli &cli, Args &args) {
   args.done();
   int code = kExitOk;

@@ -8,13 +8,6 @@ namespace {
 
 using nlohmann::json;
 
-std::string joined(const json &list) {
-  if (!list.is_array() || list.empty()) return "-";
-  std::string out;
-  for (const json &s : list) out += (out.empty() ? "" : ",") + cell(s);
-  return out;
-}
-
 int count(const json &health, const char *state) {
   return health.is_object() ? health.value(state, 0) : 0;
 }

@@ -28,4 +28,9 @@ class ImageError : public std::runtime_error {
 // NOMEM, anything else to IO.
 [[noreturn]] void throw_errno(std::string_view what, int err = errno);
 
+// An image reference the parsers refuse: "image reference \"<ref>\": <why>".
+inline ImageError invalid_reference(std::string_view ref, const std::string &why) {
+  return ImageError(FLOTILLA_E_INVALID, "image reference \"" + std::string(ref) + "\": " + why);
+}
+
 }  // namespace flotilla::runc

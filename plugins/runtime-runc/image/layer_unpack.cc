@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "archive_ptr.h"
 #include "digest.h"
 #include "fs_ops.h"
 #include "image_error.h"
@@ -37,11 +38,6 @@ constexpr uint64_t kResolveBeneath = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | R
 constexpr uint64_t kResolveNoSymlinks = kResolveBeneath | RESOLVE_NO_SYMLINKS;
 constexpr size_t kMaxNotes = 50;
 constexpr size_t kBufferBytes = 128 * 1024;
-
-struct ArchiveFree {
-  void operator()(archive *a) const { archive_read_free(a); }
-};
-using ArchivePtr = std::unique_ptr<archive, ArchiveFree>;
 
 int openat2_fd(int dirfd, const char *path, uint64_t flags, uint64_t resolve) {
   struct open_how how {};

@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "archive_ptr.h"
 #include "digest.h"
 #include "fs_ops.h"
 #include "image_error.h"
@@ -23,10 +24,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kLayoutFileMax = 64 * 1024;
-
-struct ArchiveFree {
-  void operator()(archive *a) const { archive_read_free(a); }
-};
 
 std::string entry_name(const char *raw) {
   std::string_view s = raw;
@@ -95,7 +92,7 @@ void LayoutSource::read_archive(const fs::path &file,
                                 bool sync) {
   UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) throw_errno("open " + describe_);
-  std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
+  ArchivePtr a(archive_read_new());
   if (!a) throw ImageError(FLOTILLA_E_NOMEM, "libarchive: out of memory");
   archive_read_support_filter_gzip(a.get());
   archive_read_support_filter_zstd(a.get());

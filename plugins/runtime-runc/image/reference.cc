@@ -26,14 +26,10 @@ const std::regex &tag_re() {
   return re;
 }
 
-ImageError invalid(std::string_view ref, const std::string &why) {
-  return ImageError(FLOTILLA_E_INVALID, "image reference \"" + std::string(ref) + "\": " + why);
-}
-
 // Validates "repo" (no tag) and throws with the reference for context.
 void check_repository(std::string_view repo, std::string_view ref) {
-  if (repo.empty()) throw invalid(ref, "empty name");
-  if (repo.size() > 255) throw invalid(ref, "name is longer than 255 characters");
+  if (repo.empty()) throw invalid_reference(ref, "empty name");
+  if (repo.size() > 255) throw invalid_reference(ref, "name is longer than 255 characters");
   size_t start = 0;
   bool first = true;
   for (;;) {
@@ -48,7 +44,7 @@ void check_repository(std::string_view repo, std::string_view ref) {
                       part == "localhost");
     const std::regex &re = is_domain ? domain_re() : component_re();
     if (!std::regex_match(part, re)) {
-      throw invalid(ref, "\"" + part + "\" is not a valid name component (lowercase letters, " +
+      throw invalid_reference(ref, "\"" + part + "\" is not a valid name component (lowercase letters, " +
                              "digits and . _ - separators)");
     }
     if (!more) break;
@@ -60,7 +56,7 @@ void check_repository(std::string_view repo, std::string_view ref) {
 }  // namespace
 
 ImageRef parse_image_ref(std::string_view ref) {
-  if (ref.empty()) throw invalid(ref, "empty reference");
+  if (ref.empty()) throw invalid_reference(ref, "empty reference");
   ImageRef out;
   // "sha256:..." is always a digest; a repository cannot be called sha256
   // with a 64-hex tag in any useful way.
@@ -101,7 +97,7 @@ bool ImageRef::matches(std::string_view image_name, std::string_view image_diges
 
 std::string normalize_image_name(std::string_view name) {
   if (name.find('@') != std::string_view::npos) {
-    throw invalid(name, "a name to tag an image with cannot carry a digest");
+    throw invalid_reference(name, "a name to tag an image with cannot carry a digest");
   }
   std::string_view repo = name;
   std::string tag = "latest";
@@ -111,7 +107,7 @@ std::string normalize_image_name(std::string_view name) {
     repo = name.substr(0, colon);
     tag = std::string(name.substr(colon + 1));
     if (!std::regex_match(tag, tag_re())) {
-      throw invalid(name, "tag \"" + tag + "\" is not valid (letters, digits, _ . -, at most 128)");
+      throw invalid_reference(name, "tag \"" + tag + "\" is not valid (letters, digits, _ . -, at most 128)");
     }
   }
   check_repository(repo, name);

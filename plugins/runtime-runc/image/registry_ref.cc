@@ -8,10 +8,6 @@ namespace flotilla::runc {
 
 namespace {
 
-ImageError invalid(std::string_view ref, const std::string &why) {
-  return ImageError(FLOTILLA_E_INVALID, "image reference \"" + std::string(ref) + "\": " + why);
-}
-
 bool looks_like_registry(std::string_view part) {
   return part.find('.') != std::string_view::npos || part.find(':') != std::string_view::npos ||
          part == "localhost";
@@ -30,15 +26,15 @@ std::string registry_endpoint_host(std::string_view registry) {
 }
 
 RegistryRef parse_registry_ref(std::string_view ref) {
-  if (ref.empty()) throw invalid(ref, "empty reference");
+  if (ref.empty()) throw invalid_reference(ref, "empty reference");
   if (ref.starts_with("sha256:")) {
-    throw invalid(ref,
+    throw invalid_reference(ref,
                   "a bare digest names no registry or repository; write "
                   "REGISTRY/REPOSITORY@" +
                       std::string(ref.substr(0, 15)) + "...");
   }
   for (char c : ref) {
-    if (c <= ' ' || c == 0x7f) throw invalid(ref, "contains a space or control character");
+    if (c <= ' ' || c == 0x7f) throw invalid_reference(ref, "contains a space or control character");
   }
   RegistryRef out;
   std::string_view rest = ref;
@@ -72,7 +68,7 @@ RegistryRef parse_registry_ref(std::string_view ref) {
   if (out.registry == "docker.io" && out.repository.find('/') == std::string::npos) {
     out.repository = "library/" + out.repository;
   }
-  if (out.repository.empty()) throw invalid(ref, "no repository after the registry");
+  if (out.repository.empty()) throw invalid_reference(ref, "no repository after the registry");
   return out;
 }
 
