@@ -1,7 +1,14 @@
 #include "nft.h"
 
+#include <errno.h>
+#include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netlink.h>
 #include <nftables/libnftables.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cstring>
 #include <utility>
 
 namespace flotilla::nft {
@@ -92,6 +99,45 @@ bool Context::table_exists(std::string_view family, std::string_view table) {
   for (const auto &item : doc.value("nftables", nlohmann::json::array()))
     if (item.contains("table") && item["table"].value("name", "") == table) return true;
   return false;
+}
+
+CommitWatch::CommitWatch() : buf_(1 << 20) {
+  fd_ = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  if (fd_ < 0) throw Error(std::string("nftables monitor: socket: ") + std::strerror(errno));
+  sockaddr_nl sa{};
+  sa.nl_family = AF_NETLINK;
+  sa.nl_groups = 1u << (NFNLGRP_NFTABLES - 1);
+  if (bind(fd_, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) {
+    const int e = errno;
+    ::close(fd_);
+    fd_ = -1;
+    throw Error(std::string("nftables monitor: bind NFNLGRP_NFTABLES: ") + std::strerror(e));
+  }
+  // Element events of a big batch come first; keep room for them.
+  int big = 8 << 20;
+  setsockopt(fd_, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
+}
+
+CommitWatch::~CommitWatch() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+uint64_t CommitWatch::drain() {
+  uint64_t commits = 0;
+  for (;;) {
+    ssize_t n = recv(fd_, buf_.data(), buf_.size(), 0);
+    if (n < 0 && errno == ENOBUFS) {
+      ++overruns_;
+      continue;
+    }
+    if (n <= 0) return commits;  // EAGAIN: all read
+    int left = static_cast<int>(n);
+    for (auto *h = reinterpret_cast<nlmsghdr *>(buf_.data()); NLMSG_OK(h, left);
+         h = NLMSG_NEXT(h, left))
+      if (NFNL_SUBSYS_ID(h->nlmsg_type) == NFNL_SUBSYS_NFTABLES &&
+          NFNL_MSG_TYPE(h->nlmsg_type) == NFT_MSG_NEWGEN)
+        ++commits;
+  }
 }
 
 bool valid_name(std::string_view name) {

@@ -72,6 +72,31 @@ class Context {
   nft_ctx *ctx_ = nullptr;
 };
 
+// The kernel's announcements of committed nftables batches in this
+// network namespace: one NFT_MSG_NEWGEN per commit, multicast on
+// NFNLGRP_NFTABLES (what `nft monitor` reads). For benchmarks and tests
+// that time "a change reached the kernel". A non-blocking netlink socket:
+// watch fd() for readability, then drain().
+class CommitWatch {
+ public:
+  CommitWatch();  // throws Error when the socket cannot be opened or bound
+  ~CommitWatch();
+  CommitWatch(const CommitWatch &) = delete;
+  CommitWatch &operator=(const CommitWatch &) = delete;
+
+  int fd() const { return fd_; }
+  // Reads what is queued; returns how many commits it announced. Other
+  // nftables events (tables, rules, elements) are skipped. A receive
+  // buffer overrun (ENOBUFS) loses events: counted in overruns().
+  uint64_t drain();
+  uint64_t overruns() const { return overruns_; }
+
+ private:
+  int fd_ = -1;
+  uint64_t overruns_ = 0;
+  std::vector<char> buf_;
+};
+
 // Names nft takes unquoted (tables, chains, sets, maps): a letter, then up
 // to 31 letters, digits, '_' or '-'.
 bool valid_name(std::string_view name);

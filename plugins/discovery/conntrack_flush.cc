@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <memory>
+#include <set>
 #include <vector>
 
 namespace flotilla::discovery {
@@ -21,15 +22,15 @@ struct Handle {
 };
 
 struct Match {
-  uint32_t vip = 0, backend = 0;
+  std::set<std::pair<uint32_t, uint32_t>> pairs;  // vip, backend (network order)
   std::vector<nf_conntrack *> found;
 };
 
 int on_entry(enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) {
   auto *m = static_cast<Match *>(data);
   if (nfct_get_attr_u8(ct, ATTR_ORIG_L4PROTO) == IPPROTO_UDP &&
-      nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST) == m->vip &&
-      nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC) == m->backend)
+      m->pairs.count(
+          {nfct_get_attr_u32(ct, ATTR_ORIG_IPV4_DST), nfct_get_attr_u32(ct, ATTR_REPL_IPV4_SRC)}))
     m->found.push_back(nfct_clone(ct));
   return NFCT_CB_CONTINUE;
 }
@@ -37,12 +38,21 @@ int on_entry(enum nf_conntrack_msg_type, struct nf_conntrack *ct, void *data) {
 }  // namespace
 
 int flush_udp_conntrack(const std::string &vip, const std::string &backend, std::string &error) {
+  return flush_udp_conntrack({{vip, backend}}, error);
+}
+
+int flush_udp_conntrack(const std::vector<std::pair<std::string, std::string>> &pairs,
+                        std::string &error) {
   Match m;
-  if (inet_pton(AF_INET, vip.c_str(), &m.vip) != 1 ||
-      inet_pton(AF_INET, backend.c_str(), &m.backend) != 1) {
-    error = "not IPv4 addresses: " + vip + ", " + backend;
-    return -1;
+  for (const auto &[vip, backend] : pairs) {
+    uint32_t v = 0, b = 0;
+    if (inet_pton(AF_INET, vip.c_str(), &v) != 1 || inet_pton(AF_INET, backend.c_str(), &b) != 1) {
+      error = "not IPv4 addresses: " + vip + ", " + backend;
+      return -1;
+    }
+    m.pairs.insert({v, b});
   }
+  if (m.pairs.empty()) return 0;
   Handle h;
   h.h = nfct_open(CONNTRACK, 0);
   if (!h.h) {

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace flotilla::discovery {
 
@@ -12,5 +14,8 @@ namespace flotilla::discovery {
 // reply comes from backend (the DNAT target). Returns how many, or -1 with
 // error set.
 int flush_udp_conntrack(const std::string &vip, const std::string &backend, std::string &error);
+// The same for many (vip, backend) pairs with one walk of the table.
+int flush_udp_conntrack(const std::vector<std::pair<std::string, std::string>> &pairs,
+                        std::string &error);
 
 }  // namespace flotilla::discovery

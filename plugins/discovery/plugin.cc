@@ -18,8 +18,10 @@
 #include <memory>
 #include <new>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "discovery_config.h"
@@ -114,6 +116,7 @@ flotilla_key_range prefix_range(const std::string &p) {
 // ---- the view: store → zone ---------------------------------------------
 
 void view_changed(Instance &inst);
+void view_changed(Instance &inst, const std::set<std::string> *names);
 
 bool parse_endpoint(const std::string &key, const char *value, size_t len, Endpoint &e) {
   // /flotilla/services/<svc>/<alloc>
@@ -256,38 +259,53 @@ void allocate_vip(Instance &inst, const std::string &service) {
   }
 }
 
-// After every change of the view: VIPs to allocate, and the kernel map.
-void view_changed(Instance &inst) {
+// What the kernel's VIP table should hold for one service; nullopt: none.
+// A service of this node seen without a VIP gets one allocated.
+std::optional<VipService> desired_vip(Instance &inst, const std::string &name,
+                                      const std::set<std::string> &mine) {
+  const auto *eps = inst.zone->endpoints(name);
+  const std::string vip = inst.zone->vip(name);
+  if (vip.empty()) {
+    if (eps && !eps->empty() && mine.count(name)) allocate_vip(inst, name);
+    return std::nullopt;
+  }
+  if (!is_ipv4(vip) || !eps || eps->empty()) return std::nullopt;
+  VipService s;
+  s.name = name;
+  s.vip = vip;
+  for (const auto &[alloc, e] : *eps) {
+    if (!s.port) s.port = e.port;
+    if (!e.passing() || !e.port) continue;
+    for (const auto &a : e.addresses)
+      if (is_ipv4(a)) {
+        s.backends.push_back({a, e.port});
+        break;
+      }
+  }
+  if (!s.port) return std::nullopt;
+  std::sort(s.backends.begin(), s.backends.end());
+  s.backends.erase(std::unique(s.backends.begin(), s.backends.end()), s.backends.end());
+  return s;
+}
+
+// After a change of the view: VIPs to allocate, and the kernel map. names:
+// the services the change touched; null: every service (a full list).
+void view_changed(Instance &inst, const std::set<std::string> *names) {
   if (!inst.vips) return;
   std::set<std::string> mine;
   for (const auto &[key, l] : inst.locals) mine.insert(l->endpoint.service);
-  std::map<std::string, VipService> want;
-  for (const auto &name : inst.zone->services()) {
-    const auto *eps = inst.zone->endpoints(name);
-    const std::string vip = inst.zone->vip(name);
-    if (vip.empty()) {
-      if (eps && !eps->empty() && mine.count(name)) allocate_vip(inst, name);
-      continue;
-    }
-    if (!is_ipv4(vip) || !eps || eps->empty()) continue;
-    VipService s;
-    s.name = name;
-    s.vip = vip;
-    for (const auto &[alloc, e] : *eps) {
-      if (!s.port) s.port = e.port;
-      if (!e.passing() || !e.port) continue;
-      for (const auto &a : e.addresses)
-        if (is_ipv4(a)) {
-          s.backends.push_back({a, e.port});
-          break;
-        }
-    }
-    if (!s.port) continue;
-    std::sort(s.backends.begin(), s.backends.end());
-    s.backends.erase(std::unique(s.backends.begin(), s.backends.end()), s.backends.end());
-    want.emplace(name, std::move(s));
+  if (names) {
+    for (const auto &name : *names) inst.vips->want(name, desired_vip(inst, name, mine));
+    return;
   }
-  inst.vips->want(std::move(want));
+  std::map<std::string, VipService> want;
+  for (const auto &name : inst.zone->services())
+    if (auto s = desired_vip(inst, name, mine)) want.emplace(name, std::move(*s));
+  inst.vips->want_all(std::move(want));
+}
+
+void view_changed(Instance &inst) {
+  view_changed(inst, nullptr);
 }
 
 void start_list(Instance &inst);
@@ -317,10 +335,19 @@ void on_watch(void *user, flotilla_status status, const flotilla_watch_event *ev
     if (status != FLOTILLA_E_CANCELLED) schedule_relist(*inst, "store error");
     return;
   }
-  for (size_t i = 0; i < n; ++i)
-    apply_kv(*inst, events[i].type == FLOTILLA_EVENT_PUT, events[i].kv);
+  std::set<std::string> touched;  // the services these events name
+  for (size_t i = 0; i < n; ++i) {
+    const flotilla_kv &kv = events[i].kv;
+    apply_kv(*inst, events[i].type == FLOTILLA_EVENT_PUT, kv);
+    std::string_view key(kv.key, kv.key_len);
+    for (const std::string *prefix : {&kServices, &kVips})
+      if (key.substr(0, prefix->size()) == *prefix) {
+        std::string_view rest = key.substr(prefix->size());
+        touched.emplace(rest.substr(0, rest.find('/')));
+      }
+  }
   inst->zone->commit();
-  view_changed(*inst);
+  view_changed(*inst, &touched);
 }
 
 struct ListReq {
@@ -584,7 +611,9 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
       l->endpoint.health = l->specs.empty() ? "passing" : "starting";
       made.push_back(std::move(l));
     }
+    std::set<std::string> touched;
     for (auto &l : made) {
+      touched.insert(l->endpoint.service);
       const std::string key = l->endpoint.service + "/" + l->endpoint.alloc;
       inst->locals.erase(key);  // a registration again replaces the old one
       Local &ref = *l;
@@ -599,7 +628,7 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
       publish(*inst, key, ref);
       for (auto &c : ref.checks) c->start();
     }
-    view_changed(*inst);
+    view_changed(*inst, &touched);
     defer(*inst, new Deferred{inst->life, cb, nullptr, user, FLOTILLA_OK, "", ""});
     return FLOTILLA_OK;
   } catch (const std::bad_alloc &) {
@@ -819,16 +848,11 @@ flotilla_status init(const flotilla_host *host, void **instance_out) {
                                      (ups.empty() ? "" : "; forwarding to " + ups));
 
     if (!inst->cfg.vip_cidr.empty()) {
+      // The table is set up on the work queue, not here on the loop; a
+      // refusal is logged (and tried again with the next change).
       inst->vips =
           std::make_unique<VipSync>(host, inst->cfg.vip_table, inst->cfg.vip_masquerade_mark);
-      std::string vip_err;
-      if (!inst->vips->start(vip_err)) {
-        host->config_error(
-            host->host_ctx, "vip_cidr",
-            ("virtual IPs need nftables (table ip " + inst->cfg.vip_table + "): " + vip_err)
-                .c_str());
-        return FLOTILLA_E_INVALID;
-      }
+      inst->vips->start();
       inst->log(FLOTILLA_LOG_INFO,
                 "virtual IPs from " + inst->cfg.vip_cidr + " in table ip " + inst->cfg.vip_table);
     }

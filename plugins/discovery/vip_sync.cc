@@ -1,7 +1,7 @@
 #include "vip_sync.h"
 
 #include <atomic>
-#include <set>
+#include <memory>
 #include <thread>
 
 #include "conntrack_flush.h"
@@ -12,7 +12,8 @@ namespace flotilla::discovery {
 struct VipSync::Job {
   VipSync *owner = nullptr;
   nft::Batch batch;
-  std::map<std::string, VipService> target;                    // what applied_ becomes
+  bool setup = false;                                          // the table's set-up first
+  std::map<std::string, std::optional<VipService>> target;     // what applied_ becomes
   std::vector<std::pair<std::string, std::string>> udp_flush;  // vip, backend
   std::string error;
   int flushed = 0;
@@ -46,41 +47,61 @@ VipSync::~VipSync() {
   }
 }
 
-bool VipSync::start(std::string &error) {
-  try {
-    nft::Context ctx;
-    nft::Batch b;
-    b.delete_table_if_exists("ip", map_.table());
-    for (auto &c : map_.setup()) b.add(c);
-    ctx.apply(b);
-    return true;
-  } catch (const std::exception &e) {
-    error = e.what();
-    return false;
-  }
+void VipSync::start() {
+  started_ = true;
+  changed_at_ = std::chrono::steady_clock::now();
+  schedule();
 }
 
-void VipSync::want(std::map<std::string, VipService> desired) {
-  if (desired == desired_) return;
-  if (desired_ == applied_) changed_at_ = std::chrono::steady_clock::now();
+void VipSync::want(const std::string &name, std::optional<VipService> s) {
+  auto it = desired_.find(name);
+  if (!s && it == desired_.end()) return;
+  if (s && it != desired_.end() && it->second == *s) return;
+  if (dirty_.empty() && !in_flight_) changed_at_ = std::chrono::steady_clock::now();
+  if (s)
+    desired_[name] = std::move(*s);
+  else
+    desired_.erase(it);
+  dirty_.insert(name);
+  schedule();
+}
+
+void VipSync::want_all(std::map<std::string, VipService> desired) {
+  if (dirty_.empty() && !in_flight_) changed_at_ = std::chrono::steady_clock::now();
+  for (const auto &[n, s] : desired_)
+    if (!desired.count(n)) dirty_.insert(n);
+  for (const auto &[n, s] : desired) {
+    auto it = desired_.find(n);
+    if (it == desired_.end() || !(it->second == s)) dirty_.insert(n);
+  }
   desired_ = std::move(desired);
   schedule();
 }
 
 void VipSync::schedule() {
-  if (in_flight_ || desired_ == applied_) return;
+  if (!started_ || in_flight_ || (set_up_ && dirty_.empty())) return;
   auto job = std::make_unique<Job>();
   job->owner = this;
   job->since = changed_at_;
-  std::set<std::string> names;
-  for (auto &[n, s] : desired_) names.insert(n);
-  for (auto &[n, s] : applied_) names.insert(n);
-  for (const auto &n : names) {
+  if (!set_up_) {
+    // From an empty table: everything desired.
+    job->setup = true;
+    applied_.clear();
+    for (auto &c : map_.setup()) job->batch.add(c);
+    for (const auto &[n, s] : desired_) dirty_.insert(n);
+  }
+  VipChange change;
+  for (const auto &n : dirty_) {
     auto b = applied_.find(n);
     auto a = desired_.find(n);
     const VipService *before = b == applied_.end() ? nullptr : &b->second;
     const VipService *after = a == desired_.end() ? nullptr : &a->second;
-    for (auto &c : map_.update(before, after)) job->batch.add(c);
+    if (!before && !after) continue;
+    VipService placed = map_.update(before, after, change);
+    if (after)
+      job->target[n] = std::move(placed);
+    else
+      job->target[n] = std::nullopt;
     if (before) {
       std::set<VipBackend> keep;
       if (after && after->vip == before->vip)
@@ -89,7 +110,17 @@ void VipSync::schedule() {
         if (!keep.count(be)) job->udp_flush.emplace_back(before->vip, be.address);
     }
   }
-  job->target = desired_;
+  dirty_.clear();
+  for (auto &c : change.commands(map_.table())) job->batch.add(std::move(c));
+  if (job->batch.empty()) {
+    // Nothing differs (a change undone before it was applied).
+    for (auto &[n, s] : job->target)
+      if (s)
+        applied_[n] = std::move(*s);
+      else
+        applied_.erase(n);
+    return;
+  }
   in_flight_ = true;
   Job *raw = job.release();
   job_ = raw;
@@ -97,6 +128,7 @@ void VipSync::schedule() {
     in_flight_ = false;
     job_ = nullptr;
     delete raw;
+    set_up_ = false;  // start again from scratch with the next change
   }
 }
 
@@ -112,9 +144,9 @@ void VipSync::work(void *user) {
     job->error = e.what();
     return;
   }
-  for (const auto &[vip, backend] : job->udp_flush) {
+  if (!job->udp_flush.empty()) {
     std::string err;
-    int n = flush_udp_conntrack(vip, backend, err);
+    int n = flush_udp_conntrack(job->udp_flush, err);
     if (n > 0) job->flushed += n;
   }
 }
@@ -125,27 +157,39 @@ void VipSync::after(void *user, flotilla_status status) {
   s.in_flight_ = false;
   s.job_ = nullptr;
   if (status != FLOTILLA_OK || !job->error.empty()) {
-    std::string m = "VIP table " + s.map_.table() + ": batch refused (" +
-                    (job->error.empty() ? "cancelled" : job->error) + "); rebuilding the table";
+    s.last_error_ = job->error.empty() ? "cancelled" : job->error;
+    std::string m =
+        "VIP table ip " + s.map_.table() + ": " +
+        (job->setup ? "set-up refused (" : "batch refused (") + s.last_error_ +
+        (job->setup ? "); virtual IPs do not work until it succeeds" : "); rebuilding the table");
     s.host_->log(s.host_->host_ctx, FLOTILLA_LOG_ERROR, m.c_str());
-    std::string err;
-    s.applied_.clear();
-    if (!s.start(err)) {
-      s.host_->log(s.host_->host_ctx, FLOTILLA_LOG_ERROR, ("VIP table: " + err).c_str());
-      return;
+    // The next batch builds the table from scratch with everything desired.
+    // After a refused set-up, that waits for the next change.
+    for (auto &[n, t] : job->target) s.dirty_.insert(n);
+    const bool retry = !job->setup;
+    s.set_up_ = false;
+    if (retry) {
+      s.changed_at_ = std::chrono::steady_clock::now();
+      s.schedule();
     }
-  } else {
-    s.applied_ = std::move(job->target);
-    ++s.batches_;
-    s.last_apply_ms_ =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - job->since)
-            .count();
-    s.host_->metric_gauge_set(s.host_->host_ctx, "discovery_vip_update_last_ms", s.last_apply_ms_);
-    if (job->flushed)
-      s.host_->metric_counter_add(s.host_->host_ctx, "discovery_vip_conntrack_flushed_total",
-                                  job->flushed);
+    return;
   }
-  if (s.desired_ != s.applied_) {
+  s.set_up_ = true;
+  s.last_error_.clear();
+  for (auto &[n, t] : job->target)
+    if (t)
+      s.applied_[n] = std::move(*t);
+    else
+      s.applied_.erase(n);
+  ++s.batches_;
+  s.last_apply_ms_ =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - job->since)
+          .count();
+  s.host_->metric_gauge_set(s.host_->host_ctx, "discovery_vip_update_last_ms", s.last_apply_ms_);
+  if (job->flushed)
+    s.host_->metric_counter_add(s.host_->host_ctx, "discovery_vip_conntrack_flushed_total",
+                                job->flushed);
+  if (!s.dirty_.empty()) {
     s.changed_at_ = std::chrono::steady_clock::now();
     s.schedule();
   }

@@ -20,7 +20,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <set>
@@ -168,25 +170,32 @@ std::optional<std::set<std::string>> a_records(const Host &h, const std::string 
   return out;
 }
 
-std::string hex_of(const std::string &ip) {
-  in_addr a{};
-  inet_pton(AF_INET, ip.c_str(), &a);
-  char buf[9];
-  std::snprintf(buf, sizeof buf, "%08x", ntohl(a.s_addr));
-  return buf;
-}
-
 // The backends host h's kernel load-balances service's VIP over: the
-// endpoint chains its svc- chain's numgen map jumps to, as addresses (the
-// chain names carry the address in hex; see plugins/discovery/vip_map.cc).
+// endpoints of the VIP's slots in map `backends` (elements
+// "<vip> . 8080 . <slot> : <endpoint> . 8080"; plugins/discovery/vip_map.h).
 std::set<std::string> vip_backends(const Host &h, const std::string &service,
                                    const std::set<std::string> &candidates) {
-  auto r = h.exec({kNft, "list", "chain", "ip", kVipTable, "svc-" + service});
   std::set<std::string> out;
-  if (r.exit_code != 0) return out;  // no chain: no endpoint
-  for (const auto &ip : candidates)
-    if (r.output.find("goto ep-" + service + "-" + hex_of(ip) + "-8080") != std::string::npos)
-      out.insert(ip);
+  auto vip = a_records(h, service + ".vip.flotilla");
+  if (!vip || vip->size() != 1) return out;
+  auto r = h.exec({kNft, "list", "map", "ip", kVipTable, "backends"});
+  if (r.exit_code != 0) return out;
+  std::string elem;
+  auto take = [&] {
+    const size_t a = elem.find_first_not_of(" \t"), b = elem.find_last_not_of(" \t");
+    const std::string e = a == std::string::npos ? "" : elem.substr(a, b - a + 1);
+    elem.clear();
+    if (e.rfind(*vip->begin() + " . 8080 . ", 0) != 0) return;
+    for (const auto &ip : candidates)
+      if (e.ends_with(": " + ip + " . 8080")) out.insert(ip);
+  };
+  for (char c : r.output) {
+    if (c == ',' || c == '{' || c == '}' || c == '\n')
+      take();
+    else
+      elem += c;
+  }
+  take();
   return out;
 }
 
@@ -553,6 +562,66 @@ TEST_F(DiscoveryCluster, CheckRestartRestartsATaskWhoseCheckKeepsFailing) {
   std::cout << "[ measured ] restarted by check_restart " << restarted
             << " ms after its health file went (interval 1 s, limit 2), passing again "
             << ms_since(t0) << " ms after\n";
+}
+
+// Staleness, a benchmark (tools/bench/staleness.sh; not in CI): over N
+// trials (FLOTILLA_STALENESS_TRIALS), one backend's check fails; from the
+// moment the registry says "critical" (the check crossed its threshold)
+// to the moment every host's DNS and VIP map no longer serve it. Each host
+// is polled in turn (DNS with libknot, the VIP map with nft in its
+// namespace); the figure carries the polling period, printed with it.
+TEST_F(DiscoveryCluster, StalenessOverTrials) {
+  const char *env = std::getenv("FLOTILLA_STALENESS_TRIALS");
+  if (!env) GTEST_SKIP() << "SKIPPED: a benchmark; run tools/bench/staleness.sh";
+  const int trials = std::max(1, std::atoi(env));
+  run("web", web_job("web", "web", 2, kOnBAndC), 2, {"web"});
+  auto by_node = allocs_by_node("web");
+  auto reserved = reserved_addresses();
+  const std::string alloc_b = by_node["h1"];
+  const std::string ip_b = reserved[alloc_b], ip_c = reserved[by_node["h2"]];
+  const std::set<std::string> both = {ip_b, ip_c};
+  ASSERT_TRUE(everywhere("web", both, both, 15s));
+  std::vector<double> stale, period;
+  for (int t = 0; t < trials; ++t) {
+    in_container(B(), alloc_b, {"rm", "/www/health"});
+    // The threshold crossed: the registry record says critical.
+    auto deadline = Clock::now() + 10s;
+    while (health_of("web", alloc_b) != "critical" && Clock::now() < deadline)
+      std::this_thread::sleep_for(2ms);
+    ASSERT_EQ(health_of("web", alloc_b), "critical") << "trial " << t;
+    const auto t_crit = Clock::now();
+    std::set<int> clean;
+    int rounds = 0;
+    while (clean.size() < 3 && Clock::now() < t_crit + 10s) {
+      ++rounds;
+      for (int i = 0; i < 3; ++i) {
+        if (clean.count(i)) continue;
+        Host &h = cluster_->host(i);
+        auto got = a_records(h, "web.service.flotilla");
+        if (got && *got == std::set<std::string>{ip_c} &&
+            vip_backends(h, "web", both) == std::set<std::string>{ip_c})
+          clean.insert(i);
+      }
+    }
+    ASSERT_EQ(clean.size(), 3u) << "trial " << t << ": still served 10 s after critical";
+    const double took = ms_since(t_crit);
+    stale.push_back(took);
+    period.push_back(took / rounds);
+    in_container(B(), alloc_b, {"sh", "-c", "echo ok > /www/health"});
+    ASSERT_TRUE(everywhere("web", both, both, 8s)) << "trial " << t << ": did not come back";
+  }
+  std::sort(stale.begin(), stale.end());
+  std::sort(period.begin(), period.end());
+  auto pct = [](const std::vector<double> &v, double p) {
+    return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+  };
+  std::cout << "[ measured ] staleness over " << trials
+            << " trials, registry says critical -> every host's DNS and VIP map clean: p50 "
+            << pct(stale, 0.5) << " ms, p99 " << pct(stale, 0.99) << " ms, max " << stale.back()
+            << " ms; one polling round of the 3 hosts took " << pct(period, 0.5)
+            << " ms (median)\n  every trial (ms):";
+  for (double v : stale) std::cout << " " << static_cast<int>(v);
+  std::cout << "\n";
 }
 
 // Host C dies (SIGKILL: its daemon stops renewing its leases): its

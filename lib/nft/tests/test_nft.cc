@@ -96,3 +96,26 @@ TEST(LibNft, BatchAppliesAllOrNothing) {
   ctx.apply(nft::Batch().delete_table_if_exists("inet", guard.name));
   EXPECT_THROW(ctx.list_json("table " + t), nft::Error);
 }
+
+namespace {
+
+TEST(LibNft, CommitWatchCountsEachCommittedBatch) {
+  std::string why;
+  if (!usable(&why)) GTEST_SKIP() << why;
+  TableGuard guard{table_name()};
+  nft::CommitWatch watch;
+  nft::Context ctx;
+  watch.drain();  // whatever other processes committed before
+  ctx.apply(nft::Batch().add("add table inet " + guard.name));
+  ctx.apply(nft::Batch().add("add chain inet " + guard.name + " c"));
+  // The announcements are multicast as the commit ends: queued by now.
+  uint64_t seen = 0;
+  for (int i = 0; i < 100 && seen < 2; ++i) {
+    seen += watch.drain();
+    if (seen < 2) usleep(10000);
+  }
+  // At least ours (other processes in this namespace may commit too).
+  EXPECT_GE(seen, 2u);
+}
+
+}  // namespace
