@@ -7,11 +7,6 @@ namespace flotilla::discovery {
 
 namespace {
 
-struct PktFree {
-  void operator()(knot_pkt_t *p) const { knot_pkt_free(p); }
-};
-using Pkt = std::unique_ptr<knot_pkt_t, PktFree>;
-
 // A reply of the header alone: for a query whose question cannot be read.
 size_t header_reply(const uint8_t *query, uint8_t rcode, uint8_t *out) {
   std::memcpy(out, query, KNOT_WIRE_HEADER_SIZE);
@@ -44,8 +39,18 @@ int put_rr(knot_pkt_t *pkt, uint16_t hint, const knot_rrset_t *rr, uint16_t flag
 
 }  // namespace
 
+void Responder::PktFree::operator()(knot_pkt_t *p) const {
+  knot_pkt_free(p);
+}
+
 Responder::Responder(const Zone &zone, AnswerSettings settings)
     : zone_(zone), settings_(settings), rng_(std::random_device{}() | 1) {
+  // One query and one reply packet for every answer: each is pointed at the
+  // datagram's bytes in turn, so the query path allocates nothing (the RR
+  // arrays libknot grows stay).
+  q_.reset(knot_pkt_new(scratch_, sizeof scratch_, nullptr));
+  r_.reset(knot_pkt_new(scratch_, sizeof scratch_, nullptr));
+  if (!q_ || !r_) throw std::bad_alloc();
   if (settings_.edns_udp_size < KNOT_EDNS_MIN_UDP_PAYLOAD)
     settings_.edns_udp_size = KNOT_EDNS_MIN_UDP_PAYLOAD;
   knot_rrset_init_empty(&opt_);
@@ -76,12 +81,27 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   }
   ++stats_.queries;
 
-  Pkt q(knot_pkt_new(query, static_cast<uint16_t>(len), nullptr));
-  if (!q) {
-    ++stats_.dropped;
-    return result;
-  }
-  const int parsed = knot_pkt_parse(q.get(), 0);
+  // The query packet over the caller's bytes until we return; then over our
+  // scratch header again, so that clearing it (which frees what parsing
+  // allocated, e.g. EDNS options) never writes into the caller's buffer,
+  // which the forwarder may still send upstream.
+  knot_pkt_t *q = q_.get();
+  struct Release {
+    knot_pkt_t *q;
+    uint8_t *scratch;
+    size_t size;
+    ~Release() {
+      q->wire = scratch;
+      q->size = q->max_size = size;
+      knot_pkt_clear(q);
+      q->qname_size = 0;
+    }
+  } release{q, scratch_, sizeof scratch_};
+  q->wire = query;
+  q->size = q->max_size = len;
+  q->parsed = 0;
+  q->qname_size = 0;
+  const int parsed = knot_pkt_parse(q, 0);
   const bool has_question = q->qname_size > 0 && knot_wire_get_qdcount(query) == 1;
   auto fail = [&](uint8_t rcode) {
     if (rcode == KNOT_RCODE_FORMERR) ++stats_.formerr;
@@ -96,12 +116,12 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   // Only the question counts: a query with answers or authority records is
   // malformed for our purposes (and TSIG is not served).
   if (knot_wire_get_ancount(query) != 0 || knot_wire_get_nscount(query) != 0 ||
-      knot_pkt_has_tsig(q.get()))
+      knot_pkt_has_tsig(q))
     return fail(KNOT_RCODE_FORMERR);
 
-  const uint8_t *qname = knot_pkt_qname(q.get());
-  const uint16_t qtype = knot_pkt_qtype(q.get());
-  const uint16_t qclass = knot_pkt_qclass(q.get());
+  const uint8_t *qname = knot_pkt_qname(q);
+  const uint16_t qtype = knot_pkt_qtype(q);
+  const uint16_t qclass = knot_pkt_qclass(q);
   const ZoneNode *node = zone_.find(qname);
   const bool ours = node != nullptr || zone_.in_zone(qname);
   if (!ours) {
@@ -116,7 +136,7 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   // The reply's size: 512 without EDNS, the smaller of the client's and our
   // payload with it, everything over TCP.
   size_t limit = KNOT_WIRE_MIN_PKTSIZE;
-  const bool edns = knot_pkt_has_edns(q.get());
+  const bool edns = knot_pkt_has_edns(q);
   bool badvers = false;
   if (edns) {
     badvers = knot_edns_get_version(q->opt_rr) != KNOT_EDNS_VERSION;
@@ -127,9 +147,17 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   if (transport == Transport::tcp) limit = KNOT_WIRE_MAX_PKTSIZE;
   if (limit > out_cap) limit = out_cap;
 
-  Pkt r(knot_pkt_new(out, static_cast<uint16_t>(std::min<size_t>(out_cap, KNOT_WIRE_MAX_PKTSIZE)),
-                     nullptr));
-  if (!r || knot_pkt_init_response(r.get(), q.get()) != KNOT_EOK) return fail(KNOT_RCODE_SERVFAIL);
+  // The reply packet, pointed at out, with a fresh compression context.
+  knot_pkt_t *r = r_.get();
+  r->wire = out;
+  r->size = 0;
+  r->max_size = std::min<size_t>(out_cap, KNOT_WIRE_MAX_PKTSIZE);
+  r->flags = 0;
+  r->compr.wire = out;
+  r->compr.rrinfo = nullptr;
+  r->compr.suffix.pos = 0;
+  r->compr.suffix.labels = 0;
+  if (knot_pkt_init_response(r, q) != KNOT_EOK) return fail(KNOT_RCODE_SERVFAIL);
   r->max_size = limit;
   knot_wire_set_aa(r->wire);
   if (settings_.forward) knot_wire_set_ra(r->wire);
@@ -140,7 +168,7 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   if (edns) {
     if (badvers) knot_edns_set_ext_rcode(&opt, KNOT_EDNS_RCODE_HI(KNOT_RCODE_BADVERS));
     reserved = static_cast<uint16_t>(knot_edns_wire_size(&opt));
-    if (knot_pkt_reserve(r.get(), reserved) != KNOT_EOK) return fail(KNOT_RCODE_SERVFAIL);
+    if (knot_pkt_reserve(r, reserved) != KNOT_EOK) return fail(KNOT_RCODE_SERVFAIL);
   }
 
   bool answered = false;
@@ -156,7 +184,7 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
     }
     const uint16_t start = static_cast<uint16_t>(next_random() % set.count());
     knot_rrset_t rr = set.view(node->owner.data(), type, zone_.ttl(), start, n);
-    int ret = put_rr(r.get(), KNOT_COMPR_HINT_QNAME, &rr, 0);
+    int ret = put_rr(r, KNOT_COMPR_HINT_QNAME, &rr, 0);
     if (ret == KNOT_EOK) {
       answered = true;
       if (start_out) *start_out = start;
@@ -185,12 +213,12 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   if (!answered && space && !badvers) {
     // NXDOMAIN or NODATA: the SOA lets resolvers cache the negative answer
     // for the negative TTL (RFC 2308).
-    knot_pkt_begin(r.get(), KNOT_AUTHORITY);
+    knot_pkt_begin(r, KNOT_AUTHORITY);
     knot_rrset_t soa = zone_.soa().view(zone_.apex(), KNOT_RRTYPE_SOA, zone_.negative_ttl(), 0, 1);
-    put_rr(r.get(), KNOT_COMPR_HINT_NONE, &soa, 0);
+    put_rr(r, KNOT_COMPR_HINT_NONE, &soa, 0);
   }
 
-  knot_pkt_begin(r.get(), KNOT_ADDITIONAL);
+  knot_pkt_begin(r, KNOT_ADDITIONAL);
   if (srv_n > 0 && space) {
     // The SRV targets' addresses; dropping these when they do not fit is
     // not truncation (RFC 2181 9), so no TC for them.
@@ -200,17 +228,14 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
       knot_rrset_t a = t.a.view(t.owner.data(), KNOT_RRTYPE_A, zone_.ttl(), 0, t.a.count());
       knot_rrset_t aaaa =
           t.aaaa.view(t.owner.data(), KNOT_RRTYPE_AAAA, zone_.ttl(), 0, t.aaaa.count());
-      if (!t.a.empty() && put_rr(r.get(), KNOT_COMPR_HINT_NONE, &a, KNOT_PF_NOTRUNC) != KNOT_EOK)
-        break;
-      if (!t.aaaa.empty() &&
-          put_rr(r.get(), KNOT_COMPR_HINT_NONE, &aaaa, KNOT_PF_NOTRUNC) != KNOT_EOK)
+      if (!t.a.empty() && put_rr(r, KNOT_COMPR_HINT_NONE, &a, KNOT_PF_NOTRUNC) != KNOT_EOK) break;
+      if (!t.aaaa.empty() && put_rr(r, KNOT_COMPR_HINT_NONE, &aaaa, KNOT_PF_NOTRUNC) != KNOT_EOK)
         break;
     }
   }
   if (edns) {
-    knot_pkt_reclaim(r.get(), reserved);
-    if (put_rr(r.get(), KNOT_COMPR_HINT_NONE, &opt, 0) != KNOT_EOK)
-      return fail(KNOT_RCODE_SERVFAIL);
+    knot_pkt_reclaim(r, reserved);
+    if (put_rr(r, KNOT_COMPR_HINT_NONE, &opt, 0) != KNOT_EOK) return fail(KNOT_RCODE_SERVFAIL);
   }
   if (limited) {
     knot_wire_set_tc(r->wire);

@@ -58,6 +58,12 @@ class Responder {
   AnswerStats stats_;
   uint64_t rng_;
   knot_rrset_t opt_;  // our OPT RR template (payload = edns_udp_size)
+  struct PktFree {
+    void operator()(knot_pkt_t *p) const;
+  };
+  // Reused by every answer (see answer()); they point at scratch_ between.
+  std::unique_ptr<knot_pkt_t, PktFree> q_, r_;
+  uint8_t scratch_[KNOT_WIRE_HEADER_SIZE] = {};
 };
 
 // A header-and-question reply with rcode (SERVFAIL when every upstream
