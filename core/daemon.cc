@@ -20,6 +20,7 @@
 #include "node/confine.h"
 #include "error.h"
 #include "flotilla_build_config.h"
+#include "keyspace.h"
 #include "log.h"
 #include "rfc3339.h"
 
@@ -148,7 +149,7 @@ void Daemon::register_node() {
       return;  // the heartbeat timer retries
     }
     lease_ = lease;
-    store_->put("/flotilla/nodes/" + config_.node.name, node_record(),
+    store_->put(keyspace::kNodes + config_.node.name, node_record(),
                 [this](StoreResult r, int64_t rev) {
                   if (!r.ok()) {
                     log::error("core", "cannot write node record: " + r.message);
@@ -180,7 +181,7 @@ void Daemon::write_heartbeat() {
                        {"every_ms", config_.cluster.lease_ttl_ms / 3},
                        {"ttl_ms", config_.cluster.lease_ttl_ms}};
   store_->put(
-      "/flotilla/heartbeats/" + config_.node.name, hb.dump(),
+      keyspace::kHeartbeats + config_.node.name, hb.dump(),
       [this](StoreResult r, int64_t) {
         heartbeat_in_flight_ = false;
         if (!r.ok() && r.status != FLOTILLA_E_UNAVAILABLE && !stopping_)
@@ -338,7 +339,7 @@ void Daemon::reload() {
     config_.node.attributes = next.node.attributes;
     applied.push_back("node.attributes");
     if (lease_ != 0)
-      store_->put("/flotilla/nodes/" + config_.node.name, node_record(),
+      store_->put(keyspace::kNodes + config_.node.name, node_record(),
                   [](StoreResult r, int64_t) {
                     if (!r.ok()) log::error("core", "cannot update node record: " + r.message);
                   },

@@ -145,10 +145,6 @@ run_tests() {
   configure build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbenchmarks=false \
     -Doptimization=0 -Dunity=on
   say "building the unit suite in build-asan and running it under AddressSanitizer + UndefinedBehaviorSanitizer"
-  # The CLI tests (core's api, runtime-runc's hints) run the flotilla CLI,
-  # which no test target depends on in meson (tools/ is configured after
-  # core/ and plugins/): without this its tests skipped in build-asan.
-  ninja -C build-asan tools/flotilla/flotilla
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --logbase asan-unit
   local passed=0 failed=0 n

@@ -23,7 +23,7 @@ void list_allocs(const StatePtr &s, Request &req, const Params &, Responder &r) 
   std::string job;
   if (auto it = req.query.find("job"); it != req.query.end()) job = it->second;
   read_snapshot(
-      s, {{std::string(kAllocsPrefix)}, {std::string(kAllocStatusPrefix)}},
+      s, {{kAllocs}, {kAllocStatus}},
       [r, job](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading allocations"));
@@ -43,7 +43,7 @@ void get_alloc(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string id = p[0];
   read_snapshot(
-      s, {{std::string(kAllocsPrefix) + id, true}, {std::string(kAllocStatusPrefix) + id, true}},
+      s, {{kAllocs + id, true}, {kAllocStatus + id, true}},
       [r, id](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading allocation " + id));
@@ -187,7 +187,7 @@ class LogStream : public std::enable_shared_from_this<LogStream> {
     StoreClient *store = s_->store();
     if (!store) return finish();
     busy_ = true;
-    store->get(std::string(kAllocStatusPrefix) + alloc_id_,
+    store->get(kAllocStatus + alloc_id_,
                [self = shared_from_this()](StoreResult res, std::optional<KeyValue> kv, int64_t) {
                  self->busy_ = false;
                  if (res.ok() && kv && is_terminal_state(alloc_state(parse_record(kv->value))))
@@ -196,7 +196,7 @@ class LogStream : public std::enable_shared_from_this<LogStream> {
                  StoreClient *store = self->s_->store();
                  if (!store || self->cancelled_) return self->finish();
                  self->busy_ = true;
-                 store->get(std::string(kAllocsPrefix) + self->alloc_id_,
+                 store->get(kAllocs + self->alloc_id_,
                             [self](StoreResult res, std::optional<KeyValue> kv, int64_t) {
                               self->busy_ = false;
                               if (res.ok() && !kv) self->terminal_ = true;  // removed
@@ -280,7 +280,7 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
   if (!s->store()) return r.send(no_store());
   std::string id = p[0];
   read_snapshot(
-      s, {{std::string(kAllocsPrefix) + id, true}, {std::string(kAllocStatusPrefix) + id, true}},
+      s, {{kAllocs + id, true}, {kAllocStatus + id, true}},
       [s, r, id, stream, offset, follow, task, run](
           StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t) mutable {
         guarded(r, [&] {
@@ -369,11 +369,10 @@ void alloc_logs(const StatePtr &s, Request &req, const Params &p, Responder &r) 
 bool allocs_changed(const StoreEvent &e, const Request &req, const Params &) {
   if (auto it = req.query.find("job"); it != req.query.end() && !it->second.empty())
     return alloc_of_job(e, it->second);
-  return under(e.kv.key, kAllocsPrefix) || under(e.kv.key, kAllocStatusPrefix);
+  return under(e.kv.key, kAllocs) || under(e.kv.key, kAllocStatus);
 }
 bool alloc_changed(const StoreEvent &e, const Request &, const Params &p) {
-  return e.kv.key == std::string(kAllocsPrefix) + p[0] ||
-         e.kv.key == std::string(kAllocStatusPrefix) + p[0];
+  return e.kv.key == kAllocs + p[0] || e.kv.key == kAllocStatus + p[0];
 }
 
 }  // namespace

@@ -256,7 +256,7 @@ std::string key_suffix(const std::string &key, std::string_view prefix) {
 
 std::map<std::string, json> statuses_by_id(const std::vector<KeyValue> &kvs) {
   std::map<std::string, json> out;
-  for (const auto &kv : kvs) out[key_suffix(kv.key, kAllocStatusPrefix)] = parse_record(kv.value);
+  for (const auto &kv : kvs) out[key_suffix(kv.key, kAllocStatus)] = parse_record(kv.value);
   return out;
 }
 
@@ -269,10 +269,10 @@ bool under(const std::string &key, std::string_view prefix) {
 // (a job named "web" may wake on "web-api"'s deletions, which is harmless).
 bool alloc_of_job(const StoreEvent &e, const std::string &name) {
   std::string id;
-  if (under(e.kv.key, kAllocsPrefix))
-    id = key_suffix(e.kv.key, kAllocsPrefix);
-  else if (under(e.kv.key, kAllocStatusPrefix))
-    id = key_suffix(e.kv.key, kAllocStatusPrefix);
+  if (under(e.kv.key, kAllocs))
+    id = key_suffix(e.kv.key, kAllocs);
+  else if (under(e.kv.key, kAllocStatus))
+    id = key_suffix(e.kv.key, kAllocStatus);
   else
     return false;
   std::string job;
@@ -281,7 +281,7 @@ bool alloc_of_job(const StoreEvent &e, const std::string &name) {
 }
 
 json alloc_view(const KeyValue &kv, const std::map<std::string, json> &statuses, bool with_spec) {
-  std::string id = key_suffix(kv.key, kAllocsPrefix);
+  std::string id = key_suffix(kv.key, kAllocs);
   json a = parse_record(kv.value);
   if (!a.is_object()) a = json{{"record", a}};
   if (!with_spec) a.erase("spec");

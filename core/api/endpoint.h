@@ -23,6 +23,7 @@
 #include "api/api_server.h"
 #include "api/http_server.h"
 #include "jobspec.h"
+#include "keyspace.h"
 #include "log.h"
 #include "store_client.h"
 
@@ -43,11 +44,17 @@ using http::Response;
 using nlohmann::json;
 
 inline constexpr std::string_view kLog = "api";
-inline constexpr std::string_view kJobsPrefix = "/flotilla/jobs/";
-inline constexpr std::string_view kAllocsPrefix = "/flotilla/allocs/";
-inline constexpr std::string_view kAllocStatusPrefix = "/flotilla/alloc-status/";
-inline constexpr std::string_view kNodesPrefix = "/flotilla/nodes/";
-inline constexpr std::string_view kHeartbeatsPrefix = "/flotilla/heartbeats/";
+
+using keyspace::kAllocs;
+using keyspace::kAllocStatus;
+using keyspace::kHeartbeats;
+using keyspace::kJobs;
+using keyspace::kJobStatus;
+using keyspace::kNetStatus;
+using keyspace::kNodeControl;
+using keyspace::kNodes;
+using keyspace::kServices;
+using keyspace::kVips;
 
 // ---- shared state -----------------------------------------------------------
 

@@ -134,7 +134,7 @@ void post_job(const StatePtr &s, Request &req, const Params &, Responder &r) {
 void store_job(StatePtr s, std::string name, json job, Responder r, int attempt) {
   StoreClient *store = s->store();
   if (!store) return r.send(no_store());
-  std::string key = std::string(kJobsPrefix) + name;
+  std::string key = kJobs + name;
   store->get(key, [s, name, job, r, attempt, key](StoreResult res, std::optional<KeyValue> kv,
                                                   int64_t) mutable {
     guarded(r, [&] {
@@ -193,8 +193,7 @@ void store_job(StatePtr s, std::string name, json job, Responder r, int attempt)
 void list_jobs(const StatePtr &s, Request &, const Params &, Responder &r) {
   if (!s->store()) return r.send(no_store());
   read_snapshot(
-      s,
-      {{std::string(kJobsPrefix)}, {std::string(kAllocsPrefix)}, {std::string(kAllocStatusPrefix)}},
+      s, {{kJobs}, {kAllocs}, {kAllocStatus}},
       [r](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading jobs"));
@@ -206,7 +205,7 @@ void list_jobs(const StatePtr &s, Request &, const Params &, Responder &r) {
           }
           json jobs = json::array();
           for (const auto &kv : kvs[0]) {
-            std::string name = key_suffix(kv.key, kJobsPrefix);
+            std::string name = key_suffix(kv.key, kJobs);
             json job = parse_record(kv.value);
             bool stop = job.is_object() && job.value("stop", false);
             json summary = {{"name", name},
@@ -229,11 +228,7 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s,
-      {{std::string(kJobsPrefix) + name, true},
-       {std::string(kAllocsPrefix)},
-       {std::string(kAllocStatusPrefix)},
-       {"/flotilla/job-status/" + name, true}},
+      s, {{kJobs + name, true}, {kAllocs}, {kAllocStatus}, {kJobStatus + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading job " + name));
@@ -271,10 +266,7 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
 // are gone; those of nodes that left the cluster are deleted here.
 void stop_job(StatePtr s, std::string name, bool purge, Responder r, int attempt) {
   read_snapshot(
-      s,
-      {{std::string(kJobsPrefix) + name, true},
-       {std::string(kAllocsPrefix)},
-       {std::string(kNodesPrefix)}},
+      s, {{kJobs + name, true}, {kAllocs}, {kNodes}},
       [s, name, purge, r, attempt](StoreResult res, std::vector<std::vector<KeyValue>> kvs,
                                    int64_t rev) mutable {
         guarded(r, [&] {
@@ -297,7 +289,7 @@ void stop_job(StatePtr s, std::string name, bool purge, Responder r, int attempt
                 StoreOp::put(job_kv.key, job.dump(-1, ' ', false, json::error_handler_t::replace)));
           }
           std::set<std::string> nodes;
-          for (const auto &kv : kvs[2]) nodes.insert(key_suffix(kv.key, kNodesPrefix));
+          for (const auto &kv : kvs[2]) nodes.insert(key_suffix(kv.key, kNodes));
           int stopping = 0;
           for (const auto &kv : kvs[1]) {
             json a = parse_record(kv.value);
@@ -306,8 +298,7 @@ void stop_job(StatePtr s, std::string name, bool purge, Responder r, int attempt
               // Nobody is left to stop it or report on it.
               compares.push_back(StoreCompare::mod_revision_is(kv.key, kv.mod_revision));
               ops.push_back(StoreOp::remove(kv.key));
-              ops.push_back(StoreOp::remove(std::string(kAllocStatusPrefix) +
-                                            key_suffix(kv.key, kAllocsPrefix)));
+              ops.push_back(StoreOp::remove(kAllocStatus + key_suffix(kv.key, kAllocs)));
               continue;
             }
             if (string_field(a, "desired_status") == "stop") {
@@ -360,12 +351,10 @@ void delete_job(const StatePtr &s, Request &req, const Params &p, Responder &r) 
 }
 
 bool jobs_changed(const StoreEvent &e, const Request &, const Params &) {
-  return under(e.kv.key, kJobsPrefix) || under(e.kv.key, kAllocsPrefix) ||
-         under(e.kv.key, kAllocStatusPrefix);
+  return under(e.kv.key, kJobs) || under(e.kv.key, kAllocs) || under(e.kv.key, kAllocStatus);
 }
 bool job_changed(const StoreEvent &e, const Request &, const Params &p) {
-  return e.kv.key == std::string(kJobsPrefix) + p[0] ||
-         e.kv.key == "/flotilla/job-status/" + p[0] || alloc_of_job(e, p[0]);
+  return e.kv.key == kJobs + p[0] || e.kv.key == kJobStatus + p[0] || alloc_of_job(e, p[0]);
 }
 
 }  // namespace

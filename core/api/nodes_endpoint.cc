@@ -35,17 +35,17 @@ void add_heartbeat(json &n, const KeyValue *hb) {
 void list_nodes(const StatePtr &s, Request &, const Params &, Responder &r) {
   if (!s->store()) return r.send(no_store());
   read_snapshot(
-      s, {{std::string(kNodesPrefix)}, {std::string(kHeartbeatsPrefix)}},
+      s, {{kNodes}, {kHeartbeats}},
       [r](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading nodes"));
           std::map<std::string, const KeyValue *> beats;
-          for (const auto &kv : kvs[1]) beats[key_suffix(kv.key, kHeartbeatsPrefix)] = &kv;
+          for (const auto &kv : kvs[1]) beats[key_suffix(kv.key, kHeartbeats)] = &kv;
           json nodes = json::array();
           for (const auto &kv : kvs[0]) {
             json n = parse_record(kv.value);
             if (!n.is_object()) n = json{{"record", n}};
-            std::string name = key_suffix(kv.key, kNodesPrefix);
+            std::string name = key_suffix(kv.key, kNodes);
             n["name"] = name;
             auto it = beats.find(name);
             add_heartbeat(n, it == beats.end() ? nullptr : it->second);
@@ -61,7 +61,7 @@ void get_node(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s, {{std::string(kNodesPrefix) + name, true}, {std::string(kHeartbeatsPrefix) + name, true}},
+      s, {{kNodes + name, true}, {kHeartbeats + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading node " + name));
@@ -95,7 +95,7 @@ void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder
   bool drain = body.value("drain", !body.contains("eligible"));
   json control = {{"drain", drain}, {"eligible", body.value("eligible", !drain)}};
   read_snapshot(
-      s, {{std::string(kNodesPrefix) + name, true}},
+      s, {{kNodes + name, true}},
       [s, r, name, control](StoreResult res, std::vector<std::vector<KeyValue>> kvs,
                             int64_t) mutable {
         guarded(r, [&] {
@@ -104,7 +104,7 @@ void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder
             return r.send(error_json(404, "not_found", "node \"" + name + "\" not found"));
           StoreClient *store = s->store();
           if (!store) return r.send(no_store());
-          store->put("/flotilla/node-control/" + name, control.dump(),
+          store->put(kNodeControl + name, control.dump(),
                      [r, name, control](StoreResult w, int64_t rev) mutable {
                        guarded(r, [&] {
                          if (!w.ok()) return r.send(store_failure(w, "writing node " + name));
@@ -119,16 +119,14 @@ void post_node_drain(const StatePtr &s, Request &req, const Params &p, Responder
 }
 
 bool nodes_changed(const StoreEvent &e, const Request &, const Params &) {
-  return under(e.kv.key, kNodesPrefix) || under(e.kv.key, "/flotilla/node-control/");
+  return under(e.kv.key, kNodes) || under(e.kv.key, kNodeControl);
 }
 bool node_changed(const StoreEvent &e, const Request &, const Params &p) {
-  return e.kv.key == std::string(kNodesPrefix) + p[0] ||
-         e.kv.key == "/flotilla/node-control/" + p[0];
+  return e.kv.key == kNodes + p[0] || e.kv.key == kNodeControl + p[0];
 }
 
 // Where a network plugin keeps a copy of each node's status() for the
 // other nodes' APIs (docs/abi-json.md).
-constexpr std::string_view kNetStatusPrefix = "/flotilla/net/status/";
 
 // Another node's network status: the copy its network plugin keeps in the
 // store (docs/abi-json.md, "network status in the store"), with its age by
@@ -136,7 +134,7 @@ constexpr std::string_view kNetStatusPrefix = "/flotilla/net/status/";
 void get_other_node_network(const StatePtr &s, const std::string &name, Responder &r) {
   if (!s->store()) return r.send(no_store());
   read_snapshot(
-      s, {{std::string(kNodesPrefix) + name, true}, {std::string(kNetStatusPrefix) + name, true}},
+      s, {{kNodes + name, true}, {kNetStatus + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading node " + name + "'s network"));

@@ -12,12 +12,9 @@
 namespace flotilla::api {
 namespace {
 
-constexpr std::string_view kServicesPrefix = "/flotilla/services/";
-constexpr std::string_view kVipsPrefix = "/flotilla/vips/";
-
 // "/flotilla/services/<svc>/<alloc>" → {svc, alloc}; false for other keys.
 bool split_instance_key(const std::string &key, std::string &service, std::string &alloc) {
-  std::string rest = key_suffix(key, kServicesPrefix);
+  std::string rest = key_suffix(key, kServices);
   auto slash = rest.find('/');
   if (slash == std::string::npos || slash == 0 || slash + 1 == rest.size()) return false;
   service = rest.substr(0, slash);
@@ -58,7 +55,7 @@ std::map<std::string, ServiceView> services_of(const std::vector<KeyValue> &inst
   for (const auto &kv : vips) {
     json v = parse_record(kv.value);
     std::string address = string_field(v, "address");
-    out[key_suffix(kv.key, kVipsPrefix)].vip = address.empty() ? json(nullptr) : json(address);
+    out[key_suffix(kv.key, kVips)].vip = address.empty() ? json(nullptr) : json(address);
   }
   return out;
 }
@@ -74,7 +71,7 @@ json health_counts(const json &instances) {
 
 void list_services(const StatePtr &s, Request &, const Params &, Responder &r) {
   if (!s->store()) return r.send(no_store());
-  read_snapshot(s, {{std::string(kServicesPrefix)}, {std::string(kVipsPrefix)}},
+  read_snapshot(s, {{kServices}, {kVips}},
                 [r](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
                   guarded(r, [&] {
                     if (!res.ok()) return r.send(store_failure(res, "reading services"));
@@ -101,7 +98,7 @@ void get_service(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s, {{std::string(kServicesPrefix) + name + "/"}, {std::string(kVipsPrefix) + name, true}},
+      s, {{kServices + name + "/"}, {kVips + name, true}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading service " + name));
@@ -122,11 +119,10 @@ void get_service(const StatePtr &s, Request &, const Params &p, Responder &r) {
 }
 
 bool services_changed(const StoreEvent &e, const Request &, const Params &) {
-  return under(e.kv.key, kServicesPrefix) || under(e.kv.key, kVipsPrefix);
+  return under(e.kv.key, kServices) || under(e.kv.key, kVips);
 }
 bool service_changed(const StoreEvent &e, const Request &, const Params &p) {
-  return under(e.kv.key, std::string(kServicesPrefix) + p[0] + "/") ||
-         e.kv.key == std::string(kVipsPrefix) + p[0];
+  return under(e.kv.key, kServices + p[0] + "/") || e.kv.key == kVips + p[0];
 }
 
 }  // namespace

@@ -17,7 +17,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char *kLeaderKey = "/flotilla/leader/scheduler";
 // Changes that arrive in the same loop iteration share one evaluation, and
 // changes during an evaluation share the next one (eval_again_); waiting
 // longer for a job, node or allocation change would only add to every job's
@@ -32,7 +31,10 @@ using keyspace::kAllocs;
 using keyspace::kAllocStatus;
 using keyspace::kJobs;
 using keyspace::kJobStatus;
+using keyspace::kLeader;
+using keyspace::kNodeControl;
 using keyspace::kNodes;
+using keyspace::kPlacementEpoch;
 using keyspace::terminal;
 
 bool starts_with(const std::string &s, const std::string &p) { return s.compare(0, p.size(), p) == 0; }
@@ -56,11 +58,7 @@ flotilla_resources job_ask(const json &job) {
   return r;
 }
 
-
 // ---- placement rules and reschedule policy (scheduler issue) ---------------
-
-const std::string kPlacementEpoch = "/flotilla/sched/epoch";
-const std::string kNodeControl = "/flotilla/node-control/";
 
 json member(const json &o, const char *key, json def) {
   if (!o.is_object()) return def;
@@ -666,7 +664,7 @@ void Evaluator::campaign() {
   }
   // Take the key if nobody holds it, or if this node held it before a
   // restart (the old lease has not expired yet).
-  store_->txn({StoreCompare::absent(kLeaderKey)}, {StoreOp::put(kLeaderKey, node_, lease_)}, {},
+  store_->txn({StoreCompare::absent(kLeader)}, {StoreOp::put(kLeader, node_, lease_)}, {},
               [this](StoreResult r, bool won, int64_t rev) {
                 if (stopping_) return;
                 if (!r.ok()) {
@@ -675,14 +673,14 @@ void Evaluator::campaign() {
                   return;  // keepalive() campaigns again
                 }
                 if (won) return confirm_leadership();
-                StoreCompare mine{kLeaderKey, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_};
-                store_->txn({mine}, {StoreOp::put(kLeaderKey, node_, lease_)}, {},
+                StoreCompare mine{kLeader, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, node_};
+                store_->txn({mine}, {StoreOp::put(kLeader, node_, lease_)}, {},
                             [this, rev](StoreResult r2, bool won2, int64_t) {
                               if (stopping_ || !r2.ok()) return;
                               if (won2) return confirm_leadership();
                               // Someone else leads: wait for the key to go.
                               leader_watch_ = store_->watch(
-                                  kLeaderKey, false, rev + 1,
+                                  kLeader, false, rev + 1,
                                   [this](StoreResult w, const std::vector<StoreEvent> &evs, int64_t) {
                                     if (!w.ok()) {
                                       leader_watch_.reset();  // keepalive() campaigns again
@@ -729,7 +727,7 @@ void Evaluator::store_trouble() {
 }
 
 void Evaluator::confirm_leadership() {
-  store_->get(kLeaderKey, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
+  store_->get(kLeader, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
     if (stopping_ || leader_) return;
     if (!r.ok()) {
       store_trouble();
@@ -744,7 +742,7 @@ void Evaluator::confirm_leadership() {
 }
 
 void Evaluator::check_leadership() {
-  store_->get(kLeaderKey, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
+  store_->get(kLeader, [this](StoreResult r, std::optional<KeyValue> kv, int64_t) {
     if (stopping_ || !leader_ || !r.ok()) return;
     if (kv && kv->create_revision == leader_create_rev_) return;
     lose_leadership(kv ? "another node (" + kv->value + ") leads now" : "the leader key is gone");
@@ -773,7 +771,7 @@ void Evaluator::become_leader() {
           }
           bool changed = false, status_only = false;
           for (const auto &e : evs) {
-            if (e.kv.key == kLeaderKey &&
+            if (e.kv.key == kLeader &&
                 (e.type == StoreEvent::Type::remove || e.kv.create_revision != leader_create_rev_))
               return lose_leadership("leader key changed");
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
@@ -938,7 +936,7 @@ void Evaluator::evaluate() {
     // cut off past its lease finds a new key there, even one bearing its
     // name, and writes nothing.
     auto plan_write = std::make_shared<ChunkedWrite>();
-    plan_write->fence = {kLeaderKey, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}};
+    plan_write->fence = {kLeader, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}};
     plan_write->node = node_;
     std::stable_sort(ops.begin(), ops.end(),
                      [](const auto &a, const auto &b) { return a.first < b.first; });
