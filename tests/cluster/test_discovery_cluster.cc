@@ -1,14 +1,15 @@
 // Service discovery across hosts, end to end (issue 12): three flotillad
 // hosts in network namespaces (cluster.h) on real etcd, real runc
-// containers on net-overlay's bridges, the discovery plugin on every host
-// answering DNS on its underlay address and, for the containers, on its
-// bridge gateway (their default resolv.conf), and keeping its VIP table.
+// containers on net-overlay's bridges joined by its WireGuard mesh (a real
+// wireguard-go per host, as in test_mesh.cc), the discovery plugin on
+// every host answering DNS on its underlay address and, for the
+// containers, on its bridge gateway (their default resolv.conf), and
+// keeping its VIP table.
 //
-// Cross-host container traffic needs the WireGuard mesh (not here yet), so
-// what crosses hosts is checked where it shows without it: the DNS answers
-// of host A name the backends on B and C, and every host's VIP map holds
-// exactly the passing ones. Traffic through a VIP is checked with the
-// client and both backends on one host.
+// A client container on host A resolves the backends on B and C and
+// fetches through the VIP across the mesh; every host's VIP map holds
+// exactly the passing backends. Without wireguard-go or /dev/net/tun the
+// cluster runs without the mesh and only the cross-host fetch is SKIPPED.
 //
 // One cluster serves the whole suite (building one is most of the time);
 // each test stops its jobs, and the host-loss test comes last. Queries are
@@ -32,7 +33,9 @@
 #include "alloc_status.h"
 #include "cluster.h"
 #include "dns_test_support.h"
+#include "mesh_device.h"
 #include "netlink.h"
+#include "wg_uapi.h"
 
 using flotilla::cluster::Cluster;
 using flotilla::cluster::ClusterOptions;
@@ -41,6 +44,7 @@ using flotilla::cluster::wait_until;
 using nlohmann::json;
 using namespace std::chrono_literals;
 namespace dt = flotilla::discovery::test;
+namespace ov = flotilla::overlay;
 
 namespace {
 
@@ -54,7 +58,18 @@ double ms_since(Clock::time_point t) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
 }
 
-ClusterOptions discovery_options() {
+// The mesh needs wireguard-go and a TUN device; empty: it can run.
+std::string mesh_unavailable() {
+  if (access("/usr/bin/wireguard-go", X_OK) != 0) return "wireguard-go is not installed";
+  if (access("/dev/net/tun", R_OK | W_OK) != 0) return "no /dev/net/tun";
+  return "";
+}
+
+std::string overlay_state_dir(const Host &h) {
+  return h.dir() + "/data/plugins/net-overlay/wireguard";
+}
+
+ClusterOptions discovery_options(bool mesh) {
   ClusterOptions o;
   o.hosts = 3;
   o.lease_ttl_s = kLeaseTtl;
@@ -63,17 +78,18 @@ ClusterOptions discovery_options() {
   // Discovery listens on the host's underlay address (the tests ask it
   // there) and, by container_dns, on its bridge gateway once net-overlay
   // announces it: the containers' default resolver.
-  o.host_config = [](const Cluster &, const Host &h) {
+  o.host_config = [mesh](const Cluster &, const Host &h) {
     return std::string("[plugin.discovery]\npath = \"") + DISCOVERY_PLUGIN_PATH +
            "\"\nlisten = [\"" + h.ip() +
            ":53\"]\nforward = false\nlease_ttl = " + std::to_string(kLeaseTtl) +
            "\nttl = 1\nnegative_ttl = 1\nvip_cidr = \"10.43.0.0/24\"\nvip_table = \"" + kVipTable +
            "\"\n" + "[plugin.net-overlay]\npath = \"" + NET_OVERLAY_PLUGIN_PATH +
            "\"\nnetns_dir = \"" + h.dir() +
-           "/netns\"\nunderlay_interface = \"eth0\"\n"
-           // No WireGuard mesh here (tests/cluster/test_mesh.cc has it): the
-           // hosts share /var/run/wireguard, one default device name.
-           "wireguard = \"off\"\n";
+           "/netns\"\nunderlay_interface = \"eth0\"\nnode_lease_ttl = " +
+           std::to_string(kLeaseTtl) + "\n" +
+           // Each host its own device name: the hosts share /var/run/wireguard.
+           (mesh ? "wireguard = \"userspace\"\nwg_interface = \"" + h.wg_interface() + "\"\n"
+                 : std::string("wireguard = \"off\"\n"));
   };
   return o;
 }
@@ -202,7 +218,8 @@ std::set<std::string> vip_backends(const Host &h, const std::string &service,
 class DiscoveryCluster : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    ClusterOptions o = discovery_options();
+    no_mesh_ = mesh_unavailable();
+    ClusterOptions o = discovery_options(no_mesh_.empty());
     skip_ = Cluster::cannot_run(o);
     if (skip_.empty() && access(kNft, X_OK) != 0) skip_ = "nft (nftables) is not installed";
     if (!skip_.empty()) return;
@@ -211,13 +228,43 @@ class DiscoveryCluster : public ::testing::Test {
       cluster_ = std::make_unique<Cluster>(std::move(o));
     } catch (const std::exception &e) {
       error_ = e.what();
+      return;
     }
+    if (!no_mesh_.empty()) return;
+    for (int i = 0; i < cluster_->size(); ++i)
+      cluster_->record("dir", ov::UapiWg().socket_path(cluster_->host(i).wg_interface()));
+    const auto t0 = Clock::now();
+    if (!wait_until([] { return mesh_converged(); }, 30s))
+      error_ = "the WireGuard mesh did not converge in 30 s:\n" + cluster_->logs();
+    else
+      std::cout << "[ measured ] mesh converged " << ms_since(t0) << " ms after the cluster\n";
+  }
+
+  // Every host's wireguard-go runs (recorded for the clean-up) and holds
+  // the other hosts as peers.
+  static bool mesh_converged() {
+    std::set<std::string> keys;
+    for (int i = 0; i < cluster_->size(); ++i) {
+      const Host &h = cluster_->host(i);
+      const int pid = ov::wireguard_go_pid(overlay_state_dir(h), h.wg_interface());
+      if (pid <= 0) return false;
+      if (wg_pids_.insert(pid).second) cluster_->record_pid(pid);
+      ov::WgDevice d;
+      try {
+        d = ov::UapiWg().get(h.wg_interface());
+      } catch (const std::exception &) {
+        return false;
+      }
+      if (d.peers.size() != static_cast<size_t>(cluster_->size() - 1)) return false;
+      for (const auto &p : d.peers) keys.insert(p.public_key);
+    }
+    return keys.size() == static_cast<size_t>(cluster_->size());
   }
   static void TearDownTestSuite() { cluster_.reset(); }
 
   void SetUp() override {
     if (!skip_.empty()) GTEST_SKIP() << "SKIPPED: " << skip_;
-    if (!cluster_) GTEST_FAIL() << "cannot build the cluster: " << error_;
+    if (!cluster_ || !error_.empty()) GTEST_FAIL() << "cannot build the cluster: " << error_;
   }
   void TearDown() override {
     if (!cluster_) return;
@@ -334,14 +381,49 @@ class DiscoveryCluster : public ::testing::Test {
         deadline, 20ms);
   }
 
+  // A client container on node (whose host is h) resolves service's VIP
+  // through its resolv.conf and fetches http://VIP:8080/ 20 times; each
+  // backend answers with its own address. The answers per backend; every
+  // request must have been answered by one of backends.
+  std::map<std::string, int> fetch_through_vip(const std::string &service, const std::string &node,
+                                               Host &h, const std::set<std::string> &backends) {
+    const std::string job = "fetch-" + node;
+    std::map<std::string, int> hits;
+    run(job,
+        script_job(job, node,
+                   "VIP=$(nslookup " + service +
+                       ".vip.flotilla | awk '/^Address: /{print $2}'); "
+                       "echo vip=$VIP; for i in $(seq 20); do timeout 3 wget -q -O - "
+                       "http://$VIP:8080/; done; echo done-fetching; exec sleep 3600"),
+        1);
+    if (HasFatalFailure()) return hits;
+    const std::string client = allocs_by_node(job)[node];
+    std::string logs;
+    const auto done = wait_until(
+        [&] {
+          logs = h.api("GET", "/v1/allocs/" + client + "/logs").body;
+          return logs.find("done-fetching") != std::string::npos;
+        },
+        30s);
+    EXPECT_TRUE(done.has_value()) << logs;
+    std::istringstream in(logs);
+    int total = 0;
+    for (std::string line; std::getline(in, line);)
+      if (backends.count(line)) ++hits[line], ++total;
+    EXPECT_EQ(total, 20) << "every request answered by a backend:\n" << logs;
+    return hits;
+  }
+
   static std::unique_ptr<Cluster> cluster_;
-  static std::string skip_, error_;
+  static std::string skip_, error_, no_mesh_;
+  static std::set<int> wg_pids_;
   std::vector<std::string> jobs_;
   std::set<std::string> jobs_services_;
 };
 
 std::unique_ptr<Cluster> DiscoveryCluster::cluster_;
-std::string DiscoveryCluster::skip_, DiscoveryCluster::error_;
+std::string DiscoveryCluster::skip_, DiscoveryCluster::error_, DiscoveryCluster::no_mesh_;
+std::set<int> DiscoveryCluster::wg_pids_;
 
 // Backends on B and C; host A's DNS names exactly them (A, SRV, alloc
 // names, the VIP), every host's VIP map holds both, and a client container
@@ -488,8 +570,8 @@ TEST_F(DiscoveryCluster, AFailingCheckWithdrawsTheInstanceEverywhereAndItReturns
   EXPECT_LE(back, 2000.0);
 }
 
-// Traffic through a VIP, with the client and both backends on B (no
-// cross-host traffic without the mesh): 20 requests reach both backends.
+// Traffic through a VIP, with the client and both backends on B (the
+// node's own bridge, no mesh): 20 requests reach both backends.
 TEST_F(DiscoveryCluster, RequestsThroughTheVipReachBothBackends) {
   run("near", web_job("near", "near", 2, on_host("h1")), 2, {"near"});
   auto reserved = reserved_addresses();
@@ -499,30 +581,28 @@ TEST_F(DiscoveryCluster, RequestsThroughTheVipReachBothBackends) {
     if (a.value("desired_status", "") == "run") both.insert(reserved[a.value("id", "")]);
   ASSERT_EQ(both.size(), 2u);
   ASSERT_TRUE(everywhere("near", both, both, 15s));
-  run("fetch",
-      script_job("fetch", "h1",
-                 "VIP=$(nslookup near.vip.flotilla | awk '/^Address: /{print $2}'); "
-                 "echo vip=$VIP; for i in $(seq 20); do timeout 3 wget -q -O - "
-                 "http://$VIP:8080/; done; echo done-fetching; exec sleep 3600"),
-      1);
-  auto client = allocs_by_node("fetch")["h1"];
-  std::string logs;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        logs = B().api("GET", "/v1/allocs/" + client + "/logs").body;
-        return logs.find("done-fetching") != std::string::npos;
-      },
-      30s))
-      << logs;
-  std::map<std::string, int> hits;
-  std::istringstream in(logs);
-  for (std::string line; std::getline(in, line);)
-    if (both.count(line)) ++hits[line];
-  EXPECT_EQ(hits.size(), 2u) << "requests through the VIP should reach both backends:\n" << logs;
-  int total = 0;
-  for (const auto &[ip, n] : hits) total += n;
-  EXPECT_EQ(total, 20) << logs;
-  std::cout << "[ measured ] 20 requests through the VIP: " << json(hits).dump() << "\n";
+  auto hits = fetch_through_vip("near", "h1", B(), both);
+  EXPECT_EQ(hits.size(), 2u) << "requests through the VIP should reach both backends";
+  std::cout << "[ measured ] 20 requests through the VIP on one host: " << json(hits).dump()
+            << "\n";
+}
+
+// The issue's test across hosts: a client container on A fetches through
+// the VIP, over the WireGuard mesh, and the requests reach both backends,
+// the one on B and the one on C.
+TEST_F(DiscoveryCluster, AClientOnAFetchesThroughTheVipFromBackendsOnBAndC) {
+  if (!no_mesh_.empty()) GTEST_SKIP() << "SKIPPED: no WireGuard mesh: " << no_mesh_;
+  run("web", web_job("web", "web", 2, kOnBAndC), 2, {"web"});
+  auto by_node = allocs_by_node("web");
+  auto reserved = reserved_addresses();
+  const std::string ip_b = reserved[by_node["h1"]], ip_c = reserved[by_node["h2"]];
+  ASSERT_FALSE(ip_b.empty() || ip_c.empty()) << json(reserved).dump();
+  const std::set<std::string> both = {ip_b, ip_c};
+  ASSERT_TRUE(everywhere("web", both, both, 15s));
+  auto hits = fetch_through_vip("web", "h0", A(), both);
+  EXPECT_EQ(hits.size(), 2u) << "requests from A through the VIP should reach B's and C's backends";
+  std::cout << "[ measured ] 20 requests from A through the VIP over the mesh: "
+            << json(hits).dump() << " (B " << ip_b << ", C " << ip_c << ")\n";
 }
 
 // check_restart: a backend whose check fails twice in a row (past a 1 s
