@@ -56,14 +56,14 @@ std::vector<std::string> VipChange::commands(const std::string &table, size_t ch
 VipMap::VipMap(std::string table, uint32_t masquerade_mark)
     : table_(std::move(table)), mark_(masquerade_mark) {}
 
-std::vector<std::string> VipMap::setup() {
+std::vector<std::string> VipMap::setup(size_t preset_counts) {
   counts_.clear();
   hairpin_.clear();
   const std::string t = "ip " + table_;
   char mark[16];
   std::snprintf(mark, sizeof mark, "0x%x", mark_);
   const std::string key = "ip daddr . meta l4proto . th dport";
-  return {
+  std::vector<std::string> out = {
       "add table " + t,
       "delete table " + t,
       "add table " + t,
@@ -102,6 +102,23 @@ std::vector<std::string> VipMap::setup() {
       "add rule " + t + " filter-output ct state new meta l4proto { tcp, udp } " + key +
           " @no-endpoints goto reject-chain",
   };
+  for (size_t k = 1; k <= preset_counts; ++k) add_count(k, out);
+  return out;
+}
+
+void VipMap::add_count(size_t k, std::vector<std::string> &out) {
+  const std::string t = "ip " + table_;
+  const std::string set = count_set(k);
+  out.push_back("add set " + t + " " + set + " { type ipv4_addr . inet_service; }");
+  // One rule per protocol: nft 1.0.6 cannot read back a rule that maps
+  // `th dport` (its cache does so before every `add rule`).
+  for (const char *proto : {"tcp", "udp"}) {
+    const std::string p = proto;
+    out.push_back("add rule " + t + " services meta l4proto " + p + " ip daddr . " + p +
+                  " dport @" + set + " dnat ip addr . port to ip daddr . " + p +
+                  " dport . numgen random mod " + std::to_string(k) + " map @backends");
+  }
+  counts_.insert(k);
 }
 
 std::vector<std::string> VipMap::teardown() const {
@@ -144,20 +161,8 @@ VipService VipMap::update(const VipService *before, const VipService *after, Vip
   };
 
   // The VIP's keys: in svc-n<K> for K passing endpoints, else no-endpoints.
-  if (after && !placed.backends.empty() && !counts_.count(placed.backends.size())) {
-    const size_t k = placed.backends.size();
-    const std::string set = count_set(k);
-    out.prelude.push_back("add set " + t + " " + set + " { type ipv4_addr . inet_service; }");
-    // One rule per protocol: nft 1.0.6 cannot read back a rule that maps
-    // `th dport` (its cache does so before every `add rule`).
-    for (const char *proto : {"tcp", "udp"}) {
-      const std::string p = proto;
-      out.prelude.push_back("add rule " + t + " services meta l4proto " + p + " ip daddr . " + p +
-                            " dport @" + set + " dnat ip addr . port to ip daddr . " + p +
-                            " dport . numgen random mod " + std::to_string(k) + " map @backends");
-    }
-    counts_.insert(k);
-  }
+  if (after && !placed.backends.empty() && !counts_.count(placed.backends.size()))
+    add_count(placed.backends.size(), out.prelude);
   if (!same_key || set_of(*before) != set_of(placed)) {
     if (before)
       for (auto &k : keys(*before)) out.del[set_of(*before)].push_back(k);

@@ -229,7 +229,19 @@ void run_size(int services, int trials, const std::string &dir) {
     std::printf("%6d services  %-28s %4zu changes  p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms\n",
                 services, what, v.size(), pct(0.50), pct(0.99), v.back());
   };
+  // The slowest changes by their place in the sequence (is the tail one
+  // kind of change, such as the first that needs a new rule?).
+  std::vector<size_t> order(lat.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lat[a] > lat[b]; });
+  std::string slowest;
+  for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%s#%zu %.2f ms", i ? ", " : "", order[i] + 1, lat[order[i]]);
+    slowest += buf;
+  }
   report("flotilla (store -> kernel)", lat);
+  std::printf("%6d services  slowest changes: %s\n", services, slowest.c_str());
   report("baseline nft -f (same elems)", base);
   std::printf("%6d services  table built in %.1f s\n", services, setup_s);
   std::fflush(stdout);

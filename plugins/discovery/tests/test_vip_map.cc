@@ -44,7 +44,7 @@ using Elems = std::map<std::string, std::vector<std::string>>;
 
 TEST(VipMap, NewServiceWithBackends) {
   VipMap m("fltvip", 0x4000);
-  m.setup();
+  m.setup(0);  // no count made ahead: the first service of 2 adds its rule
   auto s = svc({{"10.42.2.5", 8080}, {"10.42.1.5", 8080}});
   VipChange c;
   VipService placed = m.update(nullptr, &s, c);
@@ -72,9 +72,46 @@ TEST(VipMap, NewServiceWithBackends) {
   EXPECT_EQ(c2.elements(), 5u);
 }
 
+// The set-up makes the sets and rules of K = 1..kPresetCounts, so that
+// an endpoint change within them touches elements only; past them, the
+// first service of a new K adds its set and rules, once.
+TEST(VipMap, SetupMakesTheSmallCountsAhead) {
+  VipMap m("fltvip", 0x4000);
+  const auto cmds = m.setup();
+  for (size_t k = 1; k <= VipMap::kPresetCounts; ++k) {
+    const std::string set = VipMap::count_set(k);
+    EXPECT_NE(std::find(cmds.begin(), cmds.end(),
+                        "add set ip fltvip " + set + " { type ipv4_addr . inet_service; }"),
+              cmds.end())
+        << set;
+    EXPECT_EQ(std::count_if(cmds.begin(), cmds.end(),
+                            [&](const std::string &c) {
+                              return c.find("dport @" + set + " dnat") != std::string::npos &&
+                                     c.find("numgen random mod " + std::to_string(k) + " map") !=
+                                         std::string::npos;
+                            }),
+              2)
+        << "a tcp and a udp rule for " << set;
+  }
+  std::vector<VipBackend> backends;
+  for (int i = 0; i < static_cast<int>(VipMap::kPresetCounts); ++i)
+    backends.push_back({"10.42.1." + std::to_string(i + 2), 8080});
+  auto full = svc(backends);
+  VipChange c;
+  VipService applied = m.update(nullptr, &full, c);
+  EXPECT_TRUE(c.prelude.empty()) << c.prelude.front();
+  backends.push_back({"10.42.1.100", 8080});
+  auto more = svc(backends);
+  VipChange c2;
+  m.update(&applied, &more, c2);
+  ASSERT_EQ(c2.prelude.size(), 3u);
+  EXPECT_EQ(c2.prelude[0], "add set ip fltvip " + VipMap::count_set(VipMap::kPresetCounts + 1) +
+                               " { type ipv4_addr . inet_service; }");
+}
+
 TEST(VipMap, OnlyTheChangedElementsAreTouched) {
   VipMap m("fltvip", 0x4000);
-  m.setup();
+  m.setup(0);  // svc-n2's rule is made by the change below (commands' order)
   auto three = svc({{"10.42.1.5", 8080}, {"10.42.2.5", 8080}, {"10.42.3.5", 8080}});
   VipChange c0;
   VipService applied = m.update(nullptr, &three, c0);
@@ -213,9 +250,9 @@ VipService apply(nft::Context &ctx, VipMap &m, const VipService *before, const V
   return placed;
 }
 
-void set_up_table(nft::Context &ctx, VipMap &m) {
+void set_up_table(nft::Context &ctx, VipMap &m, size_t preset_counts = VipMap::kPresetCounts) {
   nft::Batch setup;
-  for (auto &c : m.setup()) setup.add(c);
+  for (auto &c : m.setup(preset_counts)) setup.add(c);
   ctx.apply(setup);
 }
 
@@ -346,7 +383,8 @@ TEST_F(VipKernel, AfterASequenceOfChangesTheKernelHoldsTheDesiredSet) {
     try {
       nft::Context ctx;
       VipMap m("fltvip", 0x4000);
-      set_up_table(ctx, m);
+      // K = 1..3 made ahead, 4 and 5 by the changes that first need them.
+      set_up_table(ctx, m, 3);
       std::mt19937 rng(7);
       std::map<std::string, VipService> applied;  // by name, slot order
       for (int step = 0; step < 120 && failure.empty(); ++step) {
