@@ -293,6 +293,15 @@ int toml_nesting_exceeds(std::string_view text, int max_depth) {
   return 0;
 }
 
+std::string join_names(const std::vector<std::string_view> &names) {
+  std::string out;
+  for (std::string_view n : names) {
+    if (!out.empty()) out += ", ";
+    out += n;
+  }
+  return out;
+}
+
 // ---- the daemon config ----------------------------------------------------
 
 namespace {
@@ -334,15 +343,6 @@ std::string describe(const toml::node &n) {
       break;
   }
   return "nothing";
-}
-
-std::string join_names(const std::vector<std::string_view> &names) {
-  std::string out;
-  for (std::string_view n : names) {
-    if (!out.empty()) out += ", ";
-    out += n;
-  }
-  return out;
 }
 
 std::string one_of(std::string_view value, const std::vector<std::string_view> &accepted) {

@@ -89,6 +89,9 @@ DaemonConfig load_config(const std::string &path);
 // typo. Feeds the "did you mean" hints.
 std::string closest_match(std::string_view word, const std::vector<std::string_view> &candidates);
 
+// "a, b, c": the accepted names in an "accepted here" hint.
+std::string join_names(const std::vector<std::string_view> &names);
+
 // toml++ builds and frees nested tables recursively, so "a.a.a...(40000
 // times) = 1" overflows the stack before it can say no. Call this on the text
 // first: it returns the 1-based line of the first key, header or value nested

@@ -397,12 +397,6 @@ struct KeyRule {
   KeyKind kind = KeyKind::plain;
 };
 
-std::string join_names(const std::vector<std::string> &names) {
-  std::string out;
-  for (const std::string &n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
-
 // One table (object) of the spec and the keys it accepts. Unknown keys are
 // reported when it is made.
 class Section {
@@ -416,7 +410,7 @@ class Section {
     for (auto it = obj_.begin(); it != obj_.end(); ++it) {
       const std::string &k = it.key();
       if (std::find(accepted.begin(), accepted.end(), k) != accepted.end()) continue;
-      c.problem(child_path(path_, k), unknown_key_message(k, accepted, accepted_views), true);
+      c.problem(child_path(path_, k), unknown_key_message(k, accepted_views), true);
     }
   }
 
@@ -441,8 +435,8 @@ class Section {
       if (r.name == name) return r;
     throw std::logic_error("jobspec: no key rule for " + std::string(name));
   }
-  std::string unknown_key_message(const std::string &k, const std::vector<std::string> &accepted,
-                                  const std::vector<std::string_view> &views) const {
+  std::string unknown_key_message(const std::string &k,
+                                  const std::vector<std::string_view> &accepted) const {
     for (const KeyRule &r : rules_) {
       if (r.kind != KeyKind::duration) continue;
       if (c.form() == Form::json && k == r.name)
@@ -452,7 +446,7 @@ class Section {
         return "unknown key; in TOML write a duration as a string: " + std::string(r.name) +
                " = \"15s\"";
     }
-    std::string near = closest_match(k, views);
+    std::string near = closest_match(k, accepted);
     if (!near.empty()) return "unknown key; did you mean \"" + near + "\"?";
     return "unknown key; accepted here: " + join_names(accepted);
   }
