@@ -551,6 +551,12 @@ class ApiTest : public ::testing::TestWithParam<Backend> {
 INSTANTIATE_TEST_SUITE_P(Stores, ApiTest, ::testing::Values(Backend::fake, Backend::store_local),
                          backend_name);
 
+// Blocking queries need store watches, which the fake store does not have:
+// these run on store-local only (and the fake store's answer-at-once is
+// checked in BlockingQueryParametersAreChecked).
+class ApiWatchTest : public ApiTest {};
+INSTANTIATE_TEST_SUITE_P(Stores, ApiWatchTest, ::testing::Values(Backend::store_local), backend_name);
+
 // ---- simple routes -------------------------------------------------------------------------
 
 TEST_P(ApiTest, VersionAndHealth) {
@@ -1038,8 +1044,7 @@ TEST_P(ApiTest, AServiceIsShownWithEveryInstanceAndItsLastCheck) {
   EXPECT_EQ(odd["instances"][0]["health"], "unknown");
 }
 
-TEST_P(ApiTest, ABlockingServiceQueryWaitsForAChangeOfThatService) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, ABlockingServiceQueryWaitsForAChangeOfThatService) {
   seed_services([&](const std::string &k, const json &v) { store_put(k, v); });
   int64_t rev = body(call("GET", "/v1/services/web"))["revision"];
   auto waiting = std::async(std::launch::async, [&] {
@@ -1058,8 +1063,7 @@ TEST_P(ApiTest, ABlockingServiceQueryWaitsForAChangeOfThatService) {
   EXPECT_GT(s["revision"].get<int64_t>(), rev);
 }
 
-TEST_P(ApiTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   seed_allocs();
   const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
@@ -1081,8 +1085,7 @@ TEST_P(ApiTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
   EXPECT_EQ(j["allocs"][1]["status"]["status"], "running");
 }
 
-TEST_P(ApiTest, ABlockingQueryAnswersAtOnceWhenTheChangeCameAfterItsIndex) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, ABlockingQueryAnswersAtOnceWhenTheChangeCameAfterItsIndex) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   const int64_t before = body(call("GET", "/v1/jobs/web"))["revision"];
   seed_allocs();  // changes web after `before`
@@ -1096,8 +1099,7 @@ TEST_P(ApiTest, ABlockingQueryAnswersAtOnceWhenTheChangeCameAfterItsIndex) {
   EXPECT_GT(j["revision"].get<int64_t>(), before);
 }
 
-TEST_P(ApiTest, ABlockingQueryAnswersWhenItsWaitEndsWithTheSameRevision) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, ABlockingQueryAnswersWhenItsWaitEndsWithTheSameRevision) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
   HttpResponse r = call("GET", "/v1/jobs/web?index=" + std::to_string(rev) + "&wait=200ms");
@@ -1105,8 +1107,7 @@ TEST_P(ApiTest, ABlockingQueryAnswersWhenItsWaitEndsWithTheSameRevision) {
   EXPECT_EQ(body(r)["revision"], rev);
 }
 
-TEST_P(ApiTest, DeletingAnAllocationAnswersItsBlockingQueries) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, DeletingAnAllocationAnswersItsBlockingQueries) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   seed_allocs();
   const int64_t rev = body(call("GET", "/v1/allocs/web-0"))["revision"];
@@ -1141,8 +1142,7 @@ TEST_P(ApiTest, DeletingAnAllocationAnswersItsBlockingQueries) {
   EXPECT_EQ(dbs[0]["id"], "db-0");
 }
 
-TEST_P(ApiTest, ShuttingDownAnswersWaitingQueries) {
-  if (backend() == Backend::fake) GTEST_SKIP() << "needs store watches (the fake store has none)";
+TEST_P(ApiWatchTest, ShuttingDownAnswersWaitingQueries) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   const int64_t rev = body(call("GET", "/v1/jobs/web"))["revision"];
   auto waiting = std::async(std::launch::async, [&] {
