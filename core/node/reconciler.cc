@@ -67,6 +67,7 @@ struct Reconciler::Alloc {
   bool net_attaching = false;
   json net;                           // the attach result
   std::vector<std::string> net_waiting;  // tasks to create once attached
+  std::string last_report;               // the last status written, without updated_at
 };
 
 namespace {
@@ -985,10 +986,24 @@ void Reconciler::report(Alloc &a) {
     status["message"] = "its containers and logs were removed by the node's garbage collection "
                         "([gc] in the daemon's config)";
   }
+  // The same report again is not written: a start reports "pending" from
+  // three places in one loop turn, and every write is an fsync of the
+  // store and an event for every watcher, while runc runs. A write that
+  // failed is made again by the next report.
+  json content = status;
+  content.erase("updated_at");
+  std::string same = content.dump();
+  if (same == a.last_report) return;
+  a.last_report = same;
   const std::string id = a.id;
-  store_->put(kAllocStatus + id, status.dump(), [id](StoreResult r, int64_t) {
-    if (!r.ok()) log::error("reconciler", "cannot report status of " + id + ": " + r.message);
-  });
+  store_->put(kAllocStatus + id, status.dump(),
+              [this, alive = alive_, id, same = std::move(same)](StoreResult r, int64_t) {
+                if (r.ok()) return;
+                log::error("reconciler", "cannot report status of " + id + ": " + r.message);
+                if (!*alive) return;
+                if (Alloc *al = find_alloc(id); al && al->last_report == same)
+                  al->last_report.clear();
+              });
 }
 
 }  // namespace flotilla

@@ -626,6 +626,18 @@ Evaluator::~Evaluator() {
   }
 }
 
+// A status report that says "pending" changes no plan: an allocation
+// without a status counts as pending already, and one that goes back to
+// pending (a task restarting) can only lower what a rolling update may
+// replace now, which the next evaluation sees. Two or three of them come
+// with every container start, while the OCI runtime runs; they wake no
+// evaluation.
+bool Evaluator::status_wakes_evaluation(const StoreEvent &e) {
+  if (e.type == StoreEvent::Type::remove) return true;
+  json v = json::parse(e.kv.value, nullptr, false);
+  return !v.is_object() || v.value("status", "") != "pending";
+}
+
 void Evaluator::start() {
   uv_timer_start(
       keepalive_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->keepalive(); },
@@ -777,7 +789,7 @@ void Evaluator::become_leader() {
             if (starts_with(e.kv.key, kJobs) || starts_with(e.kv.key, kNodes) ||
                 starts_with(e.kv.key, kAllocs) || starts_with(e.kv.key, kNodeControl))
               changed = true;
-            else if (starts_with(e.kv.key, kAllocStatus))
+            else if (starts_with(e.kv.key, kAllocStatus) && status_wakes_evaluation(e))
               status_only = true;
           }
           if (changed)

@@ -63,6 +63,10 @@ class Evaluator {
                    const flotilla_scheduler_v1 *scheduler, void *scheduler_self,
                    const std::function<std::string(const std::string &job, int index)> &new_id,
                    int64_t now_ms = -1, bool judge_lost_nodes = true);
+  // Whether a change under /flotilla/alloc-status/ wakes an evaluation: not
+  // a report of "pending", which plans as no report does (a test holds
+  // plan() to that).
+  static bool status_wakes_evaluation(const StoreEvent &e);
 
  private:
   void campaign();

@@ -396,34 +396,48 @@ void run_in(const std::string &path, const std::function<void()> &fn) {
   if (error) std::rethrow_exception(error);
 }
 
-bool create_pinned(const std::string &path) {
+namespace {
+
+// Makes and pins a namespace on the calling thread, which is left in it:
+// only for a thread that ends right after.
+bool pin_new_on_this_thread(const std::string &path, const std::function<void()> &inside) {
   if (is_pinned(path)) return false;
   // The mount point: an empty file (a crash may have left one).
   {
     UniqueFd f(::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0444));
     if (!f) throw Error("netns: cannot create " + path + ": " + std::strerror(errno));
   }
+  try {
+    // unshare() on this thread only: CLONE_NEWNET needs the thread to be
+    // alone in nothing else, and the thread dies right after.
+    if (::unshare(CLONE_NEWNET) != 0)
+      throw Error("netns: cannot make a network namespace: " + std::string(std::strerror(errno)));
+    const std::string self = "/proc/self/task/" + std::to_string(::syscall(SYS_gettid)) + "/ns/net";
+    if (::mount(self.c_str(), path.c_str(), nullptr, MS_BIND, nullptr) != 0)
+      throw Error("netns: cannot pin the namespace at " + path + ": " + std::strerror(errno));
+  } catch (...) {
+    ::unlink(path.c_str());
+    throw;
+  }
+  if (inside) inside();
+  return true;
+}
+
+}  // namespace
+
+bool create_pinned(const std::string &path, const std::function<void()> &inside) {
+  bool made = false;
   std::exception_ptr error;
   std::thread t([&] {
     try {
-      // unshare() on this thread only: CLONE_NEWNET needs the thread to
-      // be alone in nothing else, and the thread dies right after.
-      if (::unshare(CLONE_NEWNET) != 0)
-        throw Error("netns: cannot make a network namespace: " + std::string(std::strerror(errno)));
-      const std::string self = "/proc/self/task/" + std::to_string(::syscall(SYS_gettid)) +
-                               "/ns/net";
-      if (::mount(self.c_str(), path.c_str(), nullptr, MS_BIND, nullptr) != 0)
-        throw Error("netns: cannot pin the namespace at " + path + ": " + std::strerror(errno));
+      made = pin_new_on_this_thread(path, inside);
     } catch (...) {
       error = std::current_exception();
     }
   });
   t.join();
-  if (error) {
-    ::unlink(path.c_str());
-    std::rethrow_exception(error);
-  }
-  return true;
+  if (error) std::rethrow_exception(error);
+  return made;
 }
 
 bool remove_pinned(const std::string &path) {

@@ -122,8 +122,11 @@ class Socket {
 namespace netns {
 
 // Makes a new namespace pinned at path; returns false when path already
-// holds one. The parent directory must exist.
-bool create_pinned(const std::string &path);
+// holds one. The parent directory must exist. `inside`, when given, runs in
+// the new namespace on the thread that made it, right after it is pinned
+// (bringing `lo` up there costs no second thread and setns); what it
+// throws is rethrown, and the namespace stays pinned.
+bool create_pinned(const std::string &path, const std::function<void()> &inside = {});
 // Unmounts and deletes path; returns false when nothing was pinned there.
 // The namespace itself goes when its last user (process, socket) does.
 bool remove_pinned(const std::string &path);

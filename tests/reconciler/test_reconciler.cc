@@ -552,6 +552,9 @@ TEST_F(ReconcilerTest, LeftoverContainersTheStoreDoesNotWantAreRemoved) {
 
 TEST_F(ReconcilerTest, StopRemovesTheContainersOnceAndReportsStopped) {
   start_reconciler();
+  // The job exists: without it the stopped allocation's records are
+  // collected at once (PurgedJobs... below).
+  put("/flotilla/jobs/j", {{"name", "j"}});
   put("/flotilla/allocs/x1", alloc("x1"));
   ASSERT_TRUE(wait_status("x1", "running"));
   json a = alloc("x1");
@@ -590,6 +593,7 @@ TEST_F(ReconcilerTest, GcRemovesTheOldestEndedAllocationsContainersBeyondTheCoun
   rec_ = std::make_unique<Reconciler>(&loop_, store_.get(), runtime_.get(), host_.get(), "n1");
   rec_->set_gc(3600 * 1000, 1);
   rec_->start();
+  put("/flotilla/jobs/j", {{"name", "j"}});  // else the ended allocations' records go at once
   put("/flotilla/allocs/g1", alloc("g1", "batch"));
   ASSERT_TRUE(wait_status("g1", "running"));
   fake_.exit("g1.t", 0);

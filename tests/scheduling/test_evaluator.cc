@@ -429,3 +429,60 @@ TEST_F(EvaluatorPlan, FailedRollingUpdateStopsOrRevertsToThePreviousSpec) {
 }
 
 }  // namespace
+
+// Status reports of "pending" wake no evaluation (two or three come with
+// every container start); that holds only while plan() treats a pending
+// report as no report, which this checks for placement, a batch job and a
+// rolling update in progress.
+TEST_F(EvaluatorPlan, PendingStatusPlansAsNoStatusAndWakesNoEvaluation) {
+  auto event = [](const std::string &value, bool remove = false) {
+    flotilla::StoreEvent e;
+    e.type = remove ? flotilla::StoreEvent::Type::remove : flotilla::StoreEvent::Type::put;
+    e.kv.key = "/flotilla/alloc-status/web-0";
+    e.kv.value = value;
+    return e;
+  };
+  EXPECT_FALSE(Evaluator::status_wakes_evaluation(event(R"({"status":"pending"})")));
+  for (const char *st : {"running", "failed", "complete", "lost"})
+    EXPECT_TRUE(
+        Evaluator::status_wakes_evaluation(event(std::string(R"({"status":")") + st + R"("})")))
+        << st;
+  EXPECT_TRUE(Evaluator::status_wakes_evaluation(event("{not json")));
+  EXPECT_TRUE(Evaluator::status_wakes_evaluation(event("", true)));
+
+  auto same = [](const Evaluator::Plan &a, const Evaluator::Plan &b) {
+    EXPECT_EQ(json(a.new_allocs), json(b.new_allocs));
+    EXPECT_EQ(json(a.updated_allocs), json(b.updated_allocs));
+    EXPECT_EQ(a.failures, b.failures);
+    EXPECT_EQ(a.next_evaluation_ms, b.next_evaluation_ms);
+    EXPECT_EQ(json(a.job_updates), json(b.job_updates));
+  };
+  const int64_t now = 1790000000000;
+  json nodes = {{"a", node(8000, 16384)}};
+  json jobs = {{"web", job("web", 3)}, {"once", job("once", 1, 100, 64, "batch")}};
+  json allocs = apply(json::object(), plan(jobs, nodes));
+  json pending = json::object();
+  for (auto it = allocs.begin(); it != allocs.end(); ++it)
+    pending[it.key()] = {{"status", "pending"}, {"updated_at", "2026-09-21T14:13:20.000Z"}};
+  same(plan(jobs, nodes, allocs, pending, true, now),
+       plan(jobs, nodes, allocs, json::object(), true, now));
+  // A rolling update half way: the new allocations reported pending.
+  json v2 = job("web", 3, 200, 64, "service", 2);
+  v2["update"] = {{"max_parallel", 1},
+                  {"min_healthy_time_ms", 10000},
+                  {"healthy_deadline_ms", 300000},
+                  {"auto_revert", true}};
+  jobs["web"] = v2;
+  ids_ = 1;
+  auto step1 = plan(jobs, nodes, allocs, json::object(), true, now);
+  ASSERT_EQ(step1.new_allocs.size(), 1u);
+  allocs = apply(allocs, step1);
+  for (auto &[id, a] : allocs.items())
+    if (a["job_version"] == 2) a["created_at"] = "2026-09-21T14:13:20Z";
+  pending[step1.new_allocs[0]["id"].get<std::string>()] = {{"status", "pending"}};
+  ids_ = 100;
+  auto with = plan(jobs, nodes, allocs, pending, true, now + 1000);
+  ids_ = 100;
+  same(with, plan(jobs, nodes, allocs, json::object(), true, now + 1000));
+  EXPECT_TRUE(with.new_allocs.empty()) << "one in flight, max_parallel 1";
+}

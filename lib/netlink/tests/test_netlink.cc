@@ -31,8 +31,10 @@ class Namespaces : public ::testing::Test {
   }
   void TearDown() override {
     if (dir_.empty()) return;
-    nl::netns::remove_pinned(a_);
-    nl::netns::remove_pinned(b_);
+    // a and b, and whatever else a test pinned here.
+    std::error_code ec;
+    for (const auto &e : std::filesystem::directory_iterator(dir_, ec))
+      nl::netns::remove_pinned(e.path().string());
     std::filesystem::remove_all(dir_);
   }
   std::filesystem::path dir_;
@@ -55,6 +57,23 @@ TEST_F(Namespaces, PinnedNamespaceIsKeptAndRemoved) {
   ASSERT_EQ(links.size(), 1u);
   EXPECT_EQ(links[0].name, "lo");
   EXPECT_FALSE(links[0].up);
+}
+
+TEST_F(Namespaces, PinnedRunsInsideInTheNewNamespace) {
+  const std::string c = (dir_ / "c").string();
+  ASSERT_TRUE(nl::netns::create_pinned(c, [] { nl::Socket::open().set_up("lo"); }));
+  EXPECT_TRUE(nl::netns::is_pinned(c));
+  auto links = nl::Socket::open_in(c).links();
+  ASSERT_EQ(links.size(), 1u);
+  EXPECT_TRUE(links[0].up) << "inside ran in the new namespace, not in the caller's";
+  EXPECT_FALSE(nl::netns::create_pinned(c, [] { FAIL() << "not again"; }));
+  // What inside throws is rethrown; the namespace stays pinned.
+  const std::string d = (dir_ / "d").string();
+  EXPECT_THROW(nl::netns::create_pinned(d, [] { throw nl::Error("inside failed"); }), nl::Error);
+  EXPECT_TRUE(nl::netns::is_pinned(d));
+  nl::netns::remove_pinned(c);
+  nl::netns::remove_pinned(d);
+  EXPECT_FALSE(nl::netns::is_pinned(c));
 }
 
 TEST_F(Namespaces, BridgeVethAddressesRoutes) {

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <mutex>
 
 #include "../image/fs_ops.h"
@@ -147,6 +148,7 @@ struct RuncRuntime::Container {
   UniqueFd go_fd;
   bool preparing = false;
   bool shim_lost = false;  // the shim ended while the bundle was prepared
+  std::string shim_error;  // why it could not be started (then shim_lost too)
   int64_t log_run = 0;     // its run in logs/runs.json (0: not known, the last one)
   uint64_t create_reply = 0;
   uint64_t kill_timer = 0;
@@ -508,25 +510,31 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
   ContainerRecord rec = c->rec;
   ContainerPaths paths = c->paths;
   containers_[id] = std::move(c);
-  // The shim starts now, in parallel with the bundle (about a millisecond
-  // of process start-up off every container start), and waits until the
-  // bundle is ready before it reads anything.
-  if (std::string error = start_shim(id); !error.empty()) {
-    uint64_t rid = containers_[id]->create_reply;
-    erase(id);
-    defer([this, rid, id, error] {
-      answer(rid, FLOTILLA_E_INTERNAL, "cannot create container " + id + ": " + error);
-    });
-    return FLOTILLA_OK;
-  }
 
-  // The bundle is made off the loop: image lookup, passwd, overlay mount.
+  // The bundle is made off the loop: image lookup, passwd, overlay mount;
+  // the shim is started below, meanwhile.
   auto digest = std::make_shared<std::string>();
   auto log_run = std::make_shared<int64_t>(0);
   RuntimeConfig config = config_;
   std::shared_ptr<ImageStore> images = images_;
   queue(
       [=] {
+        // The allocation's namespace is made on a thread of its own while
+        // the bundle is prepared (a new namespace, its pin and `lo` up take
+        // a few milliseconds); the work waits for it before it ends, also
+        // when it fails (the future's destructor).
+        std::future<bool> pinned;
+        if (!shared_netns.empty())
+          pinned =
+              std::async(std::launch::async, [netns_dir = config.alloc_netns_dir, shared_netns] {
+                std::lock_guard<std::mutex> g(alloc_netns_mutex());
+                fs::create_directories(netns_dir);
+                // A new namespace has its loopback down: up, so that the
+                // allocation's tasks reach each other on 127.0.0.1 (runc only
+                // configures namespaces it makes itself).
+                return netlink::netns::create_pinned(shared_netns,
+                                                     [] { netlink::Socket::open().set_up("lo"); });
+              });
         std::vector<std::string> lowers = task.rootfs_lower_dirs;
         json image_config = task.rootfs_image_config;
         std::string image_name;
@@ -567,21 +575,6 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
               task.log_max_files ? uint64_t(task.log_max_files) : config.log_max_files);
           const LogRun run = start_log_run(paths.logs, ended, keep_files, now_rfc3339());
           *log_run = run.run;
-          if (!shared_netns.empty()) {
-            std::lock_guard<std::mutex> g(alloc_netns_mutex());
-            try {
-              fs::create_directories(config.alloc_netns_dir);
-              // A new namespace has its loopback down: up, so that the
-              // allocation's tasks reach each other on 127.0.0.1 (runc
-              // only configures namespaces it makes itself).
-              if (netlink::netns::create_pinned(shared_netns))
-                netlink::Socket::open_in(shared_netns).set_up("lo");
-            } catch (const std::exception &e) {
-              throw RuntimeFailure(FLOTILLA_E_IO, std::string("the allocation's network "
-                                                              "namespace: ") +
-                                                      e.what());
-            }
-          }
           BundleInputs in;
           // The network plugin's resolv.conf and hosts, mounted read-only.
           if (!task.resolv_conf.empty()) {
@@ -636,6 +629,15 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
                        {"log_max_files", max_files},
                        {"start", task.start}};
           write_file_atomic(paths.shim_config, shim.dump(2) + "\n", false);
+          if (pinned.valid()) {
+            try {
+              pinned.get();
+            } catch (const std::exception &e) {
+              throw RuntimeFailure(FLOTILLA_E_IO, std::string("the allocation's network "
+                                                              "namespace: ") +
+                                                      e.what());
+            }
+          }
         } catch (...) {
           try {
             if (made_dir) {
@@ -667,11 +669,12 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
         if (c->shim_lost) {
           uint64_t rid = c->create_reply;
           c->st.status = kStatusStopped;
-          remove_internal(id, [this, rid, id](flotilla_status, const std::string &) {
-            answer(rid, FLOTILLA_E_INTERNAL,
-                   "cannot create container " + id +
-                       ": its monitor (plugin.runtime-runc.shim) exited before the bundle was "
-                       "ready");
+          const std::string why =
+              !c->shim_error.empty()
+                  ? c->shim_error
+                  : "its monitor (plugin.runtime-runc.shim) exited before the bundle was ready";
+          remove_internal(id, [this, rid, id, why](flotilla_status, const std::string &) {
+            answer(rid, FLOTILLA_E_INTERNAL, "cannot create container " + id + ": " + why);
           });
           return;
         }
@@ -681,6 +684,15 @@ flotilla_status RuncRuntime::create_now(const std::string &id, const std::string
         (void)ignored;
         c->go_fd.reset();
       });
+  // The shim starts now, in parallel with the bundle (its process start-up
+  // is off every container start), and waits until the bundle is ready
+  // before it reads anything. Should it not start, the end of the
+  // preparation takes back what was made.
+  if (std::string error = start_shim(id); !error.empty()) {
+    Container *c = find(id);
+    c->shim_lost = true;
+    c->shim_error = error;
+  }
   return FLOTILLA_OK;
 }
 
