@@ -70,6 +70,11 @@ void VerifiedBlobWriter::write(const void *data, size_t len) {
     p += n;
     len -= static_cast<size_t>(n);
   }
+  if (written_ - written_back_ >= static_cast<uint64_t>(kWritebackChunk)) {
+    start_writeback(fd_, static_cast<int64_t>(written_back_),
+                    static_cast<int64_t>(written_ - written_back_));
+    written_back_ = written_;
+  }
 }
 
 void VerifiedBlobWriter::commit() {
@@ -82,6 +87,10 @@ void VerifiedBlobWriter::commit() {
     mismatch("its content has digest " + actual + ", expected " + expect_.digest);
   }
   if (sync_ && ::fsync(fd_) != 0) throw_errno("fsync " + dest_.string());
+  // Unsynced here (a pull: the import's syncfs makes it durable): the rest
+  // goes to the disk now, not all at that syncfs.
+  if (!sync_ && written_ > written_back_)
+    start_writeback(fd_, static_cast<int64_t>(written_back_), 0);
   if (::close(fd_) != 0) {
     fd_ = -1;
     throw_errno("close " + dest_.string());

@@ -50,6 +50,7 @@ class VerifiedBlobWriter {
   bool sync_;
   int fd_ = -1;
   uint64_t written_ = 0;
+  uint64_t written_back_ = 0;  // writeback started up to here (start_writeback)
   bool committed_ = false;
   struct Hash;
   std::unique_ptr<Hash> hash_;

@@ -71,6 +71,10 @@ void write_file_atomic(const fs::path &path, std::string_view content, bool sync
   if (sync) sync_directory(path.parent_path());
 }
 
+void start_writeback(int fd, int64_t offset, int64_t len) {
+  (void)::sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE);
+}
+
 fs::path make_temp_dir(const fs::path &parent, std::string_view prefix) {
   std::string tmpl = (parent / prefix).string() + "XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());

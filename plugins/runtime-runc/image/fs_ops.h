@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -20,6 +21,16 @@ void write_file_atomic(const std::filesystem::path &path, std::string_view conte
 // fsync of a directory, so that renames and creations inside it survive a
 // crash.
 void sync_directory(const std::filesystem::path &dir);
+
+// Starts writing back the dirty pages of fd's [offset, offset + len) (len
+// 0: to the end) without waiting for them: sync_file_range(2) with
+// SYNC_FILE_RANGE_WRITE. Not a durability step (that stays the fsync or
+// syncfs that follows); it spreads the disk writes over the time the data
+// is produced, so that the final sync has little left. Errors are ignored:
+// it is only a hint.
+void start_writeback(int fd, int64_t offset, int64_t len);
+// Every this many bytes a writer starts writeback of what it wrote since.
+constexpr int64_t kWritebackChunk = int64_t{8} << 20;
 
 // Creates parent/<prefix>XXXXXX (mode 0700) and returns its path.
 std::filesystem::path make_temp_dir(const std::filesystem::path &parent, std::string_view prefix);

@@ -704,6 +704,9 @@ void LayerWriter::make_file(const EntryPath &p, struct archive_entry *e) {
                        O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd) fail_errno(p.display, "create file", errno);
   la_int64_t size = archive_entry_size_is_set(e) ? archive_entry_size(e) : 0;
+  // Writeback starts as the file is written (every kWritebackChunk and at
+  // its end), so that the import's syncfs finds little left to write.
+  la_int64_t written_back = 0;
   for (;;) {
     const void *buf = nullptr;
     size_t len = 0;
@@ -729,9 +732,14 @@ void LayerWriter::make_file(const EntryPath &p, struct archive_entry *e) {
       len -= static_cast<size_t>(n);
       offset += n;
     }
+    if (offset - written_back >= kWritebackChunk) {
+      start_writeback(fd.get(), written_back, offset - written_back);
+      written_back = offset;
+    }
   }
   // Sparse files end in a hole that no data block covers.
   if (::ftruncate(fd.get(), size) != 0) fail_errno(p.display, "truncate", errno);
+  if (size > written_back) start_writeback(fd.get(), written_back, 0);
   set_owner_mode(fd.get(), p, e);
   set_xattrs(fd.get(), p, e);
   struct timespec times[2];
