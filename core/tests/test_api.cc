@@ -555,7 +555,8 @@ INSTANTIATE_TEST_SUITE_P(Stores, ApiTest, ::testing::Values(Backend::fake, Backe
 // these run on store-local only (and the fake store's answer-at-once is
 // checked in BlockingQueryParametersAreChecked).
 class ApiWatchTest : public ApiTest {};
-INSTANTIATE_TEST_SUITE_P(Stores, ApiWatchTest, ::testing::Values(Backend::store_local), backend_name);
+INSTANTIATE_TEST_SUITE_P(Stores, ApiWatchTest, ::testing::Values(Backend::store_local),
+                         backend_name);
 
 // ---- simple routes -------------------------------------------------------------------------
 
