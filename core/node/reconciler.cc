@@ -935,9 +935,14 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
     one_done();
     return;
   }
-  for (auto &t : a.tasks) {
-    const uint64_t timeout = t.spec.value("kill_timeout_ms", uint64_t{5000});
-    const std::string cid = t.container;
+  // "stopping" is reported first, and the stops work from a copy: a runtime
+  // that answers within the call runs finish() before stop() returns, and a
+  // purge there has erased the allocation `a` refers to.
+  std::vector<std::pair<std::string, uint64_t>> stops;
+  for (const auto &t : a.tasks)
+    stops.emplace_back(t.container, t.spec.value("kill_timeout_ms", uint64_t{5000}));
+  report(a);
+  for (const auto &[cid, timeout] : stops) {
     runtime_->stop(cid, timeout, [this, cid, one_done](StoreResult, json) {
       runtime_->remove(cid, [cid, one_done](StoreResult r) {
         if (!r.ok() && r.status != FLOTILLA_E_NOT_FOUND)
@@ -946,7 +951,6 @@ void Reconciler::stop_alloc(Alloc &a, const std::string &why, bool purge) {
       });
     });
   }
-  report(a);
 }
 
 std::string Reconciler::aggregate_status(const Alloc &a) const {
