@@ -839,7 +839,9 @@ constexpr KeyRule kCheckKeys[] = {{"type"},
                                   {"failures_before_critical"},
                                   {"path"},
                                   {"expect_status"},
-                                  {"port"}};
+                                  {"port"},
+                                  {"command"},
+                                  {"args"}};
 constexpr std::string_view kCheckTypes[] = {"tcp", "http", "exec", "grpc"};
 
 // ---- placement: constraints, affinities, spread, reschedule (scheduler) ----
@@ -1379,12 +1381,10 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
   json out = json::object();
   const auto type = choice(s, "type", kCheckTypes);
   if (!s.get("type")) c.problem(s.key("type"), "is required: " + one_of_list(kCheckTypes));
-  if (type && (*type == "exec" || *type == "grpc"))
-    c.problem(s.key("type"),
-              quote_value(*type) +
-                  " checks are not run by the discovery plugin yet (exec needs a runtime exec "
-                  "call the ABI does not have; grpc needs an HTTP/2 client); use \"tcp\" or "
-                  "\"http\"");
+  if (type && *type == "grpc")
+    c.problem(s.key("type"), quote_value(*type) +
+                                 " checks are not run by the discovery plugin yet (it needs an "
+                                 "HTTP/2 client); use \"tcp\", \"http\" or \"exec\"");
   out["type"] = type.value_or("tcp");
   const auto interval = duration(s, "interval", {100, kHourMs});
   const auto timeout = duration(s, "timeout", {10, kHourMs});
@@ -1416,6 +1416,25 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
     for (const char *k : {"path", "expect_status"})
       if (s.get(k)) c.problem(s.key(k), "is only used with type = \"http\"");
   }
+  if (out["type"] == "exec") {
+    // Run in the task's container through the runtime (ABI 1.3 exec),
+    // with the container's environment and user; exit code 0 passes.
+    auto command =
+        text(s, "command",
+             "the program an exec check runs in the task's container, like \"test\" or "
+             "\"/bin/check\" (its arguments go in args)",
+             Presence::required);
+    out["command"] = command.value_or("");
+    auto args = text_list(s, "args", "a string", "strings", 256,
+                          [](const std::string &, const std::string &) { return true; });
+    out["args"] = args.value_or(std::vector<std::string>{});
+    if (s.get("port"))
+      c.problem(s.key("port"), "is not used with type = \"exec\": the command runs inside the "
+                               "container");
+    return out;
+  }
+  for (const char *k : {"command", "args"})
+    if (s.get(k)) c.problem(s.key(k), "is only used with type = \"exec\"");
   if (auto port = check_port_or_name(s, names)) out["port"] = *port;
   return out;
 }

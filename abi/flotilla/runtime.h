@@ -34,6 +34,44 @@ typedef void (*flotilla_runtime_list_cb)(void *user, flotilla_status status,
  * "blobs": [{"digest", "role", "size", "done", "present"}]}. Since 1.2. */
 typedef void (*flotilla_runtime_progress_cb)(void *user, const char *progress_json);
 
+/* What exec() runs in a container (since 1.3). */
+typedef struct flotilla_exec_spec {
+  uint32_t struct_size;
+  /* NULL-terminated, argv[0] included; looked up in the container's PATH
+   * when it has no '/'. Runs with the container's environment, user,
+   * working directory and confinement. Borrowed for the call. */
+  const char *const *argv;
+  /* The whole run, the runtime's own start-up included: after it the
+   * command is killed (SIGKILL) and the result says timed_out. 0: the
+   * runtime's default (10 s). */
+  uint64_t timeout_ms;
+  /* Bytes of output kept (stdout and stderr together, in the order they
+   * were written); the rest is read and dropped. 0: 4096. The runtime may
+   * cap it lower (runtime-runc: 1 MiB). */
+  uint64_t output_limit;
+} flotilla_exec_spec;
+
+/* How an exec() ended (since 1.3). Borrowed for the duration of the
+ * callback. */
+typedef struct flotilla_exec_result {
+  uint32_t struct_size;
+  int64_t exit_code;      /* the command's exit code; -1 when a signal ended it */
+  int32_t term_signal;    /* that signal, else 0 */
+  int32_t timed_out;      /* non-zero: killed at timeout_ms */
+  const char *output;     /* NUL-terminated, output_len bytes, may hold NULs */
+  size_t output_len;
+  int32_t output_truncated; /* non-zero: more was written than was kept */
+} flotilla_exec_result;
+
+/* [loop-thread] status FLOTILLA_OK means the command ran, whatever its exit
+ * code (result says how it ended). Otherwise result is NULL and the message
+ * went to set_error: FLOTILLA_E_NOT_FOUND (no such container),
+ * FLOTILLA_E_CONFLICT (it is not running), FLOTILLA_E_UNAVAILABLE (the
+ * runtime could not be started), FLOTILLA_E_CANCELLED (the runtime plugin
+ * is stopping). Since 1.3. */
+typedef void (*flotilla_runtime_exec_cb)(void *user, flotilla_status status,
+                                         const flotilla_exec_result *result);
+
 typedef struct flotilla_runtime_v1 {
   uint32_t struct_size;
 
@@ -92,6 +130,22 @@ typedef struct flotilla_runtime_v1 {
   flotilla_status (*image_pull)(void *self, const char *ref, const char *options_json,
                                 flotilla_runtime_progress_cb progress,
                                 flotilla_runtime_state_cb cb, void *user);
+
+  /* ---- since 1.3 ---------------------------------------------------- */
+
+  /* Run a command inside a running container (health checks, `exec`).
+   * cb runs exactly once, later on the loop thread — unless exec_cancel
+   * was called first; a runtime plugin that stops calls it with
+   * FLOTILLA_E_CANCELLED for every exec still running. *exec_out (may be
+   * NULL) receives an id for exec_cancel, never 0. A non-OK return means
+   * cb will not be called. Check FLOTILLA_HAS_FIELD(rt, flotilla_runtime_v1,
+   * exec_cancel) before calling either: a 1.2 runtime's vtable ends before
+   * them. */
+  flotilla_status (*exec)(void *self, const char *container_id, const flotilla_exec_spec *spec,
+                          flotilla_runtime_exec_cb cb, void *user, uint64_t *exec_out);
+  /* Kill the command (SIGKILL) if it still runs; its cb is not called any
+   * more once this returns. Unknown or finished ids are ignored. */
+  void (*exec_cancel)(void *self, uint64_t exec_id);
 } flotilla_runtime_v1;
 
 #ifdef __cplusplus

@@ -20,6 +20,11 @@
  *        runtime/1: image_pull (pull from an OCI registry, with progress;
  *        flotilla_runtime_progress_cb). Check FLOTILLA_HAS_FIELD before
  *        calling it: a 1.1 runtime's vtable ends before it.
+ *   1.3  runtime/1: exec and exec_cancel (a command inside a running
+ *        container, with a timeout and bounded output; flotilla_exec_spec,
+ *        flotilla_exec_result, flotilla_runtime_exec_cb), for discovery's
+ *        exec health checks. Check FLOTILLA_HAS_FIELD(rt,
+ *        flotilla_runtime_v1, exec_cancel): a 1.2 runtime lacks both.
  */
 #ifndef FLOTILLA_VERSION_H
 #define FLOTILLA_VERSION_H
@@ -27,7 +32,7 @@
 #include <stddef.h>
 
 #define FLOTILLA_ABI_VERSION_MAJOR 1
-#define FLOTILLA_ABI_VERSION_MINOR 2
+#define FLOTILLA_ABI_VERSION_MINOR 3
 
 /* True when a struct received across the ABI, whose size the sender wrote in
  * struct_size, is large enough to contain FIELD. Read a field appended in a

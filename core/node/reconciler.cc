@@ -692,7 +692,8 @@ void Reconciler::register_services(Alloc &a, Task &t) {
                 {"port", svc.value("port", 0)},
                 {"tags", svc.value("tags", json::array())},
                 {"checks", checks},
-                {"task", t.name}};
+                {"task", t.name},
+                {"container", t.container}};  // exec checks run in it
     if (svc.contains("check_restart")) one["check_restart"] = svc["check_restart"];
     services.push_back(std::move(one));
   }

@@ -627,6 +627,14 @@ tags = ["v1", "canary"]
   [[task.service.check]]
   type = "tcp"
 
+  [[task.service.check]]
+  type = "exec"
+  command = "test"
+  args = ["-f", "/healthy"]
+  interval = "2s"
+  timeout = "1s"
+  failures_before_critical = 2
+
 [[task.service]]
 name = "metrics"
 port = 9100
@@ -650,6 +658,13 @@ port = 9100
                                       {"success_before_passing", 1},
                                       {"failures_before_critical", 1}}));
   EXPECT_EQ(svc[1]["check"], json::array());
+  EXPECT_EQ(svc[0]["check"][2], json({{"type", "exec"},
+                                      {"interval_ms", 2000},
+                                      {"timeout_ms", 1000},
+                                      {"success_before_passing", 1},
+                                      {"failures_before_critical", 2},
+                                      {"command", "test"},
+                                      {"args", {"-f", "/healthy"}}}));
   // The canonical JSON goes back in unchanged.
   EXPECT_EQ(validate_job_json(job, "web.json"), job);
 }
@@ -674,7 +689,25 @@ TEST(JobSpecService, BadValuesNameTheLineAndKey) {
   EXPECT_NE(
       problem_of(check + "type = \"smoke\"\n").find("line 11, task[0].service[0].check[0].type"),
       std::string::npos);
-  EXPECT_NE(problem_of(check + "type = \"exec\"\n").find("are not run by the discovery plugin yet"),
+  EXPECT_NE(problem_of(check + "type = \"grpc\"\n").find("are not run by the discovery plugin yet"),
+            std::string::npos);
+  // exec: command is required, a string; args strings; no port, no path.
+  EXPECT_EQ(problem_of(check + "type = \"exec\"\n"),
+            "web.toml line 10, task[0].service[0].check[0].command: is required: the program an "
+            "exec check runs in the task's container, like \"test\" or \"/bin/check\" (its "
+            "arguments go in args)");
+  EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = [\"test\"]\n")
+                .find("line 12, task[0].service[0].check[0].command: must be"),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = \"test\"\nargs = [\"-f\", 3]\n")
+                .find("line 13, task[0].service[0].check[0].args[1]: must be"),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = \"test\"\nport = 80\n")
+                .find("line 13, task[0].service[0].check[0].port: is not used with type = \"exec\""),
+            std::string::npos);
+  EXPECT_NE(problem_of(check + "type = \"tcp\"\ncommand = \"test\"\n")
+                .find("line 12, task[0].service[0].check[0].command: is only used with type = "
+                      "\"exec\""),
             std::string::npos);
   EXPECT_NE(problem_of(check + "type = \"tcp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n")
                 .find("line 13, task[0].service[0].check[0].timeout: timeout (2s) is longer than "

@@ -24,8 +24,8 @@ const char *health_name(Health h) {
 std::string parse_check(const json &j, CheckSpec &out) {
   if (!j.is_object()) return "a check must be an object";
   out.type = j.value("type", "");
-  if (out.type != "tcp" && out.type != "http")
-    return "type: \"" + out.type + "\" is not a check type this plugin runs (tcp, http)";
+  if (out.type != "tcp" && out.type != "http" && out.type != "exec")
+    return "type: \"" + out.type + "\" is not a check type this plugin runs (tcp, http, exec)";
   auto num = [&](const char *key, uint32_t &v, uint32_t lo) -> std::string {
     if (!j.contains(key)) return "";
     if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo ||
@@ -54,6 +54,37 @@ std::string parse_check(const json &j, CheckSpec &out) {
       return "expect_status: must be an HTTP status from 100 to 599";
     out.expect_status = j["expect_status"].get<int>();
   }
+  if (out.type == "exec") {
+    if (!j.contains("command") || !j["command"].is_string() ||
+        j["command"].get<std::string>().empty())
+      return "command: an exec check needs the program to run, e.g. \"test\"";
+    out.argv = {j["command"].get<std::string>()};
+    if (j.contains("args")) {
+      if (!j["args"].is_array()) return "args: must be an array of strings";
+      for (size_t i = 0; i < j["args"].size(); ++i) {
+        if (!j["args"][i].is_string())
+          return "args[" + std::to_string(i) + "]: must be a string";
+        out.argv.push_back(j["args"][i].get<std::string>());
+      }
+    }
+  }
+  return "";
+}
+
+std::string find_exec_runtime(const flotilla_host *host, ExecRuntime &out) {
+  void *self = nullptr;
+  auto *rt = static_cast<const flotilla_runtime_v1 *>(
+      host->get_interface(host->host_ctx, FLOTILLA_RUNTIME_INTERFACE_ID, &self));
+  if (!rt)
+    return "exec checks need a runtime plugin (" FLOTILLA_RUNTIME_INTERFACE_ID
+           " with exec, ABI 1.3); none is loaded";
+  if (!FLOTILLA_HAS_FIELD(rt, flotilla_runtime_v1, exec_cancel) || !rt->exec || !rt->exec_cancel)
+    return "exec checks need runtime ABI 1.3: the loaded runtime plugin's " FLOTILLA_RUNTIME_INTERFACE_ID
+           " has no exec (its vtable is " +
+           std::to_string(rt->struct_size) + " bytes, 1.3's is " +
+           std::to_string(sizeof(flotilla_runtime_v1)) + "); update the runtime plugin";
+  out.rt = rt;
+  out.self = self;
   return "";
 }
 
@@ -69,8 +100,9 @@ bool CheckState::record(bool ok) {
   return health_ != before;
 }
 
-HealthCheck::HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result)
-    : host_(host), spec_(std::move(spec)), on_result_(std::move(on_result)) {
+HealthCheck::HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result,
+                         ExecRuntime runtime)
+    : host_(host), spec_(std::move(spec)), on_result_(std::move(on_result)), runtime_(runtime) {
   std::string a =
       spec_.address.find(':') != std::string::npos ? "[" + spec_.address + "]" : spec_.address;
   target_ok_ = parse_socket_address(a + ":" + std::to_string(spec_.port), 0, target_);
@@ -95,7 +127,7 @@ void HealthCheck::on_interval(void *user) {
   auto *c = static_cast<HealthCheck *>(user);
   // A run still going when the next is due has taken longer than the
   // interval: it ends as a failure, then the next one starts.
-  if (c->fd_ >= 0) c->end(false, "still running when the next check was due");
+  if (c->running()) c->end(false, "still running when the next check was due");
   c->run();
 }
 
@@ -116,6 +148,9 @@ void HealthCheck::close_run() {
   watch_ = 0;
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
+  // Killed by the runtime; its callback does not come any more.
+  if (exec_id_) runtime_.rt->exec_cancel(runtime_.self, exec_id_);
+  exec_id_ = 0;
 }
 
 void HealthCheck::end(bool ok, const std::string &output) {
@@ -124,6 +159,7 @@ void HealthCheck::end(bool ok, const std::string &output) {
 }
 
 void HealthCheck::run() {
+  if (spec_.type == "exec") return run_exec();
   if (!target_ok_) return end(false, "no address to check (\"" + spec_.address + "\")");
   fd_ = socket(target_.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) return end(false, std::string("socket: ") + std::strerror(errno));
@@ -186,6 +222,65 @@ void HealthCheck::on_event(uint32_t events) {
   const bool ok =
       spec_.expect_status ? status == spec_.expect_status : (status >= 200 && status < 300);
   end(ok, "HTTP " + std::to_string(status));
+}
+
+}  // namespace flotilla::discovery
+
+namespace flotilla::discovery {
+
+// The runtime's message went to its own set_error, which this plugin
+// cannot read: the status says enough for a check's output.
+std::string exec_status_text(flotilla_status st) {
+  switch (st) {
+    case FLOTILLA_E_NOT_FOUND:
+      return "the runtime has no such container";
+    case FLOTILLA_E_CONFLICT:
+      return "the container is not running";
+    case FLOTILLA_E_UNAVAILABLE:
+      return "the runtime is not available (starting, or its binary cannot run)";
+    case FLOTILLA_E_INVALID:
+      return "the runtime refused the command";
+    default:
+      return "the runtime failed (status " + std::to_string(static_cast<int>(st)) + ")";
+  }
+}
+
+// The runtime enforces the timeout (it kills the command); the interval
+// timer ends a run the runtime never answered.
+void HealthCheck::run_exec() {
+  if (!runtime_.rt) return end(false, "no runtime plugin runs exec checks");
+  std::vector<const char *> argv;
+  for (const auto &a : spec_.argv) argv.push_back(a.c_str());
+  argv.push_back(nullptr);
+  flotilla_exec_spec es{};
+  es.struct_size = sizeof es;
+  es.argv = argv.data();
+  es.timeout_ms = spec_.timeout_ms;
+  es.output_limit = kExecOutputLimit;
+  uint64_t id = 0;
+  flotilla_status st =
+      runtime_.rt->exec(runtime_.self, spec_.container.c_str(), &es, &HealthCheck::on_exec, this, &id);
+  if (st != FLOTILLA_OK)
+    return end(false, "exec in " + spec_.container + ": " + exec_status_text(st));
+  exec_id_ = id ? id : 1;
+}
+
+void HealthCheck::on_exec(void *user, flotilla_status status, const flotilla_exec_result *r) {
+  auto *c = static_cast<HealthCheck *>(user);
+  c->exec_id_ = 0;  // answered: nothing to cancel
+  if (status == FLOTILLA_E_CANCELLED) return;  // the runtime is stopping
+  if (status != FLOTILLA_OK || !r)
+    return c->end(false, "exec in " + c->spec_.container + ": " + exec_status_text(status));
+  std::string out(r->output, r->output_len);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (r->output_truncated) out += " [truncated]";
+  if (r->timed_out)
+    return c->end(false, "timed out after " + std::to_string(c->spec_.timeout_ms) + " ms" +
+                             (out.empty() ? "" : ": " + out));
+  const std::string head = r->exit_code >= 0
+                               ? "exit " + std::to_string(r->exit_code)
+                               : "killed by signal " + std::to_string(r->term_signal);
+  c->end(r->exit_code == 0, head + (out.empty() ? "" : ": " + out));
 }
 
 }  // namespace flotilla::discovery

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <flotilla/host.h>
+#include <flotilla/runtime.h>
+#include <flotilla/version.h>
 
 #include <cstdint>
 #include <functional>
@@ -20,7 +22,7 @@
 namespace flotilla::discovery {
 
 struct CheckSpec {
-  std::string type;  // "tcp" | "http"
+  std::string type;  // "tcp" | "http" | "exec"
   uint32_t interval_ms = 10000;
   uint32_t timeout_ms = 2000;
   uint32_t success_before_passing = 1;
@@ -29,10 +31,24 @@ struct CheckSpec {
   int expect_status = 0;   // http: 0 means any 2xx
   std::string address;     // filled from the endpoint
   uint16_t port = 0;
+  std::vector<std::string> argv;  // exec: command, then args
+  std::string container;          // exec: the runtime's container id
 };
 
+// exec checks run through flotilla.runtime/1 exec (ABI 1.3).
+struct ExecRuntime {
+  const flotilla_runtime_v1 *rt = nullptr;
+  void *self = nullptr;
+};
+// Output of an exec check kept per run (the runtime reads and drops the rest).
+constexpr uint64_t kExecOutputLimit = 4096;
+
+// The runtime plugin that runs exec checks, or "" and a message saying why
+// there is none: no runtime loaded, or one whose vtable predates ABI 1.3.
+std::string find_exec_runtime(const flotilla_host *host, ExecRuntime &out);
+
 // Reads one check from the registration JSON; "" or a message naming the
-// field.
+// field. An exec check's container comes from the service, not the check.
 std::string parse_check(const nlohmann::json &j, CheckSpec &out);
 
 enum class Health { starting, passing, critical };
@@ -58,7 +74,9 @@ class HealthCheck {
   // "HTTP 200", "timed out after 2000 ms", ...).
   using ResultFn = std::function<void(bool ok, const std::string &output)>;
 
-  HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result);
+  // runtime: used by exec checks only (find_exec_runtime).
+  HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_result,
+              ExecRuntime runtime = {});
   ~HealthCheck();  // stops the timers and closes a run in progress
   HealthCheck(const HealthCheck &) = delete;
   HealthCheck &operator=(const HealthCheck &) = delete;
@@ -74,6 +92,9 @@ class HealthCheck {
   void end(bool ok, const std::string &output);
   void close_run();
   void on_event(uint32_t events);
+  void run_exec();
+  static void on_exec(void *user, flotilla_status status, const flotilla_exec_result *result);
+  bool running() const { return fd_ >= 0 || exec_id_ != 0; }
 
   const flotilla_host *host_;
   CheckSpec spec_;
@@ -85,6 +106,8 @@ class HealthCheck {
   bool connected_ = false;
   std::string request_, response_;
   size_t sent_ = 0;
+  ExecRuntime runtime_;
+  uint64_t exec_id_ = 0;  // an exec in flight
 };
 
 }  // namespace flotilla::discovery

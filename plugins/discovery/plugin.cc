@@ -561,6 +561,7 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
       return inst->error(FLOTILLA_E_INVALID, "register_alloc: services must be an array");
     // Check everything before changing anything.
     std::vector<std::unique_ptr<Local>> made;
+    ExecRuntime exec_rt;  // looked up at the first exec check
     for (size_t i = 0; i < services.size(); ++i) {
       const json &s = services[i];
       const std::string at =
@@ -583,6 +584,18 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
         if (!e.empty())
           return inst->error(FLOTILLA_E_INVALID, at + ".checks[" + std::to_string(c) + "]." + e);
         spec.address = addresses.empty() ? "" : addresses[0];
+        if (spec.type == "exec") {
+          spec.container = s.value("container", "");
+          if (spec.container.empty())
+            return inst->error(FLOTILLA_E_INVALID,
+                               at + ".container: an exec check needs the task's container id");
+          if (!exec_rt.rt) {
+            std::string why = find_exec_runtime(inst->host, exec_rt);
+            if (!why.empty())
+              return inst->error(FLOTILLA_E_UNSUPPORTED,
+                                 at + ".checks[" + std::to_string(c) + "]: " + why);
+          }
+        }
         if (checks[c].contains("port"))
           spec.port = static_cast<uint16_t>(checks[c].value("port", 0));
         else
@@ -623,7 +636,8 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
         ref.checks.push_back(std::make_unique<HealthCheck>(
             inst->host, ref.specs[c], [inst, key, c](bool ok, const std::string &out) {
               on_check_result(*inst, key, c, ok, out);
-            }));
+            },
+            exec_rt));
       }
       publish(*inst, key, ref);
       for (auto &c : ref.checks) c->start();

@@ -44,7 +44,7 @@ TEST(Daemon, ServesTheApiLoadsPluginsAndRegistersTheNode) {
 
   auto v = d.get("/v1/version");
   ASSERT_EQ(v.status, 200) << v.body;
-  EXPECT_EQ(parse(v.body)["abi"], "1.2");  // 1.2: entry.check_config, runtime/1 image_pull
+  EXPECT_EQ(parse(v.body)["abi"], "1.3");  // 1.3: runtime/1 exec
 
   auto p = d.get("/v1/plugins");
   ASSERT_EQ(p.status, 200) << p.body;

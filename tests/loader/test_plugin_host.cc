@@ -185,7 +185,7 @@ TEST_F(PluginHostTest, MissingEntrySymbol) {
 TEST_F(PluginHostTest, OtherAbiMajorIsRefusedWithBothVersions) {
   std::string err = start_error({fixture("future", "fixture-abi-2")});
   EXPECT_NE(err.find("(org.test.future 0.0.1) was built for plugin ABI 2.0 but this flotillad "
-                     "speaks ABI 1.2"),
+                     "speaks ABI 1.3"),
             std::string::npos)
       << err;
 }

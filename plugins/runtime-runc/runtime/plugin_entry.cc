@@ -84,6 +84,17 @@ flotilla_status rt_image_pull(void *s, const char *ref, const char *options,
                  [&] { return self(s)->image_pull(ref, options, progress, cb, user); });
 }
 
+flotilla_status rt_exec(void *s, const char *id, const flotilla_exec_spec *spec,
+                        flotilla_runtime_exec_cb cb, void *user, uint64_t *exec_out) {
+  return guarded("exec", [&] { return self(s)->exec(id, spec, cb, user, exec_out); });
+}
+void rt_exec_cancel(void *s, uint64_t exec_id) {
+  guarded("exec_cancel", [&] {
+    self(s)->exec_cancel(exec_id);
+    return FLOTILLA_OK;
+  });
+}
+
 const flotilla_runtime_v1 kRuntimeV1 = {
     sizeof(flotilla_runtime_v1),
     rt_create,
@@ -98,6 +109,8 @@ const flotilla_runtime_v1 kRuntimeV1 = {
     rt_image_list,
     rt_image_remove,
     rt_image_pull,
+    rt_exec,
+    rt_exec_cancel,
 };
 
 flotilla_status plugin_init(const flotilla_host *host, void **instance_out) {

@@ -21,6 +21,7 @@
 #include "../image/image_store.h"
 #include "../shim/proc_info.h"
 #include "../shim/shim_protocol.h"
+#include "exec_runs.h"
 #include "image_pulls.h"
 #include "log_runs.h"
 #include "netlink.h"
@@ -203,9 +204,12 @@ struct RuncRuntime::Found {
 // ---- construction ---------------------------------------------------------
 
 RuncRuntime::RuncRuntime(const flotilla_host *host, RuntimeConfig config)
-    : host_(host), config_(std::move(config)) {}
+    : host_(host),
+      config_(std::move(config)),
+      execs_(std::make_unique<ExecRuns>(host, config_.binary, config_.root)) {}
 
 RuncRuntime::~RuncRuntime() {
+  execs_.reset();  // each exec still running is answered FLOTILLA_E_CANCELLED
   if (image_gc_timer_) host_->timer_stop(host_->host_ctx, image_gc_timer_);
   for (auto &[id, c] : containers_) {
     if (c->shim_watch) host_->fd_unwatch(host_->host_ctx, c->shim_watch);
@@ -941,6 +945,39 @@ flotilla_status RuncRuntime::state(const char *id, flotilla_runtime_state_cb cb,
         return FLOTILLA_OK;
       },
       [cb, user](flotilla_status st) { cb(user, st, "null"); });
+}
+
+flotilla_status RuncRuntime::exec(const char *id, const flotilla_exec_spec *spec,
+                                  flotilla_runtime_exec_cb cb, void *user, uint64_t *exec_out) {
+  if (!id || !spec || !cb || spec->struct_size < sizeof(uint32_t) ||
+      !FLOTILLA_HAS_FIELD(spec, flotilla_exec_spec, output_limit) || !spec->argv ||
+      !spec->argv[0] || !*spec->argv[0])
+    return refuse(FLOTILLA_E_INVALID,
+                  "exec: container_id, a spec with a non-empty argv, and cb are required");
+  if (!ready_)
+    return refuse(FLOTILLA_E_UNAVAILABLE,
+                  "exec in " + std::string(id) +
+                      ": runtime-runc is still recovering its containers; try again");
+  if (!startup_error_.empty()) return refuse(FLOTILLA_E_UNAVAILABLE, startup_error_);
+  Container *c;
+  if (flotilla_status st = lookup(id, c); st != FLOTILLA_OK) return st;
+  if (c->st.status != kStatusRunning)
+    return refuse(FLOTILLA_E_CONFLICT, "exec in " + c->rec.id + ": the container is " +
+                                           c->st.status + ", not running");
+  std::vector<std::string> argv;
+  for (const char *const *a = spec->argv; *a; ++a) argv.emplace_back(*a);
+  const std::string pid_file =
+      (c->paths.dir / ("exec-" + std::to_string(next_key_++) + ".pid")).string();
+  uint64_t xid =
+      execs_->start(c->rec.id, std::move(argv), spec->timeout_ms, spec->output_limit, pid_file,
+                    cb, user);
+  if (!xid) return FLOTILLA_E_IO;  // the message is set
+  if (exec_out) *exec_out = xid;
+  return FLOTILLA_OK;
+}
+
+void RuncRuntime::exec_cancel(uint64_t exec_id) {
+  execs_->cancel(exec_id);
 }
 
 flotilla_status RuncRuntime::signal(const char *id, int signo, flotilla_done_cb cb, void *user) {

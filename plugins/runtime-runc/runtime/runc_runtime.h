@@ -11,6 +11,7 @@
 
 #include <flotilla/host.h>
 #include <flotilla/runtime.h>
+#include <flotilla/version.h>
 #include <sys/types.h>
 
 #include <functional>
@@ -29,6 +30,7 @@ namespace flotilla::runc {
 
 class ImageStore;
 class ImagePulls;
+class ExecRuns;
 
 // What create answers for an image the store does not have: the reference
 // once, and a `flotilla image import` command that the CLI accepts as it
@@ -65,6 +67,10 @@ class RuncRuntime {
   flotilla_status image_pull(const char *ref, const char *options_json,
                              flotilla_runtime_progress_cb progress, flotilla_runtime_state_cb cb,
                              void *user);
+  // ABI 1.3: argv in the running container id; exec_runs.h.
+  flotilla_status exec(const char *id, const flotilla_exec_spec *spec, flotilla_runtime_exec_cb cb,
+                       void *user, uint64_t *exec_out);
+  void exec_cancel(uint64_t exec_id);
 
  private:
   struct Container;
@@ -140,6 +146,7 @@ class RuncRuntime {
   RuntimeConfig config_;
   std::shared_ptr<ImageStore> images_;
   std::unique_ptr<ImagePulls> pulls_;  // after images_: destroyed first
+  std::unique_ptr<ExecRuns> execs_;
   flotilla_handle image_gc_timer_ = 0;
   bool image_gc_running_ = false;
   std::map<std::string, std::unique_ptr<Container>> containers_;

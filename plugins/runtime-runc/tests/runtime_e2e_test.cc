@@ -131,6 +131,8 @@ std::string exe_path() {
   return fs::read_symlink("/proc/self/exe").string();
 }
 
+using flotilla::runc::testing::exec_cb;
+using flotilla::runc::testing::ExecResult;
 using flotilla::runc::testing::done_cb;
 using flotilla::runc::testing::Result;
 using flotilla::runc::testing::state_cb;
@@ -177,6 +179,43 @@ class Daemon : public TestDaemon {
     char buf[4096];
     if (rt_->log_path(self_, id.c_str(), stream, buf, sizeof buf) != FLOTILLA_OK) return "";
     return buf;
+  }
+
+  // exec and its callback; cancel_after_ms > 0: exec_cancel then, and the
+  // callback must not come.
+  ExecResult exec(const std::string &id, const std::vector<std::string> &argv,
+                  uint64_t timeout_ms, uint64_t output_limit = 0, uint64_t *exec_id = nullptr) {
+    std::vector<const char *> a;
+    for (const auto &x : argv) a.push_back(x.c_str());
+    a.push_back(nullptr);
+    flotilla_exec_spec spec{sizeof spec, a.data(), timeout_ms, output_limit};
+    ExecResult r;
+    uint64_t xid = 0;
+    flotilla_status st = rt_->exec(self_, id.c_str(), &spec, exec_cb, &r, &xid);
+    if (exec_id) *exec_id = xid;
+    if (st != FLOTILLA_OK) {
+      r.done = true;
+      r.status = st;
+      r.error = PluginHost::last_error();
+      return r;
+    }
+    EXPECT_NE(xid, 0u);
+    EXPECT_FALSE(r.done) << "a callback ran inside the call";
+    EXPECT_TRUE(run_until([&] { return r.done; })) << "no exec callback within the guard time";
+    return r;
+  }
+  // Starts an exec, cancels it after ms, and says whether its callback
+  // stayed silent for another second.
+  bool exec_cancelled_silently(const std::string &id, uint64_t ms) {
+    const char *a[] = {"sleep", "30", nullptr};
+    flotilla_exec_spec spec{sizeof spec, a, 20000, 0};
+    auto r = std::make_unique<ExecResult>();
+    uint64_t xid = 0;
+    if (rt_->exec(self_, id.c_str(), &spec, exec_cb, r.get(), &xid) != FLOTILLA_OK) return false;
+    run_until([] { return false; }, ms);
+    rt_->exec_cancel(self_, xid);
+    run_until([] { return false; }, 1000);
+    return !r->done;
   }
 
   std::optional<json> exit_of(const std::string &id) {
@@ -403,6 +442,58 @@ TEST_P(RuntimeE2E, AFailingCommandReportsItsExitCode) {
   json st = json::parse(daemon().state(cid).text);
   EXPECT_EQ(st["exit_code"], 3);
   EXPECT_EQ(st["signal"], 0);
+  ASSERT_EQ(daemon().remove(cid).status, FLOTILLA_OK);
+  expect_nothing_left(cid);
+}
+
+// ABI 1.3 exec: a command in the running container with its exit code and
+// its output (both streams, capped), killed at its timeout, cancelled
+// without a callback; a stopped or unknown container is refused at once.
+TEST_P(RuntimeE2E, ExecRunsACommandInTheRunningContainer) {
+  import_busybox();
+  const std::string cid = id("exec");
+  ASSERT_EQ(daemon().create(cid, busybox_task({"sleep", "60"})).status, FLOTILLA_OK);
+  ASSERT_EQ(daemon().start(cid).status, FLOTILLA_OK);
+
+  ExecResult ok = daemon().exec(cid, {"sh", "-c", "echo out; echo err >&2; echo $FLOTILLA_TEST; exit 3"},
+                                5000);
+  ASSERT_EQ(ok.status, FLOTILLA_OK) << ok.error;
+  EXPECT_EQ(ok.exit_code, 3);
+  EXPECT_FALSE(ok.timed_out);
+  EXPECT_NE(ok.output.find("out\n"), std::string::npos) << ok.output;
+  EXPECT_NE(ok.output.find("err\n"), std::string::npos) << ok.output;
+  EXPECT_NE(ok.output.find("1\n"), std::string::npos) << "the container's environment: " << ok.output;
+
+  ExecResult big = daemon().exec(cid, {"sh", "-c", "head -c 200000 /dev/zero; exit 0"}, 5000, 100);
+  ASSERT_EQ(big.status, FLOTILLA_OK) << big.error;
+  EXPECT_EQ(big.exit_code, 0) << "the command is never blocked by a full pipe";
+  EXPECT_EQ(big.output.size(), 100u);
+  EXPECT_TRUE(big.truncated);
+
+  auto t0 = std::chrono::steady_clock::now();
+  ExecResult slow = daemon().exec(cid, {"sleep", "30"}, 500);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ASSERT_EQ(slow.status, FLOTILLA_OK) << slow.error;
+  EXPECT_TRUE(slow.timed_out);
+  EXPECT_EQ(slow.exit_code, -1);
+  EXPECT_EQ(slow.term_signal, SIGKILL);
+  EXPECT_LT(took, std::chrono::seconds(5));
+  // The killed command is gone from the container.
+  ExecResult ps = daemon().exec(cid, {"ps"}, 5000);
+  EXPECT_EQ(ps.output.find("sleep 30"), std::string::npos) << ps.output;
+
+  EXPECT_TRUE(daemon().exec_cancelled_silently(cid, 300));
+
+  ExecResult missing = daemon().exec(cid, {"/no/such/program"}, 5000);
+  ASSERT_EQ(missing.status, FLOTILLA_OK) << missing.error;
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_FALSE(missing.output.empty()) << "the runtime says why";
+
+  EXPECT_EQ(daemon().exec(id("nobody"), {"true"}, 1000).status, FLOTILLA_E_NOT_FOUND);
+  ASSERT_EQ(daemon().stop(cid, 2000).status, FLOTILLA_OK);
+  ExecResult stopped = daemon().exec(cid, {"true"}, 1000);
+  EXPECT_EQ(stopped.status, FLOTILLA_E_CONFLICT);
+  EXPECT_NE(stopped.error.find("not running"), std::string::npos) << stopped.error;
   ASSERT_EQ(daemon().remove(cid).status, FLOTILLA_OK);
   expect_nothing_left(cid);
 }

@@ -44,6 +44,28 @@ inline void done_cb(void *user, flotilla_status st) {
   r->status = st;
   if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
 }
+// exec (ABI 1.3): how it ended.
+struct ExecResult {
+  bool done = false;
+  flotilla_status status = FLOTILLA_E_INTERNAL;
+  std::string error;
+  int64_t exit_code = 0;
+  int term_signal = 0;
+  bool timed_out = false, truncated = false;
+  std::string output;
+};
+inline void exec_cb(void *user, flotilla_status st, const flotilla_exec_result *res) {
+  auto *r = static_cast<ExecResult *>(user);
+  r->done = true;
+  r->status = st;
+  if (st != FLOTILLA_OK) r->error = PluginHost::last_error();
+  if (!res) return;
+  r->exit_code = res->exit_code;
+  r->term_signal = res->term_signal;
+  r->timed_out = res->timed_out != 0;
+  r->truncated = res->output_truncated != 0;
+  r->output.assign(res->output, res->output_len);
+}
 inline void progress_cb(void *user, const char *text) {
   static_cast<Result *>(user)->progress.push_back(nlohmann::json::parse(text));
 }
