@@ -62,8 +62,7 @@ std::string parse_check(const json &j, CheckSpec &out) {
     if (j.contains("args")) {
       if (!j["args"].is_array()) return "args: must be an array of strings";
       for (size_t i = 0; i < j["args"].size(); ++i) {
-        if (!j["args"][i].is_string())
-          return "args[" + std::to_string(i) + "]: must be a string";
+        if (!j["args"][i].is_string()) return "args[" + std::to_string(i) + "]: must be a string";
         out.argv.push_back(j["args"][i].get<std::string>());
       }
     }
@@ -79,8 +78,8 @@ std::string find_exec_runtime(const flotilla_host *host, ExecRuntime &out) {
     return "exec checks need a runtime plugin (" FLOTILLA_RUNTIME_INTERFACE_ID
            " with exec, ABI 1.3); none is loaded";
   if (!FLOTILLA_HAS_FIELD(rt, flotilla_runtime_v1, exec_cancel) || !rt->exec || !rt->exec_cancel)
-    return "exec checks need runtime ABI 1.3: the loaded runtime plugin's " FLOTILLA_RUNTIME_INTERFACE_ID
-           " has no exec (its vtable is " +
+    return "exec checks need runtime ABI 1.3: the loaded runtime "
+           "plugin's " FLOTILLA_RUNTIME_INTERFACE_ID " has no exec (its vtable is " +
            std::to_string(rt->struct_size) + " bytes, 1.3's is " +
            std::to_string(sizeof(flotilla_runtime_v1)) + "); update the runtime plugin";
   out.rt = rt;
@@ -258,8 +257,8 @@ void HealthCheck::run_exec() {
   es.timeout_ms = spec_.timeout_ms;
   es.output_limit = kExecOutputLimit;
   uint64_t id = 0;
-  flotilla_status st =
-      runtime_.rt->exec(runtime_.self, spec_.container.c_str(), &es, &HealthCheck::on_exec, this, &id);
+  flotilla_status st = runtime_.rt->exec(runtime_.self, spec_.container.c_str(), &es,
+                                         &HealthCheck::on_exec, this, &id);
   if (st != FLOTILLA_OK)
     return end(false, "exec in " + spec_.container + ": " + exec_status_text(st));
   exec_id_ = id ? id : 1;
@@ -267,7 +266,7 @@ void HealthCheck::run_exec() {
 
 void HealthCheck::on_exec(void *user, flotilla_status status, const flotilla_exec_result *r) {
   auto *c = static_cast<HealthCheck *>(user);
-  c->exec_id_ = 0;  // answered: nothing to cancel
+  c->exec_id_ = 0;                             // answered: nothing to cancel
   if (status == FLOTILLA_E_CANCELLED) return;  // the runtime is stopping
   if (status != FLOTILLA_OK || !r)
     return c->end(false, "exec in " + c->spec_.container + ": " + exec_status_text(status));
@@ -277,9 +276,8 @@ void HealthCheck::on_exec(void *user, flotilla_status status, const flotilla_exe
   if (r->timed_out)
     return c->end(false, "timed out after " + std::to_string(c->spec_.timeout_ms) + " ms" +
                              (out.empty() ? "" : ": " + out));
-  const std::string head = r->exit_code >= 0
-                               ? "exit " + std::to_string(r->exit_code)
-                               : "killed by signal " + std::to_string(r->term_signal);
+  const std::string head = r->exit_code >= 0 ? "exit " + std::to_string(r->exit_code)
+                                             : "killed by signal " + std::to_string(r->term_signal);
   c->end(r->exit_code == 0, head + (out.empty() ? "" : ": " + out));
 }
 

@@ -483,6 +483,21 @@ TEST_F(DiscoveryPlugin, BadRegistrationsAreRefusedWithTheField) {
             FLOTILLA_E_INVALID);
   EXPECT_NE(PluginHost::last_error().find("checks[0].type"), std::string::npos)
       << PluginHost::last_error();
+  // No runtime plugin is loaded here: an exec check is refused, saying so.
+  json exec = {{"type", "exec"}, {"command", "true"}};
+  doc = {{"addresses", {"127.0.0.1"}},
+         {"services",
+          {{{"name", "web"}, {"port", 80}, {"container", "a1.web"}, {"checks", {exec}}}}}};
+  EXPECT_EQ(disc_->register_alloc(disc_self_, "a1", doc.dump().c_str(), cb, nullptr),
+            FLOTILLA_E_UNSUPPORTED);
+  EXPECT_NE(PluginHost::last_error().find("checks[0]: exec checks need a runtime plugin"),
+            std::string::npos)
+      << PluginHost::last_error();
+  doc["services"][0].erase("container");
+  EXPECT_EQ(disc_->register_alloc(disc_self_, "a1", doc.dump().c_str(), cb, nullptr),
+            FLOTILLA_E_INVALID);
+  EXPECT_NE(PluginHost::last_error().find("services[0].container"), std::string::npos)
+      << PluginHost::last_error();
 }
 
 TEST_F(DiscoveryPlugin, OtherNamesGoToTheUpstreamDnsmasq) {
