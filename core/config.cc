@@ -948,6 +948,28 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
            });
   };
 
+  // [cluster] lease_ttl and leader_lease_ttl: whole seconds (etcd leases
+  // count seconds), from 1s to 5m.
+  auto lease_seconds = [&](const toml::node &x, const std::string &k) -> std::optional<int64_t> {
+    auto s = r.string(x, k);
+    if (!s) return std::nullopt;
+    try {
+      int64_t ms = parse_duration_ms(*s);
+      if (ms < 1000 || ms > 300000 || ms % 1000 != 0)
+        throw std::invalid_argument("must be whole seconds from 1s to 5m");
+      return ms;
+    } catch (const std::invalid_argument &e) {
+      r.error(x, k,
+              quote_for_message(*s) + ": " + e.what() +
+                  " (a duration in whole seconds from \"1s\" to \"5m\", like \"10s\")");
+      return std::nullopt;
+    }
+  };
+  const toml::node *leader_lease_node = nullptr;
+  std::string leader_lease_text, lease_text = "10s";
+  int64_t leader_lease_ms = 0;  // 0: not given (or not valid)
+  bool lease_ttl_invalid = false;
+
   auto cluster_section = [&](const toml::node &v, const std::string &key) {
     const toml::table *t = r.section(v, key);
     if (!t) return;
@@ -955,19 +977,19 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
            {
                {"lease_ttl",
                 [&](const toml::node &x, const std::string &k) {
-                  auto s = r.string(x, k);
-                  if (!s) return;
-                  try {
-                    int64_t ms = parse_duration_ms(*s);
-                    // etcd leases count whole seconds.
-                    if (ms < 1000 || ms > 300000 || ms % 1000 != 0)
-                      throw std::invalid_argument("must be whole seconds from 1s to 5m");
-                    cfg.cluster.lease_ttl_ms = ms;
-                  } catch (const std::invalid_argument &e) {
-                    r.error(x, k,
-                            quote_for_message(*s) + ": " + e.what() +
-                                " (a duration in whole seconds from \"1s\" to \"5m\", like "
-                                "\"10s\")");
+                  if (auto ms = lease_seconds(x, k)) {
+                    cfg.cluster.lease_ttl_ms = *ms;
+                    lease_text = x.as_string()->get();
+                  } else {
+                    lease_ttl_invalid = true;  // already reported; compare nothing with it
+                  }
+                }},
+               {"leader_lease_ttl",
+                [&](const toml::node &x, const std::string &k) {
+                  leader_lease_node = &x;
+                  if (auto ms = lease_seconds(x, k)) {
+                    leader_lease_ms = *ms;
+                    leader_lease_text = x.as_string()->get();
                   }
                 }},
            });
@@ -994,6 +1016,23 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
              {"cluster", cluster_section},
              {"plugin", plugin_section},
          });
+
+  // The scheduler's leader lease: half the node lease by default (rounded,
+  // at least 1 s), so that a leader that stops is replaced within the node
+  // TTL even though etcd expires a lease up to one of its checks late. A
+  // leader lease longer than the node lease would make failover slower than
+  // node loss, and is refused.
+  if (leader_lease_ms == 0) {
+    cfg.cluster.leader_lease_ttl_ms = default_leader_lease_ttl_ms(cfg.cluster.lease_ttl_ms);
+  } else if (leader_lease_ms > cfg.cluster.lease_ttl_ms && !lease_ttl_invalid) {
+    r.error(*leader_lease_node, "cluster.leader_lease_ttl",
+            quote_for_message(leader_lease_text) + " is longer than cluster.lease_ttl (" +
+                quote_for_message(lease_text) +
+                "): the scheduler's leader lease must not outlive the node lease; set it to at "
+                "most the lease_ttl, or leave it out (default: half the lease_ttl)");
+  } else {
+    cfg.cluster.leader_lease_ttl_ms = leader_lease_ms;
+  }
 
   // TCP is only ever served with mutual TLS, so all three files are needed.
   if (tcp_listen_node) {
@@ -1062,6 +1101,11 @@ DaemonConfig read_config(ConfigReader &r, const toml::table &root) {
 }
 
 }  // namespace
+
+int64_t default_leader_lease_ttl_ms(int64_t lease_ttl_ms) {
+  const int64_t seconds = (lease_ttl_ms / 1000 + 1) / 2;  // half, rounded up
+  return std::max<int64_t>(1, seconds) * 1000;
+}
 
 DaemonConfig parse_config(std::string_view text, const std::string &path) {
   if (text.size() > kMaxConfigBytes)

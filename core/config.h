@@ -66,16 +66,22 @@ struct DaemonConfig {
     int64_t max_terminal = 50;                    // and at most this many allocations' worth
   } gc;
 
-  // [cluster]: membership and leadership. The node record and the
-  // scheduler leadership live under leases of lease_ttl_ms, renewed every
-  // third of it; a node that stops is lost, and a leader replaced, one TTL
-  // after its last renewal.
+  // [cluster]: membership and leadership. The node record lives under a
+  // lease of lease_ttl_ms, the scheduler leadership under one of
+  // leader_lease_ttl_ms (never longer), each renewed every third of its TTL;
+  // a node that stops is lost, and a leader replaced, one TTL after its last
+  // renewal (plus etcd's lease-check delay, up to 0.5 s).
   struct Cluster {
     int64_t lease_ttl_ms = 10000;
+    int64_t leader_lease_ttl_ms = 5000;  // default_leader_lease_ttl_ms(lease_ttl_ms)
   } cluster;
 
   std::vector<PluginSettings> plugins;  // in file order, disabled ones included
 };
+
+// [cluster] leader_lease_ttl when it is not set: half of lease_ttl, in whole
+// seconds rounded up, at least 1 s (10 s -> 5 s, 3 s -> 2 s, 1 s -> 1 s).
+int64_t default_leader_lease_ttl_ms(int64_t lease_ttl_ms);
 
 // Parse text as if read from path. Throws ConfigError.
 DaemonConfig parse_config(std::string_view text, const std::string &path);

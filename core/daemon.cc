@@ -283,7 +283,8 @@ void Daemon::start() {
   }
   register_node();
   evaluator_ = std::make_unique<Evaluator>(&loop_, store_.get(), plugins_.get(), config_.node.name,
-                                           config_.cluster.lease_ttl_ms);
+                                           config_.cluster.lease_ttl_ms,
+                                           config_.cluster.leader_lease_ttl_ms);
   evaluator_->start();
   // The lease is renewed every third of its TTL: two renewals may be lost
   // before it expires.

@@ -599,12 +599,13 @@ Evaluator::Plan Evaluator::plan(const json &jobs, const json &nodes, const json 
 }
 
 Evaluator::Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node,
-                     int64_t lease_ttl_ms)
+                     int64_t node_lease_ttl_ms, int64_t leader_lease_ttl_ms)
     : loop_(loop),
       store_(store),
       plugins_(plugins),
       node_(std::move(node)),
-      ttl_ms_(std::max<int64_t>(1000, lease_ttl_ms)) {
+      node_ttl_ms_(std::max<int64_t>(1000, node_lease_ttl_ms)),
+      leader_ttl_ms_(std::max<int64_t>(1000, leader_lease_ttl_ms)) {
   keepalive_timer_ = new uv_timer_t;
   uv_timer_init(loop_, keepalive_timer_);
   keepalive_timer_->data = this;
@@ -641,7 +642,7 @@ bool Evaluator::status_wakes_evaluation(const StoreEvent &e) {
 void Evaluator::start() {
   uv_timer_start(
       keepalive_timer_, [](uv_timer_t *t) { static_cast<Evaluator *>(t->data)->keepalive(); },
-      ttl_ms_ / 3, ttl_ms_ / 3);
+      leader_ttl_ms_ / 3, leader_ttl_ms_ / 3);
   campaign();
 }
 
@@ -662,12 +663,22 @@ void Evaluator::stop(std::function<void()> done) {
 void Evaluator::campaign() {
   if (stopping_ || leader_) return;
   if (lease_ == 0) {
-    store_->lease_grant(ttl_ms_ / 1000, [this](StoreResult r, int64_t lease, int64_t) {
+    store_->lease_grant(leader_ttl_ms_ / 1000, [this](StoreResult r, int64_t lease, int64_t ttl) {
       if (stopping_) return;
       if (!r.ok()) {
         store_trouble();
         log::warn("scheduler", "cannot get a leader lease: " + r.message + "; will retry");
         return;  // keepalive() retries
+      }
+      // etcd raises a TTL below its minimum (1.5 election timeouts, rounded
+      // up to whole seconds: 2 s with its defaults) to that minimum; a leader
+      // that stops is then replaced that much later than configured.
+      if (ttl * 1000 > leader_ttl_ms_ && !warned_lease_raised_) {
+        warned_lease_raised_ = true;
+        log::warn("scheduler", "the store granted the leader lease a TTL of " + std::to_string(ttl) +
+                                   " s, longer than [cluster] leader_lease_ttl (" +
+                                   std::to_string(leader_ttl_ms_ / 1000) +
+                                   " s): its minimum; failover takes that long");
       }
       lease_ = lease;
       campaign();
@@ -734,7 +745,7 @@ void Evaluator::keepalive() {
 }
 
 void Evaluator::store_trouble() {
-  judge_after_ = uv_now(loop_) + static_cast<uint64_t>(ttl_ms_);
+  judge_after_ = uv_now(loop_) + static_cast<uint64_t>(node_ttl_ms_);
   evaluate_when_store_answers_ = true;
 }
 
@@ -765,7 +776,7 @@ void Evaluator::become_leader() {
   leader_ = true;
   // Every node gets one TTL to renew its lease under this leader before a
   // missing record counts as a lost node.
-  judge_after_ = std::max(judge_after_, uv_now(loop_) + static_cast<uint64_t>(ttl_ms_));
+  judge_after_ = std::max(judge_after_, uv_now(loop_) + static_cast<uint64_t>(node_ttl_ms_));
   log::info("scheduler", "this node leads scheduling",
             {{"node", node_}, {"fence", std::to_string(leader_create_rev_)}});
   store_->list("/flotilla/", [this](StoreResult r, std::vector<KeyValue>, int64_t rev) {

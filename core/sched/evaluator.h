@@ -20,10 +20,12 @@ namespace flotilla {
 
 class Evaluator {
  public:
-  // lease_ttl_ms: the leadership lease ([cluster] lease_ttl), renewed every
-  // third of it.
+  // node_lease_ttl_ms: the node lease ([cluster] lease_ttl): a new leader,
+  // or one whose store was away, judges no node lost until one of it has
+  // passed. leader_lease_ttl_ms: the leadership lease ([cluster]
+  // leader_lease_ttl, at most the node lease), renewed every third of it.
   Evaluator(uv_loop_t *loop, StoreClient *store, PluginHost *plugins, std::string node_name,
-            int64_t lease_ttl_ms = 10000);
+            int64_t node_lease_ttl_ms = 10000, int64_t leader_lease_ttl_ms = 5000);
   ~Evaluator();
   Evaluator(const Evaluator &) = delete;
   Evaluator &operator=(const Evaluator &) = delete;
@@ -90,13 +92,15 @@ class Evaluator {
   StoreClient *store_;
   PluginHost *plugins_;
   std::string node_;
-  int64_t ttl_ms_;
+  int64_t node_ttl_ms_;    // the node lease: how long a node may go unrenewed
+  int64_t leader_ttl_ms_;  // the leadership lease
   int64_t lease_ = 0;
   int64_t leader_create_rev_ = 0;  // the leader key's create_revision while leading
   bool leader_ = false;
   uint64_t judge_after_ = 0;  // loop time from which nodes without a record are lost
   bool evaluate_when_store_answers_ = false;
   bool stopping_ = false;
+  bool warned_lease_raised_ = false;  // the store granted a longer leader lease (said once)
   bool eval_running_ = false, eval_again_ = false;
   uv_timer_t *keepalive_timer_ = nullptr;  // closed asynchronously
   uv_timer_t *eval_timer_ = nullptr;

@@ -195,6 +195,58 @@ TEST(Config, ClusterLeaseTtlIsWholeSecondsFromOneToFiveMinutes) {
             std::string::npos);
 }
 
+TEST(Config, LeaderLeaseTtlDefaultsToHalfTheNodeLeaseRoundedUp) {
+  auto leader = [](const std::string &text) {
+    return parse_config(text, "t.toml").cluster.leader_lease_ttl_ms;
+  };
+  EXPECT_EQ(leader(""), 5000);  // lease_ttl 10 s
+  EXPECT_EQ(leader("[cluster]\nlease_ttl = \"3s\"\n"), 2000);
+  EXPECT_EQ(leader("[cluster]\nlease_ttl = \"2s\"\n"), 1000);
+  EXPECT_EQ(leader("[cluster]\nlease_ttl = \"1s\"\n"), 1000);
+  EXPECT_EQ(leader("[cluster]\nlease_ttl = \"5m\"\n"), 150000);
+  // Given: any whole seconds up to the node lease, in either order in the table.
+  EXPECT_EQ(leader("[cluster]\nlease_ttl = \"3s\"\nleader_lease_ttl = \"3s\"\n"), 3000);
+  EXPECT_EQ(leader("[cluster]\nleader_lease_ttl = \"1s\"\nlease_ttl = \"3s\"\n"), 1000);
+  EXPECT_EQ(leader("[cluster]\nleader_lease_ttl = \"10s\"\n"), 10000);
+  EXPECT_EQ(parse_config("[cluster]\nleader_lease_ttl = \"1s\"\n", "t.toml").cluster.lease_ttl_ms,
+            10000);
+}
+
+TEST(Config, LeaderLeaseTtlLongerThanTheNodeLeaseIsRefusedWithItsLine) {
+  EXPECT_EQ(error_of("[cluster]\nlease_ttl = \"3s\"\nleader_lease_ttl = \"4s\"\n"),
+            at(3, "cluster.leader_lease_ttl: \"4s\" is longer than cluster.lease_ttl (\"3s\"): "
+                  "the scheduler's leader lease must not outlive the node lease; set it to at "
+                  "most the lease_ttl, or leave it out (default: half the lease_ttl)"));
+  // Against the default node lease (10 s) too.
+  EXPECT_NE(error_of("[cluster]\nleader_lease_ttl = \"11s\"\n")
+                .find("line 2: cluster.leader_lease_ttl: \"11s\" is longer than "
+                      "cluster.lease_ttl (\"10s\")"),
+            std::string::npos);
+  for (const char *bad : {"\"500ms\"", "\"1500ms\"", "\"6m\"", "\"soon\"", "3"})
+    EXPECT_NE(error_of(std::string("[cluster]\nleader_lease_ttl = ") + bad + "\n")
+                  .find("line 2: cluster.leader_lease_ttl: "),
+              std::string::npos)
+        << bad;
+}
+
+TEST(Config, LeaderLeaseTtlProblemIsReportedWithEveryOther) {
+  // Reported together with the other problems, in file order; an invalid
+  // lease_ttl is not compared with.
+  EXPECT_EQ(error_of("[log]\nlevel = \"loud\"\n[cluster]\nlease_ttl = \"2s\"\n"
+                     "leader_lease_ttl = \"9s\"\n[gc]\nmax_terminal = -1\n"),
+            at(2, "log.level: \"loud\" is not one of debug, info, warn, error") + "\n" +
+                at(5, "cluster.leader_lease_ttl: \"9s\" is longer than cluster.lease_ttl "
+                      "(\"2s\"): the scheduler's leader lease must not outlive the node lease; "
+                      "set it to at most the lease_ttl, or leave it out (default: half the "
+                      "lease_ttl)") +
+                "\n" +
+                at(7, "gc.max_terminal: must be an integer from 0 (no limit) to 1000000, got an "
+                      "integer -1"));
+  const std::string both = error_of("[cluster]\nlease_ttl = \"2.5s\"\nleader_lease_ttl = \"9s\"\n");
+  EXPECT_NE(both.find("line 2: cluster.lease_ttl: "), std::string::npos) << both;
+  EXPECT_EQ(both.find("leader_lease_ttl"), std::string::npos) << both;
+}
+
 TEST(Config, UnknownKeySuggestsTheNearestOne) {
   EXPECT_EQ(error_of("[api]\nsokcet = \"/run/x.sock\"\n"),
             at(2, "api.sokcet: unknown key; did you mean \"socket\"?"));

@@ -342,8 +342,12 @@ std::string Cluster::default_store_config(const Host &) const {
 
 std::string Cluster::host_config(const Host &h) const {
   std::string cfg;
-  if (options_.lease_ttl_s > 0)
-    cfg += "[cluster]\nlease_ttl = \"" + std::to_string(options_.lease_ttl_s) + "s\"\n\n";
+  if (options_.lease_ttl_s > 0) {
+    cfg += "[cluster]\nlease_ttl = \"" + std::to_string(options_.lease_ttl_s) + "s\"\n";
+    if (options_.leader_lease_ttl_s > 0)
+      cfg += "leader_lease_ttl = \"" + std::to_string(options_.leader_lease_ttl_s) + "s\"\n";
+    cfg += "\n";
+  }
 #if defined(RUNTIME_RUNC_PATH) && defined(SCHEDULER_BINPACK_PATH)
   if (options_.containers)
     cfg += e2e::container_plugins_config(*h.daemon_, h.cgroup_parent()) + "\n";

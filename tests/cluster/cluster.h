@@ -45,6 +45,9 @@ struct ClusterOptions {
   // [cluster] lease_ttl of every daemon (node record and scheduler
   // leadership), seconds; 0 leaves the daemon's default (10 s).
   int lease_ttl_s = 0;
+  // [cluster] leader_lease_ttl (the scheduler leadership), seconds; 0 leaves
+  // the daemon's default (half the lease_ttl, rounded up). Needs lease_ttl_s.
+  int leader_lease_ttl_s = 0;
   // runtime-runc and scheduler-binpack on every host, and the busybox
   // image imported into each (needs runc and busybox-static).
   bool containers = true;

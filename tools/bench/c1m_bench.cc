@@ -235,7 +235,7 @@ int main(int argc, char **argv) {
     std::printf("%d node records under %d leases written in %.1f s\n", nodes, nodes, nodes_s);
     std::fflush(stdout);
 
-    flotilla::Evaluator ev(loop.get(), &store, host.get(), "bench-leader", 60000);
+    flotilla::Evaluator ev(loop.get(), &store, host.get(), "bench-leader", 60000, 60000);
     ev.start();
     loop.run_until([&] { return ev.is_leader(); }, 60, "becoming the scheduling leader");
     // Let its first evaluation (nothing to place) run.
