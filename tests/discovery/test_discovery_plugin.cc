@@ -22,6 +22,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -44,17 +45,34 @@ using flotilla::StoreResult;
 namespace dt = flotilla::discovery::test;
 using Clock = std::chrono::steady_clock;
 
-// A loopback port nobody listens on right now (UDP and TCP).
-uint16_t free_port() {
-  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+// A loopback port free for both UDP and TCP right now. The plugin binds the
+// DNS port on both, so a port the kernel handed out for UDP alone could be a
+// live TCP connection's local port by the time the plugin binds it (CI runs
+// tests in parallel). Ports are drawn below the ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default), which connect()
+// never hands out, and each candidate is tried on both protocols.
+bool bindable(int type, uint16_t port) {
+  int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
+  a.sin_port = htons(port);
+  bool ok = bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
   close(fd);
-  return ntohs(a.sin_port);
+  return ok;
+}
+
+uint16_t free_port() {
+  static std::mt19937 rng(static_cast<unsigned>(getpid()) ^
+                          static_cast<unsigned>(Clock::now().time_since_epoch().count()));
+  std::uniform_int_distribution<int> pick(20000, 32000);
+  for (int i = 0; i < 1000; ++i) {
+    auto port = static_cast<uint16_t>(pick(rng));
+    if (bindable(SOCK_DGRAM, port) && bindable(SOCK_STREAM, port)) return port;
+  }
+  ADD_FAILURE() << "no loopback port in 20000-32000 is free for UDP and TCP";
+  return 0;
 }
 
 sockaddr_in loopback(uint16_t port) {
