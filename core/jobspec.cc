@@ -841,7 +841,8 @@ constexpr KeyRule kCheckKeys[] = {{"type"},
                                   {"expect_status"},
                                   {"port"},
                                   {"command"},
-                                  {"args"}};
+                                  {"args"},
+                                  {"grpc_service"}};
 constexpr std::string_view kCheckTypes[] = {"tcp", "http", "exec", "grpc"};
 
 // ---- placement: constraints, affinities, spread, reschedule (scheduler) ----
@@ -1381,10 +1382,6 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
   json out = json::object();
   const auto type = choice(s, "type", kCheckTypes);
   if (!s.get("type")) c.problem(s.key("type"), "is required: " + one_of_list(kCheckTypes));
-  if (type && *type == "grpc")
-    c.problem(s.key("type"), quote_value(*type) +
-                                 " checks are not run by the discovery plugin yet (it needs an "
-                                 "HTTP/2 client); use \"tcp\", \"http\" or \"exec\"");
   out["type"] = type.value_or("tcp");
   const auto interval = duration(s, "interval", {100, kHourMs});
   const auto timeout = duration(s, "timeout", {10, kHourMs});
@@ -1431,10 +1428,25 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
     if (s.get("port"))
       c.problem(s.key("port"), "is not used with type = \"exec\": the command runs inside the "
                                "container");
+    if (s.get("grpc_service")) c.problem(s.key("grpc_service"), "is only used with type = \"grpc\"");
     return out;
   }
   for (const char *k : {"command", "args"})
     if (s.get(k)) c.problem(s.key(k), "is only used with type = \"exec\"");
+  if (out["type"] == "grpc") {
+    // grpc.health.v1.Health/Check about one service, or without it about
+    // the whole server.
+    auto svc = text(s, "grpc_service", "a gRPC service name like \"helloworld.Greeter\"");
+    if (svc && (svc->size() > 256 || svc->find_first_of(" \t\r\n\"") != std::string::npos)) {
+      c.problem(s.key("grpc_service"),
+                quote_value(*svc) +
+                    " is not a gRPC service name: at most 256 characters, no spaces or quotes");
+      svc.reset();
+    }
+    if (svc) out["grpc_service"] = *svc;  // absent: the whole server
+  } else if (s.get("grpc_service")) {
+    c.problem(s.key("grpc_service"), "is only used with type = \"grpc\"");
+  }
   if (auto port = check_port_or_name(s, names)) out["port"] = *port;
   return out;
 }

@@ -635,6 +635,14 @@ tags = ["v1", "canary"]
   timeout = "1s"
   failures_before_critical = 2
 
+  [[task.service.check]]
+  type = "grpc"
+  grpc_service = "helloworld.Greeter"
+  port = 9090
+
+  [[task.service.check]]
+  type = "grpc"
+
 [[task.service]]
 name = "metrics"
 port = 9100
@@ -665,6 +673,14 @@ port = 9100
                                       {"failures_before_critical", 2},
                                       {"command", "test"},
                                       {"args", {"-f", "/healthy"}}}));
+  EXPECT_EQ(svc[0]["check"][3], json({{"type", "grpc"},
+                                      {"interval_ms", 10000},
+                                      {"timeout_ms", 2000},
+                                      {"success_before_passing", 1},
+                                      {"failures_before_critical", 1},
+                                      {"grpc_service", "helloworld.Greeter"},
+                                      {"port", 9090}}));
+  EXPECT_FALSE(svc[0]["check"][4].contains("grpc_service")) << "none: the whole server";
   // The canonical JSON goes back in unchanged.
   EXPECT_EQ(validate_job_json(job, "web.json"), job);
 }
@@ -689,7 +705,19 @@ TEST(JobSpecService, BadValuesNameTheLineAndKey) {
   EXPECT_NE(
       problem_of(check + "type = \"smoke\"\n").find("line 11, task[0].service[0].check[0].type"),
       std::string::npos);
-  EXPECT_NE(problem_of(check + "type = \"grpc\"\n").find("are not run by the discovery plugin yet"),
+  // grpc: grpc_service is a string and belongs to grpc alone.
+  EXPECT_EQ(problem_of(check + "type = \"grpc\"\ngrpc_service = \"a b\"\n"),
+            "web.toml line 12, task[0].service[0].check[0].grpc_service: \"a b\" is not a gRPC "
+            "service name: at most 256 characters, no spaces or quotes");
+  EXPECT_NE(problem_of(check + "type = \"grpc\"\ngrpc_service = 3\n")
+                .find("line 12, task[0].service[0].check[0].grpc_service: must be"),
+            std::string::npos);
+  EXPECT_EQ(problem_of(check + "type = \"http\"\ngrpc_service = \"x\"\n"),
+            "web.toml line 12, task[0].service[0].check[0].grpc_service: is only used with type = "
+            "\"grpc\"");
+  EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = \"test\"\ngrpc_service = \"x\"\n")
+                .find("line 13, task[0].service[0].check[0].grpc_service: is only used with type = "
+                      "\"grpc\""),
             std::string::npos);
   // exec: command is required, a string; args strings; no port, no path.
   EXPECT_EQ(problem_of(check + "type = \"exec\"\n"),

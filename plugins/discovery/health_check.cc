@@ -24,8 +24,9 @@ const char *health_name(Health h) {
 std::string parse_check(const json &j, CheckSpec &out) {
   if (!j.is_object()) return "a check must be an object";
   out.type = j.value("type", "");
-  if (out.type != "tcp" && out.type != "http" && out.type != "exec")
-    return "type: \"" + out.type + "\" is not a check type this plugin runs (tcp, http, exec)";
+  if (out.type != "tcp" && out.type != "http" && out.type != "exec" && out.type != "grpc")
+    return "type: \"" + out.type +
+           "\" is not a check type this plugin runs (tcp, http, exec, grpc)";
   auto num = [&](const char *key, uint32_t &v, uint32_t lo) -> std::string {
     if (!j.contains(key)) return "";
     if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo ||
@@ -53,6 +54,11 @@ std::string parse_check(const json &j, CheckSpec &out) {
         j["expect_status"].get<int>() > 599)
       return "expect_status: must be an HTTP status from 100 to 599";
     out.expect_status = j["expect_status"].get<int>();
+  }
+  if (j.contains("grpc_service")) {
+    if (!j["grpc_service"].is_string() || j["grpc_service"].get<std::string>().size() > 256)
+      return "grpc_service: must be a gRPC service name of at most 256 characters";
+    out.grpc_service = j["grpc_service"].get<std::string>();
   }
   if (out.type == "exec") {
     if (!j.contains("command") || !j["command"].is_string() ||
@@ -105,6 +111,7 @@ HealthCheck::HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_
   std::string a =
       spec_.address.find(':') != std::string::npos ? "[" + spec_.address + "]" : spec_.address;
   target_ok_ = parse_socket_address(a + ":" + std::to_string(spec_.port), 0, target_);
+  authority_ = a + ":" + std::to_string(spec_.port);
   if (spec_.type == "http") {
     request_ = "GET " + spec_.path + " HTTP/1.0\r\nHost: " + a + ":" + std::to_string(spec_.port) +
                "\r\nUser-Agent: flotilla-health-check\r\nConnection: close\r\n\r\n";
@@ -145,6 +152,8 @@ void HealthCheck::close_run() {
   timeout_ = 0;
   if (watch_) host_->fd_unwatch(host_->host_ctx, watch_);
   watch_ = 0;
+  watched_ = 0;
+  grpc_.reset();
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
   // Killed by the runtime; its callback does not come any more.
@@ -165,11 +174,19 @@ void HealthCheck::run() {
   connected_ = false;
   sent_ = 0;
   response_.clear();
+  if (spec_.type == "grpc") request_.clear();
   int rc = connect(fd_, reinterpret_cast<const sockaddr *>(&target_.ss), target_.len);
   if (rc < 0 && errno != EINPROGRESS)
     return end(false, "connect " + target_.text() + ": " + std::strerror(errno));
-  watch_ = host_->fd_watch(host_->host_ctx, fd_, FLOTILLA_FD_WRITABLE, on_fd, this);
+  watch(FLOTILLA_FD_WRITABLE);
   timeout_ = host_->timer_start(host_->host_ctx, spec_.timeout_ms, 0, on_timeout, this);
+}
+
+void HealthCheck::watch(uint32_t events) {
+  if (watch_ && watched_ == events) return;
+  if (watch_) host_->fd_unwatch(host_->host_ctx, watch_);
+  watch_ = host_->fd_watch(host_->host_ctx, fd_, events, on_fd, this);
+  watched_ = events;
 }
 
 void HealthCheck::on_event(uint32_t events) {
@@ -181,6 +198,7 @@ void HealthCheck::on_event(uint32_t events) {
     connected_ = true;
     if (spec_.type == "tcp") return end(true, "connected to " + target_.text());
   }
+  if (spec_.type == "grpc") return on_grpc_event(events);
   if (events & FLOTILLA_FD_WRITABLE) {
     while (sent_ < request_.size()) {
       ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
@@ -190,8 +208,7 @@ void HealthCheck::on_event(uint32_t events) {
       }
       sent_ += static_cast<size_t>(n);
     }
-    host_->fd_unwatch(host_->host_ctx, watch_);
-    watch_ = host_->fd_watch(host_->host_ctx, fd_, FLOTILLA_FD_READABLE, on_fd, this);
+    watch(FLOTILLA_FD_READABLE);
     return;
   }
   char buf[1024];
@@ -221,6 +238,45 @@ void HealthCheck::on_event(uint32_t events) {
   const bool ok =
       spec_.expect_status ? status == spec_.expect_status : (status >= 200 && status < 300);
   end(ok, "HTTP " + std::to_string(status));
+}
+
+// One grpc.health.v1 call: the session's bytes go out as the socket takes
+// them, what comes in goes to the session, until its stream closes.
+void HealthCheck::on_grpc_event(uint32_t events) {
+  if (!grpc_) {
+    grpc_ = std::make_unique<GrpcHealthCall>(authority_, spec_.grpc_service, spec_.timeout_ms);
+    request_ = grpc_->output();
+    sent_ = 0;
+  }
+  if (events & FLOTILLA_FD_READABLE) {
+    uint8_t buf[4096];
+    while (!grpc_->done()) {
+      ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n > 0) {
+        grpc_->input(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0) grpc_->closed();
+      else if (errno != EAGAIN && errno != EINTR)
+        return end(false, std::string("recv: ") + std::strerror(errno));
+      break;
+    }
+    if (!grpc_->done()) request_ += grpc_->output();
+  }
+  if (grpc_->done()) return end(grpc_->passed(), grpc_->result());
+  while (sent_ < request_.size()) {
+    ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN) break;
+      return end(false, std::string("send: ") + std::strerror(errno));
+    }
+    sent_ += static_cast<size_t>(n);
+  }
+  if (sent_ == request_.size()) {
+    request_.clear();
+    sent_ = 0;
+  }
+  watch(FLOTILLA_FD_READABLE | (request_.empty() ? 0u : FLOTILLA_FD_WRITABLE));
 }
 
 }  // namespace flotilla::discovery

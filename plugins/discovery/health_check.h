@@ -1,5 +1,7 @@
 // Health checks on the daemon's loop: no thread per check. A tcp check is a
-// non-blocking connect; an http check a GET whose status line is read; each
+// non-blocking connect; an http check a GET whose status line is read; a
+// grpc check one grpc.health.v1 Check call over cleartext HTTP/2
+// (grpc_health.h); an exec check a command run by the runtime plugin; each
 // run has its own timeout timer and the next run starts `interval` after the
 // previous one began. The threshold logic (starting → passing after
 // success_before_passing successes; → critical after
@@ -13,22 +15,25 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "discovery_config.h"
+#include "grpc_health.h"
 
 namespace flotilla::discovery {
 
 struct CheckSpec {
-  std::string type;  // "tcp" | "http" | "exec"
+  std::string type;  // "tcp" | "http" | "exec" | "grpc"
   uint32_t interval_ms = 10000;
   uint32_t timeout_ms = 2000;
   uint32_t success_before_passing = 1;
   uint32_t failures_before_critical = 1;
   std::string path = "/";  // http
   int expect_status = 0;   // http: 0 means any 2xx
+  std::string grpc_service;  // grpc: "" asks about the whole server
   std::string address;     // filled from the endpoint
   uint16_t port = 0;
   std::vector<std::string> argv;  // exec: command, then args
@@ -92,6 +97,8 @@ class HealthCheck {
   void end(bool ok, const std::string &output);
   void close_run();
   void on_event(uint32_t events);
+  void on_grpc_event(uint32_t events);
+  void watch(uint32_t events);
   void run_exec();
   static void on_exec(void *user, flotilla_status status, const flotilla_exec_result *result);
   bool running() const { return fd_ >= 0 || exec_id_ != 0; }
@@ -102,10 +109,13 @@ class HealthCheck {
   SocketAddress target_;
   bool target_ok_ = false;
   flotilla_handle interval_ = 0, timeout_ = 0, watch_ = 0;
+  uint32_t watched_ = 0;  // the events watch_ is for
   int fd_ = -1;
   bool connected_ = false;
   std::string request_, response_;
   size_t sent_ = 0;
+  std::string authority_;                // grpc: host:port
+  std::unique_ptr<GrpcHealthCall> grpc_;  // grpc: the call in flight
   ExecRuntime runtime_;
   uint64_t exec_id_ = 0;  // an exec in flight
 };

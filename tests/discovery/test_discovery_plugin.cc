@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "dns_test_support.h"
+#include "grpc_test_server.h"
 #include "nft.h"
 #include "plugin_host.h"
 #include "store_client.h"
@@ -435,6 +436,48 @@ TEST_F(DiscoveryPlugin, HealthChecksMoveAnInstanceOutOfDnsAndBack) {
     auto r = udp("api.service.flotilla.", KNOT_RRTYPE_A);
     return r && r->rcode == KNOT_RCODE_NXDOMAIN;
   }));
+}
+
+// A grpc check on the daemon's loop against a real gRPC server: SERVING
+// puts the instance in DNS, NOT_SERVING takes it out with the status as the
+// check's output, SERVING brings it back.
+TEST_F(DiscoveryPlugin, GrpcChecksFollowARealServersHealthStatus) {
+  start();
+  dt::GrpcServer grpc;
+  ASSERT_TRUE(grpc.up()) << "grpc++ could not listen on 127.0.0.1";
+  grpc.set("api.v1.Orders", false);
+  json doc = {{"addresses", {"127.0.0.1"}},
+              {"services",
+               {{{"name", "orders"},
+                 {"port", grpc.port()},
+                 {"checks",
+                  {{{"type", "grpc"},
+                    {"grpc_service", "api.v1.Orders"},
+                    {"interval_ms", 200},
+                    {"timeout_ms", 150}}}}}}}};
+  register_alloc("alloc-orders-1", doc);
+  auto record = [&] {
+    std::optional<json> rec;
+    store_->get("/flotilla/services/orders/alloc-orders-1",
+                [&](StoreResult, std::optional<flotilla::KeyValue> kv, int64_t) {
+                  rec = kv ? json::parse(kv->value) : json::object();
+                });
+    run_until([&] { return rec.has_value(); });
+    return rec.value_or(json::object());
+  };
+  // NOT_SERVING from the start: never served, and the record says why.
+  ASSERT_TRUE(run_until([&] { return record().value("output", "") == "NOT_SERVING"; }))
+      << record().dump();
+  EXPECT_TRUE(a_records("orders.service.flotilla.").empty());
+
+  grpc.set("api.v1.Orders", true);
+  ASSERT_TRUE(run_until([&] { return a_records("orders.service.flotilla.").count("A 127.0.0.1"); }));
+  EXPECT_EQ(record().value("output", ""), "SERVING");
+
+  grpc.set("api.v1.Orders", false);
+  ASSERT_TRUE(run_until([&] { return a_records("orders.service.flotilla.").empty(); }));
+  EXPECT_EQ(record().value("health", ""), "critical");
+  EXPECT_EQ(record().value("output", ""), "NOT_SERVING");
 }
 
 // check_restart: once a check failed `limit` times in a row past the
