@@ -61,9 +61,32 @@ bool is_wireguard_go(int pid, const std::string &ifname) {
   return std::find(argv.begin(), argv.end(), ifname) != argv.end();
 }
 
-// wireguard-go -f ifname in a session of its own, reparented away from the
-// daemon (two forks) so that it outlives it and is never its zombie; its
-// output goes to state_dir/wireguard-go.log. Returns its pid.
+// wireguard-go -f ifname, reparented away from the daemon (two forks) so
+// that it outlives it and is never its zombie; its output goes to
+// state_dir/wireguard-go.log. Returns its pid.
+//
+// It leads a process group of its own but stays in the daemon's session.
+// The group keeps the signals meant for the daemon's group from it (^C or
+// ^\ at a terminal flotillad runs in the foreground of, a shell's job
+// control, kill -- -<pgid>). A session of its own (setsid) would also be a
+// scheduling autogroup of its own (sched_autogroup_enabled = 1): it then
+// competed with the rest of the machine as one group and the mesh ran at
+// 0.41-0.79x a bare wireguard-go's throughput.
+//
+// The daemon stopping does not stop it: at SIGTERM/SIGINT flotillad stops
+// its plugins (deinit leaves wireguard-go alone) and exits; it never
+// signals its process group. The kernel sends SIGHUP at a process's exit
+// only (a) when the process is a session leader with a controlling
+// terminal: to that terminal's foreground group, never a background group
+// such as this one (tried on a pty: a process left in the leader's group
+// dies with it, one in a group of its own lives on), and under systemd
+// flotillad has no controlling terminal at all; or (b) with SIGCONT to a
+// group the exit orphans if it holds a stopped process: this group is
+// orphaned from the moment the middle process exits (its parent is then
+// init, outside the session) and wireguard-go is never stopped. A
+// terminal's hangup signals the session leader (the shell), which passes
+// SIGHUP on to its own jobs only. What does kill it is systemd killing
+// the unit's cgroup: KillMode=process (README.md).
 int start_wireguard_go(const std::string &binary, const std::string &ifname,
                        const std::string &state_dir) {
   const std::string log = state_dir + "/wireguard-go.log";
@@ -93,9 +116,9 @@ int start_wireguard_go(const std::string &binary, const std::string &ifname,
     throw WgError(std::string("fork: ") + std::strerror(e));
   }
   if (mid == 0) {
-    ::setsid();
     pid_t grand = ::fork();
     if (grand == 0) {
+      ::setpgid(0, 0);
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);

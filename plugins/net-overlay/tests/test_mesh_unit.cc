@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <sstream>
@@ -48,6 +49,24 @@ std::vector<std::string> v4_routes(nl::Socket &sock, const std::string &dev) {
     if (r.find(':') == std::string::npos) out.push_back(r);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// pid's parent, process group and session: fields 4, 5 and 6 of
+// /proc/<pid>/stat, after the command name (which may hold spaces and
+// parentheses, hence the last ')').
+struct ProcIds {
+  int ppid = -1, pgid = -1, sid = -1;
+};
+ProcIds proc_ids(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ProcIds ids;
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return ids;
+  std::istringstream rest(stat.substr(close + 1));
+  std::string state;
+  rest >> state >> ids.ppid >> ids.pgid >> ids.sid;
+  return ids;
 }
 
 std::string scratch(const std::string &what) {
@@ -238,6 +257,17 @@ TEST(MeshDevice, RealWireguardGoStartedReattachedRepairedRestarted) {
   ov::MeshOutcome first = in_ns(spec);
   EXPECT_TRUE(first.started);
   ASSERT_GT(first.pid, 0);
+  // Reparented (outlives the daemon, never its zombie), a process group of
+  // its own (a terminal's or the daemon's group signals miss it), but the
+  // daemon's session: a session of its own would be a scheduling autogroup
+  // of its own too (sched_autogroup_enabled), which cost the mesh up to
+  // half its throughput.
+  const ProcIds wg_ids = proc_ids(first.pid);
+  EXPECT_NE(wg_ids.ppid, -1) << "no /proc/" << first.pid << "/stat";
+  EXPECT_NE(wg_ids.ppid, ::getpid()) << "wireguard-go is the daemon's child";
+  EXPECT_EQ(wg_ids.pgid, first.pid) << "wireguard-go leads no process group of its own";
+  EXPECT_NE(wg_ids.pgid, ::getpgrp());
+  EXPECT_EQ(wg_ids.sid, ::getsid(0)) << "wireguard-go left the daemon's session";
   EXPECT_EQ(first.added, 2);
   EXPECT_EQ(first.routes_changed, 2);
   EXPECT_TRUE(first.key_set);
