@@ -248,9 +248,29 @@ std::optional<std::string> parse_endpoint(const std::string &text, int default_p
   return a->v6 ? "[" + host + "]:" + std::to_string(p) : host + ":" + std::to_string(p);
 }
 
-unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool underlay_v6) {
+std::optional<std::string> underlay_endpoint(const std::vector<std::string> &underlay_addresses,
+                                             int listen_port) {
+  std::optional<std::string> v6;
+  for (const auto &a : underlay_addresses) {
+    const std::string ip = a.substr(0, a.find('/'));
+    auto addr = parse_address(ip);
+    if (!addr) continue;
+    if (!addr->v6) return ip + ":" + std::to_string(listen_port);
+    const bool link_local = (addr->value >> 118) == 0x3fa;  // fe80::/10
+    if (!v6 && !link_local && addr->value > 1)              // nor :: or ::1
+      v6 = "[" + ip + "]:" + std::to_string(listen_port);
+  }
+  return v6;
+}
+
+bool tunnel_is_v6(const std::string &endpoint, bool underlay_v6) {
+  if (endpoint.empty()) return underlay_v6;
+  return endpoint[0] == '[';
+}
+
+unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool tunnel_v6) {
   if (configured) return configured;
-  const unsigned overhead = underlay_v6 ? 80 : 60;
+  const unsigned overhead = tunnel_v6 ? 80 : 60;
   if (underlay_mtu <= overhead + 576) return 1280;  // a broken underlay: a sane floor
   return underlay_mtu - overhead;
 }

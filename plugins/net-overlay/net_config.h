@@ -56,9 +56,24 @@ NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProbl
 // it is not one.
 std::optional<std::string> parse_endpoint(const std::string &text, int default_port);
 
+// The endpoint a node publishes when wg_endpoint is not set, from its
+// underlay interface's addresses as netlink gives them ("10.0.2.15/24",
+// "2001:db8::5/64", in the kernel's order): the first IPv4 one, else the
+// first global IPv6 one (link-local fe80::/10 reaches no peer off the
+// link), with listen_port; nullopt when there is neither.
+std::optional<std::string> underlay_endpoint(const std::vector<std::string> &underlay_addresses,
+                                             int listen_port);
+
+// Whether WireGuard's packets travel as IPv6: the family of the endpoint
+// the node publishes ("[2001:db8::5]:51820"), the tunnel's, whatever else
+// the underlay has; without one (no mesh), whether the underlay is
+// IPv6-only.
+bool tunnel_is_v6(const std::string &endpoint, bool underlay_v6);
+
 // The MTU for the bridge, veths (and the WireGuard device): the underlay's
-// minus 60 (IPv4 underlay) or 80 (IPv6 underlay) bytes, unless configured.
-unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool underlay_v6);
+// minus WireGuard's overhead, 60 bytes over IPv4 or 80 over IPv6
+// (tunnel_is_v6), unless configured.
+unsigned overlay_mtu(unsigned configured, unsigned underlay_mtu, bool tunnel_v6);
 
 // The nameservers of a resolv.conf text, without loopback ones (a
 // container cannot reach the host's 127.0.0.53).

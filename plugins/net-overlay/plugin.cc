@@ -1275,16 +1275,14 @@ flotilla_status init(const flotilla_host *host, void **out) {
     }
     self->endpoint = self->cfg.wg_endpoint;
     if (self->endpoint.empty()) {
-      for (const auto &a : self->host_sock->addresses(self->underlay.interface)) {
-        const std::string ip = a.substr(0, a.find('/'));
-        if (ip.find(':') == std::string::npos) {
-          self->endpoint = ip + ":" + std::to_string(self->cfg.wg_listen_port);
-          break;
-        }
-      }
-      if (self->endpoint.empty())
+      auto ep = ov::underlay_endpoint(self->host_sock->addresses(self->underlay.interface),
+                                      self->cfg.wg_listen_port);
+      if (ep)
+        self->endpoint = *ep;
+      else
         problems.push_back({"wg_endpoint", "the underlay " + self->underlay.interface +
-                                               " has no IPv4 address to publish; set wg_endpoint"});
+                                               " has no IPv4 or global IPv6 address to publish; "
+                                               "set wg_endpoint"});
     }
     if (!problems.empty()) {
       report();
@@ -1292,7 +1290,10 @@ flotilla_status init(const flotilla_host *host, void **out) {
     }
   }
   self->net.cfg = self->cfg;
-  self->net.mtu = ov::overlay_mtu(self->cfg.mtu, self->underlay.mtu, self->underlay.v6);
+  // WireGuard's overhead is the tunnel's: an IPv6 endpoint costs 80 bytes
+  // even on an underlay that also has IPv4.
+  self->net.mtu = ov::overlay_mtu(self->cfg.mtu, self->underlay.mtu,
+                                  ov::tunnel_is_v6(self->endpoint, self->underlay.v6));
   if (self->cfg.cluster_cidr_v6 && self->net.mtu < 1280) {
     host->config_error(host->host_ctx, "mtu",
                        ("the underlay " + self->underlay.interface + " (MTU " +

@@ -117,6 +117,39 @@ TEST(NetConfig, MtuAndResolvConf) {
   EXPECT_EQ(ns, (std::vector<std::string>{"10.0.0.2", "fd00::53"}));
 }
 
+// The endpoint a node publishes, and WireGuard's overhead with it: the
+// tunnel's family, not whether the underlay has IPv6.
+TEST(NetConfig, EndpointAndOverheadFollowTheTunnelsFamily) {
+  // Dual stack: IPv4 first, wherever it is in the list.
+  EXPECT_EQ(ov::underlay_endpoint({"2001:db8::5/64", "10.0.2.15/24", "fe80::5/64"}, 51820),
+            "10.0.2.15:51820");
+  // IPv6-only: the first global address, never the link-local one (nor
+  // loopback); a ULA is global in scope.
+  EXPECT_EQ(ov::underlay_endpoint({"fe80::5/64", "2001:db8::5/64", "2001:db8::6/64"}, 51820),
+            "[2001:db8::5]:51820");
+  EXPECT_EQ(ov::underlay_endpoint({"fe80::5/64", "fd42::5/64"}, 7), "[fd42::5]:7");
+  EXPECT_FALSE(ov::underlay_endpoint({"fe80::5/64", "::1/128"}, 51820));
+  EXPECT_FALSE(ov::underlay_endpoint({}, 51820));
+
+  // The overhead follows the endpoint: 80 bytes for an IPv6 one even on a
+  // dual-stack underlay (wg_endpoint set to it), 60 for an IPv4 one even
+  // on an IPv6-only underlay interface (a NAT's public IPv4 address).
+  EXPECT_TRUE(ov::tunnel_is_v6("[2001:db8::5]:51820", false));
+  EXPECT_FALSE(ov::tunnel_is_v6("192.0.2.7:51820", true));
+  // No mesh, no endpoint: the underlay's family.
+  EXPECT_TRUE(ov::tunnel_is_v6("", true));
+  EXPECT_FALSE(ov::tunnel_is_v6("", false));
+  auto mtu_for = [](const std::vector<std::string> &addrs, bool underlay_v6) {
+    auto ep = ov::underlay_endpoint(addrs, 51820);
+    return ov::overlay_mtu(0, 1500, ov::tunnel_is_v6(ep.value_or(""), underlay_v6));
+  };
+  EXPECT_EQ(mtu_for({"fe80::5/64", "2001:db8::5/64"}, true), 1420u);
+  EXPECT_EQ(mtu_for({"2001:db8::5/64", "10.0.2.15/24"}, false), 1440u);
+  EXPECT_EQ(
+      ov::overlay_mtu(0, 1500, ov::tunnel_is_v6(*ov::parse_endpoint("2001:db8::7", 51820), false)),
+      1420u);
+}
+
 // Operator's dns_servers > the node's discovery DNS (with its ndots:1
 // unless dns_options sets ndots) > the host's resolvers.
 TEST(NetConfig, ContainersResolveThroughDiscoveryWhenItAnnouncedItself) {
@@ -174,8 +207,7 @@ TEST(Attachment, PortsNamesAndRecords) {
 }
 
 TEST(Firewall, TableText) {
-  ov::FirewallSpec s{"flotilla", "flotilla0", *ov::Cidr::parse("10.42.0.0/16"), std::nullopt,
-                     true};
+  ov::FirewallSpec s{"flotilla", "flotilla0", *ov::Cidr::parse("10.42.0.0/16"), std::nullopt, true};
   ov::MappedAlloc m{"10.42.0.5", "", {{8080, 80, "tcp"}, {5353, 53, "udp"}}};
   const std::string t = ov::full_table(s, {m}).text();
   EXPECT_NE(t.find("add table inet flotilla\ndelete table inet flotilla\nadd table inet flotilla"),
@@ -201,7 +233,8 @@ TEST(Firewall, TableText) {
   EXPECT_NE(t6.find("add element inet flotilla ports6_tcp { 8080 : fd42::5 . 80 }"),
             std::string::npos);
   size_t masq = 0;
-  for (size_t at = t6.find("masquerade"); at != std::string::npos; at = t6.find("masquerade", at + 1))
+  for (size_t at = t6.find("masquerade"); at != std::string::npos;
+       at = t6.find("masquerade", at + 1))
     masq++;
   EXPECT_EQ(masq, 2u) << "only the localhost and hairpin masquerades without masquerade = true";
 
