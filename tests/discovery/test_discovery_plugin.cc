@@ -22,7 +22,6 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <vector>
@@ -30,6 +29,7 @@
 #include "config.h"
 #include "dns_test_support.h"
 #include "grpc_test_server.h"
+#include "loopback_port.h"
 #include "nft.h"
 #include "plugin_host.h"
 #include "store_client.h"
@@ -49,31 +49,13 @@ using Clock = std::chrono::steady_clock;
 // A loopback port free for both UDP and TCP right now. The plugin binds the
 // DNS port on both, so a port the kernel handed out for UDP alone could be a
 // live TCP connection's local port by the time the plugin binds it (CI runs
-// tests in parallel). Ports are drawn below the ephemeral range
-// (net.ipv4.ip_local_port_range, 32768-60999 by default), which connect()
-// never hands out, and each candidate is tried on both protocols.
-bool bindable(int type, uint16_t port) {
-  int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  bool ok = bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
-  close(fd);
-  return ok;
-}
-
+// tests in parallel); loopback_port.h draws it below the ephemeral range
+// and tries it on both protocols.
 uint16_t free_port() {
-  static std::mt19937 rng(static_cast<unsigned>(getpid()) ^
-                          static_cast<unsigned>(Clock::now().time_since_epoch().count()));
-  std::uniform_int_distribution<int> pick(20000, 32000);
-  for (int i = 0; i < 1000; ++i) {
-    auto port = static_cast<uint16_t>(pick(rng));
-    if (bindable(SOCK_DGRAM, port) && bindable(SOCK_STREAM, port)) return port;
-  }
-  ADD_FAILURE() << "no loopback port in 20000-32000 is free for UDP and TCP";
-  return 0;
+  uint16_t port =
+      flotilla::testing::free_port_below_ephemeral(flotilla::testing::PortUse::tcp_and_udp);
+  if (port == 0) ADD_FAILURE() << "no loopback port in 20000-32000 is free for UDP and TCP";
+  return port;
 }
 
 sockaddr_in loopback(uint16_t port) {
@@ -546,9 +528,9 @@ TEST_F(DiscoveryPlugin, BadRegistrationsAreRefusedWithTheField) {
       << PluginHost::last_error();
   // No runtime plugin is loaded here: an exec check is refused, saying so.
   json exec = {{"type", "exec"}, {"command", "true"}};
-  doc = {{"addresses", {"127.0.0.1"}},
-         {"services",
-          {{{"name", "web"}, {"port", 80}, {"container", "a1.web"}, {"checks", {exec}}}}}};
+  doc = {
+      {"addresses", {"127.0.0.1"}},
+      {"services", {{{"name", "web"}, {"port", 80}, {"container", "a1.web"}, {"checks", {exec}}}}}};
   EXPECT_EQ(disc_->register_alloc(disc_self_, "a1", doc.dump().c_str(), cb, nullptr),
             FLOTILLA_E_UNSUPPORTED);
   EXPECT_NE(PluginHost::last_error().find("checks[0]: exec checks need a runtime plugin"),

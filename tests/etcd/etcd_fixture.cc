@@ -1,11 +1,8 @@
 #include "etcd_fixture.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,6 +15,8 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+
+#include "loopback_port.h"
 
 namespace flotilla::test {
 namespace {
@@ -38,20 +37,10 @@ void run(const std::string &cmd) {
 }  // namespace
 
 int free_port(const std::string &host) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error("socket failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = 0;
-  ::inet_pton(AF_INET, host.c_str(), &a.sin_addr);
-  if (::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) != 0) {
-    ::close(fd);
-    throw std::runtime_error("bind to " + host + ":0 failed");
-  }
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  uint16_t port =
+      flotilla::testing::free_port_below_ephemeral(flotilla::testing::PortUse::tcp, host);
+  if (port == 0) throw std::runtime_error("no port in 20000-32000 is free on " + host);
+  return port;
 }
 
 std::string EtcdCluster::skip_reason(const std::string &etcd) {

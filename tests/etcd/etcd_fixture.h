@@ -84,7 +84,8 @@ class EtcdCluster {
   std::vector<Member> members_;
 };
 
-// A TCP port on host that nobody listened on a moment ago.
+// A TCP port on host below the ephemeral range that nobody listened on a
+// moment ago (tests/support/loopback_port.h).
 int free_port(const std::string &host = "127.0.0.1");
 
 }  // namespace flotilla::test

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -24,32 +25,70 @@ bool is_host_port(const std::string &s) {
   return std::regex_match(s, re);
 }
 
-std::vector<std::string> host_list(const json &t, const std::string &key) {
+using Problems = std::vector<RegistryConfigProblem>;
+
+// A table key as the host's config layer spells it in key paths (and so
+// finds its line): bare when it is letters, digits, '_' and '-', else
+// quoted ("hosts.\"registry.example:5000\"").
+std::string key_part(const std::string &k) {
+  bool bare = !k.empty() && std::all_of(k.begin(), k.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+  if (bare) return k;
+  std::string out = "\"";
+  for (char c : k) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+// Each reader records a problem for a bad value and leaves it out (or
+// returns the fallback), so that every bad key is reported in one go.
+std::vector<std::string> host_list(const json &t, const std::string &key, const std::string &path,
+                                   Problems &problems) {
   std::vector<std::string> out;
   auto it = t.find(key);
   if (it == t.end()) return out;
-  if (!it->is_array())
-    throw RegistryConfigProblem(key,
-                                "must be an array of \"host[:port]\" strings, got " + it->dump());
+  if (!it->is_array()) {
+    problems.emplace_back(path, "must be an array of \"host[:port]\" strings, got " + it->dump());
+    return out;
+  }
   for (size_t i = 0; i < it->size(); ++i) {
     const json &v = (*it)[i];
-    if (!v.is_string() || !is_host_port(v.get<std::string>()))
-      throw RegistryConfigProblem(
-          key + "[" + std::to_string(i) + "]",
-          "must be a \"host[:port]\" without a scheme or path, got " + v.dump());
+    if (!v.is_string() || !is_host_port(v.get<std::string>())) {
+      problems.emplace_back(path + "[" + std::to_string(i) + "]",
+                            "must be a \"host[:port]\" without a scheme or path, got " + v.dump());
+      continue;
+    }
     out.push_back(v.get<std::string>());
   }
   return out;
 }
 
-uint64_t integer(const json &t, const char *key, uint64_t fallback, uint64_t lo, uint64_t hi) {
+uint64_t integer(const json &t, const char *key, uint64_t fallback, uint64_t lo, uint64_t hi,
+                 Problems &problems) {
   auto it = t.find(key);
   if (it == t.end()) return fallback;
   if (!it->is_number_integer() || it->get<int64_t>() < int64_t(lo) ||
-      it->get<int64_t>() > int64_t(hi))
-    throw RegistryConfigProblem(key, "must be an integer from " + std::to_string(lo) + " to " +
-                                         std::to_string(hi) + ", got " + it->dump());
+      it->get<int64_t>() > int64_t(hi)) {
+    problems.emplace_back(key, "must be an integer from " + std::to_string(lo) + " to " +
+                                   std::to_string(hi) + ", got " + it->dump());
+    return fallback;
+  }
   return it->get<uint64_t>();
+}
+
+// An absolute path, or the fallback and a problem.
+std::string abs_path(const json &t, const char *key, const std::string &path,
+                     const std::string &what, Problems &problems) {
+  auto it = t.find(key);
+  if (it == t.end()) return {};
+  if (!it->is_string() || it->get<std::string>().empty() || it->get<std::string>()[0] != '/') {
+    problems.emplace_back(path, "must be " + what + ", got " + it->dump());
+    return {};
+  }
+  return it->get<std::string>();
 }
 
 std::string base64_decode(const std::string &in) {
@@ -84,59 +123,66 @@ const RegistryHostConfig *RegistryConfig::host(const std::string &name) const {
   return it == hosts.end() ? nullptr : &it->second;
 }
 
-RegistryConfig parse_registry_config(const json &table) {
+RegistryConfig parse_registry_config(const json &table,
+                                     std::vector<RegistryConfigProblem> &problems) {
   RegistryConfig c;
   if (table.is_null()) return c;
-  if (!table.is_object()) throw RegistryConfigProblem("", "must be a table");
+  if (!table.is_object()) {
+    problems.emplace_back("", "must be a table");
+    return c;
+  }
   for (auto it = table.begin(); it != table.end(); ++it) {
     if (std::find_if(std::begin(kKeys), std::end(kKeys),
                      [&](const char *k) { return it.key() == k; }) == std::end(kKeys)) {
       std::string known;
       for (const char *k : kKeys) known += (known.empty() ? "" : ", ") + std::string(k);
-      throw RegistryConfigProblem(it.key(), "is not a registry key; known keys: " + known);
+      problems.emplace_back(key_part(it.key()), "is not a registry key; known keys: " + known);
     }
   }
-  if (auto it = table.find("auth_file"); it != table.end()) {
-    if (!it->is_string() || it->get<std::string>().empty() || it->get<std::string>()[0] != '/')
-      throw RegistryConfigProblem("auth_file", "must be an absolute path, got " + it->dump());
-    c.auth_file = it->get<std::string>();
-  }
-  c.insecure = host_list(table, "insecure");
-  c.concurrency = integer(table, "concurrency", c.concurrency, 1, 32);
+  c.auth_file = abs_path(table, "auth_file", "auth_file", "an absolute path", problems);
+  c.insecure = host_list(table, "insecure", "insecure", problems);
+  c.concurrency = integer(table, "concurrency", c.concurrency, 1, 32, problems);
   c.progress_interval_ms =
-      integer(table, "progress_interval_ms", c.progress_interval_ms, 10, 60000);
-  c.retries = integer(table, "retries", c.retries, 0, 100);
-  c.low_speed_timeout_s = integer(table, "low_speed_timeout_s", c.low_speed_timeout_s, 1, 3600);
+      integer(table, "progress_interval_ms", c.progress_interval_ms, 10, 60000, problems);
+  c.retries = integer(table, "retries", c.retries, 0, 100, problems);
+  c.low_speed_timeout_s =
+      integer(table, "low_speed_timeout_s", c.low_speed_timeout_s, 1, 3600, problems);
   if (auto it = table.find("hosts"); it != table.end()) {
-    if (!it->is_object())
-      throw RegistryConfigProblem("hosts", "must be a table of [hosts.\"host:port\"] tables");
+    if (!it->is_object()) {
+      problems.emplace_back("hosts", "must be a table of [hosts.\"host:port\"] tables");
+      return c;
+    }
     for (auto h = it->begin(); h != it->end(); ++h) {
-      std::string key = "hosts.\"" + h.key() + "\"";
-      if (!is_host_port(h.key()))
-        throw RegistryConfigProblem(key,
-                                    "must be named \"host[:port]\" (\"docker.io\", "
-                                    "\"registry.example:5000\")");
-      if (!h->is_object()) throw RegistryConfigProblem(key, "must be a table");
-      RegistryHostConfig hc;
+      std::string key = "hosts." + key_part(h.key());
+      if (!is_host_port(h.key())) {
+        problems.emplace_back(key,
+                              "must be named \"host[:port]\" (\"docker.io\", "
+                              "\"registry.example:5000\")");
+        continue;
+      }
+      if (!h->is_object()) {
+        problems.emplace_back(key, "must be a table");
+        continue;
+      }
       for (auto k = h->begin(); k != h->end(); ++k) {
         if (k.key() != "mirrors" && k.key() != "ca_file")
-          throw RegistryConfigProblem(key + "." + k.key(),
-                                      "is not a registry host key; known keys: mirrors, ca_file");
+          problems.emplace_back(key + "." + key_part(k.key()),
+                                "is not a registry host key; known keys: mirrors, ca_file");
       }
-      try {
-        hc.mirrors = host_list(*h, "mirrors");
-      } catch (const RegistryConfigProblem &p) {
-        throw RegistryConfigProblem(key + "." + p.key, p.what());
-      }
-      if (auto ca = h->find("ca_file"); ca != h->end()) {
-        if (!ca->is_string() || ca->get<std::string>().empty() || ca->get<std::string>()[0] != '/')
-          throw RegistryConfigProblem(key + ".ca_file",
-                                      "must be an absolute path to a PEM file, got " + ca->dump());
-        hc.ca_file = ca->get<std::string>();
-      }
+      RegistryHostConfig hc;
+      hc.mirrors = host_list(*h, "mirrors", key + ".mirrors", problems);
+      hc.ca_file =
+          abs_path(*h, "ca_file", key + ".ca_file", "an absolute path to a PEM file", problems);
       c.hosts[h.key()] = std::move(hc);
     }
   }
+  return c;
+}
+
+RegistryConfig parse_registry_config(const json &table) {
+  std::vector<RegistryConfigProblem> problems;
+  RegistryConfig c = parse_registry_config(table, problems);
+  if (!problems.empty()) throw problems.front();
   return c;
 }
 

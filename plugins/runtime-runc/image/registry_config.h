@@ -38,8 +38,12 @@ struct RegistryConfigProblem : std::runtime_error {
   std::string key;  // dotted, inside the registry table ("hosts.\"a:5000\".mirrors")
 };
 
-// Reads the registry table on top of the defaults. Throws
-// RegistryConfigProblem for the first bad key.
+// Reads the registry table on top of the defaults, adding every bad key to
+// problems (a bad value leaves the default, a bad list entry or host table
+// is left out), so that all of them are reported at once.
+RegistryConfig parse_registry_config(const nlohmann::json &table,
+                                     std::vector<RegistryConfigProblem> &problems);
+// The same; throws the first problem.
 RegistryConfig parse_registry_config(const nlohmann::json &table);
 
 struct RegistryCredentials {

@@ -38,7 +38,9 @@ std::string text(const json &t, const char *key, std::string fallback, const cha
 }
 
 std::string abs_path(const json &t, const char *key, std::string fallback, Problems &problems) {
+  size_t before = problems.size();
   std::string p = text(t, key, fallback, "an absolute path", problems);
+  if (problems.size() != before) return fallback;  // text() said why
   if (p.empty() || p.front() != '/') {
     problems.emplace_back(key, "must be an absolute path, got \"" + p + "\"");
     return fallback;
@@ -170,11 +172,10 @@ RuntimeConfig parse_runtime_config(const json &table, const std::string &data_di
   c.image_max_size_mb =
       integer(table, "image_max_size_mb", c.image_max_size_mb, 0, 1ull << 30, problems);
   if (auto r = table.find("registry"); r != table.end()) {
-    try {
-      c.registry = parse_registry_config(*r);
-    } catch (const RegistryConfigProblem &p) {
+    std::vector<RegistryConfigProblem> registry_problems;
+    c.registry = parse_registry_config(*r, registry_problems);
+    for (const RegistryConfigProblem &p : registry_problems)
       problems.emplace_back(p.key.empty() ? "registry" : "registry." + p.key, p.what());
-    }
   }
   return c;
 }

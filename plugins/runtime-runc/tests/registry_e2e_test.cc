@@ -10,17 +10,21 @@
 //
 // Images are OCI layouts made in the test (image_test_support.h): a
 // two-layer image whose second layer whites out a file of the first, a
-// second version of it, a multi-platform index, and a 3 MiB layer to cut.
+// second version of it, a multi-platform index, and a 3 MiB layer to cut
+// (and to stall while a child process pulls it, then kill -9 that process).
 //
 // Pulls only: no container runs here, so the OCI runtime is /bin/true.
 // Without docker-registry or openssl the tests report SKIPPED.
 #include <flotilla/flotilla.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <uv.h>
 
 #include <random>
 
+#include "image_store.h"
 #include "image_test_support.h"
 #include "plugin_host.h"
 #include "registry_test_support.h"
@@ -525,6 +529,180 @@ TEST_F(RegistryPull, MirrorFirstThenTheRegistryWhenTheMirrorIsDown) {
   ASSERT_TRUE(mirror_->restart());
   ASSERT_EQ(down.status, FLOTILLA_OK) << down.error;
   EXPECT_EQ(json::parse(down.text)["origin"]["endpoint"], secure_->host());
+}
+
+// Issue 13: a pull killed with kill -9 part way through a blob leaves no
+// half image, and the next start pulls it whole. The child process
+// (RegistryChild.PullStandIn) is "the daemon": it pulls team/big:1 through
+// the proxy, which stalls the 3 MiB layer after 2 MiB. Once at least 1 MiB
+// of it is on disk the child gets SIGKILL; then a daemon on the same data
+// directory must find no image, no blob that is not whole and verified, and
+// no pull or import leftovers (the contract: the plugin removes
+// <image_dir>/pulls at start-up, the store empties tmp/), and pull the
+// image whole.
+TEST_F(RegistryPull, KilledMidPullLeavesNoHalfImageAndTheNextPullCompletes) {
+  constexpr size_t kStallAfter = size_t{2} << 20;
+  constexpr uint64_t kOnDisk = uint64_t{1} << 20;
+  const std::string ref = proxy_->host() + "/team/big:1";
+  const std::string hex = big_layer_digest_.substr(7);
+  const fs::path images = node_ / "images";
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->stall_digest = big_layer_digest_;
+    proxy_->stall_after = kStallAfter;
+    proxy_->stalls = 0;
+  }
+  struct Unstall {  // whatever happens, no proxy thread stays stalled
+    regtest::FaultProxy &p;
+    ~Unstall() {
+      std::lock_guard<std::mutex> g(p.mu);
+      p.stall_digest.clear();
+    }
+  } unstall{*proxy_};
+
+  // The child: a fresh test process (exec of ourselves), all it needs in
+  // its environment. A long low-speed timeout: the stall must not make it
+  // give up before it is killed.
+  json config = {{"binary", "/bin/true"},
+                 {"shim", RUNTIME_SHIM_PATH},
+                 {"image_dir", images.string()},
+                 {"registry", registry_config({{"low_speed_timeout_s", 600}})}};
+  const fs::path report = node_ / "child-report";
+  std::vector<std::string> env_strings = {
+      "REGISTRY_E2E_CHILD_DIR=" + (node_ / "data").string(),
+      "REGISTRY_E2E_CHILD_CONFIG=" + config.dump(), "REGISTRY_E2E_CHILD_REF=" + ref,
+      "REGISTRY_E2E_CHILD_REPORT=" + report.string(),
+      std::string("PATH=") + (getenv("PATH") ? getenv("PATH") : "/usr/sbin:/usr/bin:/sbin:/bin")};
+  std::vector<char *> envp;
+  for (auto &e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::string exe = fs::read_symlink("/proc/self/exe").string();
+  std::string filter = "--gtest_filter=RegistryChild.PullStandIn";
+  char *argv[] = {exe.data(), filter.data(), nullptr};
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    execve(exe.c_str(), argv, envp.data());
+    _exit(127);
+  }
+
+  // Wait until the layer is half written in the child's pull directory
+  // and the proxy stalls the rest.
+  fs::path partial;
+  uint64_t partial_size = 0;
+  int status = 0;
+  bool exited = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kGuardMs);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (waitpid(child, &status, WNOHANG) == child) {
+      exited = true;
+      break;
+    }
+    std::error_code ec;
+    for (const auto &pull : fs::directory_iterator(images / "pulls", ec)) {
+      fs::path blob = pull.path() / "blobs" / "sha256" / hex;
+      uint64_t size = fs::file_size(blob, ec);
+      if (!ec && size >= kOnDisk) {
+        partial = blob;
+        partial_size = size;
+      }
+    }
+    bool stalled;
+    {
+      std::lock_guard<std::mutex> g(proxy_->mu);
+      stalled = proxy_->stalls > 0;
+    }
+    // Killed only once the proxy holds the rest back, so the layer on disk
+    // is a part of it for sure.
+    if (!partial.empty() && stalled) break;
+    partial.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!exited) {
+    ASSERT_EQ(::kill(child, SIGKILL), 0);
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+  }
+  ASSERT_FALSE(exited) << "the child ended before it was killed: " << regtest::slurp(report);
+  ASSERT_FALSE(partial.empty()) << "no 1 MiB of the layer arrived on disk; child: "
+                                << regtest::slurp(report);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  EXPECT_EQ(regtest::slurp(report), "pulling") << "the pull ended before the kill";
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    EXPECT_GE(proxy_->stalls, 1);
+  }
+  // What the kill left: a half layer, the blob's final name in the pull
+  // directory, and no image.
+  ASSERT_TRUE(fs::exists(partial));
+  EXPECT_LT(partial_size, uint64_t{3} << 20) << "the layer was whole before the kill";
+  EXPECT_EQ(regtest::slurp(images / "images.json").find(ref), std::string::npos)
+      << "the killed pull recorded an image";
+
+  // The next start: leftovers gone, nothing half published.
+  Daemon &d = daemon();
+  EXPECT_EQ(d.images().size(), 0u) << d.images().dump();  // waits for the start-up
+  std::error_code ec;
+  EXPECT_FALSE(fs::exists(partial)) << "the half layer is still there";
+  for (const char *sub : {"pulls", "tmp"})
+    for (const auto &e : fs::directory_iterator(images / sub, ec))
+      ADD_FAILURE() << "left behind in " << sub << ": " << e.path();
+  for (const auto &e : fs::directory_iterator(images / "blobs" / "sha256", ec)) {
+    std::string bytes = regtest::slurp(e.path());
+    EXPECT_EQ(flotilla::runc::sha256_of(bytes), "sha256:" + e.path().filename().string())
+        << "a blob in the store is not whole: " << e.path() << " (" << bytes.size() << " bytes)";
+  }
+  EXPECT_FALSE(fs::exists(images / "blobs" / "sha256" / hex)) << "the layer was published";
+
+  // The pull again, nothing stalled: it completes, the layer verified.
+  {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->stall_digest.clear();
+    proxy_->blob_gets.clear();
+  }
+  Result r = d.pull(ref);
+  ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+  json rec = json::parse(r.text);
+  EXPECT_EQ(rec["pull"]["blobs_downloaded"], 2) << rec.dump();  // config + layer
+  ASSERT_EQ(rec["layers"].size(), 1u);
+  EXPECT_EQ(rec["layers"][0]["digest"], big_layer_digest_);
+  std::string layer = regtest::slurp(images / "blobs" / "sha256" / hex);
+  EXPECT_GT(layer.size(), partial_size);
+  EXPECT_EQ(flotilla::runc::sha256_of(layer), big_layer_digest_);
+  for (const auto &e : fs::directory_iterator(images / "pulls", ec))
+    ADD_FAILURE() << "left behind in pulls: " << e.path();
+  ASSERT_EQ(d.images().size(), 1u);
+  daemon_.reset();
+
+  // Usable: the store resolves it to a snapshot holding the layer's file.
+  flotilla::runc::ImageStore store(images);
+  flotilla::runc::ResolvedImage img = store.resolve(ref);
+  ASSERT_EQ(img.lower_dirs.size(), 1u);
+  EXPECT_EQ(regtest::slurp(img.lower_dirs[0] / "blob"), random_bytes(3 << 20, 7))
+      << "the snapshot does not hold the layer's file";
+}
+
+// Not a test of its own: the daemon of
+// KilledMidPullLeavesNoHalfImageAndTheNextPullCompletes, run in a child
+// process that pulls until the parent kills it with SIGKILL. It reports
+// "pulling" once the pull started, and how it ended if it ever does.
+TEST(RegistryChild, PullStandIn) {
+  const char *dir = getenv("REGISTRY_E2E_CHILD_DIR");
+  if (!dir) GTEST_SKIP() << "SKIPPED: only runs as the child of the kill -9 test";
+  const std::string report = getenv("REGISTRY_E2E_CHILD_REPORT");
+  auto say = [&](const std::string &what) {
+    regtest::spit(report + ".tmp", what);
+    fs::rename(report + ".tmp", report);
+  };
+  auto d = std::make_unique<Daemon>(dir, json::parse(getenv("REGISTRY_E2E_CHILD_CONFIG")));
+  Result r;
+  if (d->start_pull(getenv("REGISTRY_E2E_CHILD_REF"), "always", &r) != FLOTILLA_OK) {
+    say("refused: " + r.error);
+  } else {
+    say("pulling");
+    d->run_until([&] { return r.done; }, 10 * 60 * 1000);
+    say(r.done ? "ended: " + std::to_string(r.status) + " " + r.error : "still pulling");
+  }
+  for (;;) pause();  // until the parent's SIGKILL
 }
 
 }  // namespace

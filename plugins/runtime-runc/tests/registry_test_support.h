@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -39,6 +40,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "loopback_port.h"
 
 namespace regtest {
 
@@ -54,16 +57,10 @@ inline void spit(const fs::path &p, const std::string &s) {
   out << s;
 }
 
+// A port for a registry the test starts: below the ephemeral range, so no
+// connect() of a parallel test can hold it (loopback_port.h).
 inline int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
+  return flotilla::testing::free_port_below_ephemeral();
 }
 
 inline int run(const std::string &cmd) {
@@ -394,7 +391,10 @@ class TinyServer {
 
 // An HTTP proxy in front of a plain-HTTP registry, one request per
 // connection. It counts blob requests and, when armed, flips one byte of a
-// chosen blob's body or cuts the connection after half of it (once).
+// chosen blob's body, cuts the connection after half of it (once), or
+// stalls it: sends the first stall_after bytes of the body, then nothing
+// more, holding the connection open until the client goes (a killed
+// puller) or stall_digest is cleared.
 class FaultProxy {
  public:
   explicit FaultProxy(int upstream_port)
@@ -406,6 +406,9 @@ class FaultProxy {
   std::mutex mu;
   std::string flip_digest;               // flip byte 100 of this blob's body, every time
   std::string cut_digest;                // cut this blob's body in half, once
+  std::string stall_digest;              // stall this blob's body, every time
+  size_t stall_after = 0;                // ... after this many bytes of it
+  int stalls = 0;                        // connections held stalled so far
   std::map<std::string, int> blob_gets;  // digest -> GET count
   std::vector<std::string> ranges;       // Range headers seen
 
@@ -414,7 +417,8 @@ class FaultProxy {
     std::string digest;
     if (auto p = r.target.find("/blobs/sha256:"); p != std::string::npos)
       digest = r.target.substr(p + 7);
-    bool flip = false, cut = false;
+    bool flip = false, cut = false, stall = false;
+    size_t stall_after = 0;
     {
       std::lock_guard<std::mutex> g(mu);
       if (!digest.empty() && r.method == "GET") ++blob_gets[digest];
@@ -423,6 +427,10 @@ class FaultProxy {
       if (!digest.empty() && digest == cut_digest) {
         cut = true;
         cut_digest.clear();
+      }
+      if (!digest.empty() && digest == stall_digest && r.method == "GET") {
+        stall = true;
+        stall_after = this->stall_after;
       }
     }
     int up = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -475,6 +483,17 @@ class FaultProxy {
         ::close(up);
         return;
       }
+      if (stall && ok_status) {
+        size_t limit = std::min(resp.size(), body_at + stall_after);
+        if (limit > sent) TinyServer::send_all(client, resp.substr(sent, limit - sent));
+        sent = limit;
+        if (resp.size() >= body_at + stall_after) {
+          ::close(up);
+          hold(client, digest);
+          return;
+        }
+        continue;
+      }
       if (!flip && !cut) {
         TinyServer::send_all(client, resp.substr(sent));
         sent = resp.size();
@@ -482,6 +501,26 @@ class FaultProxy {
     }
     TinyServer::send_all(client, resp.substr(sent));
     ::close(up);
+  }
+
+  // A stalled transfer: nothing more is sent until the client closes its
+  // end or the stall is lifted; then the connection is cut.
+  void hold(int client, const std::string &digest) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      ++stalls;
+    }
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> g(mu);
+        if (stall_digest != digest) return;
+      }
+      pollfd p{client, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        char c[4096];
+        if (::recv(client, c, sizeof c, MSG_DONTWAIT) <= 0) return;
+      }
+    }
   }
 
   int upstream_;

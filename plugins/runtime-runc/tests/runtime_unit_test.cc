@@ -383,6 +383,25 @@ TEST(RuntimeConfig, EveryProblemAtOnce) {
                                             "device_nodes"}));
 }
 
+// The registry table's problems come with the rest, all of them, under
+// "registry."; a key of the wrong type is reported once.
+TEST(RuntimeConfig, EveryRegistryProblemAtOnceWithTheOthers) {
+  std::vector<ConfigProblem> problems;
+  parse_runtime_config({{"log_max_files", 0},
+                        {"shim", 5},
+                        {"registry",
+                         {{"bogus", 1},
+                          {"insecure", {"http://x"}},
+                          {"concurrency", 0},
+                          {"hosts", {{"h:1", {{"ca_file", "ca.pem"}}}}}}}},
+                       "/d", problems);
+  std::vector<std::string> keys;
+  for (const auto &p : problems) keys.push_back(p.key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"shim", "log_max_files", "registry.bogus",
+                                            "registry.insecure[0]", "registry.concurrency",
+                                            "registry.hosts.\"h:1\".ca_file"}));
+}
+
 class RotatingLogTest : public ::testing::Test {
  protected:
   void SetUp() override {

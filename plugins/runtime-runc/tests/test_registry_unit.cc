@@ -3,6 +3,7 @@
 // without a network. The pulls themselves: registry_e2e_test.cc.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -116,6 +117,65 @@ TEST(RegistryConfigTable, BadValuesNameTheKey) {
                 .rfind("hosts.\"h:1\".mirrors[0]: ", 0),
             0u);
   EXPECT_EQ(problem({{"mirrors", {"m"}}}).rfind("mirrors: is not a registry key", 0), 0u);
+}
+
+// Issue 14: every problem of the table at once, each with its key path
+// (the host's config layer adds the file and line), not just the first.
+TEST(RegistryConfigTable, EveryProblemIsReportedAtOnce) {
+  std::vector<RegistryConfigProblem> problems;
+  RegistryConfig c = parse_registry_config(
+      json{{"auth_file", "auth.json"},
+           {"insecure", {"good:5000", "http://x:5000", 7}},
+           {"concurrency", 0},
+           {"retries", 101},
+           {"low_speed_timeout_s", "30"},
+           {"mirrors", {"m"}},
+           {"hosts",
+            {{"h:1", {{"mirror", {"m"}}, {"mirrors", {"m/x", "ok:1"}}, {"ca_file", "ca.pem"}}},
+             {"bad host", {{"mirrors", {"m"}}}},
+             {"h:2", "not a table"},
+             {"h:3", {{"ca_file", "/etc/ca.pem"}}}}}},
+      problems);
+  std::vector<std::string> got;
+  for (const auto &p : problems) got.push_back(p.key + ": " + p.what());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::string>{
+                     "auth_file: must be an absolute path, got \"auth.json\"",
+                     "concurrency: must be an integer from 1 to 32, got 0",
+                     "hosts.\"bad host\": must be named \"host[:port]\" (\"docker.io\", "
+                     "\"registry.example:5000\")",
+                     "hosts.\"h:1\".ca_file: must be an absolute path to a PEM file, got "
+                     "\"ca.pem\"",
+                     "hosts.\"h:1\".mirror: is not a registry host key; known keys: mirrors, "
+                     "ca_file",
+                     "hosts.\"h:1\".mirrors[0]: must be a \"host[:port]\" without a scheme or "
+                     "path, got \"m/x\"",
+                     "hosts.\"h:2\": must be a table",
+                     "insecure[1]: must be a \"host[:port]\" without a scheme or path, got "
+                     "\"http://x:5000\"",
+                     "insecure[2]: must be a \"host[:port]\" without a scheme or path, got 7",
+                     "low_speed_timeout_s: must be an integer from 1 to 3600, got \"30\"",
+                     "mirrors: is not a registry key; known keys: auth_file, insecure, hosts, "
+                     "concurrency, progress_interval_ms, retries, low_speed_timeout_s",
+                     "retries: must be an integer from 0 to 100, got 101",
+                 }));
+  // What was good is kept, what was bad left the default.
+  EXPECT_EQ(c.insecure, (std::vector<std::string>{"good:5000"}));
+  EXPECT_EQ(c.concurrency, 3u);
+  EXPECT_TRUE(c.auth_file.empty());
+  ASSERT_NE(c.host("h:1"), nullptr);
+  EXPECT_EQ(c.host("h:1")->mirrors, (std::vector<std::string>{"ok:1"}));
+  ASSERT_NE(c.host("h:3"), nullptr);
+  EXPECT_EQ(c.host("h:3")->ca_file, "/etc/ca.pem");
+  EXPECT_EQ(c.host("bad host"), nullptr);
+  EXPECT_EQ(c.host("h:2"), nullptr);
+
+  // A bare host name is spelt as the config layer spells it, unquoted, so
+  // that the host finds the problem's line.
+  problems.clear();
+  parse_registry_config(json{{"hosts", {{"localhost", {{"ca_file", "x"}}}}}}, problems);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].key, "hosts.localhost.ca_file");
 }
 
 TEST(RegistryAuthsFile, DockerConfigJsonForms) {
