@@ -370,6 +370,16 @@ bool have_pidfd() {
   return ok;
 }
 
+// A detached child that asked (ABI 1.4) to stay in the daemon's session:
+// no setsid at spawn, it calls setsid() itself later. It also stays in the
+// daemon's process group, since a process group leader cannot call setsid().
+// A caller built for 1.3 never wrote the field, so it is read only when the
+// spec's struct_size covers it.
+bool keeps_session(const flotilla_process_spec *spec) {
+  return spec->detached && FLOTILLA_HAS_FIELD(spec, flotilla_process_spec, keep_session) &&
+         spec->keep_session;
+}
+
 flotilla_status spawn_failed(const char *file, int err) {
   t_last_error = std::string("cannot start ") + file + ": " + std::strerror(err);
   return err == ENOENT ? FLOTILLA_E_NOT_FOUND
@@ -380,7 +390,7 @@ flotilla_status spawn_failed(const char *file, int err) {
 // fork: the daemon's page tables are not copied, which took about a
 // millisecond of every container start. Same contract as the libuv path:
 // signals at their defaults and unblocked, stdio as given or /dev/null,
-// a session of its own when detached.
+// a session of its own when detached (unless it keeps the daemon's).
 flotilla_status spawn_with_pidfd(Loaded *p, const flotilla_process_spec *spec, flotilla_exit_cb cb,
                                  void *user, int64_t *pid_out) {
   posix_spawn_file_actions_t fa;
@@ -405,7 +415,7 @@ flotilla_status spawn_with_pidfd(Loaded *p, const flotilla_process_spec *spec, f
   sigfillset(&all);
   sigemptyset(&none);
   short flags = POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK;
-  if (spec->detached) flags |= POSIX_SPAWN_SETSID;
+  if (spec->detached && !keeps_session(spec)) flags |= POSIX_SPAWN_SETSID;
   if (!err) err = posix_spawnattr_setsigdefault(&attr, &all);
   if (!err) err = posix_spawnattr_setsigmask(&attr, &none);
   if (!err) err = posix_spawnattr_setflags(&attr, flags);
@@ -484,7 +494,7 @@ flotilla_status host_process_spawn(void *ctx, const flotilla_process_spec *spec,
   opts.cwd = spec->cwd;
   opts.stdio_count = 3;
   opts.stdio = stdio;
-  opts.flags = spec->detached ? UV_PROCESS_DETACHED : 0;
+  opts.flags = spec->detached && !keeps_session(spec) ? UV_PROCESS_DETACHED : 0;
   opts.exit_cb = [](uv_process_t *proc, int64_t exit_status, int term_signal) {
     auto *r = static_cast<ProcRec *>(proc->data);
     if (r->cb && r->owner->alive)

@@ -25,6 +25,10 @@
  *        flotilla_exec_result, flotilla_runtime_exec_cb), for discovery's
  *        exec health checks. Check FLOTILLA_HAS_FIELD(rt,
  *        flotilla_runtime_v1, exec_cancel): a 1.2 runtime lacks both.
+ *   1.4  host: flotilla_process_spec.keep_session (a detached child stays
+ *        in the daemon's session and calls setsid() itself, so that what
+ *        it starts first shares the daemon's CPU autogroup). A 1.3 host
+ *        ignores it: the child then has its own session from the start.
  */
 #ifndef FLOTILLA_VERSION_H
 #define FLOTILLA_VERSION_H
@@ -32,7 +36,7 @@
 #include <stddef.h>
 
 #define FLOTILLA_ABI_VERSION_MAJOR 1
-#define FLOTILLA_ABI_VERSION_MINOR 3
+#define FLOTILLA_ABI_VERSION_MINOR 4
 
 /* True when a struct received across the ABI, whose size the sender wrote in
  * struct_size, is large enough to contain FIELD. Read a field appended in a

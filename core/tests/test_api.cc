@@ -564,7 +564,7 @@ TEST_P(ApiTest, VersionAndHealth) {
   HttpResponse r = call("GET", "/v1/version");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(*r.header("content-type"), "application/json");
-  EXPECT_EQ(body(r), json({{"version", FLOTILLA_VERSION}, {"abi", "1.3"}}));
+  EXPECT_EQ(body(r), json({{"version", FLOTILLA_VERSION}, {"abi", "1.4"}}));
   EXPECT_EQ(body(call("GET", "/v1/health")), json({{"status", "ok"}}));
 }
 
@@ -1455,7 +1455,7 @@ TEST_P(CliTest, VersionShowsClientAndServer) {
   CliRun r = flotilla({"version"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, std::string("Client  ") + FLOTILLA_VERSION)) << r.out;
-  EXPECT_TRUE(contains(r.out, std::string("Server  ") + FLOTILLA_VERSION + " (plugin ABI 1.3)"))
+  EXPECT_TRUE(contains(r.out, std::string("Server  ") + FLOTILLA_VERSION + " (plugin ABI 1.4)"))
       << r.out;
 }
 

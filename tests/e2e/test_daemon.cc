@@ -44,7 +44,7 @@ TEST(Daemon, ServesTheApiLoadsPluginsAndRegistersTheNode) {
 
   auto v = d.get("/v1/version");
   ASSERT_EQ(v.status, 200) << v.body;
-  EXPECT_EQ(parse(v.body)["abi"], "1.3");  // 1.3: runtime/1 exec
+  EXPECT_EQ(parse(v.body)["abi"], "1.4");  // 1.4: process_spec.keep_session
 
   auto p = d.get("/v1/plugins");
   ASSERT_EQ(p.status, 200) << p.body;

@@ -185,7 +185,7 @@ TEST_F(PluginHostTest, MissingEntrySymbol) {
 TEST_F(PluginHostTest, OtherAbiMajorIsRefusedWithBothVersions) {
   std::string err = start_error({fixture("future", "fixture-abi-2")});
   EXPECT_NE(err.find("(org.test.future 0.0.1) was built for plugin ABI 2.0 but this flotillad "
-                     "speaks ABI 1.3"),
+                     "speaks ABI 1.4"),
             std::string::npos)
       << err;
 }
@@ -346,7 +346,8 @@ class SpawnTest : public PluginHostTest {
   }
   // Runs `sh -c script`; stdout and stderr to files; returns the exit.
   Exit run(const flotilla_host *h, const std::string &script, bool detached = false,
-           const char *const *envp = nullptr, const char *cwd = nullptr) {
+           const char *const *envp = nullptr, const char *cwd = nullptr, bool keep_session = false,
+           uint32_t spec_size = sizeof(flotilla_process_spec)) {
     int out = ::open((dir_ + "/out").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int err = ::open((dir_ + "/err").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     const char *argv[] = {"sh", "-c", script.c_str(), nullptr};
@@ -360,6 +361,8 @@ class SpawnTest : public PluginHostTest {
     spec.stdout_fd = out;
     spec.stderr_fd = err;
     spec.detached = detached;
+    spec.keep_session = keep_session;
+    spec.struct_size = spec_size;
     Exit e;
     int64_t pid = 0;
     EXPECT_EQ(h->process_spawn(h->host_ctx, &spec, &SpawnTest::on_exit, &e, &pid), FLOTILLA_OK)
@@ -435,6 +438,44 @@ TEST_F(SpawnTest, SignalsAreAtTheirDefaultsAndDetachedChildrenHaveTheirOwnSessio
     EXPECT_EQ(mask(out, "SigBlk"), 0u) << out;
     EXPECT_EQ(mask(out, "SigIgn") & (1ull << (SIGUSR2 - 1)), 0u) << out;
   }
+}
+
+// pid (comm) state ppid pgrp session ... -> {pgrp, session}
+static std::pair<std::string, std::string> group_and_session(const std::string &stat) {
+  std::istringstream in(stat.substr(stat.find(')') + 2));
+  std::string state, ppid, pgrp, sid;
+  in >> state >> ppid >> pgrp >> sid;
+  return {pgrp, sid};
+}
+
+// ABI 1.4: detached + keep_session stays in the daemon's session and
+// process group, so the child can call setsid() itself later (a process
+// group leader could not). A caller built for 1.3, whose struct_size ends
+// before the field, gets its own session whatever the memory after it says.
+TEST_F(SpawnTest, DetachedWithKeepSessionStaysInTheDaemonsSessionUntilItLeaves) {
+  const flotilla_host *h = table();
+  ASSERT_NE(h, nullptr);
+  const std::string self = std::to_string(getsid(0)), group = std::to_string(getpgrp());
+  Exit kept = run(h, "exec cat /proc/self/stat", true, nullptr, nullptr, true);
+  EXPECT_EQ(kept.status, 0);
+  EXPECT_EQ(group_and_session(file("out")), std::make_pair(group, self)) << file("out");
+
+  // It can leave: setsid(1) forks only for a process group leader, so the
+  // session it makes is the spawned process's own.
+  Exit left = run(h, "exec setsid cat /proc/self/stat", true, nullptr, nullptr, true);
+  EXPECT_EQ(left.status, 0);
+  const std::string own = std::to_string(left.pid);
+  EXPECT_EQ(group_and_session(file("out")), std::make_pair(own, own)) << file("out");
+
+  Exit old = run(h, "exec cat /proc/self/stat", true, nullptr, nullptr, true,
+                 offsetof(flotilla_process_spec, keep_session));
+  EXPECT_EQ(old.status, 0);
+  EXPECT_EQ(group_and_session(file("out")).second, std::to_string(old.pid)) << file("out");
+
+  // Without detached the field means nothing: the daemon's session, as ever.
+  Exit attached = run(h, "exec cat /proc/self/stat", false, nullptr, nullptr, true);
+  EXPECT_EQ(attached.status, 0);
+  EXPECT_EQ(group_and_session(file("out")).second, self);
 }
 
 TEST_F(SpawnTest, AMissingProgramIsNotFound) {

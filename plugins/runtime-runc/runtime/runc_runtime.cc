@@ -722,6 +722,9 @@ std::string RuncRuntime::start_shim(const std::string &id) {
   spec.stdout_fd = notify_wr.get();
   spec.stderr_fd = -1;
   spec.detached = 1;
+  // ABI 1.4: the shim forks the OCI runtime in the daemon's session (its
+  // CPU autogroup) and only then takes a session of its own.
+  spec.keep_session = 1;
   int64_t pid = 0;
   if (host_->process_spawn(host_->host_ctx, &spec, nullptr, nullptr, &pid) != FLOTILLA_OK)
     return "cannot start the monitor " + config_.shim + " (plugin.runtime-runc.shim)";

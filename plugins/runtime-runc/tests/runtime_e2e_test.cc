@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -747,6 +748,88 @@ TEST_P(RuntimeE2E, ContainersSurviveKill9OfTheDaemonProcess) {
   EXPECT_EQ(json::parse(stop.text)["status"], "stopped");
   ASSERT_EQ(daemon().remove(cid).status, FLOTILLA_OK);
   expect_nothing_left(cid);
+}
+
+// {pgrp, session} of a process: fields 5 and 6 of /proc/<pid>/stat (after
+// the parenthesised command name, which may hold spaces).
+std::pair<long, long> group_and_session(const std::string &stat) {
+  size_t close = stat.rfind(')');
+  if (close == std::string::npos) return {-1, -1};
+  std::istringstream in(stat.substr(close + 2));
+  std::string state;
+  long ppid = 0, pgrp = -1, sid = -1;
+  in >> state >> ppid >> pgrp >> sid;
+  return {pgrp, sid};
+}
+
+// ABI 1.4 keep_session: the OCI runtime starts in the daemon's session (with
+// kernel.sched_autogroup_enabled, a session of its own is a CPU autogroup of
+// its own, which made `runc run` 10-30% slower), in a process group of its
+// own; the shim and the container end up in sessions of their own, and go
+// on running when the daemon stops. The runtime is wrapped by a script that
+// records its own /proc stat line for create and run.
+TEST_P(RuntimeE2E, TheRuntimeRunsInTheDaemonsSessionAndTheShimAndContainerLeaveIt) {
+  const std::string record = dir_ + "/runtime-stat";
+  const std::string wrapper = dir_ + "/session-recorder";
+  std::ofstream(wrapper) << "#!/bin/sh\n"
+                         << "case \" $* \" in *\" create \"*|*\" run \"*)\n"
+                         << "  cat /proc/$$/stat >> " << record << " ;;\n"
+                         << "esac\n"
+                         << "exec " << binary_ << " \"$@\"\n";
+  chmod(wrapper.c_str(), 0755);
+  config_["binary"] = wrapper;
+  import_busybox();
+  const long daemon_session = getsid(0), daemon_group = getpgrp();
+
+  const std::string started = id("sess-run"), created = id("sess-create");
+  json task = busybox_task({"sh", "-c", "exec sleep 1000"});
+  task["start"] = true;
+  Result c = daemon().create(started, task);
+  ASSERT_EQ(c.status, FLOTILLA_OK) << c.error;
+  c = daemon().create(created, busybox_task({"sh", "-c", "exec sleep 1000"}));
+  ASSERT_EQ(c.status, FLOTILLA_OK) << c.error;
+  ASSERT_EQ(daemon().start(created).status, FLOTILLA_OK);
+
+  std::ifstream in(record);
+  std::string line;
+  int runtimes = 0;
+  while (std::getline(in, line)) {
+    ++runtimes;
+    auto [group, session] = group_and_session(line);
+    EXPECT_EQ(session, daemon_session) << "the runtime ran outside the daemon's session: " << line;
+    EXPECT_NE(group, daemon_group) << "the runtime is in the daemon's process group: " << line;
+  }
+  EXPECT_EQ(runtimes, 2) << slurp(record);
+
+  std::map<std::string, int> pids;
+  for (const std::string &cid : {started, created}) {
+    json st = shim_state(cid);
+    const int shim = st.value("shim_pid", 0), pid = st.value("pid", 0);
+    ASSERT_GT(shim, 0) << st.dump();
+    ASSERT_GT(pid, 0) << st.dump();
+    pids[cid] = pid;
+    auto [shim_group, shim_session] =
+        group_and_session(slurp("/proc/" + std::to_string(shim) + "/stat"));
+    EXPECT_EQ(shim_session, shim) << cid << ": the shim leads no session of its own";
+    EXPECT_EQ(shim_group, shim) << cid;
+    EXPECT_NE(shim_session, daemon_session) << cid;
+    auto [group, session] = group_and_session(slurp("/proc/" + std::to_string(pid) + "/stat"));
+    EXPECT_NE(session, daemon_session) << cid << ": the container is in the daemon's session";
+    EXPECT_NE(session, -1) << cid << ": no /proc/" << pid;
+    EXPECT_NE(group, daemon_group) << cid;
+  }
+
+  // The daemon stops; both containers run on and are found again.
+  daemon_->shutdown();
+  daemon_.reset();
+  for (const auto &[cid, pid] : pids) EXPECT_EQ(kill(pid, 0), 0) << cid << " died with the daemon";
+  for (const auto &[cid, pid] : pids) {
+    json st = json::parse(daemon().state(cid).text);
+    EXPECT_EQ(st["status"], "running") << cid;
+    EXPECT_EQ(st["pid"], pid) << cid;
+    ASSERT_EQ(daemon().remove(cid).status, FLOTILLA_OK) << cid;
+    expect_nothing_left(cid);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Runtimes, RuntimeE2E, ::testing::Values("runc", "crun"),
