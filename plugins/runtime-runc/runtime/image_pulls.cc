@@ -112,9 +112,43 @@ flotilla_status ImagePulls::pull(const char *ref_text, const char *options_json,
   return FLOTILLA_OK;
 }
 
+size_t remove_abandoned_pulls(const fs::path &pulls_dir) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (const auto &e : fs::directory_iterator(pulls_dir, ec)) entries.push_back(e.path());
+  size_t removed = 0;
+  for (const fs::path &entry : entries) {
+    const bool is_lock = entry.extension() == ".lock";
+    const fs::path work = is_lock ? fs::path(entry).replace_extension() : entry;
+    const fs::path lock_path = is_lock ? entry : fs::path(entry.string() + ".lock");
+    if (is_lock && fs::exists(work, ec)) continue;  // handled with its directory
+    // A held lock is a live pull, of this host or of another daemon on the
+    // same image directory. A directory without a lock file is a killed
+    // pull's (its lock is taken before the directory is made).
+    FileLock lock(lock_path, FileLock::Mode::exclusive, true);
+    if (!lock.held()) continue;
+    fs::remove_all(work, ec);
+    fs::remove(lock_path, ec);
+    ++removed;
+  }
+  return removed;
+}
+
 void ImagePulls::begin(const std::string &key) {
   Pending &p = *pending_.at(key);
-  p.dir = pulls_dir_ / (std::to_string(::getpid()) + "-" + std::to_string(next_dir_++));
+  // <pid>-<n>, whose lock no one holds: a daemon in another pid namespace
+  // sharing the image directory may have the same pid.
+  try {
+    fs::create_directories(pulls_dir_);
+    for (;;) {
+      p.dir = pulls_dir_ / (std::to_string(::getpid()) + "-" + std::to_string(next_dir_++));
+      p.lock = std::make_shared<FileLock>(fs::path(p.dir.string() + ".lock"),
+                                          FileLock::Mode::exclusive, true);
+      if (p.lock->held()) break;
+    }
+  } catch (const std::exception &e) {
+    return finish(key, FLOTILLA_E_IO, "pull " + key + ": " + e.what());
+  }
   std::shared_ptr<ImageStore> store = store_;
   PullContext ctx;
   ctx.http = http_.get();
@@ -158,6 +192,7 @@ void ImagePulls::downloaded(const std::string &key, flotilla_status st, const st
   // The pull object is inside its own callback: let the loop unwind first.
   std::shared_ptr<ImageStore> store = store_;
   fs::path dir = p.dir;
+  std::shared_ptr<FileLock> lock = p.lock;
   std::string name = p.ref.store_name;
   auto out = std::make_shared<std::string>();
   json origin = {{"type", "registry"},
@@ -177,13 +212,16 @@ void ImagePulls::downloaded(const std::string &key, flotilla_status st, const st
       std::make_shared<std::vector<std::pair<std::string, std::string>>>(std::move(result.files));
   auto layers = std::make_shared<std::map<std::string, StagedLayer>>(std::move(result.layers));
   queue_(
-      [store, dir, name, origin, stats, out, ok, streams, files, layers] {
+      [store, dir, lock, name, origin, stats, out, ok, streams, files, layers] {
         streams->clear();
+        // The directory, then its lock file, while the lock is still held
+        // (lock outlives this body: it is a capture).
         struct Cleanup {
           fs::path d;
           ~Cleanup() {
             std::error_code ec;
             fs::remove_all(d, ec);
+            fs::remove(d.string() + ".lock", ec);
           }
         } cleanup{dir};
         if (!ok) return;

@@ -25,12 +25,20 @@
 #include <vector>
 
 #include "../image/curl_loop.h"
+#include "../image/file_lock.h"
 #include "../image/registry_config.h"
 #include "../image/registry_pull.h"
 
 namespace flotilla::runc {
 
 class ImageStore;
+
+// Each pull works in pulls_dir/<pid>-<n> and holds an exclusive flock on
+// pulls_dir/<pid>-<n>.lock from before it makes the directory until the
+// directory is removed. At start-up this removes every entry whose lock no
+// live process holds (what a killed pull left), and leaves the pulls of
+// another daemon sharing the image directory alone. Returns how many.
+size_t remove_abandoned_pulls(const std::filesystem::path &pulls_dir);
 
 class ImagePulls {
  public:
@@ -66,6 +74,7 @@ class ImagePulls {
     std::string key;
     RegistryRef ref;
     std::filesystem::path dir;
+    std::shared_ptr<FileLock> lock;  // dir's, held until dir is removed
     std::vector<Waiter> waiters;
     std::unique_ptr<RegistryPull> pull;
     RegistryAuths auths;

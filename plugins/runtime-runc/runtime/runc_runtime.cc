@@ -1335,9 +1335,9 @@ void RuncRuntime::recover() {
         options.limits.device_nodes =
             config.device_nodes == "refuse" ? DeviceNodes::refuse : DeviceNodes::skip;
         out->images = std::make_shared<ImageStore>(config.image_dir, options);
-        // What pulls of an earlier run left half done.
-        std::error_code ec;
-        fs::remove_all(fs::path(config.image_dir) / "pulls", ec);
+        // What pulls of an earlier run left half done; not what a live
+        // daemon sharing this image directory is pulling.
+        remove_abandoned_pulls(fs::path(config.image_dir) / "pulls");
         for (const auto &entry : fs::directory_iterator(config.containers_dir)) {
           if (!entry.is_directory()) continue;
           Found f;

@@ -12,10 +12,12 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "image_pulls.h"
 #include "log_runs.h"
 #include "oci_spec.h"
 #include "rotating_log.h"
@@ -579,3 +581,29 @@ TEST(TaskSpec, ReplaceIsABoolean) {
 }
 
 }  // namespace
+
+// Start-up removes what killed pulls left in pulls/, and not the pull a
+// live process holds the lock of (another daemon on the same image
+// directory; here this process, on its own descriptor, which flock treats
+// the same way).
+TEST(ImagePullsDir, StartUpRemovesWhatKilledPullsLeftButNotALivePull) {
+  const fs::path d = fs::temp_directory_path() / ("flotilla-pulls-test-" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d / "11-0" / "blobs");
+  std::optional<FileLock> live(std::in_place, d / "11-0.lock", FileLock::Mode::exclusive);
+  fs::create_directories(d / "12-0" / "x");
+  std::ofstream(d / "12-0.lock").put('\n');  // a killed pull's: no one holds it
+  fs::create_directories(d / "13-0");          // no lock file at all
+  std::ofstream(d / "14-0.lock").put('\n');  // a lock file without its directory
+  EXPECT_EQ(remove_abandoned_pulls(d), 3u);
+  EXPECT_TRUE(fs::exists(d / "11-0" / "blobs")) << "a live pull's directory was removed";
+  EXPECT_TRUE(fs::exists(d / "11-0.lock"));
+  for (const char *gone : {"12-0", "12-0.lock", "13-0", "13-0.lock", "14-0.lock"})
+    EXPECT_FALSE(fs::exists(d / gone)) << gone;
+  // Once that pull's process is gone, its leftovers go too.
+  live.reset();
+  EXPECT_EQ(remove_abandoned_pulls(d), 1u);
+  EXPECT_TRUE(fs::is_empty(d));
+  EXPECT_EQ(remove_abandoned_pulls(d / "missing"), 0u) << "no pulls directory yet";
+  fs::remove_all(d);
+}
