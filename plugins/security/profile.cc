@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <set>
 
 namespace flotilla::security {
 
@@ -392,35 +393,44 @@ void compile_for(const Profile &p, const std::vector<std::string> &caps, const H
                          "\": " + std::strerror(-rc));
   }
   // libseccomp lets a later rule silently win; a profile that says two
-  // things about one syscall is a mistake worth naming.
+  // things about one syscall is a mistake worth naming. Every such rule is
+  // named, not only the first: the whole list in one start.
+  std::vector<std::string> problems;
   std::map<std::string, const SyscallRule *> plain;
   for (const SyscallRule *r : applicable_rules(p, caps, host)) {
     uint32_t action = action_value(r->action, r->errno_ret);
+    std::set<std::string> conflicting;
     if (r->args.empty())
       for (const auto &name : r->names) {
         auto [it, fresh] = plain.emplace(name, r);
-        if (!fresh && action_value(it->second->action, it->second->errno_ret) != action)
-          throw ProfileError(in + ": " + r->where + ": \"" + name + "\" already has action " +
+        if (!fresh && action_value(it->second->action, it->second->errno_ret) != action) {
+          problems.push_back(in + ": " + r->where + ": \"" + name + "\" already has action " +
                              it->second->action + " from " + it->second->where + " (" + label +
                              "); one syscall, one action");
+          conflicting.insert(name);
+        }
       }
     std::vector<scmp_arg_cmp> cmps;
     for (const ArgCondition &a : r->args)
       cmps.push_back({a.index, op_value(a.op), a.value, a.value_two});
     for (const auto &name : r->names) {
+      if (conflicting.count(name)) continue;
       int nr = seccomp_syscall_resolve_name(name.c_str());
-      if (nr == __NR_SCMP_ERROR)
-        throw ProfileError(in + ": " + r->where + ": unknown syscall \"" + name + "\"");
+      if (nr == __NR_SCMP_ERROR) {
+        problems.push_back(in + ": " + r->where + ": unknown syscall \"" + name + "\"");
+        continue;
+      }
       int rc = seccomp_rule_add_array(f.ctx, action, nr, static_cast<unsigned>(cmps.size()),
                                       cmps.empty() ? nullptr : cmps.data());
       // A name that does not exist on this architecture is left out, as runc does.
       if (rc == -EDOM || (rc != 0 && nr < 0)) continue;
       if (rc != 0)
-        throw ProfileError(in + ": " + r->where + ": libseccomp refuses the rule for \"" + name +
+        problems.push_back(in + ": " + r->where + ": libseccomp refuses the rule for \"" + name +
                            "\" (" + label + "): " + std::strerror(-rc) +
                            (rc == -EEXIST ? "; another rule gives it a different action" : ""));
     }
   }
+  if (!problems.empty()) throw ProfileError(join_lines(problems));
   int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
   if (fd < 0) throw ProfileError(in + ": cannot open /dev/null to export the BPF program");
   int rc = seccomp_export_bpf(f.ctx, fd);

@@ -224,6 +224,17 @@ TEST(DockerFormat, BadProfilesNameFileRuleAndName) {
     {"names":["read"],"action":"SCMP_ACT_KILL"}]})")
                 .find("syscalls[1]: \"read\" already has action SCMP_ACT_ALLOW from syscalls[0]"),
             std::string::npos);
+  // Every such conflict at once, not one per start.
+  const std::string two = docker(R"({"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
+    {"names":["read","write"],"action":"SCMP_ACT_ALLOW"},
+    {"names":["read"],"action":"SCMP_ACT_KILL"},
+    {"names":["write"],"action":"SCMP_ACT_TRAP"}]})");
+  EXPECT_NE(two.find("syscalls[1]: \"read\" already has action SCMP_ACT_ALLOW from syscalls[0]"),
+            std::string::npos)
+      << two;
+  EXPECT_NE(two.find("syscalls[2]: \"write\" already has action SCMP_ACT_ALLOW from syscalls[0]"),
+            std::string::npos)
+      << two;
 }
 
 TEST(DockerFormat, OtherMachinesArchesAreIgnoredAndNewSyscallsLeftOutWithOneList) {
