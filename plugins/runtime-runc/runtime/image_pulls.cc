@@ -118,6 +118,7 @@ size_t remove_abandoned_pulls(const fs::path &pulls_dir) {
   for (const auto &e : fs::directory_iterator(pulls_dir, ec)) entries.push_back(e.path());
   size_t removed = 0;
   for (const fs::path &entry : entries) {
+    if (!fs::exists(fs::symlink_status(entry, ec))) continue;  // removed with its pair
     const bool is_lock = entry.extension() == ".lock";
     const fs::path work = is_lock ? fs::path(entry).replace_extension() : entry;
     const fs::path lock_path = is_lock ? entry : fs::path(entry.string() + ".lock");
