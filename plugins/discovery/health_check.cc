@@ -263,7 +263,12 @@ void HealthCheck::on_grpc_event(uint32_t events) {
     }
     if (!grpc_->done()) request_ += grpc_->output();
   }
-  if (grpc_->done()) return end(grpc_->passed(), grpc_->result());
+  if (grpc_->done()) {
+    // Copied: end() destroys the call before it reports.
+    const bool ok = grpc_->passed();
+    const std::string output = grpc_->result();
+    return end(ok, output);
+  }
   while (sent_ < request_.size()) {
     ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
     if (n < 0) {
