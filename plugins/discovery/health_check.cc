@@ -182,6 +182,21 @@ void HealthCheck::run() {
   timeout_ = host_->timer_start(host_->host_ctx, spec_.timeout_ms, 0, on_timeout, this);
 }
 
+// Sends what is left of request_ until the socket would block; false with
+// the error when the send fails.
+bool HealthCheck::send_pending(std::string &error) {
+  while (sent_ < request_.size()) {
+    ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN) return true;
+      error = std::string("send: ") + std::strerror(errno);
+      return false;
+    }
+    sent_ += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 void HealthCheck::watch(uint32_t events) {
   if (watch_ && watched_ == events) return;
   if (watch_) host_->fd_unwatch(host_->host_ctx, watch_);
@@ -200,15 +215,9 @@ void HealthCheck::on_event(uint32_t events) {
   }
   if (spec_.type == "grpc") return on_grpc_event(events);
   if (events & FLOTILLA_FD_WRITABLE) {
-    while (sent_ < request_.size()) {
-      ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EAGAIN) return;
-        return end(false, std::string("send: ") + std::strerror(errno));
-      }
-      sent_ += static_cast<size_t>(n);
-    }
-    watch(FLOTILLA_FD_READABLE);
+    std::string error;
+    if (!send_pending(error)) return end(false, error);
+    if (sent_ == request_.size()) watch(FLOTILLA_FD_READABLE);
     return;
   }
   char buf[1024];
@@ -269,14 +278,8 @@ void HealthCheck::on_grpc_event(uint32_t events) {
     const std::string output = grpc_->result();
     return end(ok, output);
   }
-  while (sent_ < request_.size()) {
-    ssize_t n = send(fd_, request_.data() + sent_, request_.size() - sent_, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EAGAIN) break;
-      return end(false, std::string("send: ") + std::strerror(errno));
-    }
-    sent_ += static_cast<size_t>(n);
-  }
+  std::string error;
+  if (!send_pending(error)) return end(false, error);
   if (sent_ == request_.size()) {
     request_.clear();
     sent_ = 0;

@@ -99,6 +99,7 @@ class HealthCheck {
   void on_event(uint32_t events);
   void on_grpc_event(uint32_t events);
   void watch(uint32_t events);
+  bool send_pending(std::string &error);
   void run_exec();
   static void on_exec(void *user, flotilla_status status, const flotilla_exec_result *result);
   bool running() const { return fd_ >= 0 || exec_id_ != 0; }
