@@ -24,6 +24,7 @@
 
 #include <random>
 
+#include "child_test.h"
 #include "image_store.h"
 #include "image_test_support.h"
 #include "plugin_host.h"
@@ -568,23 +569,12 @@ TEST_F(RegistryPull, KilledMidPullLeavesNoHalfImageAndTheNextPullCompletes) {
                  {"image_dir", images.string()},
                  {"registry", registry_config({{"low_speed_timeout_s", 600}})}};
   const fs::path report = node_ / "child-report";
-  std::vector<std::string> env_strings = {
-      "REGISTRY_E2E_CHILD_DIR=" + (node_ / "data").string(),
-      "REGISTRY_E2E_CHILD_CONFIG=" + config.dump(), "REGISTRY_E2E_CHILD_REF=" + ref,
-      "REGISTRY_E2E_CHILD_REPORT=" + report.string(),
-      std::string("PATH=") + (getenv("PATH") ? getenv("PATH") : "/usr/sbin:/usr/bin:/sbin:/bin")};
-  std::vector<char *> envp;
-  for (auto &e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::string exe = fs::read_symlink("/proc/self/exe").string();
-  std::string filter = "--gtest_filter=RegistryChild.PullStandIn";
-  char *argv[] = {exe.data(), filter.data(), nullptr};
-  pid_t child = fork();
+  pid_t child = flotilla::testing::spawn_test_child(
+      "RegistryChild.PullStandIn",
+      {"REGISTRY_E2E_CHILD_DIR=" + (node_ / "data").string(),
+       "REGISTRY_E2E_CHILD_CONFIG=" + config.dump(), "REGISTRY_E2E_CHILD_REF=" + ref,
+       "REGISTRY_E2E_CHILD_REPORT=" + report.string()});
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    execve(exe.c_str(), argv, envp.data());
-    _exit(127);
-  }
 
   // Wait until the layer is half written in the child's pull directory
   // and the proxy stalls the rest.

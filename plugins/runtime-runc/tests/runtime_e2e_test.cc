@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "child_test.h"
 #include "config.h"
 #include "error.h"
 #include "plugin_host.h"
@@ -126,10 +127,6 @@ std::vector<std::string> cgroup_mounts() {
     if (type == "cgroup" || type == "cgroup2") out.push_back(point);
   }
   return out;
-}
-
-std::string exe_path() {
-  return fs::read_symlink("/proc/self/exe").string();
 }
 
 using flotilla::runc::testing::exec_cb;
@@ -706,22 +703,11 @@ TEST_P(RuntimeE2E, ContainersSurviveKill9OfTheDaemonProcess) {
   std::string ready = dir_ + "/child-ready";
   // The child is a fresh test process (exec of ourselves in child mode);
   // everything it needs is prepared before fork.
-  std::vector<std::string> env_strings = {
-      "RUNTIME_E2E_CHILD_DIR=" + data_dir_, "RUNTIME_E2E_CHILD_CONFIG=" + config_.dump(),
-      "RUNTIME_E2E_CHILD_ID=" + cid, "RUNTIME_E2E_CHILD_READY=" + ready,
-      std::string("PATH=") + (getenv("PATH") ? getenv("PATH") : "/usr/sbin:/usr/bin:/sbin:/bin")};
-  std::vector<char *> envp;
-  for (auto &e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  std::string exe = exe_path();
-  std::string filter = "--gtest_filter=RuntimeChild.DaemonStandIn";
-  char *argv[] = {exe.data(), filter.data(), nullptr};
-  pid_t child = fork();
+  pid_t child = flotilla::testing::spawn_test_child(
+      "RuntimeChild.DaemonStandIn",
+      {"RUNTIME_E2E_CHILD_DIR=" + data_dir_, "RUNTIME_E2E_CHILD_CONFIG=" + config_.dump(),
+       "RUNTIME_E2E_CHILD_ID=" + cid, "RUNTIME_E2E_CHILD_READY=" + ready});
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    execve(exe.c_str(), argv, envp.data());
-    _exit(127);
-  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kGuardMs);
   int status = 0;
   bool exited = false;
