@@ -253,18 +253,27 @@ bool Socket::add_address(const std::string &name, const std::string &cidr) {
   return true;
 }
 
-std::vector<std::string> Socket::addresses(const std::string &name) {
+std::vector<Address> Socket::addresses_with_flags(const std::string &name) {
   const int idx = index_of(name);
   nl_cache *c = nullptr;
   int err = rtnl_addr_alloc_cache(sk_, &c);
   if (err < 0) fail("netlink: cannot list addresses", err);
   CachePtr hold(c);
-  std::vector<std::string> out;
+  std::vector<Address> out;
   for (nl_object *o = nl_cache_get_first(c); o; o = nl_cache_get_next(o)) {
     auto *a = reinterpret_cast<rtnl_addr *>(o);
     if (rtnl_addr_get_ifindex(a) != idx) continue;
-    if (nl_addr *l = rtnl_addr_get_local(a)) out.push_back(addr_text(l));
+    // libnl takes the 32-bit IFA_FLAGS attribute when the kernel sends it,
+    // so the flags above the first 8 bits are there too.
+    if (nl_addr *l = rtnl_addr_get_local(a))
+      out.push_back({addr_text(l), static_cast<uint32_t>(rtnl_addr_get_flags(a))});
   }
+  return out;
+}
+
+std::vector<std::string> Socket::addresses(const std::string &name) {
+  std::vector<std::string> out;
+  for (auto &a : addresses_with_flags(name)) out.push_back(std::move(a.cidr));
   return out;
 }
 

@@ -9,6 +9,7 @@
 // off the loop thread.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <stdexcept>
@@ -49,6 +50,16 @@ class UniqueFd {
 
  private:
   int fd_ = -1;
+};
+
+// An address on a link with the kernel's IFA_F_* flags for it
+// (rtnl_addr_get_flags, <linux/if_addr.h>): IFA_F_TENTATIVE while DAD
+// runs, IFA_F_DADFAILED, IFA_F_DEPRECATED once its preferred lifetime is
+// over, IFA_F_TEMPORARY for a privacy address, IFA_F_PERMANENT when it
+// was configured rather than learnt.
+struct Address {
+  std::string cidr;  // "10.42.1.1/24", "2001:db8::5/64"
+  uint32_t flags = 0;
 };
 
 struct Link {
@@ -98,8 +109,11 @@ class Socket {
   // cidr "10.42.1.1/24" or "fd42::1/64"; false when already there. IPv6
   // addresses skip duplicate address detection (the subnet is ours).
   bool add_address(const std::string &name, const std::string &cidr);
-  // CIDRs on the link, IPv4 and IPv6 (link-local included).
+  // CIDRs on the link, IPv4 and IPv6 (link-local included), in the
+  // kernel's order.
   std::vector<std::string> addresses(const std::string &name);
+  // The same with each address's flags.
+  std::vector<Address> addresses_with_flags(const std::string &name);
 
   // A route to dst ("default" or a CIDR) via gateway ("" for on-link) out
   // of dev ("" to let the kernel pick by gateway). false when it exists.

@@ -1,5 +1,7 @@
 #include "net_config.h"
 
+#include <linux/if_addr.h>
+
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -248,19 +250,31 @@ std::optional<std::string> parse_endpoint(const std::string &text, int default_p
   return a->v6 ? "[" + host + "]:" + std::to_string(p) : host + ":" + std::to_string(p);
 }
 
-std::optional<std::string> underlay_endpoint(const std::vector<std::string> &underlay_addresses,
-                                             int listen_port) {
-  std::optional<std::string> v6;
+std::string unusable_endpoint_flags(uint32_t flags) {
+  std::string out;
+  for (const auto &[bit, word] : {std::pair<uint32_t, const char *>{IFA_F_TENTATIVE, "tentative"},
+                                  {IFA_F_DADFAILED, "dadfailed"},
+                                  {IFA_F_DEPRECATED, "deprecated"},
+                                  {IFA_F_TEMPORARY, "temporary"}})
+    if (flags & bit) out += (out.empty() ? "" : ", ") + std::string(word);
+  return out;
+}
+
+std::optional<std::string> underlay_endpoint(
+    const std::vector<netlink::Address> &underlay_addresses, int listen_port) {
+  std::optional<std::string> configured, learnt;
   for (const auto &a : underlay_addresses) {
-    const std::string ip = a.substr(0, a.find('/'));
+    const std::string ip = a.cidr.substr(0, a.cidr.find('/'));
     auto addr = parse_address(ip);
     if (!addr) continue;
     if (!addr->v6) return ip + ":" + std::to_string(listen_port);
     const bool link_local = (addr->value >> 118) == 0x3fa;  // fe80::/10
-    if (!v6 && !link_local && addr->value > 1)              // nor :: or ::1
-      v6 = "[" + ip + "]:" + std::to_string(listen_port);
+    if (link_local || addr->value <= 1) continue;           // nor :: or ::1
+    if (!unusable_endpoint_flags(a.flags).empty()) continue;
+    auto &slot = (a.flags & IFA_F_PERMANENT) ? configured : learnt;
+    if (!slot) slot = "[" + ip + "]:" + std::to_string(listen_port);
   }
-  return v6;
+  return configured ? configured : learnt;
 }
 
 bool tunnel_is_v6(const std::string &endpoint, bool underlay_v6) {

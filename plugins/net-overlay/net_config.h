@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cidr.h"
+#include "netlink.h"
 
 namespace flotilla::overlay {
 
@@ -57,12 +58,22 @@ NetConfig parse_net_config(const std::string &json_text, std::vector<ConfigProbl
 std::optional<std::string> parse_endpoint(const std::string &text, int default_port);
 
 // The endpoint a node publishes when wg_endpoint is not set, from its
-// underlay interface's addresses as netlink gives them ("10.0.2.15/24",
-// "2001:db8::5/64", in the kernel's order): the first IPv4 one, else the
-// first global IPv6 one (link-local fe80::/10 reaches no peer off the
-// link), with listen_port; nullopt when there is neither.
-std::optional<std::string> underlay_endpoint(const std::vector<std::string> &underlay_addresses,
-                                             int listen_port);
+// underlay interface's addresses as netlink lists them (in the kernel's
+// order, with their IFA_F_* flags): the first IPv4 one, else a stable
+// global IPv6 one, with listen_port; nullopt when there is neither.
+// Stable: not link-local (fe80::/10 reaches no peer off the link), not
+// loopback, and none of IFA_F_TENTATIVE (DAD still running: packets to it
+// are dropped), IFA_F_DADFAILED (another host has it), IFA_F_DEPRECATED
+// (its prefix is going away) or IFA_F_TEMPORARY (a privacy address,
+// replaced every day or so). A configured address (IFA_F_PERMANENT) wins
+// over one learnt from router advertisements, which the prefix's
+// lifetimes can take away; otherwise the first in the kernel's order.
+std::optional<std::string> underlay_endpoint(
+    const std::vector<netlink::Address> &underlay_addresses, int listen_port);
+
+// Why an IPv6 address was not taken as the endpoint: its IFA_F_* flags that
+// rule it out, in words ("tentative, deprecated"); "" when none do.
+std::string unusable_endpoint_flags(uint32_t flags);
 
 // Whether WireGuard's packets travel as IPv6: the family of the endpoint
 // the node publishes ("[2001:db8::5]:51820"), the tunnel's, whatever else

@@ -1275,14 +1275,25 @@ flotilla_status init(const flotilla_host *host, void **out) {
     }
     self->endpoint = self->cfg.wg_endpoint;
     if (self->endpoint.empty()) {
-      auto ep = ov::underlay_endpoint(self->host_sock->addresses(self->underlay.interface),
-                                      self->cfg.wg_listen_port);
-      if (ep)
+      const auto addrs = self->host_sock->addresses_with_flags(self->underlay.interface);
+      auto ep = ov::underlay_endpoint(addrs, self->cfg.wg_listen_port);
+      if (ep) {
         self->endpoint = *ep;
-      else
+      } else {
+        // Name the addresses passed over and why, so that the operator
+        // sees a DAD still running or a deprecated prefix.
+        std::string skipped;
+        for (const auto &a : addrs) {
+          const std::string why = ov::unusable_endpoint_flags(a.flags);
+          if (a.cidr.find(':') != std::string::npos && !why.empty())
+            skipped += (skipped.empty() ? " (passed over: " : ", ") + a.cidr + " " + why;
+        }
         problems.push_back({"wg_endpoint", "the underlay " + self->underlay.interface +
-                                               " has no IPv4 or global IPv6 address to publish; "
-                                               "set wg_endpoint"});
+                                               " has no IPv4 or stable global IPv6 address to "
+                                               "publish" +
+                                               (skipped.empty() ? "" : skipped + ")") +
+                                               "; set wg_endpoint"});
+      }
     }
     if (!problems.empty()) {
       report();

@@ -4,6 +4,7 @@
 // root.
 #include <gtest/gtest.h>
 #include <linux/if.h>
+#include <linux/if_addr.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -111,6 +112,17 @@ TEST_F(Namespaces, BridgeVethAddressesRoutes) {
   EXPECT_TRUE(sb.add_route("default", "fd77:1::1", "eth0"));
   EXPECT_TRUE(has(sb.addresses("eth0"), "10.77.1.5/24"));
   EXPECT_TRUE(has(sb.addresses("eth0"), "fd77:1::5/64"));
+  // The kernel's flags come with each address: ours skip DAD and were
+  // configured, not learnt.
+  bool seen6 = false;
+  for (const auto &a : sb.addresses_with_flags("eth0"))
+    if (a.cidr == "fd77:1::5/64") {
+      seen6 = true;
+      EXPECT_TRUE(a.flags & IFA_F_NODAD) << std::hex << a.flags;
+      EXPECT_TRUE(a.flags & IFA_F_PERMANENT) << std::hex << a.flags;
+      EXPECT_FALSE(a.flags & (IFA_F_TENTATIVE | IFA_F_DEPRECATED)) << std::hex << a.flags;
+    }
+  EXPECT_TRUE(seen6);
   EXPECT_TRUE(sb.link("lo")->up);
 
   auto def = sb.default_route_link(AF_INET);

@@ -2,6 +2,7 @@
 // problem, with its key), the nft table text (and, with root, the kernel's
 // parser on it in check mode: nothing is applied), attachment records.
 #include <gtest/gtest.h>
+#include <linux/if_addr.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -117,18 +118,29 @@ TEST(NetConfig, MtuAndResolvConf) {
   EXPECT_EQ(ns, (std::vector<std::string>{"10.0.0.2", "fd00::53"}));
 }
 
+namespace {
+
+// Addresses as netlink lists them, without flags (learnt, usable).
+std::vector<flotilla::netlink::Address> plain(const std::vector<std::string> &cidrs) {
+  std::vector<flotilla::netlink::Address> out;
+  for (const auto &c : cidrs) out.push_back({c, 0});
+  return out;
+}
+
+}  // namespace
+
 // The endpoint a node publishes, and WireGuard's overhead with it: the
 // tunnel's family, not whether the underlay has IPv6.
 TEST(NetConfig, EndpointAndOverheadFollowTheTunnelsFamily) {
   // Dual stack: IPv4 first, wherever it is in the list.
-  EXPECT_EQ(ov::underlay_endpoint({"2001:db8::5/64", "10.0.2.15/24", "fe80::5/64"}, 51820),
+  EXPECT_EQ(ov::underlay_endpoint(plain({"2001:db8::5/64", "10.0.2.15/24", "fe80::5/64"}), 51820),
             "10.0.2.15:51820");
   // IPv6-only: the first global address, never the link-local one (nor
   // loopback); a ULA is global in scope.
-  EXPECT_EQ(ov::underlay_endpoint({"fe80::5/64", "2001:db8::5/64", "2001:db8::6/64"}, 51820),
+  EXPECT_EQ(ov::underlay_endpoint(plain({"fe80::5/64", "2001:db8::5/64", "2001:db8::6/64"}), 51820),
             "[2001:db8::5]:51820");
-  EXPECT_EQ(ov::underlay_endpoint({"fe80::5/64", "fd42::5/64"}, 7), "[fd42::5]:7");
-  EXPECT_FALSE(ov::underlay_endpoint({"fe80::5/64", "::1/128"}, 51820));
+  EXPECT_EQ(ov::underlay_endpoint(plain({"fe80::5/64", "fd42::5/64"}), 7), "[fd42::5]:7");
+  EXPECT_FALSE(ov::underlay_endpoint(plain({"fe80::5/64", "::1/128"}), 51820));
   EXPECT_FALSE(ov::underlay_endpoint({}, 51820));
 
   // The overhead follows the endpoint: 80 bytes for an IPv6 one even on a
@@ -140,7 +152,7 @@ TEST(NetConfig, EndpointAndOverheadFollowTheTunnelsFamily) {
   EXPECT_TRUE(ov::tunnel_is_v6("", true));
   EXPECT_FALSE(ov::tunnel_is_v6("", false));
   auto mtu_for = [](const std::vector<std::string> &addrs, bool underlay_v6) {
-    auto ep = ov::underlay_endpoint(addrs, 51820);
+    auto ep = ov::underlay_endpoint(plain(addrs), 51820);
     return ov::overlay_mtu(0, 1500, ov::tunnel_is_v6(ep.value_or(""), underlay_v6));
   };
   EXPECT_EQ(mtu_for({"fe80::5/64", "2001:db8::5/64"}, true), 1420u);
@@ -148,6 +160,54 @@ TEST(NetConfig, EndpointAndOverheadFollowTheTunnelsFamily) {
   EXPECT_EQ(
       ov::overlay_mtu(0, 1500, ov::tunnel_is_v6(*ov::parse_endpoint("2001:db8::7", 51820), false)),
       1420u);
+}
+
+// Which IPv6 address an IPv6-only underlay publishes, by the kernel's
+// flags: never one still in DAD, one whose DAD failed, a deprecated one or
+// a privacy (temporary) one; a configured one before a learnt one.
+TEST(NetConfig, EndpointIsAStableGlobalAddress) {
+  using A = flotilla::netlink::Address;
+  const uint32_t kConfigured = IFA_F_PERMANENT;
+  // The kernel lists the newest address first: each unusable one ahead of
+  // the stable one is passed over.
+  for (uint32_t bad :
+       {IFA_F_TENTATIVE, IFA_F_TENTATIVE | IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TEMPORARY,
+        IFA_F_TEMPORARY | IFA_F_DEPRECATED, IFA_F_TENTATIVE | IFA_F_OPTIMISTIC}) {
+    std::vector<A> addrs = {{"2001:db8::bad/64", bad | kConfigured},
+                            {"2001:db8::5/64", kConfigured},
+                            {"fe80::5/64", kConfigured}};
+    EXPECT_EQ(ov::underlay_endpoint(addrs, 51820), "[2001:db8::5]:51820") << std::hex << bad;
+  }
+  // SLAAC with privacy extensions: the temporary address (newest, listed
+  // first) is passed over for the public one it was made from.
+  EXPECT_EQ(ov::underlay_endpoint({{"2001:db8::8c1f:2e3a:11b0:9d4e/64", IFA_F_TEMPORARY},
+                                   {"2001:db8::5054:ff:fe12:3456/64", IFA_F_MANAGETEMPADDR},
+                                   {"fe80::5054:ff:fe12:3456/64", kConfigured}},
+                                  51820),
+            "[2001:db8::5054:ff:fe12:3456]:51820");
+  // A configured address wins over one learnt from router advertisements,
+  // wherever it is in the list; among equals the first.
+  EXPECT_EQ(ov::underlay_endpoint({{"2001:db8::5054:ff:fe12:3456/64", 0},
+                                   {"fd00::7/64", kConfigured},
+                                   {"fd00::8/64", kConfigured}},
+                                  51820),
+            "[fd00::7]:51820");
+  // Nothing stable: no endpoint (the plugin then says which and why).
+  EXPECT_FALSE(ov::underlay_endpoint({{"2001:db8::5/64", IFA_F_TENTATIVE | kConfigured},
+                                      {"2001:db8::6/64", IFA_F_DEPRECATED},
+                                      {"fe80::5/64", kConfigured}},
+                                     51820));
+  // IPv4 is untouched by the IPv6 flags: bit 0 is IFA_F_SECONDARY there,
+  // the same bit as IFA_F_TEMPORARY.
+  EXPECT_EQ(ov::underlay_endpoint(
+                {{"2001:db8::5/64", kConfigured}, {"10.0.2.16/24", IFA_F_SECONDARY | kConfigured}},
+                51820),
+            "10.0.2.16:51820");
+
+  EXPECT_EQ(ov::unusable_endpoint_flags(kConfigured | IFA_F_NODAD), "");
+  EXPECT_EQ(ov::unusable_endpoint_flags(IFA_F_TENTATIVE | IFA_F_DADFAILED), "tentative, dadfailed");
+  EXPECT_EQ(ov::unusable_endpoint_flags(IFA_F_DEPRECATED | IFA_F_TEMPORARY),
+            "deprecated, temporary");
 }
 
 // Operator's dns_servers > the node's discovery DNS (with its ndots:1
