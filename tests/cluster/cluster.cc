@@ -57,6 +57,20 @@ void must(const RunResult &r, const std::string &what) {
                              "): " + r.output);
 }
 
+// An address as the host part of a URL: [fd88::2] for IPv6.
+std::string url_host(const std::string &ip) {
+  return ip.find(':') == std::string::npos ? ip : "[" + ip + "]";
+}
+
+// The underlay's addresses: the last group in decimal digits, as the IPv4
+// ones, so that host i is 10.88.0.11 or fd88::11.
+std::string underlay_ip(bool v6, int last) {
+  return (v6 ? "fd88::" : "10.88.0.") + std::to_string(last);
+}
+std::string underlay_prefix(bool v6) {
+  return v6 ? "/64" : "/24";
+}
+
 [[maybe_unused]] std::string toml_list(const std::vector<std::string> &items) {
   std::string s = "[";
   for (size_t i = 0; i < items.size(); ++i) s += (i ? ", \"" : "\"") + items[i] + "\"";
@@ -80,6 +94,14 @@ std::optional<std::chrono::milliseconds> wait_until(const std::function<bool()> 
 
 // ---- etcd -------------------------------------------------------------------
 
+std::string Etcd::ip(int i) const {
+  return underlay_ip(cluster_->options().ipv6_underlay, 2 + i);
+}
+
+std::string Etcd::endpoint(int i) const {
+  return "http://" + url_host(ip(i)) + ":2379";
+}
+
 std::vector<std::string> Etcd::endpoints() const {
   std::vector<std::string> out;
   for (int i = 0; i < members(); ++i) out.push_back(endpoint(i));
@@ -94,8 +116,8 @@ bool Etcd::start(int i) {
   if (pids_[i] > 0) return true;
   std::string peers;
   for (int m = 0; m < members(); ++m)
-    peers += (m ? "," : "") + ("m" + std::to_string(m)) + "=http://" + ip(m) + ":2380";
-  const std::string me = ip(i);
+    peers += (m ? "," : "") + ("m" + std::to_string(m)) + "=http://" + url_host(ip(m)) + ":2380";
+  const std::string me = url_host(ip(i));
   std::vector<std::string> argv = {kEtcd,
                                    "--name=m" + std::to_string(i),
                                    "--data-dir=" + cluster_->etcd_dir_ + "/m" + std::to_string(i),
@@ -176,6 +198,10 @@ bool Etcd::compact() {
 }
 
 // ---- hosts ------------------------------------------------------------------
+
+std::string Host::ip() const {
+  return underlay_ip(cluster_->options().ipv6_underlay, 11 + index_);
+}
 
 bool Host::start() {
   if (daemon_->running()) return true;
@@ -370,8 +396,19 @@ void Cluster::build() {
   must(ip_cmd({"netns", "add", ul}), "ip netns add " + ul);
   must(ip_cmd({"-n", ul, "link", "set", "lo", "up"}), "underlay lo up");
   must(ip_cmd({"-n", ul, "link", "add", "br0", "type", "bridge"}), "underlay bridge");
-  for (int i = 0; i < std::max(1, options_.etcd_members); ++i)
-    must(ip_cmd({"-n", ul, "addr", "add", etcd_.ip(i) + "/24", "dev", "br0"}), "underlay address");
+  // IPv6 addresses skip DAD: the underlay is ours, and a daemon started
+  // within DAD's second would find its address still tentative.
+  const bool v6 = options_.ipv6_underlay;
+  auto addr_args = [&](const std::string &ip, const std::string &dev) {
+    std::vector<std::string> a{"addr", "add", ip + underlay_prefix(v6), "dev", dev};
+    if (v6) a.push_back("nodad");
+    return a;
+  };
+  for (int i = 0; i < std::max(1, options_.etcd_members); ++i) {
+    auto a = addr_args(etcd_.ip(i), "br0");
+    a.insert(a.begin(), {"-n", ul});
+    must(ip_cmd(a), "underlay address");
+  }
   must(ip_cmd({"-n", ul, "link", "set", "br0", "up"}), "underlay bridge up");
 
   for (int i = 0; i < options_.hosts; ++i) {
@@ -391,9 +428,12 @@ void Cluster::build() {
                  "netns", ul}),
          "veth for " + h->name_);
     must(ip_cmd({"-n", ul, "link", "set", peer, "master", "br0", "up"}), "bridge port " + peer);
-    must(ip_cmd({"-n", h->netns_, "addr", "add", h->ip() + "/24", "dev", "eth0"}), "host address");
+    auto a = addr_args(h->ip(), "eth0");
+    a.insert(a.begin(), {"-n", h->netns_});
+    must(ip_cmd(a), "host address");
     must(ip_cmd({"-n", h->netns_, "link", "set", "eth0", "up"}), "host eth0 up");
     must(ip_cmd({"-n", h->netns_, "link", "set", "lo", "up"}), "host lo up");
+    if (options_.prepare_host) options_.prepare_host(*this, *h);
     hosts_.push_back(std::move(h));
   }
 

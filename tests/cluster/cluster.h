@@ -7,12 +7,14 @@
 // (flc<pid>x<n>): an underlay namespace <prefix>-ul with bridge br0
 // (10.88.0.0/24; etcd member i listens on 10.88.0.<2+i>), one namespace
 // <prefix>-h<i> per host whose eth0 (10.88.0.<11+i>) is a veth to the
-// bridge, etcd's data under /dev/shm, and per host a scratch dir with its
-// data dir, OCI root, socket and log, a cgroup parent and a WireGuard
-// interface name. Everything made is written to a manifest as it is made;
-// the destructor (and cluster_demo down, and the next run after a crash)
-// removes it from there: processes by pid (checked against their start
-// time), mounts, cgroups, namespaces with their veths and bridge, dirs.
+// bridge (with ipv6_underlay: fd88::/64 instead, fd88::<2+i> and
+// fd88::<11+i>, and no IPv4 anywhere on the underlay), etcd's data under
+// /dev/shm, and per host a scratch dir with its data dir, OCI root, socket
+// and log, a cgroup parent and a WireGuard interface name. Everything made
+// is written to a manifest as it is made; the destructor (and cluster_demo
+// down, and the next run after a crash) removes it from there: processes by
+// pid (checked against their start time), mounts, cgroups, namespaces with
+// their veths and bridge, dirs.
 //
 // [test-thread]: not thread-safe; one test thread drives a Cluster.
 #pragma once
@@ -51,6 +53,13 @@ struct ClusterOptions {
   // runtime-runc and scheduler-binpack on every host, and the busybox
   // image imported into each (needs runc and busybox-static).
   bool containers = true;
+  // The underlay is IPv6-only: br0, every eth0 and etcd on fd88::/64
+  // (Etcd::ip, Host::ip), no IPv4 address on any of them.
+  bool ipv6_underlay = false;
+  // Runs for every host once its namespace and eth0 are up, before etcd
+  // and any daemon start: what a test adds to the host (addresses, routes)
+  // that the daemon must find at its start.
+  std::function<void(const Cluster &, const Host &)> prepare_host;
   // Appended to every host's flotillad.toml.
   std::string extra_config;
   // Appended after extra_config, per host: what differs between hosts
@@ -67,12 +76,13 @@ struct ClusterOptions {
   bool keep = false;
 };
 
-// etcd on the underlay: member i is m<i> on 10.88.0.<2+i>.
+// etcd on the underlay: member i is m<i> on 10.88.0.<2+i> (fd88::<2+i>
+// with ipv6_underlay).
 class Etcd {
  public:
   int members() const { return static_cast<int>(pids_.size()); }
-  std::string ip(int i) const { return "10.88.0." + std::to_string(2 + i); }
-  std::string endpoint(int i) const { return "http://" + ip(i) + ":2379"; }
+  std::string ip(int i) const;
+  std::string endpoint(int i) const;  // http://10.88.0.2:2379, http://[fd88::2]:2379
   std::vector<std::string> endpoints() const;
   // Start member i (again, on its data dir after stop/kill) and wait until
   // it answers (20 s guard). false with log(i) saying why.
@@ -103,7 +113,9 @@ class Host {
   const std::string &name() const { return name_; }    // node name: h<i>
   const std::string &netns() const { return netns_; }  // ip netns name
   std::string netns_path() const { return "/run/netns/" + netns_; }
-  std::string ip() const { return "10.88.0." + std::to_string(11 + index_); }
+  // Its underlay address: 10.88.0.<11+i>, or fd88::<11+i> with
+  // ipv6_underlay.
+  std::string ip() const;
   const std::string &cgroup_parent() const { return cgroup_parent_; }
   const std::string &wg_interface() const { return wg_interface_; }
   std::string socket() const { return daemon_->socket(); }

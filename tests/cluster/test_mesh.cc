@@ -7,9 +7,14 @@
 // restarted daemon keeps its subnet, addresses, peers and traffic (no ping
 // lost); a host that leaves loses its peer on the others within the lease
 // TTL and comes back; a key rotation under a TCP stream keeps the stream.
+// A sibling runs two hosts on an IPv6-only underlay (issue 11, the IPv6
+// underlay): each publishes its stable global IPv6 address (not the
+// deprecated or DAD-failed ones listed before it), the tunnels run over
+// IPv6 and the devices have the underlay's MTU minus 80.
 // Short leases (3 s) keep it quick.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/if_addr.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,8 +114,10 @@ class Mesh : public flotilla::cluster::ClusterTest {
     }
   }
   // Every host's wireguard-go runs (and is in the manifest) and has the
-  // others as peers, once each.
-  bool mesh_converged(const std::set<int> &hosts = {0, 1, 2}) {
+  // others as peers, once each. hosts: those of the cluster when empty.
+  bool mesh_converged(std::set<int> hosts = {}) {
+    if (hosts.empty())
+      for (int i = 0; i < cluster().size(); ++i) hosts.insert(i);
     std::set<std::string> keys;
     for (int i : hosts) {
       const Host &h = cluster().host(i);
@@ -175,8 +182,85 @@ class Mesh : public flotilla::cluster::ClusterTest {
     return r.output + (r.exit_code ? " (exit " + std::to_string(r.exit_code) + ")" : "");
   }
 
+  // A capture on every port of the underlay bridge ("any": traffic between
+  // two hosts is forwarded port to port and never reaches br0 itself),
+  // into <dir>/underlay.pcap, until stop_capture.
+  void start_capture() {
+    pcap_ = cluster().dir() + "/underlay.pcap";
+    const std::string tlog = cluster().dir() + "/tcpdump.log";
+    int out = ::open(tlog.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    ASSERT_GE(out, 0);
+    std::vector<std::string> targs = {
+        "/usr/bin/tcpdump", "-i", "any", "-U", "--immediate-mode", "-s", "0", "-w", pcap_};
+    std::vector<char *> argv;
+    for (auto &a : targs) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int rc =
+        flotilla::e2e::spawn_in_netns(cluster().underlay_netns_path(), argv.data(), out, &tcpdump_);
+    ::close(out);
+    ASSERT_EQ(rc, 0);
+    cluster().record_pid(tcpdump_);
+    ASSERT_TRUE(wait_until(
+        [&] { return flotilla::e2e::read_text(tlog).find("listening on") != std::string::npos; },
+        10s))
+        << flotilla::e2e::read_text(tlog);
+  }
+  // Stops the capture; its bytes.
+  std::string stop_capture() {
+    ::kill(tcpdump_, SIGINT);
+    ::waitpid(tcpdump_, nullptr, 0);
+    return flotilla::e2e::read_text(pcap_);
+  }
+  // Packets of the capture that match a tcpdump filter.
+  int captured(const std::string &filter) {
+    auto res = flotilla::e2e::run({"/usr/bin/tcpdump", "-nn", "-r", pcap_, filter});
+    // Packets only (tcpdump's own notes go to the same output).
+    int n = 0;
+    std::istringstream in(res.output);
+    std::string line;
+    while (std::getline(in, line))
+      n += line.find(" IP ") != std::string::npos || line.find(" IP6 ") != std::string::npos;
+    return n;
+  }
+
   std::set<int> seen_pids_;
   std::map<std::string, std::string> ip6_;  // node -> its container's IPv6 address
+  std::string pcap_;
+  pid_t tcpdump_ = -1;
+};
+
+// Two hosts on an IPv6-only underlay (fd88::/64: no IPv4 on the bridge, on
+// any eth0 or for etcd), the same plugin config as above. h1's eth0 also
+// has, listed ahead of its stable fd88::12 (the kernel lists the newest
+// first), a deprecated address (preferred lifetime 0) and one whose DAD
+// fails (the bridge holds it already): an endpoint chosen by order alone
+// would be one of those.
+const char *kDeprecated = "fd88::98";
+const char *kDadFailed = "fd88::99";
+
+class MeshOverIpv6Underlay : public Mesh {
+ protected:
+  ClusterOptions options() const override {
+    ClusterOptions o = Mesh::options();
+    o.hosts = 2;
+    o.ipv6_underlay = true;
+    o.prepare_host = [](const Cluster &c, const Host &h) {
+      if (h.index() != 1) return;
+      auto ip = [](const std::vector<std::string> &args) {
+        std::vector<std::string> argv{"/usr/sbin/ip"};
+        argv.insert(argv.end(), args.begin(), args.end());
+        auto r = flotilla::e2e::run(argv);
+        if (r.exit_code != 0) throw std::runtime_error("ip " + args.back() + ": " + r.output);
+      };
+      ip({"-n", c.underlay_netns(), "addr", "add", std::string(kDadFailed) + "/64", "dev", "br0",
+          "nodad"});
+      ip({"-n", h.netns(), "addr", "add", std::string(kDeprecated) + "/64", "dev", "eth0", "nodad",
+          "preferred_lft", "0"});
+      ip({"-n", h.netns(), "addr", "add", std::string(kDadFailed) + "/64", "dev", "eth0"});
+    };
+    return o;
+  }
+  std::string wg_endpoint_of(const Host &h) { return "[" + h.ip() + "]:51820"; }
 };
 
 }  // namespace
@@ -198,27 +282,8 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
   EXPECT_EQ(subnets.size(), 3u) << "each node its own subnet";
 
   // A capture on the underlay bridge while containers talk.
-  const std::string pcap = cluster().dir() + "/underlay.pcap";
-  const std::string tlog = cluster().dir() + "/tcpdump.log";
-  int out = ::open(tlog.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  ASSERT_GE(out, 0);
-  // Every port of the bridge ("any"): traffic between two hosts is
-  // forwarded port to port and never reaches br0 itself.
-  std::vector<std::string> targs = {
-      "/usr/bin/tcpdump", "-i", "any", "-U", "--immediate-mode", "-s", "0", "-w", pcap};
-  std::vector<char *> argv;
-  for (auto &a : targs) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t tcpdump = -1;
-  ASSERT_EQ(
-      flotilla::e2e::spawn_in_netns(cluster().underlay_netns_path(), argv.data(), out, &tcpdump),
-      0);
-  ::close(out);
-  cluster().record_pid(tcpdump);
-  ASSERT_TRUE(wait_until(
-      [&] { return flotilla::e2e::read_text(tlog).find("listening on") != std::string::npos; },
-      10s))
-      << flotilla::e2e::read_text(tlog);
+  start_capture();
+  if (HasFatalFailure()) return;
 
   // Every container reaches every other: ping and TCP, by overlay address.
   for (const auto &[from, c] : cs)
@@ -292,23 +357,11 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
     EXPECT_NE(metrics.find("flotilla_net_overlay_wg_peer_adds_total"), std::string::npos);
   }
 
-  ::kill(tcpdump, SIGINT);
-  ::waitpid(tcpdump, nullptr, 0);
-  const std::string bytes = flotilla::e2e::read_text(pcap);
+  const std::string bytes = stop_capture();
   EXPECT_EQ(bytes.find(marker()), std::string::npos)
       << "the marker crossed the underlay in cleartext";
-  auto count = [&](const std::string &filter) {
-    auto res = flotilla::e2e::run({"/usr/bin/tcpdump", "-nn", "-r", pcap, filter});
-    // Packets only (tcpdump's own notes go to the same output).
-    int n = 0;
-    std::istringstream in(res.output);
-    std::string line;
-    while (std::getline(in, line))
-      n += line.find(" IP ") != std::string::npos || line.find(" IP6 ") != std::string::npos;
-    return n;
-  };
-  EXPECT_GE(count("udp port 51820"), 12) << "WireGuard traffic between the hosts";
-  EXPECT_EQ(count("tcp port 8080 or icmp or ip6 net fd42:11::/48"), 0)
+  EXPECT_GE(captured("udp port 51820"), 12) << "WireGuard traffic between the hosts";
+  EXPECT_EQ(captured("tcp port 8080 or icmp or ip6 net fd42:11::/48"), 0)
       << "no overlay packet unencrypted on the underlay";
   // The capture does see cleartext when there is some: etcd's gRPC.
   EXPECT_NE(bytes.find("/flotilla/"), std::string::npos) << "the capture saw nothing in cleartext";
@@ -453,4 +506,108 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
     wait_until([&] { return ok = ping(ns_of("h2", cs["h2"].first), cs["h1"].second); }, 10s, 100ms);
     EXPECT_TRUE(ok) << "h2 -> h1 after the rotation\n" << state();
   }
+}
+
+// Issue 11 over an IPv6-only underlay: the nodes publish their stable
+// global IPv6 addresses, the tunnels run over IPv6 (nothing else could
+// carry them), the devices, bridges and veths have the underlay's MTU minus
+// WireGuard's 80 bytes over IPv6, and containers on the two hosts reach
+// each other, with full-sized packets crossing unfragmented.
+TEST_F(MeshOverIpv6Underlay, TunnelsRunOverIpv6FromTheStableAddressWithMtuMinus80) {
+  Host &h0 = cluster().host(0), &h1 = cluster().host(1);
+  // The underlay really has no IPv4.
+  for (int i = 0; i < cluster().size(); ++i)
+    for (const auto &a : nl::Socket::open_in(cluster().host(i).netns_path()).addresses("eth0"))
+      EXPECT_NE(a.find(':'), std::string::npos) << "IPv4 on h" << i << "'s eth0: " << a;
+  for (const auto &a : nl::Socket::open_in(cluster().underlay_netns_path()).addresses("br0"))
+    EXPECT_NE(a.find(':'), std::string::npos) << "IPv4 on the underlay bridge: " << a;
+  // h1's decoys are there, flagged, and listed ahead of its stable address.
+  {
+    auto addrs = nl::Socket::open_in(h1.netns_path()).addresses_with_flags("eth0");
+    std::map<std::string, std::pair<size_t, uint32_t>> at;
+    for (size_t i = 0; i < addrs.size(); ++i)
+      at[addrs[i].cidr.substr(0, addrs[i].cidr.find('/'))] = {i, addrs[i].flags};
+    ASSERT_TRUE(at.count(h1.ip()) && at.count(kDeprecated) && at.count(kDadFailed));
+    EXPECT_TRUE(at[kDeprecated].second & IFA_F_DEPRECATED) << std::hex << at[kDeprecated].second;
+    EXPECT_TRUE(at[kDadFailed].second & (IFA_F_DADFAILED | IFA_F_TENTATIVE))
+        << std::hex << at[kDadFailed].second;
+    EXPECT_LT(at[kDeprecated].first, at[h1.ip()].first);
+    EXPECT_LT(at[kDadFailed].first, at[h1.ip()].first);
+  }
+
+  // Each node's record in the store has its stable IPv6 endpoint, and each
+  // device has the other at it.
+  for (int i = 0; i < 2; ++i) {
+    const Host &h = cluster().host(i), &other = cluster().host(1 - i);
+    auto rec =
+        cluster().etcd().ctl({"get", "/flotilla/net/nodes/" + h.name(), "--print-value-only"});
+    json j = json::parse(rec.output, nullptr, false);
+    EXPECT_EQ(j.is_object() ? j.value("endpoint", "") : rec.output, wg_endpoint_of(h));
+    auto d = device(h);
+    ASSERT_EQ(d.peers.size(), 1u) << state();
+    EXPECT_EQ(d.peers[0].endpoint, wg_endpoint_of(other)) << h.name() << "'s peer";
+  }
+  // The MTU: the underlay's minus 80 on the device, the bridge (and below,
+  // the containers' veths); the status says the same.
+  unsigned mtu = 0;
+  for (int i = 0; i < 2; ++i) {
+    const Host &h = cluster().host(i);
+    auto sock = nl::Socket::open_in(h.netns_path());
+    const unsigned underlay = sock.link("eth0").value().mtu;
+    auto wg = sock.link(h.wg_interface()), br = sock.link("flotilla0");
+    ASSERT_TRUE(wg && br) << h.name();
+    EXPECT_EQ(wg->mtu, underlay - 80) << h.name() << "'s WireGuard device";
+    EXPECT_EQ(br->mtu, underlay - 80) << h.name() << "'s bridge";
+    mtu = wg->mtu;
+  }
+  {
+    json net = h0.get("/v1/nodes/h0/network");
+    ASSERT_TRUE(net.is_object()) << h0.api("GET", "/v1/nodes/h0/network").body;
+    EXPECT_EQ(net.value("mtu", 0u), net["underlay"].value("mtu", 0u) - 80) << net.dump();
+    EXPECT_EQ(net["wireguard"].value("endpoint", ""), wg_endpoint_of(h0)) << net.dump();
+  }
+
+  auto r = h0.run_job(web_job());
+  ASSERT_EQ(r.exit_code, 0) << r.output << cluster().logs();
+  std::map<std::string, std::pair<std::string, std::string>> cs;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        cs = containers();
+        return cs.size() == 2;
+      },
+      60s))
+      << cluster().logs();
+
+  start_capture();
+  if (HasFatalFailure()) return;
+  for (const auto &[from, c] : cs) {
+    const std::string to = from == "h0" ? "h1" : "h0";
+    const auto &d = cs[to];
+    const std::string ns = ns_of(from, c.first);
+    EXPECT_EQ(nl::Socket::open_in(ns).link("eth0").value().mtu, mtu) << from << "'s container";
+    bool ok = false;
+    wait_until([&] { return ok = ping(ns, d.second); }, 10s, 100ms);
+    EXPECT_TRUE(ok) << from << " -> " << to << " (" << d.second << ") ping\n" << state();
+    const std::string page = http(ns, d.second);
+    EXPECT_NE(page.find(marker()), std::string::npos)
+        << from << " -> " << to << " (" << d.second << ") TCP: " << page;
+    const std::string six = ip6_[to];
+    ok = false;
+    wait_until([&] { return ok = ping(ns, six); }, 5s, 100ms);
+    EXPECT_TRUE(ok) << from << " -> " << to << " (" << six << ") ping over IPv6\n" << state();
+    // A packet of the full overlay MTU (ICMP 8 + IPv4 20 bytes of
+    // headers): 80 bytes more on the underlay fill its MTU exactly.
+    auto big = flotilla::e2e::run(
+        {kBusybox, "ping", "-c", "2", "-W", "2", "-s", std::to_string(mtu - 28), d.second}, ns);
+    EXPECT_EQ(big.exit_code, 0) << from << " -> " << to << " full-MTU ping: " << big.output;
+  }
+  const std::string bytes = stop_capture();
+  EXPECT_EQ(bytes.find(marker()), std::string::npos)
+      << "the marker crossed the underlay in cleartext";
+  EXPECT_GE(captured("ip6 and udp port 51820"), 12) << "WireGuard over IPv6 between the hosts";
+  EXPECT_EQ(captured("ip"), 0) << "IPv4 on the IPv6-only underlay";
+  EXPECT_EQ(captured("ip6 and (ip6[6] == 44)"), 0)
+      << "fragments on the underlay: the overlay MTU leaves too little room for WireGuard";
+  EXPECT_EQ(captured("tcp port 8080 or icmp or ip6 net fd42:11::/48"), 0)
+      << "no overlay packet unencrypted on the underlay";
 }
