@@ -262,7 +262,11 @@ std::string unusable_endpoint_flags(uint32_t flags) {
 
 std::optional<std::string> underlay_endpoint(
     const std::vector<netlink::Address> &underlay_addresses, int listen_port) {
-  std::optional<std::string> configured, learnt;
+  // Lower is better: stable configured, stable learnt, then the last
+  // resorts (tentative: usable once DAD ends, about a second; temporary:
+  // replaced in a day or so; deprecated: its prefix is going away).
+  std::optional<std::string> best;
+  int best_rank = 0;
   for (const auto &a : underlay_addresses) {
     const std::string ip = a.cidr.substr(0, a.cidr.find('/'));
     auto addr = parse_address(ip);
@@ -270,11 +274,17 @@ std::optional<std::string> underlay_endpoint(
     if (!addr->v6) return ip + ":" + std::to_string(listen_port);
     const bool link_local = (addr->value >> 118) == 0x3fa;  // fe80::/10
     if (link_local || addr->value <= 1) continue;           // nor :: or ::1
-    if (!unusable_endpoint_flags(a.flags).empty()) continue;
-    auto &slot = (a.flags & IFA_F_PERMANENT) ? configured : learnt;
-    if (!slot) slot = "[" + ip + "]:" + std::to_string(listen_port);
+    if (a.flags & IFA_F_DADFAILED) continue;                // another host has it
+    int rank = (a.flags & IFA_F_PERMANENT) ? 0 : 1;
+    if (a.flags & IFA_F_TENTATIVE) rank = std::max(rank, 2);
+    if (a.flags & IFA_F_TEMPORARY) rank = std::max(rank, 3);
+    if (a.flags & IFA_F_DEPRECATED) rank = std::max(rank, 4);
+    if (!best || rank < best_rank) {
+      best = "[" + ip + "]:" + std::to_string(listen_port);
+      best_rank = rank;
+    }
   }
-  return configured ? configured : learnt;
+  return best;
 }
 
 bool tunnel_is_v6(const std::string &endpoint, bool underlay_v6) {

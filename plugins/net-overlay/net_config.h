@@ -61,13 +61,16 @@ std::optional<std::string> parse_endpoint(const std::string &text, int default_p
 // underlay interface's addresses as netlink lists them (in the kernel's
 // order, with their IFA_F_* flags): the first IPv4 one, else a stable
 // global IPv6 one, with listen_port; nullopt when there is neither.
-// Stable: not link-local (fe80::/10 reaches no peer off the link), not
-// loopback, and none of IFA_F_TENTATIVE (DAD still running: packets to it
-// are dropped), IFA_F_DADFAILED (another host has it), IFA_F_DEPRECATED
-// (its prefix is going away) or IFA_F_TEMPORARY (a privacy address,
-// replaced every day or so). A configured address (IFA_F_PERMANENT) wins
-// over one learnt from router advertisements, which the prefix's
-// lifetimes can take away; otherwise the first in the kernel's order.
+// Stable first: not link-local (fe80::/10 reaches no peer off the link),
+// not loopback, and none of IFA_F_TENTATIVE (DAD still running: packets to
+// it are dropped until it ends), IFA_F_DEPRECATED (its prefix is going
+// away) or IFA_F_TEMPORARY (a privacy address, replaced every day or so).
+// A configured address (IFA_F_PERMANENT) wins over one learnt from router
+// advertisements, which the prefix's lifetimes can take away; otherwise
+// the first in the kernel's order. Without a stable one, the last resorts
+// in this order: tentative (a daemon started at boot, during DAD's first
+// second), temporary, deprecated; the plugin warns with the flags. Never
+// IFA_F_DADFAILED (another host has it).
 std::optional<std::string> underlay_endpoint(
     const std::vector<netlink::Address> &underlay_addresses, int listen_port);
 

@@ -1279,9 +1279,19 @@ flotilla_status init(const flotilla_host *host, void **out) {
       auto ep = ov::underlay_endpoint(addrs, self->cfg.wg_listen_port);
       if (ep) {
         self->endpoint = *ep;
+        // A last resort (no stable address): say which and why, once.
+        for (const auto &a : addrs) {
+          const std::string ip = a.cidr.substr(0, a.cidr.find('/'));
+          const std::string why = ov::unusable_endpoint_flags(a.flags);
+          if (!why.empty() && ep->rfind("[" + ip + "]:", 0) == 0)
+            self->log(FLOTILLA_LOG_WARN,
+                      "the underlay " + self->underlay.interface +
+                          " has no stable global IPv6 address; publishing " + a.cidr + " (" + why +
+                          ") as this node's WireGuard endpoint. Peers reach it only while it "
+                          "is valid; set wg_endpoint to choose one");
+        }
       } else {
-        // Name the addresses passed over and why, so that the operator
-        // sees a DAD still running or a deprecated prefix.
+        // Name the addresses passed over and why (a DAD that failed).
         std::string skipped;
         for (const auto &a : addrs) {
           const std::string why = ov::unusable_endpoint_flags(a.flags);
@@ -1289,7 +1299,7 @@ flotilla_status init(const flotilla_host *host, void **out) {
             skipped += (skipped.empty() ? " (passed over: " : ", ") + a.cidr + " " + why;
         }
         problems.push_back({"wg_endpoint", "the underlay " + self->underlay.interface +
-                                               " has no IPv4 or stable global IPv6 address to "
+                                               " has no IPv4 or usable global IPv6 address to "
                                                "publish" +
                                                (skipped.empty() ? "" : skipped + ")") +
                                                "; set wg_endpoint"});

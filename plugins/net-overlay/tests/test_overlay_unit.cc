@@ -192,9 +192,20 @@ TEST(NetConfig, EndpointIsAStableGlobalAddress) {
                                    {"fd00::8/64", kConfigured}},
                                   51820),
             "[fd00::7]:51820");
-  // Nothing stable: no endpoint (the plugin then says which and why).
-  EXPECT_FALSE(ov::underlay_endpoint({{"2001:db8::5/64", IFA_F_TENTATIVE | kConfigured},
-                                      {"2001:db8::6/64", IFA_F_DEPRECATED},
+  // Nothing stable: the last resorts, tentative before temporary before
+  // deprecated, wherever they are listed; a DAD-failed one never.
+  EXPECT_EQ(ov::underlay_endpoint({{"2001:db8::6/64", IFA_F_DEPRECATED},
+                                   {"2001:db8::7/64", IFA_F_TEMPORARY},
+                                   {"2001:db8::5/64", IFA_F_TENTATIVE | kConfigured},
+                                   {"fe80::5/64", kConfigured}},
+                                  51820),
+            "[2001:db8::5]:51820");
+  EXPECT_EQ(ov::underlay_endpoint(
+                {{"2001:db8::6/64", IFA_F_DEPRECATED}, {"2001:db8::7/64", IFA_F_TEMPORARY}}, 51820),
+            "[2001:db8::7]:51820");
+  EXPECT_EQ(ov::underlay_endpoint({{"2001:db8::6/64", IFA_F_DEPRECATED}}, 51820),
+            "[2001:db8::6]:51820");
+  EXPECT_FALSE(ov::underlay_endpoint({{"2001:db8::5/64", IFA_F_TENTATIVE | IFA_F_DADFAILED},
                                       {"fe80::5/64", kConfigured}},
                                      51820));
   // IPv4 is untouched by the IPv6 flags: bit 0 is IFA_F_SECONDARY there,
