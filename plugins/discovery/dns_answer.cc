@@ -44,7 +44,10 @@ void Responder::PktFree::operator()(knot_pkt_t *p) const {
 }
 
 Responder::Responder(const Zone &zone, AnswerSettings settings)
-    : zone_(zone), settings_(settings), rng_(std::random_device{}() | 1) {
+    : zone_(zone),
+      settings_(settings),
+      rng_(std::random_device{}() | 1),
+      cache_(settings.cache_slots) {
   // One query and one reply packet for every answer: each is pointed at the
   // datagram's bytes in turn, so the query path allocates nothing (the RR
   // arrays libknot grows stay).
@@ -70,6 +73,15 @@ uint64_t Responder::next_random() {
   return rng_ * 2685821657736338717ull;
 }
 
+uint16_t Responder::pick_start(uint16_t count) {
+  const bool first = draws_++ == 0;
+  if (first) draw_count_ = count;
+  const uint16_t start = first && forced_start_ >= 0 ? static_cast<uint16_t>(forced_start_ % count)
+                                                     : static_cast<uint16_t>(next_random() % count);
+  if (first) draw_start_ = start;
+  return start;
+}
+
 Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_t *out,
                          size_t out_cap) {
   Answer result;
@@ -80,6 +92,57 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
     return result;
   }
   ++stats_.queries;
+  if (!cache_.enabled()) return answer_full(query, len, transport, out, out_cap);
+
+  // A query asked before, in this generation of the zone: its reply as the
+  // full path wrote it, with this query's ID. The rotation is drawn from
+  // the same random numbers the full path would use.
+  const uint8_t tkey = transport == Transport::udp ? 0 : 1;
+  const uint64_t generation = zone_.generation();
+  forced_start_ = -1;
+  if (const AnswerCache::Entry *e = cache_.find(query, len, tkey, out_cap, generation)) {
+    uint16_t v = 0;
+    if (AnswerCache::draws(*e))
+      v = static_cast<uint16_t>(next_random() % AnswerCache::variants(*e));
+    uint16_t bits = 0;
+    if (size_t n = AnswerCache::copy(*e, v, query, out, out_cap, &bits)) {
+      ++stats_.cached;
+      if (bits & AnswerCache::kAnswer) ++stats_.answers;
+      if (bits & AnswerCache::kNxdomain) ++stats_.nxdomain;
+      if (bits & AnswerCache::kNodata) ++stats_.nodata;
+      if (bits & AnswerCache::kTruncated) ++stats_.truncated;
+      if (bits & AnswerCache::kLimited) ++stats_.limited;
+      result.kind = Answer::reply;
+      result.size = n;
+      return result;
+    }
+    // That rotation is not written yet: the full path writes it, from the
+    // start just drawn.
+    if (AnswerCache::draws(*e)) forced_start_ = v;
+  }
+  const AnswerStats before = stats_;
+  draws_ = 0;
+  finished_ = false;
+  result = answer_full(query, len, transport, out, out_cap);
+  forced_start_ = -1;
+  // Only a normal answer with at most one rotated set is kept: error
+  // replies (FORMERR, REFUSED, ...) and forwards are not.
+  if (!finished_ || result.kind != Answer::reply || draws_ > 1) return result;
+  uint16_t bits = 0;
+  if (stats_.answers != before.answers) bits |= AnswerCache::kAnswer;
+  if (stats_.nxdomain != before.nxdomain) bits |= AnswerCache::kNxdomain;
+  if (stats_.nodata != before.nodata) bits |= AnswerCache::kNodata;
+  if (stats_.truncated != before.truncated) bits |= AnswerCache::kTruncated;
+  if (stats_.limited != before.limited) bits |= AnswerCache::kLimited;
+  const bool drew = draws_ == 1;
+  cache_.insert(query, len, tkey, out_cap, generation, drew ? draw_count_ : 1, drew,
+                drew ? draw_start_ : 0, out, result.size, bits);
+  return result;
+}
+
+Answer Responder::answer_full(uint8_t *query, size_t len, Transport transport, uint8_t *out,
+                              size_t out_cap) {
+  Answer result;
 
   // The query packet over the caller's bytes until we return; then over our
   // scratch header again, so that clearing it (which frees what parsing
@@ -182,7 +245,7 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
       n = settings_.answer_limit;
       limited = true;
     }
-    const uint16_t start = static_cast<uint16_t>(next_random() % set.count());
+    const uint16_t start = pick_start(set.count());
     knot_rrset_t rr = set.view(node->owner.data(), type, zone_.ttl(), start, n);
     int ret = put_rr(r, KNOT_COMPR_HINT_QNAME, &rr, 0);
     if (ret == KNOT_EOK) {
@@ -243,6 +306,7 @@ Answer Responder::answer(uint8_t *query, size_t len, Transport transport, uint8_
   }
   if (knot_wire_get_tc(r->wire)) ++stats_.truncated;
   ++stats_.answers;
+  finished_ = true;
   result.kind = Answer::reply;
   result.size = r->size;
   return result;

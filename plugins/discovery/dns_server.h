@@ -1,6 +1,7 @@
 // The DNS listeners on the daemon's loop: UDP (recvmmsg/sendmmsg in
-// batches) and TCP (RFC 7766: pipelined queries, replies in any order,
-// idle connections closed), each on every configured address.
+// batches, the replies of one size to one peer as one UDP GSO send) and
+// TCP (RFC 7766: pipelined queries, replies in any order, idle connections
+// closed), each on every configured address.
 #pragma once
 
 #include <flotilla/host.h>
@@ -47,6 +48,7 @@ class DnsServer {
   static void on_conn(void *user, int fd, uint32_t events);
   static void on_sweep(void *user);
   void udp_batch(Listener &l);
+  void udp_send(Listener &l);
   void conn_read(Conn &c);
   void conn_write(Conn &c);
   void conn_queue(uint64_t id, const uint8_t *reply, size_t len);

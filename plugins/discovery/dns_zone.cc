@@ -224,6 +224,7 @@ void Zone::clear() {
   dirty_allocs_.clear();
   nodes_.clear();
   add_structure();
+  ++generation_;
 }
 
 void Zone::commit() {
@@ -231,6 +232,7 @@ void Zone::commit() {
   for (const auto &a : dirty_allocs_) rebuild_alloc(a);
   dirty_services_.clear();
   dirty_allocs_.clear();
+  ++generation_;
 }
 
 void Zone::rebuild_service(const std::string &service) {

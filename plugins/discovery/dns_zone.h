@@ -90,6 +90,9 @@ class Zone {
   void remove_vip(const std::string &service);
   void clear();  // before a full re-list
   void commit();
+  // Changes with every commit() and clear(): what find() returns may have
+  // changed (the Responder's answer cache keys on it). Starts at 1.
+  uint64_t generation() const { return generation_; }
 
   // The node for a lowercased wire-form name, or nullptr.
   const ZoneNode *find(const uint8_t *lower_name) const;
@@ -140,6 +143,7 @@ class Zone {
   std::map<std::string, AllocState> allocs_;
   std::set<std::string> dirty_services_, dirty_allocs_;
   std::unordered_map<std::string, ZoneNode, KeyHash, KeyEq> nodes_;
+  uint64_t generation_ = 1;
 };
 
 // Helpers shared with the tests.

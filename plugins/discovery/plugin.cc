@@ -709,6 +709,7 @@ void report_stats(void *user) {
   add("discovery_dns_formerr_total", s.formerr, inst->reported.formerr);
   add("discovery_dns_truncated_total", s.truncated, inst->reported.truncated);
   add("discovery_dns_answer_limited_total", s.limited, inst->reported.limited);
+  add("discovery_dns_cache_hits_total", s.cached, inst->reported.cached);
   inst->host->metric_gauge_set(inst->host->host_ctx, "discovery_dns_forwards_inflight",
                                static_cast<double>(inst->forwarder->inflight()));
   inst->host->metric_gauge_set(inst->host->host_ctx, "discovery_services",

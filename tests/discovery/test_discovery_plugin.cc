@@ -356,6 +356,53 @@ TEST_F(DiscoveryPlugin, MalformedPacketsNeitherCrashNorStall) {
       << "the server still answers";
 }
 
+// A burst from one socket is read in one batch, and its replies of one size
+// leave as one segmented send (UDP GSO, dns_server.cc): every reply must
+// still arrive as a datagram of its own, carrying its query's ID.
+TEST_F(DiscoveryPlugin, ABurstFromOneSocketGetsEveryReplyAsItsOwnDatagram) {
+  start();
+  put("/flotilla/services/web/a1", endpoint("10.42.1.5"));
+  put("/flotilla/services/web/a2", endpoint("10.42.1.6"));
+  put("/flotilla/services/web/a3", endpoint("10.42.1.7"));
+  ASSERT_TRUE(run_until([&] { return a_records("web.service.flotilla.").size() == 3; }));
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  int big = 1 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  sockaddr_in a = loopback(dns_port_);
+  constexpr int kQueries = 150;
+  // Two of every three ask web (one reply size), the rest a name that does
+  // not exist, of two lengths (NXDOMAIN, other sizes).
+  for (int i = 0; i < kQueries; ++i) {
+    const std::string name = i % 3 != 2 ? "web.service.flotilla."
+                             : i % 2    ? "nothere.service.flotilla."
+                                        : "x.service.flotilla.";
+    auto q = dt::make_query(name, KNOT_RRTYPE_A, 0, static_cast<uint16_t>(i + 1));
+    ASSERT_EQ(sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr *>(&a), sizeof a),
+              static_cast<ssize_t>(q.size()));
+  }
+  std::set<uint16_t> ids;
+  int bad = 0;
+  std::vector<uint8_t> buf(65535);
+  run_until(
+      [&] {
+        for (;;) {
+          ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+          if (n < 0) break;
+          dt::Reply r = dt::parse_reply(buf.data(), static_cast<size_t>(n));
+          const int i = r.id - 1;
+          const bool web = i % 3 != 2;
+          if (r.rcode != (web ? KNOT_RCODE_NOERROR : KNOT_RCODE_NXDOMAIN) ||
+              r.answer.size() != (web ? 3u : 0u) || !ids.insert(r.id).second)
+            ++bad;
+        }
+        return ids.size() == kQueries;
+      },
+      10);
+  close(fd);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kQueries));
+  EXPECT_EQ(bad, 0);
+}
+
 TEST_F(DiscoveryPlugin, HealthChecksMoveAnInstanceOutOfDnsAndBack) {
   start();
   Listener healthy;

@@ -2,7 +2,7 @@
 # Build the DNS packet-path fuzzer with clang-14 and libFuzzer and run it
 # for a bounded time: fuzz.sh OUTDIR SECONDS
 #
-# Compiles only the three files the packet path is made of (a few seconds),
+# Compiles only the four files the packet path is made of (a few seconds),
 # so it adds little to a CI run. Exit 77 (meson: skipped) when clang-14 or
 # libFuzzer is missing. Crashes are left in OUTDIR/artifacts.
 set -euo pipefail
@@ -17,7 +17,8 @@ fi
 mkdir -p "$out/artifacts" "$out/corpus"
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -I"$src" $(pkg-config --cflags libknot))
-if ! "$cxx" "${flags[@]}" "$here/fuzz_dns_answer.cc" "$src/dns_answer.cc" "$src/dns_zone.cc" \
+if ! "$cxx" "${flags[@]}" "$here/fuzz_dns_answer.cc" "$src/dns_answer.cc" "$src/dns_answer_cache.cc" \
+     "$src/dns_zone.cc" \
      $(pkg-config --libs libknot) -o "$out/fuzz_dns_answer" 2> "$out/build.log"; then
   if grep -q "libclang_rt.fuzzer\|cannot find -lclang_rt" "$out/build.log"; then
     echo "SKIPPED: libFuzzer runtime missing (Debian: libfuzzer-14-dev)"; exit 77
