@@ -142,6 +142,19 @@ class Mesh : public flotilla::cluster::ClusterTest {
     return out + cluster().etcd().ctl({"get", "/flotilla/net/nodes/", "--prefix"}).output;
   }
 
+  // containers() once it has n entries, or what it had when timeout ran out.
+  std::map<std::string, std::pair<std::string, std::string>> wait_for_containers(
+      size_t n, std::chrono::milliseconds timeout) {
+    std::map<std::string, std::pair<std::string, std::string>> cs;
+    wait_until(
+        [&] {
+          cs = containers();
+          return cs.size() == n;
+        },
+        timeout);
+    return cs;
+  }
+
   // node -> (alloc id, container address) of the mesh job.
   std::map<std::string, std::pair<std::string, std::string>> containers() {
     std::map<std::string, std::pair<std::string, std::string>> out;
@@ -269,14 +282,8 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
   Host &h0 = cluster().host(0);
   auto r = h0.run_job(web_job());
   ASSERT_EQ(r.exit_code, 0) << r.output << cluster().logs();
-  std::map<std::string, std::pair<std::string, std::string>> cs;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        cs = containers();
-        return cs.size() == 3;
-      },
-      60s))
-      << cluster().logs();
+  auto cs = wait_for_containers(3, 60s);
+  ASSERT_EQ(cs.size(), 3u) << cluster().logs();
   std::set<std::string> subnets;
   for (const auto &[node, c] : cs) subnets.insert(c.second.substr(0, c.second.rfind('.')));
   EXPECT_EQ(subnets.size(), 3u) << "each node its own subnet";
@@ -428,13 +435,8 @@ TEST_F(Mesh, ContainersReachEachOtherEncryptedThroughRestartsAndLeaves) {
     std::cout << "[ MEASURED ] mesh converged " << back->count()
               << " ms after h2's daemon answered\n";
     // Its allocation may have been replaced while it was gone: ask again.
-    ASSERT_TRUE(wait_until(
-        [&] {
-          cs = containers();
-          return cs.size() == 3;
-        },
-        30s))
-        << cluster().logs();
+    cs = wait_for_containers(3, 30s);
+    ASSERT_EQ(cs.size(), 3u) << cluster().logs();
     bool ok = false;
     wait_until([&] { return ok = ping(ns_of("h0", cs["h0"].first), cs["h2"].second); }, 10s, 100ms);
     EXPECT_TRUE(ok) << state();
@@ -569,14 +571,8 @@ TEST_F(MeshOverIpv6Underlay, TunnelsRunOverIpv6FromTheStableAddressWithMtuMinus8
 
   auto r = h0.run_job(web_job());
   ASSERT_EQ(r.exit_code, 0) << r.output << cluster().logs();
-  std::map<std::string, std::pair<std::string, std::string>> cs;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        cs = containers();
-        return cs.size() == 2;
-      },
-      60s))
-      << cluster().logs();
+  auto cs = wait_for_containers(2, 60s);
+  ASSERT_EQ(cs.size(), 2u) << cluster().logs();
 
   start_capture();
   if (HasFatalFailure()) return;

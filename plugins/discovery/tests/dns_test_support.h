@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dns_zone.h"
@@ -110,6 +111,21 @@ inline Reply parse_reply(const uint8_t *data, size_t len) {
   section(KNOT_AUTHORITY, r.authority, false);
   section(KNOT_ADDITIONAL, r.additional, false);
   return r;
+}
+
+// An endpoint record of node n1, for the zone's tests.
+inline Endpoint ep(const std::string &svc, const std::string &alloc,
+                   std::vector<std::string> addrs, const std::string &health = "passing",
+                   uint16_t port = 8080, std::vector<std::string> tags = {}) {
+  Endpoint e;
+  e.service = svc;
+  e.alloc = alloc;
+  e.node = "n1";
+  e.addresses = std::move(addrs);
+  e.port = port;
+  e.tags = std::move(tags);
+  e.health = health;
+  return e;
 }
 
 }  // namespace flotilla::discovery::test

@@ -16,18 +16,11 @@ using test::make_query;
 using test::parse_reply;
 using test::Reply;
 
+// One address: the common case here.
 Endpoint ep(const std::string &svc, const std::string &alloc, const std::string &addr,
             const std::string &health = "passing", uint16_t port = 8080,
             std::vector<std::string> tags = {}) {
-  Endpoint e;
-  e.service = svc;
-  e.alloc = alloc;
-  e.node = "n1";
-  e.addresses = {addr};
-  e.port = port;
-  e.tags = std::move(tags);
-  e.health = health;
-  return e;
+  return test::ep(svc, alloc, {addr}, health, port, std::move(tags));
 }
 
 class DnsAnswer : public ::testing::Test {

@@ -16,19 +16,7 @@ using test::make_query;
 using test::parse_reply;
 using test::Reply;
 
-Endpoint ep(const std::string &svc, const std::string &alloc, std::vector<std::string> addrs,
-            const std::string &health = "passing", uint16_t port = 8080,
-            std::vector<std::string> tags = {}) {
-  Endpoint e;
-  e.service = svc;
-  e.alloc = alloc;
-  e.node = "n1";
-  e.addresses = std::move(addrs);
-  e.port = port;
-  e.tags = std::move(tags);
-  e.health = health;
-  return e;
-}
+using test::ep;
 
 AnswerSettings uncached(AnswerSettings s = {}) {
   s.cache_slots = 0;
