@@ -55,7 +55,6 @@ class Responder {
   Answer answer(uint8_t *query, size_t len, Transport transport, uint8_t *out, size_t out_cap);
 
   const AnswerStats &stats() const { return stats_; }
-  uint64_t cache_hits() const { return stats_.cached; }
   void reset_stats() { stats_ = {}; }
   void seed(uint64_t s) { rng_ = s ? s : 1; }
 

@@ -140,8 +140,8 @@ void expect_same_as_uncached(Zone &zone, AnswerSettings settings) {
   EXPECT_EQ(x.limited, y.limited);
   EXPECT_EQ(x.dropped, y.dropped);
   // Not a vacuous pass: most of those were answered from the cache.
-  EXPECT_GT(cached.cache_hits(), x.queries / 2);
-  EXPECT_EQ(plain.cache_hits(), 0u);
+  EXPECT_GT(cached.stats().cached, x.queries / 2);
+  EXPECT_EQ(plain.stats().cached, 0u);
 }
 
 void fill(Zone &zone) {
@@ -177,7 +177,7 @@ TEST_F(DnsAnswerCache, ARecordChangeIsAnsweredAtOnce) {
   auto q = make_query("web.service.flotilla.", KNOT_RRTYPE_A);
   EXPECT_EQ(ask(q).answer, std::vector<std::string>{"A 10.42.1.5"});
   EXPECT_EQ(ask(q).answer, std::vector<std::string>{"A 10.42.1.5"});
-  EXPECT_EQ(responder.cache_hits(), 1u);
+  EXPECT_EQ(responder.stats().cached, 1u);
 
   // A new address: the next query sees it, not the kept reply.
   zone.put_endpoint(ep("web", "a1", {"10.42.1.6"}));
@@ -238,7 +238,7 @@ TEST_F(DnsAnswerCache, EdnsAndPlainQueriesDoNotShareAReply) {
     EXPECT_FALSE(t.tc);
     EXPECT_EQ(t.answer.size(), 40u);
   }
-  EXPECT_GE(responder.cache_hits(), 12u);
+  EXPECT_GE(responder.stats().cached, 12u);
 }
 
 TEST_F(DnsAnswerCache, UdpAndTcpDoNotShareAReply) {
@@ -258,7 +258,7 @@ TEST_F(DnsAnswerCache, UdpAndTcpDoNotShareAReply) {
     EXPECT_LE(raw(q).size(), 512u);
     EXPECT_LT(u.additional.size(), 16u);
   }
-  EXPECT_GE(responder.cache_hits(), 10u);
+  EXPECT_GE(responder.stats().cached, 10u);
 }
 
 TEST_F(DnsAnswerCache, TheReplyEchoesTheQuestionsLetterCase) {
@@ -277,7 +277,7 @@ TEST_F(DnsAnswerCache, TheReplyEchoesTheQuestionsLetterCase) {
                 std::vector<std::string>{"A 10.42.1.5"});
     }
   }
-  EXPECT_GE(responder.cache_hits(), 5u);
+  EXPECT_GE(responder.stats().cached, 5u);
 }
 
 TEST_F(DnsAnswerCache, EachHitCarriesItsQuerysIdAndFlags) {
@@ -295,7 +295,7 @@ TEST_F(DnsAnswerCache, EachHitCarriesItsQuerysIdAndFlags) {
   EXPECT_FALSE(knot_wire_get_rd(out.data()));
   out = raw(make_query("web.service.flotilla.", KNOT_RRTYPE_A));
   EXPECT_TRUE(knot_wire_get_rd(out.data()));
-  EXPECT_GE(responder.cache_hits(), 4u);
+  EXPECT_GE(responder.stats().cached, 4u);
 }
 
 TEST_F(DnsAnswerCache, EveryRotationIsServed) {
@@ -309,7 +309,7 @@ TEST_F(DnsAnswerCache, EveryRotationIsServed) {
     firsts.insert(r.answer[0]);
   }
   EXPECT_EQ(firsts.size(), 3u);
-  EXPECT_GE(responder.cache_hits(), 50u);
+  EXPECT_GE(responder.stats().cached, 50u);
 }
 
 TEST_F(DnsAnswerCache, AMalformedQueryIsNeverAnsweredFromTheCache) {
