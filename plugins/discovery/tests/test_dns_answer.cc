@@ -16,12 +16,7 @@ using test::make_query;
 using test::parse_reply;
 using test::Reply;
 
-// One address: the common case here.
-Endpoint ep(const std::string &svc, const std::string &alloc, const std::string &addr,
-            const std::string &health = "passing", uint16_t port = 8080,
-            std::vector<std::string> tags = {}) {
-  return test::ep(svc, alloc, {addr}, health, port, std::move(tags));
-}
+using test::ep;
 
 class DnsAnswer : public ::testing::Test {
  protected:
@@ -51,10 +46,10 @@ class DnsAnswer : public ::testing::Test {
 };
 
 TEST_F(DnsAnswer, ServiceNameAnswersOnlyPassingEndpoints) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5"));
-  zone.put_endpoint(ep("web", "a2", "10.42.2.5"));
-  zone.put_endpoint(ep("web", "a3", "10.42.3.5", "critical"));
-  zone.put_endpoint(ep("web", "a4", "10.42.4.5", "starting"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}));
+  zone.put_endpoint(ep("web", "a2", {"10.42.2.5"}));
+  zone.put_endpoint(ep("web", "a3", {"10.42.3.5"}, "critical"));
+  zone.put_endpoint(ep("web", "a4", {"10.42.4.5"}, "starting"));
   zone.commit();
   Reply r = ask("web.service.flotilla.", KNOT_RRTYPE_A);
   EXPECT_EQ(r.rcode, KNOT_RCODE_NOERROR);
@@ -65,7 +60,7 @@ TEST_F(DnsAnswer, ServiceNameAnswersOnlyPassingEndpoints) {
 }
 
 TEST_F(DnsAnswer, NamesAreCaseInsensitive) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}));
   zone.commit();
   Reply r = ask("WeB.SERVICE.Flotilla.", KNOT_RRTYPE_A);
   EXPECT_EQ(set(r.answer), (std::multiset<std::string>{"A 10.42.1.5"}));
@@ -73,7 +68,7 @@ TEST_F(DnsAnswer, NamesAreCaseInsensitive) {
 
 TEST_F(DnsAnswer, AnswersAreShuffled) {
   for (int i = 0; i < 5; ++i)
-    zone.put_endpoint(ep("web", "a" + std::to_string(i), "10.42.1." + std::to_string(10 + i)));
+    zone.put_endpoint(ep("web", "a" + std::to_string(i), {"10.42.1." + std::to_string(10 + i)}));
   zone.commit();
   std::set<std::string> firsts;
   for (int i = 0; i < 200; ++i) {
@@ -85,11 +80,11 @@ TEST_F(DnsAnswer, AnswersAreShuffled) {
 }
 
 TEST_F(DnsAnswer, AaaaAndTagNames) {
-  Endpoint e = ep("web", "a1", "10.42.1.5", "passing", 80, {"v2", "canary"});
+  Endpoint e = ep("web", "a1", {"10.42.1.5"}, "passing", 80, {"v2", "canary"});
   e.addresses.push_back("fd00::5");
   zone.put_endpoint(e);
-  zone.put_endpoint(ep("web", "a2", "10.42.2.5", "passing", 80, {"v1"}));
-  zone.put_endpoint(ep("web", "a3", "10.42.3.5", "critical", 80, {"v1"}));
+  zone.put_endpoint(ep("web", "a2", {"10.42.2.5"}, "passing", 80, {"v1"}));
+  zone.put_endpoint(ep("web", "a3", {"10.42.3.5"}, "critical", 80, {"v1"}));
   zone.commit();
   EXPECT_EQ(set(ask("web.service.flotilla.", KNOT_RRTYPE_AAAA).answer),
             (std::multiset<std::string>{"AAAA fd00::5"}));
@@ -107,9 +102,9 @@ TEST_F(DnsAnswer, AaaaAndTagNames) {
 }
 
 TEST_F(DnsAnswer, SrvWithTargetsInAdditional) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5", "passing", 8080));
-  zone.put_endpoint(ep("web", "a2", "10.42.2.5", "passing", 9090));
-  zone.put_endpoint(ep("web", "a3", "10.42.3.5", "critical", 9090));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}, "passing", 8080));
+  zone.put_endpoint(ep("web", "a2", {"10.42.2.5"}, "passing", 9090));
+  zone.put_endpoint(ep("web", "a3", {"10.42.3.5"}, "critical", 9090));
   zone.commit();
   Reply r = ask("_web._tcp.service.flotilla.", KNOT_RRTYPE_SRV);
   EXPECT_EQ(set(r.answer), (std::multiset<std::string>{"SRV 1 1 8080 a1.alloc.flotilla.",
@@ -118,10 +113,10 @@ TEST_F(DnsAnswer, SrvWithTargetsInAdditional) {
 }
 
 TEST_F(DnsAnswer, AllocNamesAndPtr) {
-  Endpoint e = ep("web", "a1", "10.42.1.5");
+  Endpoint e = ep("web", "a1", {"10.42.1.5"});
   e.addresses.push_back("fd00::1:5");
   zone.put_endpoint(e);
-  zone.put_endpoint(ep("db", "a1", "10.42.1.5", "critical"));
+  zone.put_endpoint(ep("db", "a1", {"10.42.1.5"}, "critical"));
   zone.commit();
   EXPECT_EQ(set(ask("a1.alloc.flotilla.", KNOT_RRTYPE_A).answer),
             (std::multiset<std::string>{"A 10.42.1.5"}));
@@ -152,7 +147,7 @@ TEST_F(DnsAnswer, VipName) {
 }
 
 TEST_F(DnsAnswer, NxdomainAndNodataCarryTheSoaWithTheNegativeTtl) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5", "critical"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}, "critical"));
   zone.commit();
   Reply nx = ask("nope.service.flotilla.", KNOT_RRTYPE_A);
   EXPECT_EQ(nx.rcode, KNOT_RCODE_NXDOMAIN);
@@ -175,7 +170,7 @@ TEST_F(DnsAnswer, NegativeTtlIsConfigurable) {
   s.ttl = 30;
   s.domain = "cluster.example";
   Zone z(s);
-  z.put_endpoint(ep("web", "a1", "10.42.1.5"));
+  z.put_endpoint(ep("web", "a1", {"10.42.1.5"}));
   z.commit();
   Responder r(z, AnswerSettings{});
   std::vector<uint8_t> out(65535);
@@ -205,7 +200,7 @@ TEST_F(DnsAnswer, ForeignNamesAreForwardedOrRefused) {
 }
 
 TEST_F(DnsAnswer, Edns0EchoesOurPayloadAndRejectsOtherVersions) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}));
   zone.commit();
   Reply r = ask("web.service.flotilla.", KNOT_RRTYPE_A, Transport::udp, 4096);
   EXPECT_TRUE(r.edns);
@@ -224,7 +219,7 @@ TEST_F(DnsAnswer, Edns0EchoesOurPayloadAndRejectsOtherVersions) {
 
 TEST_F(DnsAnswer, TooBigForUdpSetsTcAndTcpCarriesEverything) {
   for (int i = 0; i < 100; ++i)
-    zone.put_endpoint(ep("big", "a" + std::to_string(i), "10.42.9." + std::to_string(i)));
+    zone.put_endpoint(ep("big", "a" + std::to_string(i), {"10.42.9." + std::to_string(i)}));
   zone.commit();
   Reply udp = ask("big.service.flotilla.", KNOT_RRTYPE_A);  // 512 bytes: no room for 100
   EXPECT_TRUE(udp.tc);
@@ -243,7 +238,7 @@ TEST_F(DnsAnswer, TooBigForUdpSetsTcAndTcpCarriesEverything) {
 
 TEST_F(DnsAnswer, AnswerLimitNeverDropsSilently) {
   for (int i = 0; i < 10; ++i)
-    zone.put_endpoint(ep("web", "a" + std::to_string(i), "10.42.9." + std::to_string(i)));
+    zone.put_endpoint(ep("web", "a" + std::to_string(i), {"10.42.9." + std::to_string(i)}));
   zone.commit();
   AnswerSettings s;
   s.answer_limit = 3;
@@ -268,11 +263,11 @@ TEST_F(DnsAnswer, AnswerLimitNeverDropsSilently) {
 }
 
 TEST_F(DnsAnswer, ServiceChangesAreVisibleAfterCommitOnly) {
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}));
   EXPECT_EQ(ask("web.service.flotilla.", KNOT_RRTYPE_A).rcode, KNOT_RCODE_NXDOMAIN);
   zone.commit();
   EXPECT_EQ(ask("web.service.flotilla.", KNOT_RRTYPE_A).answer.size(), 1u);
-  zone.put_endpoint(ep("web", "a1", "10.42.1.5", "critical"));
+  zone.put_endpoint(ep("web", "a1", {"10.42.1.5"}, "critical"));
   zone.commit();
   EXPECT_TRUE(ask("web.service.flotilla.", KNOT_RRTYPE_A).answer.empty());
   zone.remove_endpoint("web", "a1");
