@@ -360,7 +360,8 @@ std::string Cluster::default_store_config(const Host &) const {
          toml_list(etcd_.endpoints()) +
          // Short, for tests: a request fails over (or reports the store
          // unreachable) within seconds, not etcd's defaults.
-         "\ndial_timeout_ms = 1000\nrequest_timeout_ms = 2000\n";
+         "\ndial_timeout_ms = 1000\nrequest_timeout_ms = " +
+         std::to_string(options_.store_request_timeout_ms) + "\n";
 #else
   return "";
 #endif

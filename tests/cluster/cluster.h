@@ -50,6 +50,10 @@ struct ClusterOptions {
   // [cluster] leader_lease_ttl (the scheduler leadership), seconds; 0 leaves
   // the daemon's default (half the lease_ttl, rounded up). Needs lease_ttl_s.
   int leader_lease_ttl_s = 0;
+  // store-etcd's request_timeout_ms on every host: short, so that a test
+  // of an etcd outage sees the 503 within seconds. A test that kills an
+  // etcd member that may be its leader needs room for an election.
+  int store_request_timeout_ms = 2000;
   // runtime-runc and scheduler-binpack on every host, and the busybox
   // image imported into each (needs runc and busybox-static).
   bool containers = true;

@@ -317,6 +317,10 @@ class ThreeEtcdMembers : public ThreeHosts {
   ClusterOptions options() const override {
     ClusterOptions o = ThreeHosts::options();
     o.etcd_members = 3;
+    // The member killed may be etcd's leader: a write then waits for an
+    // election (--election-timeout=1000, up to twice that randomised) and a
+    // dial to another member. 2 s was exceeded once on a loaded machine.
+    o.store_request_timeout_ms = 6000;
     return o;
   }
 };
