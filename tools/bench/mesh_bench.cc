@@ -279,8 +279,7 @@ memory = 8
       },
       10s);
 
-  std::printf("throughput, iperf3 TCP %d s, one stream; RTT of 200 pings 10 ms apart "
-              "(machine shared with 4 other helpers' builds and tests):\n",
+  std::printf("throughput, iperf3 TCP %d s, one stream; RTT of 200 pings 10 ms apart:\n",
               seconds);
   for (int round = 0; round < rounds; ++round) {
     const std::string l = load();
@@ -502,8 +501,14 @@ int convergence(int hosts, int rounds) {
 int main(int argc, char **argv) {
   int seconds = 5, hosts = 3, rounds = 3;
   std::string only;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     std::string k = argv[i];
+    if (i + 1 == argc) {
+      // An option without its value, or --help: usage, and run nothing.
+      std::cerr << "usage: mesh_bench [--seconds S] [--hosts N] [--rounds R] "
+                   "[--only throughput|convergence]\n";
+      return 2;
+    }
     if (k == "--seconds")
       seconds = std::atoi(argv[i + 1]);
     else if (k == "--hosts")
