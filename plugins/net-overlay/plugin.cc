@@ -105,6 +105,9 @@ struct Instance {
   bool watching = false;
   bool mesh_busy = false, mesh_again = false, mesh_started = false;
   bool status_busy = false;  // a status copy is being read or written
+  // The endpoint check (check_endpoint): one at a time; warned once while
+  // the underlay has no address to publish.
+  bool endpoint_busy = false, endpoint_lost_warned = false;
   std::chrono::steady_clock::time_point change_seen{};  // oldest change not yet applied
   int wg_pid = 0;
   std::string mesh_error;
@@ -956,10 +959,60 @@ void publish_status(Instance *self) {
   if (st != FLOTILLA_OK) self->status_busy = false;
 }
 
+// The published endpoint follows the underlay's addresses, unless
+// wg_endpoint is set: a prefix renumbered (the old address deprecated, a
+// new one added), an address removed, a tentative one whose DAD is over.
+// The same choice as at start (ov::underlay_endpoint), every
+// kEndpointCheckTicks, read on the thread pool through the mesh's socket.
+// The peers take the new endpoint from the record; WireGuard's roaming
+// alone would reach only the peers this node sends to first.
+constexpr int kEndpointCheckTicks = 5;
+
+void check_endpoint(Instance *self) {
+  if (!self->cfg.wg_endpoint.empty() || !self->mesh_started || self->endpoint_busy) return;
+  self->endpoint_busy = true;
+  auto addrs = std::make_shared<std::vector<nl::Address>>();
+  const std::string ifname = self->underlay.interface;
+  run_work(
+      self,
+      [self, addrs, ifname] {
+        std::lock_guard<std::mutex> g(self->mesh_mu);
+        *addrs = self->mesh_sock->addresses_with_flags(ifname);
+      },
+      [self, addrs](const std::string &error) {
+        self->endpoint_busy = false;
+        if (!error.empty()) return self->count("net_overlay_wg_errors_total");
+        const auto ep = ov::underlay_endpoint(*addrs, self->cfg.wg_listen_port);
+        if (!ep) {
+          if (!self->endpoint_lost_warned)
+            self->log(FLOTILLA_LOG_WARN, "the underlay " + self->underlay.interface +
+                                             " has no address to publish now; keeping " +
+                                             self->endpoint + " as this node's WireGuard endpoint");
+          self->endpoint_lost_warned = true;
+          return;
+        }
+        self->endpoint_lost_warned = false;
+        if (*ep == self->endpoint) return;
+        const bool family_changed = ov::tunnel_is_v6(*ep, self->underlay.v6) !=
+                                    ov::tunnel_is_v6(self->endpoint, self->underlay.v6);
+        self->log(family_changed ? FLOTILLA_LOG_WARN : FLOTILLA_LOG_INFO,
+                  "the underlay " + self->underlay.interface +
+                      "'s addresses changed: this node's WireGuard endpoint is now " + *ep +
+                      " (was " + self->endpoint + ")" +
+                      (family_changed ? "; the MTU (" + std::to_string(self->net.mtu) +
+                                            ") keeps the old family's WireGuard overhead until "
+                                            "the daemon restarts"
+                                      : ""));
+        self->endpoint = *ep;
+        self->count("net_overlay_wg_endpoint_changes_total");
+        publish(self);
+      });
+}
+
 // Once a second: the lease kept alive (every third of its TTL), the
 // records listed again after a lost watch, wireguard-go's liveness, a
-// failed convergence retried, and every wg_resync_interval a full
-// comparison against the device.
+// failed convergence retried, every wg_resync_interval a full comparison
+// against the device, and every kEndpointCheckTicks the endpoint.
 void mesh_tick(Instance *self) {
   if (self->stopping || self->backend.empty()) return;
   self->mesh_ticks++;
@@ -977,6 +1030,7 @@ void mesh_tick(Instance *self) {
     again = true;
   }
   if (again || self->mesh_ticks % self->cfg.wg_resync_interval == 0) converge(self);
+  if (self->mesh_ticks % kEndpointCheckTicks == 0) check_endpoint(self);
   if (self->cfg.status_interval > 0 && self->mesh_ticks % self->cfg.status_interval == 0)
     publish_status(self);
 }

@@ -607,3 +607,45 @@ TEST_F(MeshOverIpv6Underlay, TunnelsRunOverIpv6FromTheStableAddressWithMtuMinus8
   EXPECT_EQ(captured("tcp port 8080 or icmp or ip6 net fd42:11::/48"), 0)
       << "no overlay packet unencrypted on the underlay";
 }
+
+// A renumbering: h1's address is deprecated (its prefix being withdrawn,
+// still valid, so its etcd connection stays up) and a new one is added.
+// The endpoint moves to the new address: h1's record says so, h0's device
+// has h1's peer there, and the tunnel carries traffic.
+TEST_F(MeshOverIpv6Underlay, TheEndpointFollowsARenumberedUnderlay) {
+  Host &h0 = cluster().host(0), &h1 = cluster().host(1);
+  const std::string fresh = "fd88::1:3", want = "[" + fresh + "]:51820";
+  for (const std::vector<std::string> &args :
+       {std::vector<std::string>{"addr", "change", h1.ip() + "/64", "dev", "eth0", "nodad",
+                                 "preferred_lft", "0"},
+        std::vector<std::string>{"addr", "add", fresh + "/64", "dev", "eth0", "nodad"}}) {
+    std::vector<std::string> argv{"/usr/sbin/ip", "-n", h1.netns()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = flotilla::e2e::run(argv);
+    ASSERT_EQ(r.exit_code, 0) << "ip " << args[1] << ": " << r.output;
+  }
+  auto record = [&] {
+    auto rec =
+        cluster().etcd().ctl({"get", "/flotilla/net/nodes/" + h1.name(), "--print-value-only"});
+    json j = json::parse(rec.output, nullptr, false);
+    return j.is_object() ? j : json::object();
+  };
+  // Checked every 5 s; the record then reaches h0 through its watch.
+  EXPECT_TRUE(wait_until([&] { return record().value("endpoint", "") == want; }, 20s))
+      << record().dump() << "\n" << h1.log();
+  auto peer_endpoint = [&] {
+    auto d = device(h0);
+    return d.peers.size() == 1 ? d.peers[0].endpoint : "";
+  };
+  EXPECT_TRUE(wait_until([&] { return peer_endpoint() == want; }, 10s))
+      << "h0 has h1 at " << peer_endpoint() << "\n" << state();
+  EXPECT_NE(h1.log().find("WireGuard endpoint is now " + want), std::string::npos) << h1.log();
+  // Through the tunnel: h0 reaches h1's bridge (its subnet's first address).
+  const json subnets = record().value("subnets", json::array());
+  ASSERT_FALSE(subnets.empty()) << record().dump();
+  std::string gw = subnets[0].get<std::string>();
+  gw = gw.substr(0, gw.rfind('.')) + ".1";
+  bool ok = false;
+  wait_until([&] { return ok = ping(h0.netns_path(), gw); }, 10s, 100ms);
+  EXPECT_TRUE(ok) << "h0 -> h1's bridge " << gw << " after the renumbering\n" << state();
+}
