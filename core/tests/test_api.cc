@@ -1547,8 +1547,9 @@ TEST_P(CliTest, JobStatusWatchShowsPlacementAndFailsAStoppedUpdate) {
                {"unplaced", 1}}}});
   CliRun r = flotilla({"job", "status", "web", "--watch", "--timeout", "1s"});
   EXPECT_EQ(r.exit_code, 6) << r.out << r.err;
-  EXPECT_TRUE(contains(r.out, "Placement: 1 allocation could not be placed: no node has 512 MiB "
-                              "free\n"))
+  EXPECT_TRUE(contains(r.out,
+                       "Placement: 1 allocation could not be placed: no node has 512 MiB "
+                       "free\n"))
       << r.out;
   // Shown once, not once per read.
   EXPECT_EQ(r.out.find("Placement: "), r.out.rfind("Placement: ")) << r.out;
@@ -1582,7 +1583,7 @@ TEST_P(CliTest, JobStatusWatchShowsPlacementAndFailsAStoppedUpdate) {
 TEST_P(CliTest, JobRunFailsWhenItsUpdateIsRevertedOrReplaced) {
   ASSERT_EQ(submit(kWebToml).status, 201);  // version 1
   std::string file = write_file("web.toml", kWebTomlV2);
-  auto follow_and = [&](const std::function<void(json &job)> &change) {
+  auto follow_and = [&](const std::function<void(json &)> &change) {
     std::future<CliRun> run = std::async(std::launch::async, [&] {
       return flotilla({"job", "run", "--timeout", "60s", file});
     });
@@ -1609,16 +1610,17 @@ TEST_P(CliTest, JobRunFailsWhenItsUpdateIsRevertedOrReplaced) {
     EXPECT_EQ(job["version"], 2);
     job["version"] = 3;
     job["reverted_from"] = 2;
-    store_put("/flotilla/job-status/web",
-              {{"placement",
-                {{"message",
-                  "update to version 2 reverted: allocation web-0 was not healthy within 60s"},
-                 {"unplaced", 0}}}});
+    store_put(
+        "/flotilla/job-status/web",
+        {{"placement",
+          {{"message", "update to version 2 reverted: allocation web-0 was not healthy within 60s"},
+           {"unplaced", 0}}}});
   });
   EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
   EXPECT_TRUE(contains(r.out, "Job \"web\" updated to version 2")) << r.out;
-  EXPECT_TRUE(contains(r.err, "Error: deployment of job \"web\" version 2 was reverted: update to "
-                              "version 2 reverted: allocation web-0 was not healthy within 60s"))
+  EXPECT_TRUE(contains(r.err,
+                       "Error: deployment of job \"web\" version 2 was reverted: update to "
+                       "version 2 reverted: allocation web-0 was not healthy within 60s"))
       << r.err;
 
   store_put("/flotilla/job-status/web", json::object());

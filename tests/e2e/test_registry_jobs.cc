@@ -30,9 +30,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
-
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -195,9 +194,9 @@ kill_timeout = "2s"
     char buf[4096];
     for (;;) {
       ssize_t n = ::read(master, buf, sizeof buf);
-      if (n > 0) r.output.append(buf, static_cast<size_t>(n));
-      else if (n < 0 && errno == EINTR) continue;
-      else break;
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      r.output.append(buf, static_cast<size_t>(n));
     }
     ::close(master);
     int status = 0;
@@ -316,8 +315,7 @@ TEST_F(RegistryJobs, ImagePullCliPlainLinesJsonErrorsAndTheOriginColumn) {
   // result; no terminal control sequences.
   auto plain = flotilla({"image", "pull", ref("1")});
   ASSERT_EQ(plain.exit_code, 0) << plain.output << d_->log();
-  EXPECT_NE(plain.output.find("downloading " + ref("1") + "\n"), std::string::npos)
-      << plain.output;
+  EXPECT_NE(plain.output.find("downloading " + ref("1") + "\n"), std::string::npos) << plain.output;
   EXPECT_NE(plain.output.find("unpacking " + ref("1") + "\n"), std::string::npos) << plain.output;
   EXPECT_NE(plain.output.find("  config "), std::string::npos) << plain.output;
   EXPECT_NE(plain.output.find(" done\n"), std::string::npos) << plain.output;

@@ -539,8 +539,11 @@ TEST_F(ReconcilerTest, PullProgressIsWrittenAtMostOncePerInterval) {
   ASSERT_TRUE(run_until([&] { return fake_.pending_pulls.size() == 1; }));
   FakeRuntime::Pull pull = fake_.pending_pulls.back();
   auto report = [&](int64_t done) {
-    json p = {{"ref", "busybox:latest"}, {"phase", "downloading"}, {"bytes_done", done},
-              {"bytes_total", 1000},     {"blobs", json::array()}};
+    json p = {{"ref", "busybox:latest"},
+              {"phase", "downloading"},
+              {"bytes_done", done},
+              {"bytes_total", 1000},
+              {"blobs", json::array()}};
     pull.progress(pull.user, p.dump().c_str());
   };
   const uint64_t interval = Reconciler::kPullReportIntervalMs;
