@@ -576,8 +576,8 @@ void Reconciler::run_task(Alloc &a, Task &t) {
         if (!al) return;
         tt->pull = progress;
         // Status writes stay cheap: at most one a second for progress.
-        const uint64_t now = uv_now(loop_);
-        if (tt->pull_report_ms != 0 && now - tt->pull_report_ms < 1000) return;
+        const uint64_t now = progress_clock_ ? progress_clock_() : uv_now(loop_);
+        if (tt->pull_report_ms != 0 && now - tt->pull_report_ms < kPullReportIntervalMs) return;
         tt->pull_report_ms = now;
         report(*al);
       },

@@ -41,6 +41,12 @@ class Reconciler {
   // called again (SIGHUP reload).
   void set_gc(int64_t after_ms, int64_t max_terminal);
 
+  // A task's pull progress is written to its status at most once per
+  // kPullReportIntervalMs of this clock (ms); uv_now of the loop unless a
+  // test sets another, to count writes without waiting.
+  static constexpr uint64_t kPullReportIntervalMs = 1000;
+  void set_progress_clock(std::function<uint64_t()> now_ms) { progress_clock_ = std::move(now_ms); }
+
   // Container id of an allocation's task: "<alloc>.<task>".
   static std::string container_id(const std::string &alloc, const std::string &task);
 
@@ -98,6 +104,7 @@ class Reconciler {
   uv_timer_t *gc_timer_ = nullptr;
   uv_timer_t *sync_timer_ = nullptr;
   bool sync_first_ = true;  // the pending sync is the first one
+  std::function<uint64_t()> progress_clock_;  // empty: uv_now(loop_)
   // Plugin callbacks that come after the reconciler is gone find false.
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };

@@ -21,6 +21,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -1528,6 +1529,108 @@ command = "/bin/httpd"
   EXPECT_EQ(r.exit_code, 5) << r.out;
   EXPECT_TRUE(contains(r.err, "Error: allocation web-1 of job \"web\" failed: server: pull "
                               "127.0.0.1:5000/team/app:1: HTTP 401: UNAUTHORIZED"))
+      << r.err;
+}
+
+// The monitor's other ends: what the scheduler says about placement is
+// shown ("Placement: ..."), an update it stopped (healthy_deadline passed,
+// no auto_revert) is exit 5, and so is a job stopped or removed meanwhile.
+TEST_P(CliTest, JobStatusWatchShowsPlacementAndFailsAStoppedUpdate) {
+  ASSERT_EQ(submit("name = \"web\"\ncount = 2\n\n[[task]]\nname = \"server\"\n"
+                   "image = \"busybox:latest\"\ncommand = \"/bin/httpd\"\n")
+                .status,
+            201);
+  seed_allocs();  // web-0 running, web-1 without a report yet: not done
+  store_put("/flotilla/job-status/web",
+            {{"placement",
+              {{"message", "1 allocation could not be placed: no node has 512 MiB free"},
+               {"unplaced", 1}}}});
+  CliRun r = flotilla({"job", "status", "web", "--watch", "--timeout", "1s"});
+  EXPECT_EQ(r.exit_code, 6) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out,
+                       "Placement: 1 allocation could not be placed: no node has 512 MiB "
+                       "free\n"))
+      << r.out;
+  // Shown once, not once per read.
+  EXPECT_EQ(r.out.find("Placement: "), r.out.rfind("Placement: ")) << r.out;
+
+  const std::string stopped =
+      "update to version 1 stopped: allocation web-1 was not healthy within 60s";
+  store_put("/flotilla/job-status/web", {{"placement", {{"message", stopped}, {"unplaced", 0}}}});
+  r = flotilla({"job", "status", "web", "--watch", "--timeout", "30s"});
+  EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "Placement: " + stopped)) << r.out;
+  EXPECT_TRUE(contains(r.err, "Error: " + stopped)) << r.err;
+
+  store_put("/flotilla/job-status/web", json::object());
+  json job = *stored("/flotilla/jobs/web");
+  job["stop"] = true;
+  store_put("/flotilla/jobs/web", job);
+  r = flotilla({"job", "status", "web", "--watch", "--timeout", "30s"});
+  EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
+  EXPECT_TRUE(contains(r.err, "Error: job \"web\" was stopped while it deployed")) << r.err;
+
+  // Removed (here: never there): the follower cannot go on.
+  r = flotilla({"job", "status", "nosuchjob", "--watch", "--timeout", "30s"});
+  EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
+  EXPECT_TRUE(contains(r.err, "Error: job \"nosuchjob\" was removed while it deployed")) << r.err;
+}
+
+// `job run` follows the version it submitted: when the scheduler reverts
+// that update (auto_revert: a new version with reverted_from), or another
+// submission replaces it, the deploy did not happen: exit 5 and why. The
+// change is written while the CLI follows; it sees it whenever it comes.
+TEST_P(CliTest, JobRunFailsWhenItsUpdateIsRevertedOrReplaced) {
+  ASSERT_EQ(submit(kWebToml).status, 201);  // version 1
+  std::string file = write_file("web.toml", kWebTomlV2);
+  auto follow_and = [&](const std::function<void(json &)> &change) {
+    std::future<CliRun> run = std::async(std::launch::async, [&] {
+      return flotilla({"job", "run", "--timeout", "60s", file});
+    });
+    // The CLI's submission is in the store (a guard, not a timing check).
+    std::optional<json> job;
+    auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    int64_t before = stored("/flotilla/jobs/web")->value("version", int64_t{0});
+    while (std::chrono::steady_clock::now() < guard) {
+      job = stored("/flotilla/jobs/web");
+      if (job && job->value("version", int64_t{0}) > before) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (job && job->value("version", int64_t{0}) > before) {
+      change(*job);
+      store_put("/flotilla/jobs/web", *job);
+    } else {
+      ADD_FAILURE() << "the CLI's submission never came";
+    }
+    return run.get();
+  };
+
+  CliRun r = follow_and([&](json &job) {
+    // What the scheduler writes (evaluator.cc): the old spec as version 3.
+    EXPECT_EQ(job["version"], 2);
+    job["version"] = 3;
+    job["reverted_from"] = 2;
+    store_put(
+        "/flotilla/job-status/web",
+        {{"placement",
+          {{"message", "update to version 2 reverted: allocation web-0 was not healthy within 60s"},
+           {"unplaced", 0}}}});
+  });
+  EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
+  EXPECT_TRUE(contains(r.out, "Job \"web\" updated to version 2")) << r.out;
+  EXPECT_TRUE(contains(r.err,
+                       "Error: deployment of job \"web\" version 2 was reverted: update to "
+                       "version 2 reverted: allocation web-0 was not healthy within 60s"))
+      << r.err;
+
+  store_put("/flotilla/job-status/web", json::object());
+  write_file("web.toml", kWebToml);  // a change again: version 4
+  r = follow_and([&](json &job) {
+    EXPECT_EQ(job["version"], 4);
+    job["version"] = 5;
+  });
+  EXPECT_EQ(r.exit_code, 5) << r.out << r.err;
+  EXPECT_TRUE(contains(r.err, "Error: job \"web\" was replaced by version 5 while it deployed"))
       << r.err;
 }
 

@@ -14,18 +14,29 @@
 //     registry's address in the task's message, the task is retried under
 //     [restart], the registry comes back, the deploy finishes (exit 0);
 //   - a tag the registry does not have, with no restarts left: exit 5 and
-//     the registry's MANIFEST_UNKNOWN.
+//     the registry's MANIFEST_UNKNOWN;
+//   - `flotilla image pull` itself, not on a terminal: plain progress lines
+//     and exit 0; `--json`: one JSON object per line; an unknown tag and a
+//     bad reference: exit 1 with the registry's (or the parser's) words;
+//     `flotilla image ls`: the ORIGIN column of a pulled and an imported
+//     image.
 //
 // Everything is under one scratch dir per run (the daemon's) and the
 // cgroup flotilla-e2e-reg-<pid>; the registry is killed by its pid.
 #include <gtest/gtest.h>
+#include <pty.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "alloc_status.h"
@@ -152,6 +163,61 @@ kill_timeout = "2s"
     return r.output;
   }
 
+  // The CLI with stdout and stderr on a terminal (a pty): what it wrote.
+  e2e::RunResult flotilla_on_tty(std::vector<std::string> args) {
+    args.insert(args.begin(), {cli(), "--socket", d_->socket()});
+    e2e::RunResult r;
+    int master = -1, slave = -1;
+    if (openpty(&master, &slave, nullptr, nullptr, nullptr) != 0) {
+      ADD_FAILURE() << "openpty: " << std::strerror(errno);
+      return r;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, slave, 1);
+    posix_spawn_file_actions_adddup2(&fa, slave, 2);
+    posix_spawn_file_actions_addclose(&fa, master);
+    posix_spawn_file_actions_addclose(&fa, slave);
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&fa);
+    ::close(slave);
+    if (rc != 0) {
+      ::close(master);
+      ADD_FAILURE() << "cannot run " << argv[0] << ": " << std::strerror(rc);
+      return r;
+    }
+    // Until the child's end of the terminal is closed (EIO).
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::read(master, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      r.output.append(buf, static_cast<size_t>(n));
+    }
+    ::close(master);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
+  }
+
+  // Each line of `--json` output parsed; a line that is not JSON fails.
+  static std::vector<json> json_lines(const std::string &output) {
+    std::vector<json> out;
+    std::istringstream in(output);
+    for (std::string line; std::getline(in, line);) {
+      json j = json::parse(line, nullptr, false);
+      EXPECT_TRUE(j.is_object()) << "not a JSON object: " << line << "\nin:\n" << output;
+      out.push_back(j);
+    }
+    return out;
+  }
+
   std::unique_ptr<e2e::Daemon> d_;
   regtest::Registry registry_;
 };
@@ -238,6 +304,90 @@ TEST_F(RegistryJobs, PullRunRollingUpdateAndARegistryThatWasDown) {
       flotilla({"job", "run", "--timeout", "60s", job_file("regmissing", ref("nope"), 1, 0)});
   EXPECT_EQ(missing.exit_code, 5) << missing.output;
   EXPECT_NE(missing.output.find("MANIFEST_UNKNOWN"), std::string::npos) << missing.output;
+}
+
+// `flotilla image pull` as a CI log sees it (stdout is a file, not a tty),
+// and `flotilla image ls` saying where each image came from.
+TEST_F(RegistryJobs, ImagePullCliPlainLinesJsonErrorsAndTheOriginColumn) {
+  push("1");
+  push("2");
+  // Plain lines: each phase once, one line per blob when it is done, the
+  // result; no terminal control sequences.
+  auto plain = flotilla({"image", "pull", ref("1")});
+  ASSERT_EQ(plain.exit_code, 0) << plain.output << d_->log();
+  EXPECT_NE(plain.output.find("downloading " + ref("1") + "\n"), std::string::npos) << plain.output;
+  EXPECT_NE(plain.output.find("unpacking " + ref("1") + "\n"), std::string::npos) << plain.output;
+  EXPECT_NE(plain.output.find("  config "), std::string::npos) << plain.output;
+  EXPECT_NE(plain.output.find(" done\n"), std::string::npos) << plain.output;
+  EXPECT_NE(plain.output.find("Pulled " + ref("1") + " ("), std::string::npos) << plain.output;
+  EXPECT_EQ(plain.output.find('\033'), std::string::npos) << "escape codes off a terminal";
+  // Each phase line once, however many progress reports came.
+  EXPECT_EQ(plain.output.find("downloading " + ref("1")),
+            plain.output.rfind("downloading " + ref("1")))
+      << plain.output;
+  // On a terminal: one bar per blob, redrawn in place (here every blob is
+  // present, so every bar is full).
+  auto tty = flotilla_on_tty({"image", "pull", ref("1")});
+  ASSERT_EQ(tty.exit_code, 0) << tty.output;
+  EXPECT_NE(tty.output.find("\033[2K"), std::string::npos) << tty.output;
+  EXPECT_NE(tty.output.find("[==============================]"), std::string::npos) << tty.output;
+  EXPECT_NE(tty.output.find("Pulled " + ref("1")), std::string::npos) << tty.output;
+  // Present: if_not_present asks nothing.
+  auto present = flotilla({"image", "pull", "--policy", "if_not_present", ref("1")});
+  ASSERT_EQ(present.exit_code, 0) << present.output;
+  EXPECT_NE(present.output.find("Present: " + ref("1")), std::string::npos) << present.output;
+
+  // --json: every line a JSON object, progress first, the record last.
+  auto js = flotilla({"--json", "image", "pull", ref("2")});
+  ASSERT_EQ(js.exit_code, 0) << js.output;
+  std::vector<json> lines = json_lines(js.output);
+  ASSERT_GE(lines.size(), 2u) << js.output;
+  EXPECT_TRUE(lines.front().contains("progress")) << js.output;
+  ASSERT_TRUE(lines.back().contains("image")) << js.output;
+  EXPECT_EQ(lines.back()["image"]["name"], ref("2"));
+  EXPECT_TRUE(lines.back()["image"]["pulled"].get<bool>());
+  EXPECT_EQ(lines.back()["image"]["origin"]["registry"], registry_.host());
+
+  // An unknown tag: exit 1, the registry's code; --json: the error object.
+  auto unknown = flotilla({"image", "pull", ref("nope")});
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.output;
+  EXPECT_NE(unknown.output.find("MANIFEST_UNKNOWN"), std::string::npos) << unknown.output;
+  auto unknown_js = flotilla({"--json", "image", "pull", ref("nope")});
+  EXPECT_EQ(unknown_js.exit_code, 1) << unknown_js.output;
+  std::vector<json> err_lines = json_lines(unknown_js.output);
+  ASSERT_FALSE(err_lines.empty()) << unknown_js.output;
+  const json &err = err_lines.back();
+  EXPECT_EQ(err.value("code", ""), "not_found") << unknown_js.output;
+  EXPECT_NE(err.value("error", "").find("MANIFEST_UNKNOWN"), std::string::npos)
+      << unknown_js.output;
+  // A bad reference: refused before any request, exit 1, saying why.
+  auto bad = flotilla({"image", "pull", "Team/App"});
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("image reference"), std::string::npos) << bad.output;
+
+  // ORIGIN: registry/repository for a pulled image, "import" for one
+  // imported from a layout.
+  auto imp = flotilla({"image", "import", base(), "--tag", "busybox:app"});
+  ASSERT_EQ(imp.exit_code, 0) << imp.output;
+  auto ls = flotilla({"image", "ls"});
+  ASSERT_EQ(ls.exit_code, 0) << ls.output;
+  std::istringstream rows(ls.output);
+  std::string header, pulled_row, imported_row;
+  std::getline(rows, header);
+  for (std::string row; std::getline(rows, row);) {
+    if (row.rfind(ref("1") + " ", 0) == 0) pulled_row = row;
+    if (row.rfind("busybox:app ", 0) == 0) imported_row = row;
+  }
+  ASSERT_NE(header.find("ORIGIN"), std::string::npos) << ls.output;
+  ASSERT_FALSE(pulled_row.empty()) << ls.output;
+  ASSERT_FALSE(imported_row.empty()) << ls.output;
+  // The last column (ORIGIN) of each row.
+  auto last_cell = [](const std::string &row) {
+    std::string r = row.substr(0, row.find_last_not_of(' ') + 1);
+    return r.substr(r.find_last_of(' ') + 1);
+  };
+  EXPECT_EQ(last_cell(pulled_row), registry_.host() + "/team/app") << ls.output;
+  EXPECT_EQ(last_cell(imported_row), "import") << ls.output;
 }
 
 }  // namespace

@@ -27,6 +27,7 @@ using flotilla::PluginHost;
 using flotilla::Reconciler;
 using flotilla::RuntimeClient;
 using flotilla::StoreClient;
+using flotilla::StoreEvent;
 using flotilla::StoreResult;
 using nlohmann::json;
 
@@ -500,6 +501,71 @@ TEST_F(ReconcilerTest, PullsTheImageBeforeCreateAndRetriesAFailedPull) {
   EXPECT_EQ(fake_.pending_pulls.back().policy, "always");
   fake_.pending_pulls.back().cb(fake_.pending_pulls.back().user, FLOTILLA_OK, "{}");
   ASSERT_TRUE(wait_status("p3", "running")) << status_of("p3");
+}
+
+// Progress comes as often as the runtime reports it (runtime-runc: every
+// progress_interval_ms, 500 by default); the task's status is written at
+// most once per Reconciler::kPullReportIntervalMs of the reconciler's clock.
+// The clock is the test's: every write of the status is counted through a
+// watch, and no assertion depends on how fast the machine is.
+TEST_F(ReconcilerTest, PullProgressIsWrittenAtMostOncePerInterval) {
+  fake_.pulls = true;
+  vtable_ = fake_.vtable();
+  start_reconciler();
+  uint64_t clock_ms = 7'000'000;
+  rec_->set_progress_clock([&] { return clock_ms; });
+  int64_t alloc_rev = 0;
+  store_->put("/flotilla/allocs/q1", alloc("q1").dump(), [&](StoreResult r, int64_t rev) {
+    EXPECT_TRUE(r.ok()) << r.message;
+    alloc_rev = rev;
+  });
+  ASSERT_TRUE(run_until([&] { return alloc_rev != 0; }));
+  // Each write of q1's status, in order: its pull's bytes_done, or -1
+  // without a pull; and whether it was the running one.
+  std::vector<int64_t> written;
+  bool running = false;
+  auto watch = store_->watch(
+      "/flotilla/alloc-status/q1", false, alloc_rev + 1,
+      [&](StoreResult r, const std::vector<StoreEvent> &evs, int64_t) {
+        ASSERT_TRUE(r.ok()) << r.message;
+        for (const auto &e : evs) {
+          json st = json::parse(e.kv.value);
+          const json &t = st["tasks"]["t"];
+          written.push_back(t.contains("pull") ? t["pull"].value("bytes_done", int64_t{0}) : -1);
+          running |= st.value("status", "") == "running";
+        }
+      });
+  ASSERT_NE(watch, nullptr);
+  ASSERT_TRUE(run_until([&] { return fake_.pending_pulls.size() == 1; }));
+  FakeRuntime::Pull pull = fake_.pending_pulls.back();
+  auto report = [&](int64_t done) {
+    json p = {{"ref", "busybox:latest"},
+              {"phase", "downloading"},
+              {"bytes_done", done},
+              {"bytes_total", 1000},
+              {"blobs", json::array()}};
+    pull.progress(pull.user, p.dump().c_str());
+  };
+  const uint64_t interval = Reconciler::kPullReportIntervalMs;
+  // 50 reports in the first interval, 50 more just before its end, 50 in
+  // the next one: the first of each interval is written, no other.
+  for (int64_t i = 1; i <= 50; ++i) report(i);
+  ASSERT_TRUE(run_until([&] { return !written.empty() && written.back() != -1; }));
+  clock_ms += interval - 1;
+  for (int64_t i = 51; i <= 100; ++i) report(i);
+  clock_ms += 1;
+  for (int64_t i = 101; i <= 150; ++i) report(i);
+  for (int i = 0; i < 20; ++i) uv_run(&loop_, UV_RUN_NOWAIT);
+  // The pull is done: the status's next write (running) comes after every
+  // progress write, so the watch has seen them all once it sees it.
+  pull.cb(pull.user, FLOTILLA_OK, R"({"name":"busybox:latest","pulled":true})");
+  ASSERT_TRUE(run_until([&] { return running; }));
+  std::vector<int64_t> progress_writes;
+  for (int64_t w : written)
+    if (w != -1) progress_writes.push_back(w);
+  std::string all;
+  for (int64_t w : written) all += std::to_string(w) + " ";
+  EXPECT_EQ(progress_writes, (std::vector<int64_t>{1, 101})) << "writes (bytes_done): " << all;
 }
 
 TEST_F(ReconcilerTest, ReplayingAfterARestartDoesNothingTwice) {

@@ -14,7 +14,11 @@
 // (and to stall while a child process pulls it, then kill -9 that process).
 //
 // Pulls only: no container runs here, so the OCI runtime is /bin/true.
-// Without docker-registry or openssl the tests report SKIPPED.
+// Only a missing prerequisite is a skip ("SKIPPED: <why>"): not root,
+// docker-registry or openssl not installed, a /tmp without 0/0 mknod or
+// trusted.* xattrs. Anything else that goes wrong while setting up (the
+// certificates, bcrypt, a registry that does not start, a push) fails every
+// test, so that a broken set-up cannot pass as a run of skips.
 #include <flotilla/flotilla.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -22,6 +26,8 @@
 #include <sys/wait.h>
 #include <uv.h>
 
+#include <cerrno>
+#include <cstring>
 #include <random>
 
 #include "child_test.h"
@@ -105,7 +111,8 @@ std::string random_bytes(size_t n, unsigned seed) {
 class RegistryPull : public ::testing::Test {
  protected:
   static inline fs::path dir_;
-  static inline std::string skip_;
+  static inline std::string skip_;  // a prerequisite is missing: every test skips
+  static inline std::string fail_;  // the set-up went wrong: every test fails
   static inline std::unique_ptr<regtest::Registry> secure_, plain_, token_reg_, mirror_;
   static inline std::unique_ptr<regtest::FaultProxy> proxy_;
   static inline std::unique_ptr<regtest::TokenServer> tokens_;
@@ -113,6 +120,10 @@ class RegistryPull : public ::testing::Test {
   static inline std::string app1_digest_, app2_digest_, big_layer_digest_, app1_layer2_;
 
   static void SetUpTestSuite() {
+    if (geteuid() != 0) {
+      skip_ = "needs root (whiteouts are device nodes)";
+      return;
+    }
     if (access("/usr/bin/docker-registry", X_OK) != 0) {
       skip_ = "docker-registry is not installed (apt-get install docker-registry)";
       return;
@@ -123,7 +134,7 @@ class RegistryPull : public ::testing::Test {
     }
     char tmpl[] = "/tmp/flotilla-regtest-XXXXXX";
     if (!mkdtemp(tmpl)) {
-      skip_ = "mkdtemp failed";
+      fail_ = std::string("mkdtemp /tmp/flotilla-regtest-XXXXXX: ") + strerror(errno);
       return;
     }
     dir_ = tmpl;
@@ -141,19 +152,19 @@ class RegistryPull : public ::testing::Test {
         " && openssl req -x509 -newkey rsa:2048 -nodes -keyout tok.key -out tok.pem -days 1 "
         "-subj /CN=flotilla-test-token 2>/dev/null";
     if (regtest::run(ssl) != 0) {
-      skip_ = "openssl could not make the test certificates";
+      fail_ = "openssl could not make the test certificates in " + d;
       return;
     }
     ca_ = d + "/ca.pem";
     std::string line = regtest::htpasswd_line("ci", "s3cret");
     if (line.empty()) {
-      skip_ = "libcrypt cannot make bcrypt hashes";
+      fail_ = "libcrypt cannot make bcrypt hashes (crypt_r with a $2b$ salt)";
       return;
     }
     regtest::spit(dir_ / "htpasswd", line);
     tokens_ = std::make_unique<regtest::TokenServer>(dir_ / "tok.key", dir_ / "tok.pem",
                                                      "flotilla-test-issuer", "flotilla-test", "ci",
-                                                     "s3cret", 3);
+                                                     "s3cret", 3600);
 
     fs::create_directories(dir_ / "storage");
     fs::create_directories(dir_ / "mirror-storage");
@@ -178,7 +189,7 @@ class RegistryPull : public ::testing::Test {
                               d + "/tok.pem\n") &&
         mirror_->start(dir_, dir_ / "mirror-storage", "");
     if (!ok) {
-      skip_ = "docker-registry did not start; see " + d + "/*.log";
+      fail_ = "docker-registry did not start; see " + d + "/*.log";
       return;
     }
     proxy_ = std::make_unique<regtest::FaultProxy>(plain_->port);
@@ -230,24 +241,27 @@ class RegistryPull : public ::testing::Test {
         plain.layout(app1.dir(), "team/app", "1") && plain.layout(app2.dir(), "team/app", "2") &&
         plain.layout(multi.dir(), "team/multi", "1") && plain.layout(big.dir(), "team/big", "1") &&
         mirror.layout(app1.dir(), "team/app", "1");
-    if (!ok) skip_ = "pushing the test images failed: " + plain.error + mirror.error;
+    if (!ok) fail_ = "pushing the test images failed: " + plain.error + mirror.error;
   }
 
   static void TearDownTestSuite() {
     proxy_.reset();
     tokens_.reset();
     for (auto *r : {&secure_, &plain_, &token_reg_, &mirror_}) r->reset();
-    if (!dir_.empty()) fs::remove_all(dir_);
+    // Kept when the set-up failed: its logs say why.
+    if (!dir_.empty() && fail_.empty()) fs::remove_all(dir_);
   }
 
   void SetUp() override {
-    if (geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root (whiteouts are device nodes)";
     if (!skip_.empty()) GTEST_SKIP() << "SKIPPED: " << skip_;
     char tmpl[] = "/tmp/flotilla-regnode-XXXXXX";
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     node_ = tmpl;
     if (std::string why = flotilla::runc::testing::whiteout_support_problem(node_); !why.empty())
       GTEST_SKIP() << "SKIPPED: " << why;
+    // After the prerequisites: a missing one is a skip even when the set-up
+    // failed too.
+    ASSERT_TRUE(fail_.empty()) << "the registry set-up failed: " << fail_;
     regtest::spit(node_ / "auths.json",
                   json{{"auths",
                         {{secure_->host(), {{"auth", regtest::b64("ci:s3cret", false)}}},
@@ -345,10 +359,17 @@ TEST_F(RegistryPull, OverTlsWithBasicAuthWithWhiteoutAndProgress) {
   ASSERT_EQ(v2.status, FLOTILLA_OK) << v2.error;
   EXPECT_EQ(json::parse(v2.text)["pull"]["blobs_downloaded"], 2);
   EXPECT_EQ(json::parse(v2.text)["pull"]["blobs_present"], 1);
-  // By digest.
+  // By digest. A digest names one content: once it is in the store, even
+  // "always" asks the registry nothing (image_pulls.cc), so it is not pulled.
   Result pinned = d.pull(secure_->host() + "/team/app@" + app2_digest_);
   ASSERT_EQ(pinned.status, FLOTILLA_OK) << pinned.error;
   EXPECT_EQ(json::parse(pinned.text)["digest"], app2_digest_);
+  Result pinned_again = d.pull(secure_->host() + "/team/app@" + app2_digest_, "always");
+  ASSERT_EQ(pinned_again.status, FLOTILLA_OK) << pinned_again.error;
+  json pinned_rec = json::parse(pinned_again.text);
+  EXPECT_EQ(pinned_rec["digest"], app2_digest_);
+  EXPECT_FALSE(pinned_rec["pulled"].get<bool>()) << "a present digest was pulled again";
+  EXPECT_FALSE(pinned_rec.contains("pull")) << pinned_rec.dump();
 }
 
 TEST_F(RegistryPull, WrongPasswordIsRefusedWithTheRegistrysMessage) {
@@ -472,34 +493,44 @@ TEST_F(RegistryPull, RegistryDownThenBack) {
 }
 
 TEST_F(RegistryPull, BearerTokenFlowCachesTheTokenUntilItExpires) {
+  auto token_requests = [] {
+    std::lock_guard<std::mutex> g(tokens_->mu);
+    return tokens_->scopes.size();
+  };
   {
     std::lock_guard<std::mutex> g(tokens_->mu);
     tokens_->scopes.clear();
   }
+  // Tokens that live an hour: the second pull finds the first one's token
+  // in the cache however slow the machine is.
+  tokens_->set_lifetime(3600);
   Daemon &d = daemon();
   Result r = d.pull(token_reg_->host() + "/team/app:1");
   ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
-  size_t first;
+  const size_t first = token_requests();
+  ASSERT_GE(first, 1u);
   {
     std::lock_guard<std::mutex> g(tokens_->mu);
-    first = tokens_->scopes.size();
-    ASSERT_GE(first, 1u);
     EXPECT_EQ(tokens_->scopes[0], "repository:team/app:pull");
   }
-  // Within its lifetime (3 s) the token is used again.
-  auto fetched_at = std::chrono::steady_clock::now();
   Result again = d.pull(token_reg_->host() + "/team/app:2");
   ASSERT_EQ(again.status, FLOTILLA_OK) << again.error;
-  if (std::chrono::steady_clock::now() - fetched_at < std::chrono::seconds(2)) {
-    std::lock_guard<std::mutex> g(tokens_->mu);
-    EXPECT_EQ(tokens_->scopes.size(), first) << "the cached token was not used";
-  }
-  // Once it expired, a new one is fetched.
-  std::this_thread::sleep_until(fetched_at + std::chrono::milliseconds(3100));
-  Result later = d.pull(token_reg_->host() + "/team/app:1");
+  EXPECT_EQ(token_requests(), first) << "the cached token was not used";
+
+  // Once a token expired, a new one is fetched. A fresh daemon (an empty
+  // cache) gets tokens of 1 s; waiting longer than that only makes sure.
+  daemon_.reset();
+  tokens_->set_lifetime(1);
+  Daemon &d2 = daemon();
+  Result short_lived = d2.pull(token_reg_->host() + "/team/app:1");
+  ASSERT_EQ(short_lived.status, FLOTILLA_OK) << short_lived.error;
+  const size_t second = token_requests();
+  ASSERT_GT(second, first);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  Result later = d2.pull(token_reg_->host() + "/team/app:1");
+  tokens_->set_lifetime(3600);
   ASSERT_EQ(later.status, FLOTILLA_OK) << later.error;
-  std::lock_guard<std::mutex> g(tokens_->mu);
-  EXPECT_GT(tokens_->scopes.size(), first);
+  EXPECT_GT(token_requests(), second) << "an expired token was used again";
 }
 
 TEST_F(RegistryPull, BearerTokenWithWrongPasswordIsRefused) {

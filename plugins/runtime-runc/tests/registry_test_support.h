@@ -557,6 +557,9 @@ class TokenServer {
   int port() const { return server_.port(); }
   std::string realm() const { return "http://127.0.0.1:" + std::to_string(port()) + "/token"; }
 
+  // The lifetime (expires_in and exp) of the tokens handed out from now on.
+  void set_lifetime(int seconds) { lifetime_s_ = seconds; }
+
   std::mutex mu;
   std::vector<std::string> scopes;  // of each token handed out
   int refused = 0;
@@ -608,11 +611,12 @@ class TokenServer {
     }
     std::string repo = scope.substr(11, scope.size() - 11 - 5);
     long now = static_cast<long>(std::time(nullptr));
+    const int lifetime_s = lifetime_s_;
     json header = {{"typ", "JWT"}, {"alg", "RS256"}, {"x5c", {cert_b64_}}};
     json claims = {{"iss", issuer_},
                    {"sub", user_},
                    {"aud", service_},
-                   {"exp", now + lifetime_s_},
+                   {"exp", now + lifetime_s},
                    {"nbf", now - 5},
                    {"iat", now},
                    {"jti", std::to_string(now) + "-" + std::to_string(counter_++)},
@@ -631,11 +635,11 @@ class TokenServer {
       std::lock_guard<std::mutex> g(mu);
       scopes.push_back(scope);
     }
-    reply(fd, 200, json{{"token", token}, {"expires_in", lifetime_s_}}.dump());
+    reply(fd, 200, json{{"token", token}, {"expires_in", lifetime_s}}.dump());
   }
 
   std::string issuer_, service_, user_, password_;
-  int lifetime_s_;
+  std::atomic<int> lifetime_s_;  // set by the test, read by the server's threads
   EVP_PKEY *key_ = nullptr;
   std::string cert_b64_;
   std::atomic<int> counter_{0};
