@@ -321,8 +321,6 @@ TEST_F(PluginHostTest, StopIsIdempotentAndInterfacesDisappear) {
   EXPECT_EQ(host().find_interface("test.a/1", &self), nullptr);
 }
 
-}  // namespace
-
 // ---- process_spawn, through the host table a plugin gets ------------------------------------
 
 struct Exit {
@@ -494,3 +492,5 @@ TEST_F(SpawnTest, AMissingProgramIsNotFound) {
     EXPECT_NE(PluginHost::last_error().find(prog), std::string::npos) << PluginHost::last_error();
   }
 }
+
+}  // namespace
