@@ -479,20 +479,24 @@ TEST_F(StoreEtcd, SiblingTransactionsAreSentTogetherAndAnsweredEachOnItsOwn) {
     std::vector<StoreCompare> cmps{
         {"/sib/head", FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, "token"}};
     // Its own compare fails: refused, whatever its siblings do.
-    if (refused_by_design(i)) cmps.push_back({"/sib/job", FLOTILLA_CMP_VERSION, FLOTILLA_CMP_EQUAL, 9, {}});
-    std::vector<StoreOp> ops{StoreOp::put("/sib/k/" + std::to_string(1000 + i), std::string(200, 'v'))};
+    if (refused_by_design(i))
+      cmps.push_back({"/sib/job", FLOTILLA_CMP_VERSION, FLOTILLA_CMP_EQUAL, 9, {}});
+    std::vector<StoreOp> ops{
+        StoreOp::put("/sib/k/" + std::to_string(1000 + i), std::string(200, 'v'))};
     // Putting the head's own value back keeps it a sibling (the scheduler
     // does, so that the key's mod_revision moves with every write).
     if (i % 2 == 0) ops.push_back(StoreOp::put("/sib/head", "token"));
     store->client().txn(cmps, ops, {}, [&, i](StoreResult r, bool succeeded, int64_t) {
-                          EXPECT_OK(r);
-                          order.push_back(i);
-                          applied[i] = r.ok() && succeeded;
-                        });
+      EXPECT_OK(r);
+      order.push_back(i);
+      applied[i] = r.ok() && succeeded;
+    });
   }
   run_until([&] { return order.size() == kTxns + 1u; }, "every answer");
   for (size_t i = 0; i < order.size(); ++i) {
-    const int want = i < kTxns / 2 ? static_cast<int>(i) : i == kTxns / 2 ? -1 : static_cast<int>(i) - 1;
+    const int want = i < kTxns / 2    ? static_cast<int>(i)
+                     : i == kTxns / 2 ? -1
+                                      : static_cast<int>(i) - 1;
     EXPECT_EQ(order[i], want) << "answer " << i;
   }
   auto all = s.list("/sib/k/");
@@ -526,7 +530,8 @@ TEST_F(StoreEtcd, SiblingsAfterTheHeadMovedAreRefusedAndConflictingOnesWait) {
   };
   std::vector<std::string> order;
   std::map<std::string, bool> applied;
-  auto txn = [&](const std::string &name, std::vector<StoreCompare> cmps, std::vector<StoreOp> ops) {
+  auto txn = [&](const std::string &name, std::vector<StoreCompare> cmps,
+                 std::vector<StoreOp> ops) {
     store->client().txn(cmps, ops, {}, [&, name](StoreResult r, bool succeeded, int64_t) {
       EXPECT_OK(r);
       order.push_back(name);
@@ -540,7 +545,8 @@ TEST_F(StoreEtcd, SiblingsAfterTheHeadMovedAreRefusedAndConflictingOnesWait) {
   // Moves the head: no sibling; the ones after it require the old value.
   txn("move", {head_is("t1")}, {StoreOp::put("/sib/head", "t2")});
   for (int i = 0; i < 20; ++i)
-    txn("late" + std::to_string(i), {head_is("t1")}, {StoreOp::put("/sib/z/" + std::to_string(i), "v")});
+    txn("late" + std::to_string(i), {head_is("t1")},
+        {StoreOp::put("/sib/z/" + std::to_string(i), "v")});
   txn("new", {head_is("t2")}, {StoreOp::put("/sib/w", "v")});
   run_until([&] { return order.size() == 25u; }, "every answer");
   EXPECT_EQ(order[0], "a");
