@@ -14,8 +14,8 @@
 #include <random>
 #include <set>
 
-#include "sched/evaluator.h"
 #include "rfc3339.h"
+#include "sched/evaluator.h"
 #include "store_harness.h"
 
 using flotilla::Evaluator;
