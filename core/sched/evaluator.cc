@@ -231,44 +231,39 @@ struct ChunkedWrite {
   StoreCompare fence;
   std::string node;
   std::vector<TxnChunk> chunks;
-  // Chunks [0, chained) are written in order (stops and spec updates, which
-  // must land before the placements that take their place); the rest are
-  // siblings. At least 1 whenever there are chunks: chunk 0 claims the epoch.
-  size_t chained = 1;
+  // Chunks [0, placements) hold the stops and spec updates, which must land
+  // before the placements that take their place; the rest the placements.
+  size_t placements = 0;
 };
 
-// How a placement is written, within etcd's limits, at most kChunksInFlight
-// transactions at once:
+// How an evaluation's changes are written, within etcd's limits, at most
+// kChunksInFlight transactions at once:
 //
-// Chunk 0 claims the epoch: it requires it as the evaluation read it and
-// puts a fresh token there (unique: the node, the fence, a random number
-// for this write, 0). The other ordered chunks form a chain behind it: chunk
-// i requires token i - 1 and puts token i, so etcd applies a chunk only
-// after the one before it, the store may send them without waiting for
-// each answer (store-etcd does: etcd_store.cc, pump_writes), and a chain
-// broken half-way stops there.
+// Chunk 0 claims the epoch: it requires the epoch's mod_revision as the
+// evaluation read it and puts a fresh token there (unique: the node, the
+// fence, a random number for this write). Every other chunk requires that
+// token and puts it back: siblings, whose order does not matter, sent
+// together (store-etcd sends them all at once, each answer final). Putting
+// the token back moves the epoch's mod_revision with every write, so
+// another evaluation that read before one of them landed cannot claim
+// after it (its claim requires the mod_revision it read): no double
+// booking. The stops and spec updates go first, in the claim and the
+// siblings after it; the placements only once all of those were applied.
 //
-// Once the chain is applied, every other chunk (the new allocations)
-// requires the last token and puts that same token back: siblings, whose
-// order does not matter, all sent at once (store-etcd sends them together,
-// each answer final). Putting it back moves the epoch's mod_revision with
-// every write, so another evaluation that read before one of them landed
-// cannot claim after it (its claim requires the mod_revision it read).
-// A refused one (a job changed, the epoch or the leadership moved) stops
-// the sending of the rest; what was written stays, and the next
-// evaluation, reading the epoch afresh, places what is missing.
-//
-// Every chunk also requires the fence (the leader key's create_revision)
-// and its jobs unchanged, so a stale leader's chunks, siblings included,
-// write nothing. done(result, all compares held, highest revision) after
-// the last answer, with the first failure if any.
+// A refused chunk (a job changed, the epoch or the leadership moved) ends
+// the write: nothing more is sent, what was written stays, and the next
+// evaluation, reading the epoch afresh, does what is missing. Every chunk
+// also requires the fence (the leader key's create_revision) and its jobs
+// unchanged, so a stale leader's chunks, siblings included, write
+// nothing. done(result, all compares held, highest revision) after the
+// last answer, with the first failure if any.
 constexpr size_t kChunksInFlight = 64;
 
 struct ChunkWriter {
   StoreClient *store;
   std::shared_ptr<const ChunkedWrite> w;
   StoreCompare epoch;
-  std::string base;  // the epoch tokens: base + chunk index
+  std::string token;  // the epoch's value from the claim on
   size_t next = 0, answered = 0;
   StoreResult result;
   bool ok = true;
@@ -280,25 +275,30 @@ struct ChunkWriter {
 std::pair<std::vector<StoreCompare>, std::vector<StoreOp>> chunk_txn(const ChunkWriter &s,
                                                                      size_t i) {
   const TxnChunk &c = s.w->chunks[i];
-  const size_t chained = std::max<size_t>(1, s.w->chained);
   std::vector<StoreCompare> cmp{s.w->fence};
   if (i == 0)
     cmp.push_back(s.epoch);
   else
-    cmp.push_back({kPlacementEpoch, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0,
-                   s.base + std::to_string(std::min(i, chained) - 1)});
+    cmp.push_back({kPlacementEpoch, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, s.token});
   cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
   std::vector<StoreOp> ops = c.ops;
-  ops.push_back(StoreOp::put(kPlacementEpoch, s.base + std::to_string(std::min(i, chained - 1))));
+  ops.push_back(StoreOp::put(kPlacementEpoch, s.token));
   return {std::move(cmp), std::move(ops)};
 }
 
+// The first chunk of the step chunk i belongs to: the claim, the siblings
+// with the stops and updates, the placements.
+size_t step_start(const ChunkedWrite &w, size_t i) {
+  if (i == 0) return 0;
+  return i < w.placements ? 1 : std::max<size_t>(1, w.placements);
+}
+
 void send_chunks(const std::shared_ptr<ChunkWriter> &s) {
-  const size_t chained = std::max<size_t>(1, s->w->chained);
   while (s->ok && s->result.ok() && s->next < s->w->chunks.size() &&
          s->next - s->answered < kChunksInFlight) {
-    // The siblings require the chain's last token: not before it is there.
-    if (s->next >= chained && s->answered < chained) return;
+    // Not before every chunk of the steps before it was applied (answers
+    // come in call order).
+    if (s->answered < step_start(*s->w, s->next)) return;
     const size_t i = s->next++;
     auto [cmp, ops] = chunk_txn(*s, i);
     s->store->txn(cmp, ops, {}, [s](StoreResult r, bool ok, int64_t rev) {
@@ -329,7 +329,7 @@ void write_chunks(StoreClient *store, std::shared_ptr<const ChunkedWrite> w, Sto
   static std::mt19937_64 rng{std::random_device{}()};
   char run[24];
   snprintf(run, sizeof run, "%016llx", static_cast<unsigned long long>(rng()));
-  s->base = s->w->node + "/" + std::to_string(s->w->fence.number) + "/" + run + "/";
+  s->token = s->w->node + "/" + std::to_string(s->w->fence.number) + "/" + run;
   send_chunks(s);
 }
 
@@ -982,10 +982,10 @@ void Evaluator::evaluate() {
     // MiB a request), a job's writes together as far as they fit. Each is
     // valid only while this node leads and no job it writes for changed.
     // The first claims the placement epoch (requires it as this evaluation
-    // read it, puts a token of its own), the ordered ones follow it in a
-    // chain, and the placements after them require the last token
-    // (write_chunks): two schedulers that both believe they lead can never
-    // both place on what they read as free capacity. The fence is the
+    // read it, puts a token of its own); the others require that token and
+    // put it back, the placements after the stops (write_chunks): two
+    // schedulers that both believe they lead can never both place on what
+    // they read as free capacity. The fence is the
     // leader key's create_revision: a leader that was paused or cut off
     // past its lease finds a new key there, even one bearing its name, and
     // writes nothing.
@@ -1020,7 +1020,7 @@ void Evaluator::evaluate() {
       }
     };
     add_chunks(ordered);
-    plan_write->chained = std::max<size_t>(1, plan_write->chunks.size());
+    plan_write->placements = plan_write->chunks.size();
     add_chunks(ops);
     const size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size(),
                  n_txns = plan_write->chunks.size();
