@@ -231,24 +231,39 @@ struct ChunkedWrite {
   StoreCompare fence;
   std::string node;
   std::vector<TxnChunk> chunks;
+  // Chunks [0, placements) hold the stops and spec updates, which must land
+  // before the placements that take their place; the rest the placements.
+  size_t placements = 0;
 };
 
-// Up to kChunksInFlight chunks at once (store-etcd pipelines as many).
-// Chunk 0 requires the epoch as the evaluation read it; chunk i puts a
-// value of its own there (unique: the node, the fence, a random number for
-// this write, i), and chunk i + 1 requires that value. So etcd applies a
-// chunk only after the one before it, the store may send them without
-// waiting for each answer (store-etcd does: etcd_store.cc, pump_writes),
-// and a chain broken half-way stops there: no chunk is sent after a
-// failure. The store answers in call order; done(result, all compares
-// held, revision) after the last answer, with the first failure if any.
+// How an evaluation's changes are written, within etcd's limits, at most
+// kChunksInFlight transactions at once:
+//
+// Chunk 0 claims the epoch: it requires the epoch's mod_revision as the
+// evaluation read it and puts a fresh token there (unique: the node, the
+// fence, a random number for this write). Every other chunk requires that
+// token and puts it back: siblings, whose order does not matter, sent
+// together (store-etcd sends them all at once, each answer final). Putting
+// the token back moves the epoch's mod_revision with every write, so
+// another evaluation that read before one of them landed cannot claim
+// after it (its claim requires the mod_revision it read): no double
+// booking. The stops and spec updates go first, in the claim and the
+// siblings after it; the placements only once all of those were applied.
+//
+// A refused chunk (a job changed, the epoch or the leadership moved) ends
+// the write: nothing more is sent, what was written stays, and the next
+// evaluation, reading the epoch afresh, does what is missing. Every chunk
+// also requires the fence (the leader key's create_revision) and its jobs
+// unchanged, so a stale leader's chunks, siblings included, write
+// nothing. done(result, all compares held, highest revision) after the
+// last answer, with the first failure if any.
 constexpr size_t kChunksInFlight = 64;
 
 struct ChunkWriter {
   StoreClient *store;
   std::shared_ptr<const ChunkedWrite> w;
   StoreCompare epoch;
-  std::string base;  // the epoch values: base + chunk index
+  std::string token;  // the epoch's value from the claim on
   size_t next = 0, answered = 0;
   StoreResult result;
   bool ok = true;
@@ -256,29 +271,43 @@ struct ChunkWriter {
   std::function<void(StoreResult, bool, int64_t)> done;
 };
 
+// The compares and ops of chunk i, as described above.
+std::pair<std::vector<StoreCompare>, std::vector<StoreOp>> chunk_txn(const ChunkWriter &s,
+                                                                     size_t i) {
+  const TxnChunk &c = s.w->chunks[i];
+  std::vector<StoreCompare> cmp{s.w->fence};
+  if (i == 0)
+    cmp.push_back(s.epoch);
+  else
+    cmp.push_back({kPlacementEpoch, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, s.token});
+  cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
+  std::vector<StoreOp> ops = c.ops;
+  ops.push_back(StoreOp::put(kPlacementEpoch, s.token));
+  return {std::move(cmp), std::move(ops)};
+}
+
+// The first chunk of the step chunk i belongs to: the claim, the siblings
+// with the stops and updates, the placements.
+size_t step_start(const ChunkedWrite &w, size_t i) {
+  if (i == 0) return 0;
+  return i < w.placements ? 1 : std::max<size_t>(1, w.placements);
+}
+
 void send_chunks(const std::shared_ptr<ChunkWriter> &s) {
   while (s->ok && s->result.ok() && s->next < s->w->chunks.size() &&
          s->next - s->answered < kChunksInFlight) {
+    // Not before every chunk of the steps before it was applied (answers
+    // come in call order).
+    if (s->answered < step_start(*s->w, s->next)) return;
     const size_t i = s->next++;
-    const TxnChunk &c = s->w->chunks[i];
-    std::vector<StoreCompare> cmp{s->w->fence};
-    if (i == 0)
-      cmp.push_back(s->epoch);
-    else
-      cmp.push_back({kPlacementEpoch, FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0,
-                     s->base + std::to_string(i - 1)});
-    cmp.insert(cmp.end(), c.job_compares.begin(), c.job_compares.end());
-    std::vector<StoreOp> ops = c.ops;
-    ops.push_back(StoreOp::put(kPlacementEpoch, s->base + std::to_string(i)));
+    auto [cmp, ops] = chunk_txn(*s, i);
     s->store->txn(cmp, ops, {}, [s](StoreResult r, bool ok, int64_t rev) {
       ++s->answered;
-      if (s->result.ok() && s->ok) {
-        if (!r.ok() || !ok) {
-          s->result = std::move(r);
-          s->ok = ok;
-        }
-        s->revision = rev;
+      if (s->result.ok() && s->ok && (!r.ok() || !ok)) {
+        s->result = std::move(r);
+        s->ok = ok;
       }
+      s->revision = std::max(s->revision, rev);
       const bool stop = !s->ok || !s->result.ok() || s->next == s->w->chunks.size();
       if (!stop) return send_chunks(s);
       if (s->answered == s->next && s->done) {
@@ -300,7 +329,7 @@ void write_chunks(StoreClient *store, std::shared_ptr<const ChunkedWrite> w, Sto
   static std::mt19937_64 rng{std::random_device{}()};
   char run[24];
   snprintf(run, sizeof run, "%016llx", static_cast<unsigned long long>(rng()));
-  s->base = s->w->node + "/" + std::to_string(s->w->fence.number) + "/" + run + "/";
+  s->token = s->w->node + "/" + std::to_string(s->w->fence.number) + "/" + run;
   send_chunks(s);
 }
 
@@ -910,8 +939,9 @@ void Evaluator::evaluate() {
     if (p.lost_nodes_unjudged) schedule_retry(wall_ms() + static_cast<int64_t>(judge_after_ - now));
 
     // The evaluation's writes, each with the job whose unchanged record it
-    // depends on ("": none).
-    std::vector<std::pair<std::string, StoreOp>> ops;
+    // depends on ("": none): first those that must land in order before the
+    // rest (stops, spec updates), then the rest (placements, job status).
+    std::vector<std::pair<std::string, StoreOp>> ordered, ops;
     // A new allocation's record is the plan's with its job's spec added
     // ("spec" is written once per job and joined to each record as text).
     std::map<std::string, std::string> spec_text;
@@ -928,9 +958,9 @@ void Evaluator::evaluate() {
       ops.emplace_back(job, StoreOp::put(kAllocs + a["id"].get<std::string>(), std::move(record)));
     }
     for (const auto &a : p.updated_allocs)
-      ops.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
+      ordered.emplace_back(a["job"], StoreOp::put(kAllocs + a["id"].get<std::string>(), a.dump()));
     for (const auto &j : p.job_updates)  // auto_revert
-      ops.emplace_back(j["name"], StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
+      ordered.emplace_back(j["name"], StoreOp::put(kJobs + j["name"].get<std::string>(), j.dump()));
     // Placement failures are kept next to the job so `job status` can say why.
     for (auto it = jobs.begin(); it != jobs.end(); ++it) {
       const std::string &name = it.key();
@@ -946,46 +976,52 @@ void Evaluator::evaluate() {
     }
     for (auto it = job_status.begin(); it != job_status.end(); ++it)
       if (!jobs.contains(it.key())) ops.emplace_back("", StoreOp::remove(kJobStatus + it.key()));
-    if (ops.empty()) return finish();
+    if (ordered.empty() && ops.empty()) return finish();
 
     // Transactions within etcd's limits (128 operations, 128 compares, 1.5
     // MiB a request), a job's writes together as far as they fit. Each is
-    // valid only while this node leads and no job it writes for changed,
-    // and each bumps the placement epoch and requires it as the previous one
-    // left it: two schedulers that both believe they lead can never both
-    // place on what they read as free capacity, and a chain that is broken
-    // half-way stops there (the next evaluation sees what was written). The
-    // fence is the leader key's create_revision: a leader that was paused or
-    // cut off past its lease finds a new key there, even one bearing its
-    // name, and writes nothing.
+    // valid only while this node leads and no job it writes for changed.
+    // The first claims the placement epoch (requires it as this evaluation
+    // read it, puts a token of its own); the others require that token and
+    // put it back, the placements after the stops (write_chunks): two
+    // schedulers that both believe they lead can never both place on what
+    // they read as free capacity. The fence is the
+    // leader key's create_revision: a leader that was paused or cut off
+    // past its lease finds a new key there, even one bearing its name, and
+    // writes nothing.
     auto plan_write = std::make_shared<ChunkedWrite>();
     plan_write->fence = {kLeader, FLOTILLA_CMP_CREATE, FLOTILLA_CMP_EQUAL, leader_create_rev_, {}};
     plan_write->node = node_;
-    std::stable_sort(ops.begin(), ops.end(),
-                     [](const auto &a, const auto &b) { return a.first < b.first; });
-    plan_write->chunks.emplace_back();
     std::set<std::string> in_chunk;
     size_t bytes = 0;
-    for (auto &[job, op] : ops) {
-      const size_t size = op.key.size() + op.value.size();
-      const bool new_job = !job.empty() && !in_chunk.count(job);
-      if (!plan_write->chunks.back().ops.empty() &&
-          (plan_write->chunks.back().ops.size() + 1 > kMaxTxnOps - 1 ||
-           bytes + size > kMaxTxnBytes || (new_job && in_chunk.size() + 2 >= kMaxTxnOps))) {
-        plan_write->chunks.emplace_back();
-        in_chunk.clear();
-        bytes = 0;
+    auto add_chunks = [&](std::vector<std::pair<std::string, StoreOp>> &list) {
+      std::stable_sort(list.begin(), list.end(),
+                       [](const auto &a, const auto &b) { return a.first < b.first; });
+      bool fresh = true;  // a phase starts a chunk of its own
+      for (auto &[job, op] : list) {
+        const size_t size = op.key.size() + op.value.size();
+        const bool new_job = !job.empty() && !in_chunk.count(job);
+        if (fresh || plan_write->chunks.back().ops.size() + 1 > kMaxTxnOps - 1 ||
+            bytes + size > kMaxTxnBytes || (new_job && in_chunk.size() + 2 >= kMaxTxnOps)) {
+          plan_write->chunks.emplace_back();
+          in_chunk.clear();
+          bytes = 0;
+          fresh = false;
+        }
+        TxnChunk &c = plan_write->chunks.back();
+        if (!job.empty() && in_chunk.insert(job).second) {
+          auto rev = job_revs.find(job);
+          c.job_compares.push_back(rev != job_revs.end()
+                                       ? StoreCompare::mod_revision_is(kJobs + job, rev->second)
+                                       : StoreCompare::absent(kJobs + job));
+        }
+        c.ops.push_back(std::move(op));
+        bytes += size;
       }
-      TxnChunk &c = plan_write->chunks.back();
-      if (!job.empty() && in_chunk.insert(job).second) {
-        auto rev = job_revs.find(job);
-        c.job_compares.push_back(rev != job_revs.end()
-                                     ? StoreCompare::mod_revision_is(kJobs + job, rev->second)
-                                     : StoreCompare::absent(kJobs + job));
-      }
-      c.ops.push_back(std::move(op));
-      bytes += size;
-    }
+    };
+    add_chunks(ordered);
+    plan_write->placements = plan_write->chunks.size();
+    add_chunks(ops);
     const size_t placed = p.new_allocs.size(), stopped = p.updated_allocs.size(),
                  n_txns = plan_write->chunks.size();
     const uint64_t t_write = uv_hrtime();

@@ -1,9 +1,10 @@
 // The scheduler driver: on the node that holds the scheduler leadership
 // (/flotilla/leader/scheduler, under a lease), turn jobs into allocations.
 // It reads jobs, nodes and allocations at one store revision, asks the
-// flotilla.scheduler/1 plugin where missing allocations go, and writes each
-// job's changes in one compare-and-swap transaction that fails if the job or
-// the leadership changed meanwhile. [loop-thread] throughout.
+// flotilla.scheduler/1 plugin where missing allocations go, and writes the
+// changes in compare-and-swap transactions within etcd's limits, each of
+// which fails if its jobs, the leadership or the placement epoch changed
+// meanwhile (evaluator.cc, write_chunks). [loop-thread] throughout.
 #pragma once
 
 #include <flotilla/scheduler.h>

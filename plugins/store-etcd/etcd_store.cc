@@ -208,6 +208,32 @@ pb::Compare unchanged_since(const Op &op, int64_t revision) {
   return c;
 }
 
+// The keys a transaction writes and those it reads (compares, range ops),
+// for the sibling rule (pump_writes); false when one of them is a range or
+// a nested transaction, which the rule does not look into.
+bool txn_keys(const pb::TxnRequest &t, std::vector<std::string> &written,
+              std::vector<std::string> &read) {
+  if (t.failure_size() > 0) return false;
+  for (const auto &c : t.compare()) {
+    if (!c.range_end().empty()) return false;
+    read.push_back(c.key());
+  }
+  for (const auto &op : t.success()) {
+    if (op.has_request_put()) {
+      written.push_back(op.request_put().key());
+    } else if (op.has_request_delete_range()) {
+      if (!op.request_delete_range().range_end().empty()) return false;
+      written.push_back(op.request_delete_range().key());
+    } else if (op.has_request_range()) {
+      if (!op.request_range().range_end().empty()) return false;
+      read.push_back(op.request_range().key());
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
 constexpr int64_t kRaftOverheadBytes = 256;  // etcd checks the request inside its raft entry
 constexpr const char *kUncertain =
     ": etcd became unreachable while the write was in flight, and the guarded retry found its "
@@ -236,6 +262,9 @@ struct EtcdStore::Request {
   // Sent behind the write before it, chained (pump_writes); its answer
   // waits in `held` until that write's has been given.
   bool pipelined = false;
+  // Sent beside other transactions of its sibling group (pump_writes): a
+  // refusal is its own, final, never sent again.
+  bool sibling = false;
   std::function<void()> held;
   bool held_refused = false;  // held: its compares failed
   int64_t guard_revision = 0;  // the highest revision seen before the first attempt
@@ -629,14 +658,29 @@ uint64_t EtcdStore::add_request(std::unique_ptr<Request> r) {
 // Writes go to etcd in the order they were made, and each gets a later
 // revision than the one before: callers rely on it. etcd runs concurrent
 // requests in any order, so a write is sent only when the one before it
-// was answered -- unless etcd itself would refuse it out of order. That is
-// a transaction that compares a key's value to exactly the value the
-// transaction before it puts there (the scheduler's placement chain):
-// it is sent at once, with one more compare, that key's mod_revision newer
-// than any revision seen when that transaction was sent. Arriving first, it
-// fails; its answer waits until the one before it was given, and if that
-// one was applied it is sent again, now in order. Up to kMaxChained are in
-// flight; answers are given in call order.
+// was answered -- with two exceptions, where the caller's compares make the
+// order etcd's business:
+//
+// A chained transaction compares a key's value to exactly the value the
+// transaction before it puts there. It is sent at once, with one more
+// compare, that key's mod_revision newer than any revision seen when that
+// transaction was sent. Arriving first, it fails; its answer waits until
+// the one before it was given, and if that one was applied it is sent again
+// (once: now its answer is final), in order. The ones behind it that were
+// refused too wait their turn the same way, each sent again only after the
+// one before it was applied.
+//
+// A sibling transaction compares a key's value (the group's head) and
+// writes that key, if at all, only with that same value (the scheduler puts
+// its epoch token back, so that the epoch's mod_revision moves with every
+// write); besides, it touches no key another one of the group in flight
+// writes, nor writes one it compares. The group opens with a transaction
+// sent when nothing else was in flight: every earlier write was answered,
+// so whatever the head holds is settled, and siblings in any order give
+// the same result. They are all sent at once; each answer is final, and
+// their revisions are in etcd's order, not call order.
+//
+// Up to kMaxChained are in flight; answers are always given in call order.
 constexpr size_t kMaxChained = 64;
 
 bool EtcdStore::chain_behind(const Request &prev, Request &next) {
@@ -668,6 +712,89 @@ bool EtcdStore::chain_behind(const Request &prev, Request &next) {
   return false;
 }
 
+namespace {
+
+// Whether t keeps the head (key == value): it compares exactly that, and
+// writes the key, if at all, only with that same value (no lease), so that
+// the compare holds for every other transaction that keeps it, whatever
+// their order.
+bool keeps_head(const pb::TxnRequest &t, const std::pair<std::string, std::string> &head) {
+  bool compares = false;
+  for (const auto &c : t.compare())
+    if (c.target() == pb::Compare::VALUE && c.result() == pb::Compare::EQUAL &&
+        c.range_end().empty() && c.key() == head.first && c.value() == head.second)
+      compares = true;
+  if (!compares) return false;
+  for (const auto &op : t.success()) {
+    if (op.has_request_put() && op.request_put().key() == head.first &&
+        (op.request_put().value() != head.second || op.request_put().lease() != 0))
+      return false;
+    if (op.has_request_delete_range() && op.request_delete_range().key() == head.first)
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void EtcdStore::open_group(uint64_t id, const Request &first) {
+  group_head_.reset();
+  group_members_.clear();
+  group_written_.clear();
+  group_compared_.clear();
+  if (first.kind != Request::Kind::txn || first.uncertain || first.emulated) return;
+  GroupKeys keys;
+  if (!txn_keys(first.txn_req, keys.written, keys.compared)) return;
+  for (const auto &c : first.txn_req.compare()) {
+    if (c.target() != pb::Compare::VALUE || c.result() != pb::Compare::EQUAL) continue;
+    std::pair<std::string, std::string> head{c.key(), c.value()};
+    if (!keeps_head(first.txn_req, head)) continue;
+    group_head_ = std::move(head);
+    break;
+  }
+  if (!group_head_) return;
+  add_member(id, std::move(keys));
+}
+
+bool EtcdStore::join_group(uint64_t id, Request &next) {
+  if (!group_head_ || next.kind != Request::Kind::txn || next.uncertain || next.emulated ||
+      !keeps_head(next.txn_req, *group_head_))
+    return false;
+  GroupKeys keys;
+  if (!txn_keys(next.txn_req, keys.written, keys.compared)) return false;
+  const std::string &head = group_head_->first;
+  for (const auto &k : keys.written)
+    if (k != head && (group_written_.count(k) || group_compared_.count(k))) return false;
+  for (const auto &k : keys.compared)
+    if (k != head && group_written_.count(k)) return false;
+  add_member(id, std::move(keys));
+  next.sibling = true;
+  next.pipelined = true;
+  return true;
+}
+
+void EtcdStore::add_member(uint64_t id, GroupKeys keys) {
+  // The head is left out: every member compares it and puts only its value.
+  const std::string &head = group_head_->first;
+  std::erase(keys.written, head);
+  std::erase(keys.compared, head);
+  for (const auto &k : keys.written) ++group_written_[k];
+  for (const auto &k : keys.compared) ++group_compared_[k];
+  group_members_.emplace(id, std::move(keys));
+}
+
+void EtcdStore::leave_group(uint64_t id) {
+  auto m = group_members_.find(id);
+  if (m == group_members_.end()) return;
+  auto drop = [](std::unordered_map<std::string, int> &counts, const std::string &k) {
+    auto c = counts.find(k);
+    if (c != counts.end() && --c->second <= 0) counts.erase(c);
+  };
+  for (const auto &k : m->second.written) drop(group_written_, k);
+  for (const auto &k : m->second.compared) drop(group_compared_, k);
+  group_members_.erase(m);
+}
+
 void EtcdStore::pump_writes() {
   if (closing_) return;
   // Answers that arrived early, given in call order.
@@ -683,22 +810,14 @@ void EtcdStore::pump_writes() {
     std::function<void()> give = std::move(r.held);
     r.held = nullptr;
     if (r.held_refused && last_write_succeeded_) {
-      // Refused, perhaps only for arriving before the one before it: again,
-      // in order now (the answer to this attempt is final), and every later
-      // one already refused again too, chained behind it as before.
+      // Refused, perhaps only for arriving before the one before it, which
+      // is applied now: again, in order (the answer to this attempt is
+      // final). Only this one: a refused one behind it is sent again when
+      // this one's answer says it was applied.
       r.held_refused = false;
       r.pipelined = false;
       host_->metric_counter_add(host_->host_ctx, "store_etcd_chain_resends_total", 1);
       send(id);
-      for (size_t k = 1; k < in_flight_.size(); ++k) {
-        auto later = requests_.find(in_flight_[k]);
-        if (later == requests_.end() || !later->second->held || !later->second->held_refused)
-          continue;
-        later->second->held = nullptr;
-        later->second->held_refused = false;
-        host_->metric_counter_add(host_->host_ctx, "store_etcd_chain_resends_total", 1);
-        send(in_flight_[k]);
-      }
       break;
     }
     give();  // answers, and pumps again
@@ -713,15 +832,24 @@ void EtcdStore::pump_writes() {
       continue;
     }
     Request &r = *it->second;
-    if (!in_flight_.empty()) {
+    const bool first = in_flight_.empty();
+    if (!first) {
       if (in_flight_.size() >= kMaxChained) return;
       auto prev = requests_.find(in_flight_.back());
-      if (prev == requests_.end() || !chain_behind(*prev->second, r)) return;
-      host_->metric_counter_add(host_->host_ctx, "store_etcd_chained_total", 1);
+      if (prev == requests_.end()) return;
+      if (join_group(id, r)) {
+        host_->metric_counter_add(host_->host_ctx, "store_etcd_siblings_total", 1);
+      } else if (chain_behind(*prev->second, r)) {
+        host_->metric_counter_add(host_->host_ctx, "store_etcd_chained_total", 1);
+        group_head_.reset();  // no sibling may go beside a chained one
+      } else {
+        return;
+      }
     }
     write_queue_.pop_front();
     in_flight_.push_back(id);
     r.guard_revision = last_revision_;
+    if (first) open_group(id, r);
     send(id);
   }
 }
@@ -736,6 +864,7 @@ void EtcdStore::finish(uint64_t id) {
   }
   if (auto f = std::find(in_flight_.begin(), in_flight_.end(), id); f != in_flight_.end())
     in_flight_.erase(f);
+  leave_group(id);
 }
 
 void EtcdStore::fail(uint64_t id, flotilla_status status, const std::string &message) {
@@ -1114,9 +1243,9 @@ void EtcdStore::on_txn(uint64_t id, pb::TxnResponse &resp) {
   if (it == requests_.end()) return;
   Request &r = *it->second;
   if (r.pipelined) {
-    // Held until the answers before it were given; a refusal may be sent
-    // again (pump_writes).
-    const bool refused = !r.wrapped && !resp.succeeded();
+    // Held until the answers before it were given; a chained one's refusal
+    // may be sent again (pump_writes), a sibling's is final.
+    const bool refused = !r.sibling && !r.wrapped && !resp.succeeded();
     if (refused || (!in_flight_.empty() && in_flight_.front() != id)) {
       auto keep = std::make_shared<pb::TxnResponse>(std::move(resp));
       r.held = [this, id, keep] { deliver_txn(id, *keep); };

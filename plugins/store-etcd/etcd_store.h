@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -150,6 +151,16 @@ class EtcdStore {
   // May `next` be sent while `prev` (the last one sent) is in flight?
   // Then it is given the compare that makes etcd refuse it before `prev`.
   bool chain_behind(const Request &prev, Request &next);
+  // Sibling transactions (pump_writes): `first` was sent with nothing in
+  // flight; later ones that keep its head and touch none of the keys the
+  // group in flight writes go beside it.
+  struct GroupKeys {
+    std::vector<std::string> written, compared;
+  };
+  void open_group(uint64_t id, const Request &first);
+  bool join_group(uint64_t id, Request &next);
+  void add_member(uint64_t id, GroupKeys keys);
+  void leave_group(uint64_t id);
   void deliver_txn(uint64_t id, const pb::TxnResponse &resp);
   void send(uint64_t id);
   void attempt_failed(uint64_t id, const grpc::Status &status, uint64_t generation);
@@ -205,10 +216,16 @@ class EtcdStore {
   std::map<uint64_t, std::unique_ptr<Request>> requests_;
   std::deque<uint64_t> write_queue_;  // ordered requests not yet sent
   // Ordered requests sent and not yet answered to the caller, in call
-  // order: one, or a chain of transactions etcd itself keeps in order
-  // (pump_writes).
+  // order: one, a chain of transactions etcd itself keeps in order, or a
+  // group of sibling transactions whose order does not matter (pump_writes).
   std::deque<uint64_t> in_flight_;
   bool last_write_succeeded_ = false;  // the last ordered request answered: applied?
+  // The sibling group in flight (pump_writes): its head (key, value; none:
+  // no group open), and how many members in flight write or compare each
+  // key other than the head.
+  std::optional<std::pair<std::string, std::string>> group_head_;
+  std::unordered_map<uint64_t, GroupKeys> group_members_;
+  std::unordered_map<std::string, int> group_written_, group_compared_;
   int zero_holds_ = 0;  // watches from "now" whose start etcd has not fixed yet
 
   flotilla_store_watch_id next_watch_ = 1;

@@ -428,8 +428,6 @@ TEST_F(EvaluatorPlan, FailedRollingUpdateStopsOrRevertsToThePreviousSpec) {
   EXPECT_EQ(reverted.job_updates[0]["task"][0]["resources"]["cpu"], 100);  // version 1's spec
 }
 
-}  // namespace
-
 // Status reports of "pending" wake no evaluation (two or three come with
 // every container start); that holds only while plan() treats a pending
 // report as no report, which this checks for placement, a batch job and a
@@ -486,3 +484,5 @@ TEST_F(EvaluatorPlan, PendingStatusPlansAsNoStatusAndWakesNoEvaluation) {
   same(with, plan(jobs, nodes, allocs, json::object(), true, now + 1000));
   EXPECT_TRUE(with.new_allocs.empty()) << "one in flight, max_parallel 1";
 }
+
+}  // namespace

@@ -7,12 +7,15 @@
 // delay through the store.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
 
-#include "sched/evaluator.h"
 #include "rfc3339.h"
+#include "sched/evaluator.h"
 #include "store_harness.h"
 
 using flotilla::Evaluator;
@@ -370,6 +373,10 @@ struct PausedView {
   flotilla_store_v1 vt{};
   bool paused = false;
   bool pause_on_read = false;  // pause as soon as the next read is sent
+  // Transactions after this many are not sent until resume() (-1: never
+  // held): a daemon paused between two of its writes.
+  int txns_before_hold = -1;
+  int txns_sent = 0;
   std::vector<std::function<void()>> held;
 
   struct Ctx {
@@ -479,7 +486,42 @@ struct PausedView {
     vt.txn = [](void *self, const flotilla_compare *c, size_t nc, const flotilla_op *s, size_t ns,
                 const flotilla_op *f, size_t nf, flotilla_store_txn_cb cb, void *user) {
       auto *v = static_cast<PausedView *>(self);
-      return v->inner->txn(v->inner_self, c, nc, s, ns, f, nf, cb, user);
+      if (v->txns_before_hold < 0 || v->txns_sent < v->txns_before_hold) {
+        ++v->txns_sent;
+        return v->inner->txn(v->inner_self, c, nc, s, ns, f, nf, cb, user);
+      }
+      // Held: copied, since the caller's arrays are borrowed for the call.
+      struct Copy {
+        std::deque<std::string> text;  // stable addresses
+        std::vector<flotilla_compare> cmps;
+        std::vector<flotilla_op> success, failure;
+        const char *keep(const char *p, size_t n) {
+          return text.emplace_back(p ? p : "", p ? n : 0).data();
+        }
+      };
+      auto copy = std::make_shared<Copy>();
+      for (size_t i = 0; i < nc; ++i) {
+        flotilla_compare k = c[i];
+        k.key = copy->keep(c[i].key, c[i].key_len);
+        k.value = copy->keep(c[i].value, c[i].value_len);
+        copy->cmps.push_back(k);
+      }
+      auto keep_ops = [&](const flotilla_op *ops, size_t n, std::vector<flotilla_op> &into) {
+        for (size_t i = 0; i < n; ++i) {
+          flotilla_op o = ops[i];
+          o.key = copy->keep(ops[i].key, ops[i].key_len);
+          o.value = copy->keep(ops[i].value, ops[i].value_len);
+          into.push_back(o);
+        }
+      };
+      keep_ops(s, ns, copy->success);
+      keep_ops(f, nf, copy->failure);
+      v->held.push_back([v, copy, cb, user] {
+        ++v->txns_sent;
+        v->inner->txn(v->inner_self, copy->cmps.data(), copy->cmps.size(), copy->success.data(),
+                      copy->success.size(), copy->failure.data(), copy->failure.size(), cb, user);
+      });
+      return FLOTILLA_OK;
     };
     vt.watch_cancel = [](void *self, flotilla_store_watch_id id) {
       auto *v = static_cast<PausedView *>(self);
@@ -561,9 +603,70 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   c.loop.settle();
 }
 
+// The leader claimed the epoch with the first transaction of a large
+// placement and was paused before the others (the siblings, which require
+// its token) were sent; meanwhile another node was elected. The epoch still
+// holds its token, but the fence does not hold: none of the rest lands.
+TEST(SchedulerFencing, AStaleLeadersRemainingTransactionsWriteNothing) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  PausedView view(c.store_vt, c.store_self);
+  StoreClient paused_store(&view.vt, &view);
+  for (int i = 0; i < 2; ++i)
+    c.put("/flotilla/nodes/node-" + std::to_string(i),
+          node_record("node-" + std::to_string(i), 100000, 100000));
+  Evaluator old(c.loop.get(), &paused_store, c.host.get(), "old");
+  old.start();
+  ASSERT_TRUE(c.loop.run_until([&] { return old.is_leader(); }, "the old leader to lead"));
+  c.loop.settle();
+
+  view.txns_before_hold = view.txns_sent + 1;  // the claim goes, the rest waits
+  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
+  ASSERT_TRUE(c.loop.run_until([&] { return !view.held.empty(); }, "the old leader's siblings"));
+  const size_t claimed = c.list("/flotilla/allocs/").size();
+  EXPECT_GT(claimed, 0u) << "the claim (the first transaction) was applied";
+  EXPECT_LT(claimed, 300u);
+  auto epoch = c.list("/flotilla/sched/epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  EXPECT_EQ(epoch[0].value.rfind("old/", 0), 0u) << epoch[0].value;
+
+  c.remove("/flotilla/leader/scheduler");
+  int64_t lease = 0;
+  c.writer->lease_grant(60, [&](StoreResult r, int64_t l, int64_t) {
+    EXPECT_TRUE(r.ok()) << r.message;
+    lease = l;
+  });
+  ASSERT_TRUE(c.loop.run_until([&] { return lease != 0; }, "a lease for the new leader"));
+  bool put = false;
+  c.writer->put(
+      "/flotilla/leader/scheduler", "new",
+      [&](StoreResult r, int64_t) {
+        EXPECT_TRUE(r.ok()) << r.message;
+        put = true;
+      },
+      lease);
+  ASSERT_TRUE(c.loop.run_until([&] { return put; }, "the new leader's key"));
+
+  view.txns_before_hold = -1;
+  view.resume();
+  ASSERT_TRUE(c.loop.run_until([&] { return !old.is_leader(); }, "the old leader to step down"));
+  c.loop.settle();
+  EXPECT_EQ(c.list("/flotilla/allocs/").size(), claimed) << "a fenced-off sibling landed";
+  EXPECT_EQ(c.list("/flotilla/sched/epoch")[0].mod_revision, epoch[0].mod_revision);
+
+  bool stopped = false;
+  old.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  view.resume();
+  c.loop.settle();
+}
+
 // A job bigger than one etcd transaction may hold (128 operations): its
-// placements go in several transactions, chained by the epoch, and all of
-// them land.
+// placements go in several transactions, and all of them land. The first
+// claims the placement epoch with a token of its own; the others require
+// that token and put it back (siblings, which store-etcd sends together,
+// in any order): the epoch's mod_revision moves with every transaction,
+// its value only with the claim.
 TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
   Cluster c;
   ASSERT_NE(c.store_vt, nullptr);
@@ -576,12 +679,65 @@ TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
   ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
                                "300 allocations"));
   std::set<int> indices;
-  for (const auto &kv : c.list("/flotilla/allocs/")) indices.insert(json::parse(kv.value)["index"].get<int>());
+  std::set<int64_t> txn_revisions;
+  for (const auto &kv : c.list("/flotilla/allocs/")) {
+    indices.insert(json::parse(kv.value)["index"].get<int>());
+    txn_revisions.insert(kv.mod_revision);
+  }
   EXPECT_EQ(indices.size(), 300u);
+  // At least ceil(300 / 126) transactions.
+  EXPECT_GE(txn_revisions.size(), 3u);
   auto epoch = c.list("/flotilla/sched/epoch");
   ASSERT_EQ(epoch.size(), 1u);
-  // One bump per transaction: at least ceil(300 / 127).
-  EXPECT_GE(epoch[0].version, 3);
+  EXPECT_EQ(epoch[0].version, static_cast<int64_t>(txn_revisions.size()))
+      << "one bump per transaction";
+  EXPECT_EQ(epoch[0].mod_revision, *txn_revisions.rbegin()) << "by the last one to land";
+  // One token for the whole write (<node>/<fence>/<random>), not one per
+  // transaction.
+  const std::string &token = epoch[0].value;
+  EXPECT_EQ(std::count(token.begin(), token.end(), '/'), 2) << token;
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
+
+// A new version of a job without an [update] policy replaces every
+// allocation in one evaluation: the stops are written first, and only once
+// all of them were applied the placements that take their place (a node
+// never sees a new allocation before the stop of the one it replaces).
+TEST(SchedulerStore, StopsLandBeforeThePlacementsThatReplaceThem) {
+  Cluster c;
+  ASSERT_NE(c.store_vt, nullptr);
+  for (int i = 0; i < 3; ++i)
+    c.put("/flotilla/nodes/node-" + std::to_string(i),
+          node_record("node-" + std::to_string(i), 100000, 100000));
+  Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
+  e.start();
+  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
+  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
+                               "300 allocations"));
+  json v2 = job_spec("big", 300, 20, 10);
+  v2["version"] = 2;
+  c.put("/flotilla/jobs/big", v2);
+  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 600; },
+                               "300 replacements"));
+  int64_t last_stop = 0, first_new = INT64_MAX;
+  int stops = 0, news = 0;
+  for (const auto &kv : c.list("/flotilla/allocs/")) {
+    json a = json::parse(kv.value);
+    if (a["job_version"] == 1) {
+      EXPECT_EQ(a["desired_status"], "stop") << kv.key;
+      last_stop = std::max(last_stop, kv.mod_revision);
+      ++stops;
+    } else {
+      EXPECT_EQ(a["desired_status"], "run") << kv.key;
+      first_new = std::min(first_new, kv.create_revision);
+      ++news;
+    }
+  }
+  EXPECT_EQ(stops, 300);
+  EXPECT_EQ(news, 300);
+  EXPECT_LT(last_stop, first_new) << "a replacement was written before a stop";
   bool stopped = false;
   e.stop([&] { stopped = true; });
   ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -410,9 +411,13 @@ TEST_F(StoreEtcd, ChainedTransactionsAreSentTogetherAndKeepTheirOrder) {
     EXPECT_GT(all.kvs[i].mod_revision, all.kvs[i - 1].mod_revision) << all.kvs[i].key;
   EXPECT_EQ(s.get("/chain/epoch").kv->value, token(kTxns));
   const double chained = metric(*store, "store_etcd_chained_total");
+  const double resends = metric(*store, "store_etcd_chain_resends_total");
   EXPECT_GE(chained, kTxns / 4) << "most transactions were sent before the one before was answered";
+  // One that arrived early is sent again once the one before it was
+  // applied, and that attempt's answer is final.
+  EXPECT_LE(resends, chained) << "a transaction was sent again more than once";
   std::printf("%g of %d sent chained, %g sent again after arriving early\n", chained, kTxns,
-              metric(*store, "store_etcd_chain_resends_total"));
+              resends);
 }
 
 // A chain broken half-way stops there: the transactions after the one that
@@ -445,6 +450,115 @@ TEST_F(StoreEtcd, AChainBrokenHalfWayAppliesNothingAfterTheBreak) {
   EXPECT_EQ(s.list("/chain/k/").kvs.size(), static_cast<size_t>(kBreak));
   EXPECT_EQ(s.get("/chain/epoch").kv->value, "t" + std::to_string(kBreak));
   EXPECT_GE(metric(*store, "store_etcd_chained_total"), 1);
+}
+
+// ---- sibling transactions -------------------------------------------------------
+
+// Transactions that all compare one key's value (the head), write it only
+// with that same value, and write no key another one writes do not depend
+// on each other's order: they are sent together, each answer is its own and final
+// (a refused one is not sent again), and answers still come in call order.
+// A write that is no sibling (the plain put) waits until they are answered.
+TEST_F(StoreEtcd, SiblingTransactionsAreSentTogetherAndAnsweredEachOnItsOwn) {
+  test::EtcdCluster etcd;
+  auto store = open(etcd.plugin_config());
+  SyncStore s(loop_, *store);
+  ASSERT_OK(s.put("/sib/head", "token").result);
+  ASSERT_OK(s.put("/sib/job", "j").result);
+  constexpr int kTxns = 300;
+  auto refused_by_design = [](int i) { return i % 50 == 7; };
+  std::vector<int> order;
+  std::vector<bool> applied(kTxns, false);
+  for (int i = 0; i < kTxns; ++i) {
+    if (i == kTxns / 2) {
+      store->client().put("/sib/plain", "p", [&](StoreResult r, int64_t) {
+        EXPECT_OK(r);
+        order.push_back(-1);
+      });
+    }
+    std::vector<StoreCompare> cmps{
+        {"/sib/head", FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, "token"}};
+    // Its own compare fails: refused, whatever its siblings do.
+    if (refused_by_design(i))
+      cmps.push_back({"/sib/job", FLOTILLA_CMP_VERSION, FLOTILLA_CMP_EQUAL, 9, {}});
+    std::vector<StoreOp> ops{
+        StoreOp::put("/sib/k/" + std::to_string(1000 + i), std::string(200, 'v'))};
+    // Putting the head's own value back keeps it a sibling (the scheduler
+    // does, so that the key's mod_revision moves with every write).
+    if (i % 2 == 0) ops.push_back(StoreOp::put("/sib/head", "token"));
+    store->client().txn(cmps, ops, {}, [&, i](StoreResult r, bool succeeded, int64_t) {
+      EXPECT_OK(r);
+      order.push_back(i);
+      applied[i] = r.ok() && succeeded;
+    });
+  }
+  run_until([&] { return order.size() == kTxns + 1u; }, "every answer");
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int want = i < kTxns / 2    ? static_cast<int>(i)
+                     : i == kTxns / 2 ? -1
+                                      : static_cast<int>(i) - 1;
+    EXPECT_EQ(order[i], want) << "answer " << i;
+  }
+  auto all = s.list("/sib/k/");
+  ASSERT_OK(all.result);
+  std::set<std::string> written;
+  for (const auto &kv : all.kvs) written.insert(kv.key);
+  for (int i = 0; i < kTxns; ++i) {
+    EXPECT_EQ(applied[i], !refused_by_design(i)) << "transaction " << i;
+    EXPECT_EQ(written.count("/sib/k/" + std::to_string(1000 + i)) == 1, applied[i])
+        << "transaction " << i << "'s answer does not match the store";
+  }
+  EXPECT_EQ(s.get("/sib/head").kv->value, "token");
+  const double siblings = metric(*store, "store_etcd_siblings_total");
+  EXPECT_GE(siblings, kTxns / 4) << "most were sent while others of the group were in flight";
+  EXPECT_EQ(metric(*store, "store_etcd_chain_resends_total"), 0) << "a sibling was sent again";
+  EXPECT_EQ(metric(*store, "store_etcd_chained_total"), 0);
+  std::printf("%g of %d sent as siblings\n", siblings, kTxns);
+}
+
+// A sibling group opens only behind a settled head: after the head moved
+// (a write that is no sibling, answered before), every sibling that
+// requires the old value is refused, once; one that writes a key another
+// sibling in flight writes, or the head with another value, waits its turn.
+TEST_F(StoreEtcd, SiblingsAfterTheHeadMovedAreRefusedAndConflictingOnesWait) {
+  test::EtcdCluster etcd;
+  auto store = open(etcd.plugin_config());
+  SyncStore s(loop_, *store);
+  ASSERT_OK(s.put("/sib/head", "t1").result);
+  auto head_is = [](const std::string &v) {
+    return StoreCompare{"/sib/head", FLOTILLA_CMP_VALUE, FLOTILLA_CMP_EQUAL, 0, v};
+  };
+  std::vector<std::string> order;
+  std::map<std::string, bool> applied;
+  auto txn = [&](const std::string &name, std::vector<StoreCompare> cmps,
+                 std::vector<StoreOp> ops) {
+    store->client().txn(cmps, ops, {}, [&, name](StoreResult r, bool succeeded, int64_t) {
+      EXPECT_OK(r);
+      order.push_back(name);
+      applied[name] = succeeded;
+    });
+  };
+  txn("a", {head_is("t1")}, {StoreOp::put("/sib/x", "a")});
+  txn("b", {head_is("t1")}, {StoreOp::put("/sib/y", "b")});
+  // Writes what "a" writes: after "a", whatever the order etcd would pick.
+  txn("c", {head_is("t1")}, {StoreOp::put("/sib/x", "c")});
+  // Moves the head: no sibling; the ones after it require the old value.
+  txn("move", {head_is("t1")}, {StoreOp::put("/sib/head", "t2")});
+  for (int i = 0; i < 20; ++i)
+    txn("late" + std::to_string(i), {head_is("t1")},
+        {StoreOp::put("/sib/z/" + std::to_string(i), "v")});
+  txn("new", {head_is("t2")}, {StoreOp::put("/sib/w", "v")});
+  run_until([&] { return order.size() == 25u; }, "every answer");
+  EXPECT_EQ(order[0], "a");
+  EXPECT_EQ(order[1], "b");
+  EXPECT_EQ(order[2], "c");
+  EXPECT_EQ(order[3], "move");
+  EXPECT_EQ(order[24], "new");
+  EXPECT_TRUE(applied["a"] && applied["b"] && applied["c"] && applied["move"] && applied["new"]);
+  for (int i = 0; i < 20; ++i) EXPECT_FALSE(applied["late" + std::to_string(i)]) << i;
+  EXPECT_EQ(s.get("/sib/x").kv->value, "c") << "c, which writes what a wrote, went after it";
+  EXPECT_TRUE(s.list("/sib/z/").kvs.empty());
+  EXPECT_EQ(metric(*store, "store_etcd_chain_resends_total"), 0);
 }
 
 // ---- watches across a cut link ----------------------------------------------------

@@ -290,10 +290,12 @@ int main(int argc, char **argv) {
     watch.reset();
     {
       // How the writes went: chained (sent before the one before was
-      // answered) and sent again (arrived early).
+      // answered), sent again (arrived early), and sent as siblings (beside
+      // others that require the same epoch token).
       std::string m = host->metrics().render_prometheus();
-      for (const char *name : {"flotilla_store_etcd_chained_total",
-                               "flotilla_store_etcd_chain_resends_total"}) {
+      for (const char *name :
+           {"flotilla_store_etcd_chained_total", "flotilla_store_etcd_chain_resends_total",
+            "flotilla_store_etcd_siblings_total"}) {
         auto at = m.find(std::string("\n") + name + " ");
         std::printf("%s %s\n", name,
                     at == std::string::npos
