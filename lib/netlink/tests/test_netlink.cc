@@ -46,7 +46,6 @@ bool has(const std::vector<std::string> &v, const std::string &x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
 
-}  // namespace
 
 TEST_F(Namespaces, PinnedNamespaceIsKeptAndRemoved) {
   EXPECT_TRUE(nl::netns::is_pinned(a_));
@@ -199,3 +198,5 @@ TEST_F(Namespaces, SysctlInsideNamespace) {
   EXPECT_EQ(read(a_), other) << "the write in a";
   EXPECT_EQ(read(b_), before) << "the write in a must not show in b";
 }
+
+}  // namespace
