@@ -548,6 +548,27 @@ struct PausedView {
   }
 };
 
+// Another node ("new") is elected: the leader key goes and is written
+// again under a lease of its own, so its create_revision is a new one.
+static void elect_another_leader(Cluster &c) {
+  c.remove("/flotilla/leader/scheduler");
+  int64_t lease = 0;
+  c.writer->lease_grant(60, [&](StoreResult r, int64_t l, int64_t) {
+    EXPECT_TRUE(r.ok()) << r.message;
+    lease = l;
+  });
+  ASSERT_TRUE(c.loop.run_until([&] { return lease != 0; }, "a lease for the new leader"));
+  bool put = false;
+  c.writer->put(
+      "/flotilla/leader/scheduler", "new",
+      [&](StoreResult r, int64_t) {
+        EXPECT_TRUE(r.ok()) << r.message;
+        put = true;
+      },
+      lease);
+  ASSERT_TRUE(c.loop.run_until([&] { return put; }, "the new leader's key"));
+}
+
 // The old leader read the cluster, was paused before writing, and while it
 // slept its key went and another node was elected; nothing else changed,
 // so the placement epoch alone would let its write through. The leader
@@ -572,22 +593,7 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   // Meanwhile its lease ran out (the key went) and "new" was elected: a new
   // key, a new create_revision. (No evaluator for it: the epoch must stay
   // as the old leader read it.)
-  c.remove("/flotilla/leader/scheduler");
-  int64_t lease = 0;
-  c.writer->lease_grant(60, [&](StoreResult r, int64_t l, int64_t) {
-    EXPECT_TRUE(r.ok()) << r.message;
-    lease = l;
-  });
-  ASSERT_TRUE(c.loop.run_until([&] { return lease != 0; }, "a lease for the new leader"));
-  bool put = false;
-  c.writer->put(
-      "/flotilla/leader/scheduler", "new",
-      [&](StoreResult r, int64_t) {
-        EXPECT_TRUE(r.ok()) << r.message;
-        put = true;
-      },
-      lease);
-  ASSERT_TRUE(c.loop.run_until([&] { return put; }, "the new leader's key"));
+  ASSERT_NO_FATAL_FAILURE(elect_another_leader(c));
 
   view.resume();
   ASSERT_TRUE(c.loop.run_until([&] { return !old.is_leader(); }, "the old leader to step down"));
@@ -630,22 +636,7 @@ TEST(SchedulerFencing, AStaleLeadersRemainingTransactionsWriteNothing) {
   ASSERT_EQ(epoch.size(), 1u);
   EXPECT_EQ(epoch[0].value.rfind("old/", 0), 0u) << epoch[0].value;
 
-  c.remove("/flotilla/leader/scheduler");
-  int64_t lease = 0;
-  c.writer->lease_grant(60, [&](StoreResult r, int64_t l, int64_t) {
-    EXPECT_TRUE(r.ok()) << r.message;
-    lease = l;
-  });
-  ASSERT_TRUE(c.loop.run_until([&] { return lease != 0; }, "a lease for the new leader"));
-  bool put = false;
-  c.writer->put(
-      "/flotilla/leader/scheduler", "new",
-      [&](StoreResult r, int64_t) {
-        EXPECT_TRUE(r.ok()) << r.message;
-        put = true;
-      },
-      lease);
-  ASSERT_TRUE(c.loop.run_until([&] { return put; }, "the new leader's key"));
+  ASSERT_NO_FATAL_FAILURE(elect_another_leader(c));
 
   view.txns_before_hold = -1;
   view.resume();
