@@ -19,7 +19,9 @@
 //     and exit 0; `--json`: one JSON object per line; an unknown tag and a
 //     bad reference: exit 1 with the registry's (or the parser's) words;
 //     `flotilla image ls`: the ORIGIN column of a pulled and an imported
-//     image.
+//     image;
+//   - an image pushed as Docker schema 2 (skopeo --format v2s2): the
+//     registry serves Docker's manifest, the pull takes it and the job runs.
 //
 // Everything is under one scratch dir per run (the daemon's) and the
 // cgroup flotilla-e2e-reg-<pid>; the registry is killed by its pid.
@@ -388,6 +390,40 @@ TEST_F(RegistryJobs, ImagePullCliPlainLinesJsonErrorsAndTheOriginColumn) {
   };
   EXPECT_EQ(last_cell(pulled_row), registry_.host() + "/team/app") << ls.output;
   EXPECT_EQ(last_cell(imported_row), "import") << ls.output;
+}
+
+// The Docker half of the Accept header: an image pushed as Docker schema 2
+// (skopeo --format v2s2, as `docker push` makes it) pulls, and runs.
+TEST_F(RegistryJobs, ADockerSchema2ImagePullsAndRuns) {
+  push("1");
+  const std::string layout = d_->dir() + "/app-1";
+  auto cp = e2e::run({"/usr/bin/skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                      "--format", "v2s2", "oci:" + layout + ":app", "docker://" + ref("docker")});
+  ASSERT_EQ(cp.exit_code, 0) << cp.output;
+  // What the registry serves is Docker's manifest, not OCI's.
+  auto raw = e2e::run({"/usr/bin/skopeo", "inspect", "--raw", "--tls-verify=false",
+                       "docker://" + ref("docker")});
+  ASSERT_EQ(raw.exit_code, 0) << raw.output;
+  json manifest = json::parse(raw.output, nullptr, false);
+  ASSERT_TRUE(manifest.is_object()) << raw.output;
+  ASSERT_EQ(manifest.value("mediaType", ""),
+            "application/vnd.docker.distribution.manifest.v2+json")
+      << raw.output;
+
+  auto js = flotilla({"--json", "image", "pull", ref("docker")});
+  ASSERT_EQ(js.exit_code, 0) << js.output << d_->log();
+  std::vector<json> lines = json_lines(js.output);
+  ASSERT_FALSE(lines.empty()) << js.output;
+  ASSERT_TRUE(lines.back().contains("image")) << js.output;
+  EXPECT_TRUE(lines.back()["image"]["pulled"].get<bool>()) << js.output;
+
+  auto run =
+      flotilla({"job", "run", "--timeout", "90s", job_file("docker", ref("docker"), 1, 0)});
+  ASSERT_EQ(run.exit_code, 0) << run.output << d_->log();
+  std::vector<json> allocs = running_allocs("docker");
+  ASSERT_EQ(allocs.size(), 1u) << view("docker").dump();
+  EXPECT_NE(logs_with(allocs[0].value("id", ""), "app version 1").find("app version 1"),
+            std::string::npos);
 }
 
 }  // namespace
