@@ -92,6 +92,13 @@ struct Cluster {
   }
 };
 
+// An evaluator stopped, waited for.
+void stop_evaluator(Cluster &c, Evaluator &e) {
+  bool stopped = false;
+  e.stop([&] { stopped = true; });
+  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+}
+
 json node_record(const std::string &name, int cpu, int mem) {
   return {{"name", name},
           {"datacenter", "dc1"},
@@ -263,9 +270,7 @@ TEST(SchedulerStore, DrainedAndLostNodesAllocationsArePlacedAgain) {
   }
   EXPECT_EQ(stopped_lost, 1);
 
-  bool stopped = false;
-  e.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, e));
 }
 
 // A rolling update through the store: one old allocation replaced at a
@@ -316,9 +321,7 @@ TEST(SchedulerStore, RollingUpdateStepsThroughTheStore) {
   ASSERT_TRUE(c.loop.run_until([&] { return versions()[2] == 2; }, "the second step"));
   EXPECT_EQ(versions()[1], 0);
 
-  bool stopped = false;
-  e.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, e));
 }
 
 // A failed allocation through the store: nothing changes in the cluster
@@ -355,9 +358,7 @@ TEST(SchedulerStore, FailedAllocationIsReplacedWhenItsDelayEnds) {
       EXPECT_EQ(a["reschedule"]["attempts"], 1);
     }
   }
-  bool stopped = false;
-  e.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, e));
 }
 
 }  // namespace
@@ -548,6 +549,34 @@ struct PausedView {
   }
 };
 
+// The old leader of the fencing tests: an evaluator that sees the store
+// through a PausedView, leading a cluster of two nodes.
+struct PausedLeader {
+  PausedView view;
+  StoreClient store{&view.vt, &view};
+  Evaluator old;
+  explicit PausedLeader(Cluster &c)
+      : view(c.store_vt, c.store_self), old(c.loop.get(), &store, c.host.get(), "old") {}
+
+  // Two nodes of cpu MHz and mem MiB, and the old leader leading.
+  void lead(Cluster &c, int cpu, int mem) {
+    for (int i = 0; i < 2; ++i)
+      c.put("/flotilla/nodes/node-" + std::to_string(i),
+            node_record("node-" + std::to_string(i), cpu, mem));
+    old.start();
+    ASSERT_TRUE(c.loop.run_until([&] { return old.is_leader(); }, "the old leader to lead"));
+    c.loop.settle();
+  }
+
+  // The evaluator stopped; whatever the view still holds or has in flight
+  // lands while it exists.
+  void stop(Cluster &c) {
+    ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, old));
+    view.resume();
+    c.loop.settle();
+  }
+};
+
 // Another node ("new") is elected: the leader key goes and is written
 // again under a lease of its own, so its create_revision is a new one.
 static void elect_another_leader(Cluster &c) {
@@ -576,15 +605,10 @@ static void elect_another_leader(Cluster &c) {
 TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   Cluster c;
   ASSERT_NE(c.store_vt, nullptr);
-  PausedView view(c.store_vt, c.store_self);
-  StoreClient paused_store(&view.vt, &view);
-  for (int i = 0; i < 2; ++i)
-    c.put("/flotilla/nodes/node-" + std::to_string(i),
-          node_record("node-" + std::to_string(i), 4000, 8192));
-  Evaluator old(c.loop.get(), &paused_store, c.host.get(), "old");
-  old.start();
-  ASSERT_TRUE(c.loop.run_until([&] { return old.is_leader(); }, "the old leader to lead"));
-  c.loop.settle();
+  PausedLeader leader(c);
+  ASSERT_NO_FATAL_FAILURE(leader.lead(c, 4000, 8192));
+  PausedView &view = leader.view;
+  Evaluator &old = leader.old;
 
   // It reads (for the new job) and is paused with the answer in flight.
   view.pause_on_read = true;
@@ -601,12 +625,7 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
   EXPECT_TRUE(c.list("/flotilla/allocs/").empty()) << "the fenced-off leader placed";
   EXPECT_TRUE(c.list("/flotilla/sched/").empty()) << "the fenced-off leader bumped the epoch";
 
-  bool stopped = false;
-  old.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
-  // Whatever the view still holds or has in flight lands while it exists.
-  view.resume();
-  c.loop.settle();
+  leader.stop(c);
 }
 
 // The leader claimed the epoch with the first transaction of a large
@@ -616,15 +635,10 @@ TEST(SchedulerFencing, APausedLeaderWritesNothingAfterAnotherIsElected) {
 TEST(SchedulerFencing, AStaleLeadersRemainingTransactionsWriteNothing) {
   Cluster c;
   ASSERT_NE(c.store_vt, nullptr);
-  PausedView view(c.store_vt, c.store_self);
-  StoreClient paused_store(&view.vt, &view);
-  for (int i = 0; i < 2; ++i)
-    c.put("/flotilla/nodes/node-" + std::to_string(i),
-          node_record("node-" + std::to_string(i), 100000, 100000));
-  Evaluator old(c.loop.get(), &paused_store, c.host.get(), "old");
-  old.start();
-  ASSERT_TRUE(c.loop.run_until([&] { return old.is_leader(); }, "the old leader to lead"));
-  c.loop.settle();
+  PausedLeader leader(c);
+  ASSERT_NO_FATAL_FAILURE(leader.lead(c, 100000, 100000));
+  PausedView &view = leader.view;
+  Evaluator &old = leader.old;
 
   view.txns_before_hold = view.txns_sent + 1;  // the claim goes, the rest waits
   c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
@@ -645,11 +659,19 @@ TEST(SchedulerFencing, AStaleLeadersRemainingTransactionsWriteNothing) {
   EXPECT_EQ(c.list("/flotilla/allocs/").size(), claimed) << "a fenced-off sibling landed";
   EXPECT_EQ(c.list("/flotilla/sched/epoch")[0].mod_revision, epoch[0].mod_revision);
 
-  bool stopped = false;
-  old.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
-  view.resume();
-  c.loop.settle();
+  leader.stop(c);
+}
+
+// Three nodes with room for it all, and a job of 300 allocations (more
+// than one transaction holds) placed by e.
+static void place_a_large_job(Cluster &c, Evaluator &e) {
+  for (int i = 0; i < 3; ++i)
+    c.put("/flotilla/nodes/node-" + std::to_string(i),
+          node_record("node-" + std::to_string(i), 100000, 100000));
+  e.start();
+  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
+  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
+                               "300 allocations"));
 }
 
 // A job bigger than one etcd transaction may hold (128 operations): its
@@ -661,14 +683,8 @@ TEST(SchedulerFencing, AStaleLeadersRemainingTransactionsWriteNothing) {
 TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
   Cluster c;
   ASSERT_NE(c.store_vt, nullptr);
-  for (int i = 0; i < 3; ++i)
-    c.put("/flotilla/nodes/node-" + std::to_string(i),
-          node_record("node-" + std::to_string(i), 100000, 100000));
   Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
-  e.start();
-  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
-  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
-                               "300 allocations"));
+  ASSERT_NO_FATAL_FAILURE(place_a_large_job(c, e));
   std::set<int> indices;
   std::set<int64_t> txn_revisions;
   for (const auto &kv : c.list("/flotilla/allocs/")) {
@@ -687,9 +703,7 @@ TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
   // transaction.
   const std::string &token = epoch[0].value;
   EXPECT_EQ(std::count(token.begin(), token.end(), '/'), 2) << token;
-  bool stopped = false;
-  e.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, e));
 }
 
 // A new version of a job without an [update] policy replaces every
@@ -699,14 +713,8 @@ TEST(SchedulerStore, ALargeJobIsWrittenInTransactionsWithinEtcdsLimit) {
 TEST(SchedulerStore, StopsLandBeforeThePlacementsThatReplaceThem) {
   Cluster c;
   ASSERT_NE(c.store_vt, nullptr);
-  for (int i = 0; i < 3; ++i)
-    c.put("/flotilla/nodes/node-" + std::to_string(i),
-          node_record("node-" + std::to_string(i), 100000, 100000));
   Evaluator e(c.loop.get(), c.store_a.get(), c.host.get(), "n1");
-  e.start();
-  c.put("/flotilla/jobs/big", job_spec("big", 300, 10, 10));
-  ASSERT_TRUE(c.loop.run_until([&] { return c.list("/flotilla/allocs/").size() == 300; },
-                               "300 allocations"));
+  ASSERT_NO_FATAL_FAILURE(place_a_large_job(c, e));
   json v2 = job_spec("big", 300, 20, 10);
   v2["version"] = 2;
   c.put("/flotilla/jobs/big", v2);
@@ -729,7 +737,5 @@ TEST(SchedulerStore, StopsLandBeforeThePlacementsThatReplaceThem) {
   EXPECT_EQ(stops, 300);
   EXPECT_EQ(news, 300);
   EXPECT_LT(last_stop, first_new) << "a replacement was written before a stop";
-  bool stopped = false;
-  e.stop([&] { stopped = true; });
-  ASSERT_TRUE(c.loop.run_until([&] { return stopped; }, "evaluator to stop"));
+  ASSERT_NO_FATAL_FAILURE(stop_evaluator(c, e));
 }
