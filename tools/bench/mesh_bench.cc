@@ -157,6 +157,38 @@ std::string load() {
   return "load " + a + " " + b + " " + c;
 }
 
+// CPU seconds (user + system) the given processes have used so far, from
+// /proc/<pid>/stat; a process that is gone counts 0.
+double cpu_seconds(const std::set<int> &pids) {
+  static const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  double total = 0;
+  for (int pid : pids) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;
+    auto close = line.rfind(')');  // the command name may hold spaces
+    if (close == std::string::npos) continue;
+    std::istringstream f(line.substr(close + 2));
+    std::string field;
+    // After the name: state is field 3; utime and stime are fields 14, 15.
+    for (int i = 3; i < 14 && f >> field; ++i) {
+    }
+    double ut = 0, st = 0;
+    f >> ut >> st;
+    total += (ut + st) / tick;
+  }
+  return total;
+}
+
+// One iperf3 measurement and the CPU the tunnel's two wireguard-go
+// processes spent on it: Gbit/s, and Gbit per wireguard-go CPU second
+// (the cost of a byte through the device, whatever share of the machine's
+// two cores the processes got).
+struct Leg {
+  double gbit_s = 0;
+  double gbit_per_cpu_s = 0;
+};
+
 void must(const flotilla::e2e::RunResult &r, const std::string &what) {
   if (r.exit_code != 0) throw std::runtime_error(what + ": " + r.output);
 }
@@ -272,7 +304,20 @@ memory = 8
   std::string gw1;
   for (const auto &addr : nl::Socket::open_in(c.host(1).netns_path()).addresses("flotilla0"))
     if (addr.find(':') == std::string::npos) gw1 = addr.substr(0, addr.find('/'));
+  const std::set<int> flotilla_wg = pids;  // the daemons' wireguard-go processes
   auto [a, b] = bare_pair(c, pids);
+  std::set<int> bare_wg;
+  for (int pid : pids)
+    if (!flotilla_wg.count(pid)) bare_wg.insert(pid);
+  auto leg = [&](const std::string &server_ns, const std::string &client_ns,
+                 const std::string &ip, const std::set<int> &wg) {
+    Leg l;
+    const double before = cpu_seconds(wg);
+    l.gbit_s = iperf(server_ns, client_ns, ip, seconds, c.dir(), c);
+    const double used = cpu_seconds(wg) - before;
+    if (used > 0) l.gbit_per_cpu_s = l.gbit_s * seconds / used;
+    return l;
+  };
   wait_until(
       [&] {
         return run({kBusybox, "ping", "-c1", "-W1", "10.99.0.2"}, a).exit_code == 0;
@@ -284,15 +329,15 @@ memory = 8
   for (int round = 0; round < rounds; ++round) {
     const std::string l = load();
     // Alternate which goes first: whatever else the machine does weighs alike.
-    double f = 0, w = 0;
+    Leg f, w;
     if (round % 2 == 0) {
-      f = iperf(cs["h1"].first, cs["h0"].first, cs["h1"].second, seconds, c.dir(), c);
-      w = iperf(b, a, "10.99.0.2", seconds, c.dir(), c);
+      f = leg(cs["h1"].first, cs["h0"].first, cs["h1"].second, flotilla_wg);
+      w = leg(b, a, "10.99.0.2", bare_wg);
     } else {
-      w = iperf(b, a, "10.99.0.2", seconds, c.dir(), c);
-      f = iperf(cs["h1"].first, cs["h0"].first, cs["h1"].second, seconds, c.dir(), c);
+      w = leg(b, a, "10.99.0.2", bare_wg);
+      f = leg(cs["h1"].first, cs["h0"].first, cs["h1"].second, flotilla_wg);
     }
-    double hh = iperf(c.host(1).netns_path(), c.host(0).netns_path(), gw1, seconds, c.dir(), c);
+    Leg hh = leg(c.host(1).netns_path(), c.host(0).netns_path(), gw1, flotilla_wg);
     // Bare wireguard-go again with conntrack on in both namespaces (a nat
     // chain, as Flotilla's table has on every host): what tracking every
     // packet, inner and outer, costs.
@@ -301,7 +346,7 @@ memory = 8
                                  "postrouting priority srcnat ; }"},
                n),
            "nft");
-    double wct = iperf(b, a, "10.99.0.2", seconds, c.dir(), c);
+    Leg wct = leg(b, a, "10.99.0.2", bare_wg);
     for (const auto &n : {a, b}) run({"/usr/sbin/nft", "delete table inet mbct"}, n);
     double p = iperf(b, a, "10.88.0.201", seconds, c.dir(), c);
     auto fr = rtt(cs["h0"].first, cs["h1"].second, 200);
@@ -311,10 +356,14 @@ memory = 8
         "  round %d (%s): flotilla mesh %.2f Gbit/s | bare wireguard-go %.2f Gbit/s (ratio "
         "%.2f) | plain veth/bridge %.2f Gbit/s | flotilla's tunnel host -> host %.2f Gbit/s | "
         "bare wireguard-go with conntrack %.2f Gbit/s\n"
+        "    per wireguard-go CPU second (both ends), Gbit: flotilla mesh %.3f | bare %.3f (ratio "
+        "%.2f) | flotilla host -> host %.3f | bare with conntrack %.3f\n"
         "    RTT p50/p99 ms: flotilla mesh %.3f / %.3f | bare wireguard-go %.3f / %.3f | plain "
         "%.3f / %.3f\n",
-        round + 1, l.c_str(), f, w, w > 0 ? f / w : 0.0, p, hh, wct, fr.first, fr.second, wr.first,
-        wr.second, pr.first, pr.second);
+        round + 1, l.c_str(), f.gbit_s, w.gbit_s, w.gbit_s > 0 ? f.gbit_s / w.gbit_s : 0.0, p,
+        hh.gbit_s, wct.gbit_s, f.gbit_per_cpu_s, w.gbit_per_cpu_s,
+        w.gbit_per_cpu_s > 0 ? f.gbit_per_cpu_s / w.gbit_per_cpu_s : 0.0, hh.gbit_per_cpu_s,
+        wct.gbit_per_cpu_s, fr.first, fr.second, wr.first, wr.second, pr.first, pr.second);
     std::fflush(stdout);
   }
   return 0;
