@@ -842,7 +842,11 @@ constexpr KeyRule kCheckKeys[] = {{"type"},
                                   {"port"},
                                   {"command"},
                                   {"args"},
-                                  {"grpc_service"}};
+                                  {"grpc_service"},
+                                  {"tls"},
+                                  {"tls_skip_verify"},
+                                  {"tls_server_name"}};
+constexpr const char *kCheckTlsKeys[] = {"tls", "tls_skip_verify", "tls_server_name"};
 constexpr std::string_view kCheckTypes[] = {"tcp", "http", "exec", "grpc"};
 
 // ---- placement: constraints, affinities, spread, reschedule (scheduler) ----
@@ -1429,6 +1433,8 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
       c.problem(s.key("port"), "is not used with type = \"exec\": the command runs inside the "
                                "container");
     if (s.get("grpc_service")) c.problem(s.key("grpc_service"), "is only used with type = \"grpc\"");
+    for (const char *k : kCheckTlsKeys)
+      if (s.get(k)) c.problem(s.key(k), "is only used with type = \"http\" or \"grpc\"");
     return out;
   }
   for (const char *k : {"command", "args"})
@@ -1446,6 +1452,34 @@ json check_service_check(Checker &c, const json &check, const std::string &path,
     if (svc) out["grpc_service"] = *svc;  // absent: the whole server
   } else if (s.get("grpc_service")) {
     c.problem(s.key("grpc_service"), "is only used with type = \"grpc\"");
+  }
+  if (out["type"] == "tcp") {
+    for (const char *k : kCheckTlsKeys)
+      if (s.get(k)) c.problem(s.key(k), "is only used with type = \"http\" or \"grpc\"");
+  } else {
+    // https, or gRPC over TLS: the server's certificate is verified
+    // against the discovery plugin's check_ca_file (or the system's CA
+    // bundle) and against tls_server_name, else the address checked.
+    const auto tls = boolean(s, "tls");
+    const auto skip = boolean(s, "tls_skip_verify");
+    auto name = text(s, "tls_server_name", "a host name like \"api.internal\"");
+    if (name && (name->size() > 253 ||
+                 name->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789.-") != std::string::npos ||
+                 name->front() == '.' || name->front() == '-')) {
+      c.problem(s.key("tls_server_name"),
+                quote_value(*name) + " is not a host name: letters, digits, '.' and '-', at most "
+                                     "253 characters");
+      name.reset();
+    }
+    if (tls.value_or(false)) {
+      out["tls"] = true;
+      if (skip) out["tls_skip_verify"] = *skip;
+      if (name) out["tls_server_name"] = *name;
+    } else {
+      for (const char *k : {"tls_skip_verify", "tls_server_name"})
+        if (s.get(k)) c.problem(s.key(k), "needs tls = true");
+    }
   }
   if (auto port = check_port_or_name(s, names)) out["port"] = *port;
   return out;

@@ -643,6 +643,12 @@ tags = ["v1", "canary"]
   [[task.service.check]]
   type = "grpc"
 
+  [[task.service.check]]
+  type = "http"
+  tls = true
+  tls_server_name = "web.internal"
+  tls_skip_verify = false
+
 [[task.service]]
 name = "metrics"
 port = 9100
@@ -681,6 +687,16 @@ port = 9100
                                       {"grpc_service", "helloworld.Greeter"},
                                       {"port", 9090}}));
   EXPECT_FALSE(svc[0]["check"][4].contains("grpc_service")) << "none: the whole server";
+  EXPECT_FALSE(svc[0]["check"][0].contains("tls")) << "plaintext unless asked";
+  EXPECT_EQ(svc[0]["check"][5], json({{"type", "http"},
+                                      {"interval_ms", 10000},
+                                      {"timeout_ms", 2000},
+                                      {"success_before_passing", 1},
+                                      {"failures_before_critical", 1},
+                                      {"path", "/"},
+                                      {"tls", true},
+                                      {"tls_skip_verify", false},
+                                      {"tls_server_name", "web.internal"}}));
   // The canonical JSON goes back in unchanged.
   EXPECT_EQ(validate_job_json(job, "web.json"), job);
 }
@@ -718,6 +734,22 @@ TEST(JobSpecService, BadValuesNameTheLineAndKey) {
   EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = \"test\"\ngrpc_service = \"x\"\n")
                 .find("line 13, task[0].service[0].check[0].grpc_service: is only used with type = "
                       "\"grpc\""),
+            std::string::npos);
+  // TLS: http and grpc only; tls_skip_verify and tls_server_name need tls.
+  EXPECT_EQ(problem_of(check + "type = \"tcp\"\ntls = true\n"),
+            "web.toml line 12, task[0].service[0].check[0].tls: is only used with type = "
+            "\"http\" or \"grpc\"");
+  EXPECT_EQ(problem_of(check + "type = \"http\"\ntls = \"yes\"\n"),
+            "web.toml line 12, task[0].service[0].check[0].tls: must be true or false, got a "
+            "string \"yes\"");
+  EXPECT_EQ(problem_of(check + "type = \"http\"\ntls_skip_verify = true\n"),
+            "web.toml line 12, task[0].service[0].check[0].tls_skip_verify: needs tls = true");
+  EXPECT_EQ(problem_of(check + "type = \"grpc\"\ntls = true\ntls_server_name = \"a b\"\n"),
+            "web.toml line 13, task[0].service[0].check[0].tls_server_name: \"a b\" is not a "
+            "host name: letters, digits, '.' and '-', at most 253 characters");
+  EXPECT_NE(problem_of(check + "type = \"exec\"\ncommand = \"test\"\ntls = true\n")
+                .find("line 13, task[0].service[0].check[0].tls: is only used with type = "
+                      "\"http\" or \"grpc\""),
             std::string::npos);
   // exec: command is required, a string; args strings; no port, no path.
   EXPECT_EQ(problem_of(check + "type = \"exec\"\n"),

@@ -1,9 +1,11 @@
 #include "discovery_config.h"
 
 #include <arpa/inet.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -145,7 +147,8 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
                                               "vip_cidr",
                                               "vip_table",
                                               "vip_masquerade_mark",
-                                              "container_dns"};
+                                              "container_dns",
+                                              "check_ca_file"};
   for (auto it = table.begin(); it != table.end(); ++it)
     if (!known.count(it.key()))
       problems.push_back(
@@ -167,6 +170,10 @@ std::vector<ConfigProblem> parse_config(const json &table, DiscoveryConfig &cfg)
   r.number("tcp_max_connections", cfg.tcp_max_connections, 1, 100000, "connections");
   r.number("lease_ttl", cfg.lease_ttl, 2, 3600, "seconds");
   r.str("host_address", cfg.host_address);
+  r.str("check_ca_file", cfg.check_ca_file);
+  if (!cfg.check_ca_file.empty() && ::access(cfg.check_ca_file.c_str(), R_OK) != 0)
+    problems.push_back({"check_ca_file", "cannot read " + cfg.check_ca_file + ": " +
+                                             std::strerror(errno)});
   if (!cfg.host_address.empty()) {
     SocketAddress probe;
     if (!parse_socket_address(cfg.host_address.find(':') != std::string::npos

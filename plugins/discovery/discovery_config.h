@@ -46,6 +46,9 @@ struct DiscoveryConfig {
   // net-overlay made the bridge, and ask it to point their resolv.conf
   // there with ndots:1 (README.md, "Containers' resolver").
   bool container_dns = true;
+  // CA certificates (PEM) that verify the servers of TLS checks; empty: the
+  // system's bundle (/etc/ssl/certs).
+  std::string check_ca_file;
   // Parsed forms.
   std::vector<SocketAddress> listen_addrs;
   std::vector<SocketAddress> upstream_addrs;  // from `upstreams` only

@@ -60,6 +60,18 @@ std::string parse_check(const json &j, CheckSpec &out) {
       return "grpc_service: must be a gRPC service name of at most 256 characters";
     out.grpc_service = j["grpc_service"].get<std::string>();
   }
+  for (auto [key, field] : {std::pair{"tls", &out.tls}, std::pair{"tls_skip_verify", &out.tls_skip_verify}}) {
+    if (!j.contains(key)) continue;
+    if (!j[key].is_boolean()) return std::string(key) + ": must be true or false";
+    *field = j[key].get<bool>();
+  }
+  if (j.contains("tls_server_name")) {
+    if (!j["tls_server_name"].is_string() || j["tls_server_name"].get<std::string>().size() > 253)
+      return "tls_server_name: must be a host name of at most 253 characters";
+    out.tls_server_name = j["tls_server_name"].get<std::string>();
+  }
+  if (out.tls && out.type != "http" && out.type != "grpc")
+    return "tls: only http and grpc checks run over TLS";
   if (out.type == "exec") {
     if (!j.contains("command") || !j["command"].is_string() ||
         j["command"].get<std::string>().empty())
@@ -113,8 +125,19 @@ HealthCheck::HealthCheck(const flotilla_host *host, CheckSpec spec, ResultFn on_
   target_ok_ = parse_socket_address(a + ":" + std::to_string(spec_.port), 0, target_);
   authority_ = a + ":" + std::to_string(spec_.port);
   if (spec_.type == "http") {
-    request_ = "GET " + spec_.path + " HTTP/1.0\r\nHost: " + a + ":" + std::to_string(spec_.port) +
-               "\r\nUser-Agent: flotilla-health-check\r\nConnection: close\r\n\r\n";
+    const std::string host =
+        spec_.tls_server_name.empty() ? authority_ : spec_.tls_server_name + ":" + std::to_string(spec_.port);
+    http_request_ = "GET " + spec_.path + " HTTP/1.0\r\nHost: " + host +
+                    "\r\nUser-Agent: flotilla-health-check\r\nConnection: close\r\n\r\n";
+  }
+  if (spec_.tls && (spec_.type == "http" || spec_.type == "grpc")) {
+    TlsOptions o;
+    o.skip_verify = spec_.tls_skip_verify;
+    o.server_name = spec_.tls_server_name;
+    if (o.server_name.empty()) o.verify_ip = spec_.address;
+    o.ca_file = spec_.tls_ca_file;
+    o.alpn = {spec_.type == "grpc" ? "h2" : "http/1.1"};
+    tls_ctx_ = TlsContext::make(o, tls_ctx_error_);
   }
 }
 
@@ -154,6 +177,7 @@ void HealthCheck::close_run() {
   watch_ = 0;
   watched_ = 0;
   grpc_.reset();
+  tls_.reset();
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
   // Killed by the runtime; its callback does not come any more.
@@ -169,12 +193,13 @@ void HealthCheck::end(bool ok, const std::string &output) {
 void HealthCheck::run() {
   if (spec_.type == "exec") return run_exec();
   if (!target_ok_) return end(false, "no address to check (\"" + spec_.address + "\")");
+  if (spec_.tls && !tls_ctx_) return end(false, tls_ctx_error_);
   fd_ = socket(target_.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) return end(false, std::string("socket: ") + std::strerror(errno));
   connected_ = false;
   sent_ = 0;
   response_.clear();
-  if (spec_.type == "grpc") request_.clear();
+  request_.clear();
   int rc = connect(fd_, reinterpret_cast<const sockaddr *>(&target_.ss), target_.len);
   if (rc < 0 && errno != EINPROGRESS)
     return end(false, "connect " + target_.text() + ": " + std::strerror(errno));
@@ -212,41 +237,86 @@ void HealthCheck::on_event(uint32_t events) {
     if (err != 0) return end(false, "connect " + target_.text() + ": " + std::strerror(err));
     connected_ = true;
     if (spec_.type == "tcp") return end(true, "connected to " + target_.text());
+    if (spec_.tls) {
+      std::string error;
+      tls_ = TlsSession::make(tls_ctx_, error);
+      if (!tls_) return end(false, error);
+      request_ = tls_->take_wire();  // the ClientHello
+    }
+    if (spec_.type == "http") queue(http_request_);
   }
   if (spec_.type == "grpc") return on_grpc_event(events);
-  if (events & FLOTILLA_FD_WRITABLE) {
-    std::string error;
-    if (!send_pending(error)) return end(false, error);
-    if (sent_ == request_.size()) watch(FLOTILLA_FD_READABLE);
+  std::string error;
+  if (events & FLOTILLA_FD_READABLE) {
+    std::string plain;
+    bool eof = false;
+    if (!receive(plain, eof, error)) return end(false, error);
+    response_ += plain;
+    auto eol = response_.find("\r\n");
+    if (eol != std::string::npos) {
+      // "HTTP/1.1 200 OK"
+      std::string line = response_.substr(0, eol);
+      int status = 0;
+      auto sp = line.find(' ');
+      if (line.rfind("HTTP/", 0) == 0 && sp != std::string::npos)
+        status = std::atoi(line.c_str() + sp + 1);
+      if (status == 0) return end(false, "not an HTTP status line: " + line.substr(0, 80));
+      const bool ok =
+          spec_.expect_status ? status == spec_.expect_status : (status >= 200 && status < 300);
+      return end(ok, "HTTP " + std::to_string(status) + (spec_.tls ? " over TLS" : ""));
+    }
+    if (response_.size() > 4096) return end(false, "no HTTP status line");
+    if (eof) return end(false, "connection closed before an HTTP status line");
+  }
+  if (!send_pending(error)) return end(false, error);
+  watch(FLOTILLA_FD_READABLE | (sent_ < request_.size() ? FLOTILLA_FD_WRITABLE : 0u));
+}
+
+// Plaintext for the peer: as it is, or through the TLS session.
+void HealthCheck::queue(const std::string &plain) {
+  if (!tls_) {
+    request_ += plain;
     return;
   }
-  char buf[1024];
+  tls_->write(plain);
+  request_ += tls_->take_wire();
+}
+
+// Reads what the socket holds; the plaintext in plain, eof when the peer
+// closed. With TLS, the session's answers (the handshake's) are queued to
+// send. False with the error when the read or the TLS session failed.
+bool HealthCheck::receive(std::string &plain, bool &eof, std::string &error) {
+  uint8_t buf[4096];
   for (;;) {
     ssize_t n = recv(fd_, buf, sizeof buf, 0);
-    if (n < 0 && errno == EAGAIN) break;
-    if (n <= 0) break;
-    response_.append(buf, static_cast<size_t>(n));
-    if (response_.find("\r\n") != std::string::npos || response_.size() > 4096) break;
+    if (n > 0) {
+      if (!tls_) {
+        plain.append(reinterpret_cast<const char *>(buf), static_cast<size_t>(n));
+      } else if (!tls_->feed(buf, static_cast<size_t>(n))) {
+        error = tls_->error();
+        return false;
+      }
+      continue;
+    }
+    if (n == 0) {
+      eof = true;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      error = std::string("recv: ") + std::strerror(errno);
+      return false;
+    }
+    break;
   }
-  auto eol = response_.find("\r\n");
-  if (eol == std::string::npos) {
-    if (response_.size() > 4096) return end(false, "no HTTP status line");
-    // Wait for more, unless the peer closed.
-    char probe;
-    ssize_t n = recv(fd_, &probe, 1, MSG_PEEK);
-    if (n == 0) return end(false, "connection closed before an HTTP status line");
-    return;
+  if (tls_) {
+    plain += tls_->take_plain();
+    if (eof) tls_->closed();
+    if (tls_->failed()) {
+      error = tls_->error();
+      return false;
+    }
+    if (tls_->peer_finished()) eof = true;
+    request_ += tls_->take_wire();
   }
-  // "HTTP/1.1 200 OK"
-  std::string line = response_.substr(0, eol);
-  int status = 0;
-  auto sp = line.find(' ');
-  if (line.rfind("HTTP/", 0) == 0 && sp != std::string::npos)
-    status = std::atoi(line.c_str() + sp + 1);
-  if (status == 0) return end(false, "not an HTTP status line: " + line.substr(0, 80));
-  const bool ok =
-      spec_.expect_status ? status == spec_.expect_status : (status >= 200 && status < 300);
-  end(ok, "HTTP " + std::to_string(status));
+  return true;
 }
 
 // One grpc.health.v1 call: the session's bytes go out as the socket takes
@@ -254,23 +324,16 @@ void HealthCheck::on_event(uint32_t events) {
 void HealthCheck::on_grpc_event(uint32_t events) {
   if (!grpc_) {
     grpc_ = std::make_unique<GrpcHealthCall>(authority_, spec_.grpc_service, spec_.timeout_ms);
-    request_ = grpc_->output();
-    sent_ = 0;
+    queue(grpc_->output());
   }
+  std::string error;
   if (events & FLOTILLA_FD_READABLE) {
-    uint8_t buf[4096];
-    while (!grpc_->done()) {
-      ssize_t n = recv(fd_, buf, sizeof buf, 0);
-      if (n > 0) {
-        grpc_->input(buf, static_cast<size_t>(n));
-        continue;
-      }
-      if (n == 0) grpc_->closed();
-      else if (errno != EAGAIN && errno != EINTR)
-        return end(false, std::string("recv: ") + std::strerror(errno));
-      break;
-    }
-    if (!grpc_->done()) request_ += grpc_->output();
+    std::string plain;
+    bool eof = false;
+    if (!receive(plain, eof, error)) return end(false, error);
+    if (!plain.empty()) grpc_->input(reinterpret_cast<const uint8_t *>(plain.data()), plain.size());
+    if (eof && !grpc_->done()) grpc_->closed();
+    if (!grpc_->done()) queue(grpc_->output());
   }
   if (grpc_->done()) {
     // Copied: end() destroys the call before it reports.
@@ -278,7 +341,6 @@ void HealthCheck::on_grpc_event(uint32_t events) {
     const std::string output = grpc_->result();
     return end(ok, output);
   }
-  std::string error;
   if (!send_pending(error)) return end(false, error);
   if (sent_ == request_.size()) {
     request_.clear();

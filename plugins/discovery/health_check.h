@@ -1,12 +1,13 @@
 // Health checks on the daemon's loop: no thread per check. A tcp check is a
 // non-blocking connect; an http check a GET whose status line is read; a
-// grpc check one grpc.health.v1 Check call over cleartext HTTP/2
-// (grpc_health.h); an exec check a command run by the runtime plugin; each
-// run has its own timeout timer and the next run starts `interval` after the
-// previous one began. The threshold logic (starting → passing after
-// success_before_passing successes; → critical after
-// failures_before_critical failures in a row) lives in CheckState, which
-// the unit tests drive without sockets.
+// grpc check one grpc.health.v1 Check call over HTTP/2 (grpc_health.h);
+// http and grpc checks may run over TLS (tls_session.h, memory BIOs: the
+// socket stays the check's own); an exec check a command run by the
+// runtime plugin; each run has its own timeout timer and the next run
+// starts `interval` after the previous one began. The threshold logic
+// (starting → passing after success_before_passing successes; → critical
+// after failures_before_critical failures in a row) lives in CheckState,
+// which the unit tests drive without sockets.
 #pragma once
 
 #include <flotilla/host.h>
@@ -22,6 +23,7 @@
 
 #include "discovery_config.h"
 #include "grpc_health.h"
+#include "tls_session.h"
 
 namespace flotilla::discovery {
 
@@ -34,6 +36,10 @@ struct CheckSpec {
   std::string path = "/";  // http
   int expect_status = 0;   // http: 0 means any 2xx
   std::string grpc_service;  // grpc: "" asks about the whole server
+  bool tls = false;               // http, grpc: over TLS (tls_session.h)
+  bool tls_skip_verify = false;   // accept any certificate
+  std::string tls_server_name;    // SNI and the name to verify; "" = the address
+  std::string tls_ca_file;        // the plugin's check_ca_file; "" = the system's
   std::string address;     // filled from the endpoint
   uint16_t port = 0;
   std::vector<std::string> argv;  // exec: command, then args
@@ -100,6 +106,8 @@ class HealthCheck {
   void on_grpc_event(uint32_t events);
   void watch(uint32_t events);
   bool send_pending(std::string &error);
+  bool receive(std::string &plain, bool &eof, std::string &error);
+  void queue(const std::string &plain);
   void run_exec();
   static void on_exec(void *user, flotilla_status status, const flotilla_exec_result *result);
   bool running() const { return fd_ >= 0 || exec_id_ != 0; }
@@ -113,10 +121,14 @@ class HealthCheck {
   uint32_t watched_ = 0;  // the events watch_ is for
   int fd_ = -1;
   bool connected_ = false;
-  std::string request_, response_;
+  std::string http_request_;       // http: the GET, in plaintext
+  std::string request_, response_;  // request_: bytes for the socket (TLS records with tls)
   size_t sent_ = 0;
   std::string authority_;                // grpc: host:port
   std::unique_ptr<GrpcHealthCall> grpc_;  // grpc: the call in flight
+  std::shared_ptr<TlsContext> tls_ctx_;    // tls: made once
+  std::string tls_ctx_error_;              // tls: why there is no context
+  std::unique_ptr<TlsSession> tls_;        // tls: the run's session
   ExecRuntime runtime_;
   uint64_t exec_id_ = 0;  // an exec in flight
 };

@@ -584,6 +584,7 @@ flotilla_status register_alloc(void *self, const char *alloc_id, const char *ser
         if (!e.empty())
           return inst->error(FLOTILLA_E_INVALID, at + ".checks[" + std::to_string(c) + "]." + e);
         spec.address = addresses.empty() ? "" : addresses[0];
+        spec.tls_ca_file = inst->cfg.check_ca_file;
         if (spec.type == "exec") {
           spec.container = s.value("container", "");
           if (spec.container.empty())

@@ -16,13 +16,17 @@
 #include <uv.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -507,6 +511,184 @@ TEST_F(DiscoveryPlugin, GrpcChecksFollowARealServersHealthStatus) {
   ASSERT_TRUE(run_until([&] { return a_records("orders.service.flotilla.").empty(); }));
   EXPECT_EQ(record().value("health", ""), "critical");
   EXPECT_EQ(record().value("output", ""), "NOT_SERVING");
+}
+
+// TLS for the checks, with certificates made by openssl here: a CA, and a
+// server certificate it signed for the name check.test and the address
+// 127.0.0.1. Returns "" or why they could not be made.
+std::string make_certs(const std::string &dir) {
+  const std::string ext = dir + "/san.ext";
+  {
+    FILE *f = fopen(ext.c_str(), "w");
+    if (!f) return "cannot write " + ext;
+    fputs("subjectAltName=DNS:check.test,IP:127.0.0.1\n", f);
+    fclose(f);
+  }
+  const std::string o = "openssl";
+  const std::vector<std::string> steps = {
+      o + " req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=flotilla-test-ca -keyout " + dir +
+          "/ca.key -out " + dir + "/ca.pem",
+      o + " req -newkey rsa:2048 -nodes -subj /CN=check.test -keyout " + dir + "/srv.key -out " +
+          dir + "/srv.csr",
+      o + " x509 -req -in " + dir + "/srv.csr -CA " + dir + "/ca.pem -CAkey " + dir +
+          "/ca.key -CAcreateserial -days 2 -extfile " + ext + " -out " + dir + "/srv.pem"};
+  for (const auto &cmd : steps)
+    if (std::system((cmd + " >/dev/null 2>&1").c_str()) != 0) return "failed: " + cmd;
+  return "";
+}
+
+std::string slurp(const std::string &path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// `openssl s_server -www` on a loopback port: answers GET over TLS with
+// 200 and a status page. Killed by pid.
+class HttpsServer {
+ public:
+  HttpsServer(const std::string &dir) : port_(free_port()) {
+    std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept",
+                                     "127.0.0.1:" + std::to_string(port_), "-cert",
+                                     dir + "/srv.pem", "-key", dir + "/srv.key"};
+    std::vector<char *> argv;
+    for (auto &a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    if (posix_spawnp(&pid_, "openssl", nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
+  }
+  ~HttpsServer() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // Listening yet (a hang guard, not a timing assertion).
+  bool wait_up() {
+    for (int i = 0; i < 500 && pid_ > 0; ++i) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a = loopback(port_);
+      bool ok = connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
+      close(fd);
+      if (ok) return true;
+      usleep(10000);
+    }
+    return false;
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  uint16_t port_;
+  pid_t pid_ = -1;
+};
+
+class DiscoveryTls : public DiscoveryPlugin {
+ protected:
+  void SetUp() override {
+    DiscoveryPlugin::SetUp();
+    if (access("/usr/bin/openssl", X_OK) != 0) GTEST_SKIP() << "SKIPPED: openssl is not installed";
+    const std::string e = make_certs(dir_);
+    ASSERT_EQ(e, "") << e;
+    // Making the keys took about a second on this thread, and the loop's
+    // clock is its cached time (libuv): brought up to date, or the checks'
+    // first timeouts would be measured from before the keys were made.
+    uv_update_time(&loop_);
+  }
+  json check_record(const std::string &svc, const std::string &alloc) {
+    std::optional<json> rec;
+    store_->get("/flotilla/services/" + svc + "/" + alloc,
+                [&](StoreResult, std::optional<flotilla::KeyValue> kv, int64_t) {
+                  rec = kv ? json::parse(kv->value) : json::object();
+                });
+    run_until([&] { return rec.has_value(); });
+    return rec.value_or(json::object());
+  }
+  // Registers one service with one check on 127.0.0.1:port and runs the
+  // loop until its record's output holds `want` (a hang guard, not a
+  // timing assertion); returns the record. A TLS handshake under the
+  // sanitizers on a loaded machine can take a while: a generous timeout.
+  json checked(const std::string &svc, int port, const json &check, const std::string &want) {
+    json c = check;
+    c["interval_ms"] = 1500;
+    c["timeout_ms"] = 1000;
+    json doc = {{"addresses", {"127.0.0.1"}},
+                {"services", {{{"name", svc}, {"port", port}, {"checks", {c}}}}}};
+    register_alloc("alloc-" + svc, doc);
+    json rec;
+    run_until([&] {
+      rec = check_record(svc, "alloc-" + svc);
+      return rec.value("output", "").find(want) != std::string::npos;
+    });
+    return rec;
+  }
+};
+
+// With the CA configured, an https check verifies the server's certificate
+// against the address it connects to, or against tls_server_name (SNI and
+// the name checked); a name the certificate does not hold fails, and so
+// does a plaintext check of a TLS port.
+TEST_F(DiscoveryTls, HttpsChecksVerifyTheServerAgainstTheConfiguredCa) {
+  HttpsServer https(dir_);
+  ASSERT_TRUE(https.wait_up()) << "openssl s_server did not listen";
+  start({{"check_ca_file", dir_ + "/ca.pem"}});
+  json by_ip = checked("web-ip", https.port(), {{"type", "http"}, {"tls", true}}, "HTTP 200 over TLS");
+  EXPECT_EQ(by_ip.value("output", ""), "HTTP 200 over TLS") << by_ip.dump();
+  EXPECT_EQ(by_ip.value("health", ""), "passing") << by_ip.dump();
+  json by_name = checked("web-name", https.port(),
+                         {{"type", "http"}, {"tls", true}, {"tls_server_name", "check.test"}},
+                         "HTTP 200 over TLS");
+  EXPECT_EQ(by_name.value("output", ""), "HTTP 200 over TLS") << by_name.dump();
+  json wrong = checked("web-wrong", https.port(),
+                       {{"type", "http"}, {"tls", true}, {"tls_server_name", "other.test"}},
+                       "certificate verify failed");
+  EXPECT_NE(wrong.value("output", "").find("certificate verify failed"), std::string::npos)
+      << wrong.dump();
+  EXPECT_EQ(wrong.value("health", ""), "critical") << wrong.dump();
+  json plain = checked("web-plain", https.port(), {{"type", "http"}}, "closed before an HTTP status line");
+  EXPECT_EQ(plain.value("health", ""), "critical") << plain.dump();
+  EXPECT_TRUE(a_records("web-ip.service.flotilla.").count("A 127.0.0.1"));
+  EXPECT_TRUE(a_records("web-wrong.service.flotilla.").empty());
+}
+
+// Without check_ca_file the system's bundle is used, which does not hold
+// the test's CA: the check fails and says why; tls_skip_verify accepts
+// the certificate.
+TEST_F(DiscoveryTls, AnUnknownIssuerFailsUnlessVerificationIsSkipped) {
+  HttpsServer https(dir_);
+  ASSERT_TRUE(https.wait_up()) << "openssl s_server did not listen";
+  start();
+  json strict = checked("strict", https.port(), {{"type", "http"}, {"tls", true}},
+                        "certificate verify failed");
+  EXPECT_NE(strict.value("output", "").find("certificate verify failed"), std::string::npos)
+      << strict.dump();
+  json lax = checked("lax", https.port(),
+                     {{"type", "http"}, {"tls", true}, {"tls_skip_verify", true}}, "HTTP 200");
+  EXPECT_EQ(lax.value("output", ""), "HTTP 200 over TLS") << lax.dump();
+}
+
+// A grpc check over TLS (ALPN h2) against grpc++'s own TLS server.
+TEST_F(DiscoveryTls, GrpcChecksOverTlsFollowTheServersStatus) {
+  dt::GrpcServer grpc(slurp(dir_ + "/srv.pem"), slurp(dir_ + "/srv.key"));
+  ASSERT_TRUE(grpc.up()) << "grpc++ could not listen with TLS on 127.0.0.1";
+  start({{"check_ca_file", dir_ + "/ca.pem"}});
+  grpc.set("api.v1.Orders", true);
+  json rec = checked("orders", grpc.port(),
+                     {{"type", "grpc"}, {"grpc_service", "api.v1.Orders"}, {"tls", true}}, "SERVING");
+  EXPECT_EQ(rec.value("output", ""), "SERVING") << rec.dump();
+  EXPECT_EQ(rec.value("health", ""), "passing") << rec.dump();
+  json cleartext = checked("orders-h2c", grpc.port(),
+                           {{"type", "grpc"}, {"grpc_service", "api.v1.Orders"}}, "closed");
+  EXPECT_EQ(cleartext.value("health", ""), "critical") << cleartext.dump();
+}
+
+TEST_F(DiscoveryTls, AnUnreadableCaFileIsAConfigError) {
+  try {
+    start({{"check_ca_file", dir_ + "/no-such-ca.pem"}});
+    FAIL() << "started with an unreadable check_ca_file";
+  } catch (const std::exception &e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("check_ca_file"), std::string::npos) << m;
+  }
 }
 
 // check_restart: once a check failed `limit` times in a row past the

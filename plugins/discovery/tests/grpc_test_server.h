@@ -17,11 +17,18 @@ namespace flotilla::discovery::test {
 // other method UNIMPLEMENTED.
 class GrpcServer {
  public:
-  GrpcServer() {
+  // With a certificate and key (PEM text), the server speaks TLS only.
+  explicit GrpcServer(const std::string &cert_pem = "", const std::string &key_pem = "") {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder b;
     b.RegisterCallbackGenericService(&generic_);
-    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+    if (!cert_pem.empty()) {
+      grpc::SslServerCredentialsOptions o;
+      o.pem_key_cert_pairs.push_back({key_pem, cert_pem});
+      creds = grpc::SslServerCredentials(o);
+    }
+    b.AddListeningPort("127.0.0.1:0", creds, &port_);
     server_ = b.BuildAndStart();
   }
   ~GrpcServer() {
