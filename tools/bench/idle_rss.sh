@@ -5,6 +5,9 @@
 # started here (free loopback ports, a temporary data directory, killed by
 # pid), alone and with every other plugin. Target: under 20 MiB.
 #   tools/bench/idle_rss.sh BUILD_DIR
+# FLOTILLA_RSS_SMAPS=DIR keeps a copy of each daemon's /proc/PID/smaps (and
+# its threads' names) in DIR, named after the measurement, for a breakdown
+# per library (tools/bench/smaps_by_mapping.sh).
 set -euo pipefail
 # net-overlay among "every plugin" makes a bridge, an nft table and routes
 # when it loads: the benchmark runs in a network namespace of its own, so
@@ -76,6 +79,12 @@ CFG
     awk '/^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "" ? "[anon]" : $6) } /^Rss:/ { rss[name] += $2 } END { for (n in rss) if (rss[n] >= 256) printf "%8d %s\n", rss[n], n }' "/proc/$pid/smaps" |
       sort -rn | head -12 | awk '{ n = $2; sub(".*/", "", n); printf "      %6.1f MiB  %s\n", $1 / 1024, n }' >&2
     echo "      threads: $(ls "/proc/$pid/task" | wc -l) ($(cat /proc/$pid/task/*/comm | sort | uniq -c | awk '{ printf "%s%s x%d", sep, $2, $1; sep = ", " }'))" >&2
+  fi
+  if [ -n "${FLOTILLA_RSS_SMAPS:-}" ]; then
+    mkdir -p "$FLOTILLA_RSS_SMAPS"
+    local keep="$FLOTILLA_RSS_SMAPS/$(echo "$label" | tr -c 'a-z0-9\n' '-' | tr -s '-')"
+    cat "/proc/$pid/smaps" > "$keep.smaps"
+    cat /proc/$pid/task/*/comm > "$keep.threads"
   fi
   kill -TERM "$pid"; wait "$pid" || true; pid=""
   echo "$rss"

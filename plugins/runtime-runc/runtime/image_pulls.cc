@@ -20,8 +20,7 @@ ImagePulls::ImagePulls(const flotilla_host *host, RegistryConfig config, fs::pat
     : host_(host),
       queue_(std::move(queue)),
       config_(std::move(config)),
-      pulls_dir_(std::move(pulls_dir)),
-      http_(std::make_unique<CurlLoop>(host)) {}
+      pulls_dir_(std::move(pulls_dir)) {}
 
 ImagePulls::~ImagePulls() {
   auto pending = std::move(pending_);
@@ -152,6 +151,9 @@ void ImagePulls::begin(const std::string &key) {
   }
   std::shared_ptr<ImageStore> store = store_;
   PullContext ctx;
+  // libcurl is set up (curl_global_init: its TLS, SSH and IDN libraries)
+  // at the first pull, not at load: a node that never pulls never pays it.
+  if (!http_) http_ = std::make_unique<CurlLoop>(host_);
   ctx.http = http_.get();
   ctx.config = &config_;
   ctx.auths = &p.auths;

@@ -92,7 +92,7 @@ class ImagePulls {
   RegistryConfig config_;
   std::filesystem::path pulls_dir_;
   std::shared_ptr<ImageStore> store_;
-  std::unique_ptr<CurlLoop> http_;
+  std::unique_ptr<CurlLoop> http_;  // made at the first pull
   TokenCache tokens_;
   std::map<std::string, std::unique_ptr<Pending>> pending_;
   uint64_t next_dir_ = 1;
