@@ -1089,7 +1089,7 @@ TEST_P(ApiWatchTest, AJobsAllocationsCarryTheirServicesHealthAndItWakesTheJobsWa
   json after = body(waiting.get());
   json services;
   for (const json &a : after["allocs"])
-    if (a["id"] == id) services = a["services"];
+    if (a["id"] == id) services = a.value("services", json());
   ASSERT_EQ(services.size(), 1u) << after.dump();
   EXPECT_EQ(services[0]["name"], "web");
   EXPECT_EQ(services[0]["health"], "critical");
