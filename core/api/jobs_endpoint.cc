@@ -250,8 +250,7 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s,
-      {{kJobs + name, true}, {kAllocs}, {kAllocStatus}, {kJobStatus + name, true}, {kServices}},
+      s, {{kJobs + name, true}, {kAllocs}, {kAllocStatus}, {kJobStatus + name, true}, {kServices}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading job " + name));

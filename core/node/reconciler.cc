@@ -688,8 +688,8 @@ void Reconciler::register_services(Alloc &a, Task &t) {
               "the task has services but no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID
               "; they are not registered",
               {{"alloc", a.id}, {"task", t.name}});
-    t.services_unregistered = "no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID
-                              " on node " + node_;
+    t.services_unregistered =
+        "no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID " on node " + node_;
     return;
   }
   json services = json::array(), names = json::array();
@@ -729,8 +729,8 @@ void Reconciler::register_services(Alloc &a, Task &t) {
     for (auto &tt : al->tasks) {
       if (tt.name != c->task || tt.attempt != c->attempt) continue;
       tt.services = json::array();
-      tt.services_unregistered = std::string("the discovery plugin refused them: ") +
-                                 status_name(st);
+      tt.services_unregistered =
+          std::string("the discovery plugin refused them: ") + status_name(st);
       log::warn("reconciler", "the discovery plugin refused the task's services",
                 {{"alloc", al->id}, {"task", tt.name}, {"error", status_name(st)}});
       c->self->report(*al);

@@ -1082,9 +1082,11 @@ TEST_P(ApiWatchTest, AJobsAllocationsCarryTheirServicesHealthAndItWakesTheJobsWa
   // Another job's service record does not answer it.
   store_put("/flotilla/services/db/db-0", {{"health", "passing"}, {"node", "node-b"}});
   EXPECT_FALSE(answered_within(waiting, 300)) << "another job's service answered it";
-  store_put("/flotilla/services/web/" + id,
-            {{"service", "web"}, {"alloc", id}, {"node", "node-b"}, {"health", "critical"},
-             {"output", "HTTP 503"}});
+  store_put("/flotilla/services/web/" + id, {{"service", "web"},
+                                             {"alloc", id},
+                                             {"node", "node-b"},
+                                             {"health", "critical"},
+                                             {"output", "HTTP 503"}});
   ASSERT_TRUE(answered_within(waiting, 10000));
   json after = body(waiting.get());
   json services;

@@ -36,8 +36,8 @@
 // cgroup flotilla-e2e-reg-<pid>; the registry is killed by its pid.
 #include <gtest/gtest.h>
 #include <pty.h>
-#include <sys/utsname.h>
 #include <spawn.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,8 +48,8 @@
 #include <fstream>
 #include <functional>
 #include <future>
-#include <random>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -204,7 +204,8 @@ interval = "1h"
 name = "app"
 image = ")" << image << R"("
 command = "/bin/sh"
-args = ["-c", "trap 'exit 0' TERM; )" << script << R"(; while :; do sleep 1 & wait $!; done"]
+args = ["-c", "trap 'exit 0' TERM; )" << script
+                                         << R"(; while :; do sleep 1 & wait $!; done"]
 kill_timeout = "2s"
 )" << task_extra;
     return file;
@@ -526,7 +527,8 @@ port = 8080
   [[task.service.check]]
   type = "exec"
   command = "/bin/cat"
-  args = [")" + file + R"("]
+  args = [")" +
+           file + R"("]
   interval = "500ms"
   timeout = "400ms"
   failures_before_critical = 2
@@ -581,11 +583,10 @@ TEST_F(RegistryJobs, AWhiteoutMadeByUmociDeletesTheFileInTheContainer) {
   ASSERT_NE(list.output.find(".wh.linuxrc"), std::string::npos) << list.output;
   skopeo_push(layout + ":app", ref("whiteout"));
 
-  auto run = flotilla(
-      {"job", "run", "--timeout", "90s",
-       job_file("regwhiteout", ref("whiteout"), 1, 0, "",
-                "if [ -e /linuxrc ] || [ -L /linuxrc ]; then echo linuxrc present; "
-                "else echo linuxrc gone; fi; cat /etc/app-version")});
+  auto run = flotilla({"job", "run", "--timeout", "90s",
+                       job_file("regwhiteout", ref("whiteout"), 1, 0, "",
+                                "if [ -e /linuxrc ] || [ -L /linuxrc ]; then echo linuxrc present; "
+                                "else echo linuxrc gone; fi; cat /etc/app-version")});
   ASSERT_EQ(run.exit_code, 0) << run.output << d_->log();
   std::vector<json> allocs = running_allocs("regwhiteout");
   ASSERT_EQ(allocs.size(), 1u) << view("regwhiteout").dump();
@@ -620,8 +621,7 @@ TEST_F(RegistryJobs, AnIndexAndADockerManifestListResolveToTheHostPlatform) {
   fs::copy(mine, multi, fs::copy_options::recursive, ec);
   ASSERT_FALSE(ec) << ec.message();
   fs::copy(theirs + "/blobs/sha256", multi + "/blobs/sha256",
-           fs::copy_options::recursive | fs::copy_options::skip_existing,
-           ec);
+           fs::copy_options::recursive | fs::copy_options::skip_existing, ec);
   ASSERT_FALSE(ec) << ec.message();
   auto entry = [](const std::string &layout, const std::string &arch) {
     json d = json::parse(regtest::slurp(layout + "/index.json"))["manifests"][0];
@@ -630,11 +630,10 @@ TEST_F(RegistryJobs, AnIndexAndADockerManifestListResolveToTheHostPlatform) {
     return d;
   };
   // The foreign one first: taking the first entry would be wrong.
-  std::string index_text =
-      json{{"schemaVersion", 2},
-           {"mediaType", "application/vnd.oci.image.index.v1+json"},
-           {"manifests", {entry(theirs, other), entry(mine, host)}}}
-          .dump();
+  std::string index_text = json{{"schemaVersion", 2},
+                                {"mediaType", "application/vnd.oci.image.index.v1+json"},
+                                {"manifests", {entry(theirs, other), entry(mine, host)}}}
+                               .dump();
   auto sha = e2e::run({"/bin/sh", "-c", "printf '%s' '" + index_text + "' | sha256sum"});
   ASSERT_EQ(sha.exit_code, 0) << sha.output;
   std::string hex = sha.output.substr(0, 64);
@@ -652,14 +651,13 @@ TEST_F(RegistryJobs, AnIndexAndADockerManifestListResolveToTheHostPlatform) {
   skopeo_push(multi + ":multi", oci_ref, {"--all"});
   skopeo_push(multi + ":multi", docker_ref, {"--all", "--format", "v2s2"});
 
-  for (const auto &[r, media_type] :
-       std::vector<std::pair<std::string, std::string>>{
+  for (const auto &[r, media_type] : std::vector<std::pair<std::string, std::string>>{
            {oci_ref, "application/vnd.oci.image.index.v1+json"},
            {docker_ref, "application/vnd.docker.distribution.manifest.list.v2+json"}}) {
     SCOPED_TRACE(r);
     // What the registry serves, and which of its entries is the host's.
-    auto raw = e2e::run(
-        {"/usr/bin/skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + r});
+    auto raw =
+        e2e::run({"/usr/bin/skopeo", "inspect", "--raw", "--tls-verify=false", "docker://" + r});
     ASSERT_EQ(raw.exit_code, 0) << raw.output;
     json list = json::parse(raw.output, nullptr, false);
     ASSERT_TRUE(list.is_object()) << raw.output;
@@ -710,10 +708,10 @@ TEST_F(RegistryJobs, CredentialsAreNeverLoggedNorInTheApiOrTheCli) {
   const std::string aref = auth_registry_.host() + "/team/app:1";
   std::vector<std::string> seen;  // everything the CLI printed and the API answered
 
-  regtest::spit(auth_file(),
-                json{{"auths", {{auth_registry_.host(),
-                                 {{"auth", regtest::b64("ci:" + wrong, false)}}}}}}
-                    .dump());
+  regtest::spit(
+      auth_file(),
+      json{{"auths", {{auth_registry_.host(), {{"auth", regtest::b64("ci:" + wrong, false)}}}}}}
+          .dump());
   auto refused = flotilla({"image", "pull", aref});
   EXPECT_EQ(refused.exit_code, 1) << refused.output;
   EXPECT_NE(refused.output.find("HTTP 401"), std::string::npos) << refused.output;
@@ -728,9 +726,9 @@ TEST_F(RegistryJobs, CredentialsAreNeverLoggedNorInTheApiOrTheCli) {
   seen.push_back(job_refused.output);
   seen.push_back(d_->get("/v1/jobs/regauthbad").body);
 
-  regtest::spit(auth_file(),
-                json{{"auths", {{auth_registry_.host(), {{"username", "ci"}, {"password", right}}}}}}
-                    .dump());
+  regtest::spit(
+      auth_file(),
+      json{{"auths", {{auth_registry_.host(), {{"username", "ci"}, {"password", right}}}}}}.dump());
   auto pulled = flotilla({"image", "pull", aref});
   EXPECT_EQ(pulled.exit_code, 0) << pulled.output << d_->log();
   seen.push_back(pulled.output);
@@ -743,7 +741,8 @@ TEST_F(RegistryJobs, CredentialsAreNeverLoggedNorInTheApiOrTheCli) {
 
   const std::string log = d_->log();
   ASSERT_NE(log.find(auth_registry_.host()), std::string::npos)
-      << "the daemon's log does not mention the pulls at all:\n" << log;
+      << "the daemon's log does not mention the pulls at all:\n"
+      << log;
   for (const std::string &secret :
        {right, wrong, regtest::b64("ci:" + right, false), regtest::b64("ci:" + wrong, false)}) {
     EXPECT_EQ(log.find(secret), std::string::npos) << "in the daemon's log: " << secret;
@@ -828,8 +827,8 @@ TEST_F(RegistryJobsImageGcByAge, AnUnusedImageIsRemovedAndAUsedOneKept) {
   auto pull = flotilla({"image", "pull", ref("2")});
   ASSERT_EQ(pull.exit_code, 0) << pull.output;
   ASSERT_TRUE(images().count(ref("2")));
-  ASSERT_TRUE(wait_gone({ref("2")})) << "the unused image was never collected: "
-                                     << d_->get("/v1/images").body << d_->log();
+  ASSERT_TRUE(wait_gone({ref("2")}))
+      << "the unused image was never collected: " << d_->get("/v1/images").body << d_->log();
   EXPECT_TRUE(images().count(ref("1"))) << "the image in use went: " << d_->get("/v1/images").body;
   EXPECT_TRUE(wait_log("image garbage collection removed " + ref("2"))) << d_->log();
   EXPECT_EQ(d_->log().find("image garbage collection removed " + ref("1")), std::string::npos)
@@ -885,17 +884,20 @@ TEST_F(RegistryJobs, ImageGcConfigErrorsNameTheFileLineAndKey) {
     if (line.rfind("image_max_size_mb", 0) == 0) size_line = n;
   }
   const std::string where = "config " + d_->config_path() + " line ";
-  const std::vector<std::string> want = {
-      where + std::to_string(unused_line) + ": plugin.runtime-runc.image_unused_after: must be a "
-                                            "duration like \"24h\"",
-      where + std::to_string(size_line) + ": plugin.runtime-runc.image_max_size_mb: must be an "
-                                          "integer from 0 to"};
+  const std::vector<std::string> want = {where + std::to_string(unused_line) +
+                                             ": plugin.runtime-runc.image_unused_after: must be a "
+                                             "duration like \"24h\"",
+                                         where + std::to_string(size_line) +
+                                             ": plugin.runtime-runc.image_max_size_mb: must be an "
+                                             "integer from 0 to"};
   auto check = e2e::run(
       {e2e::build_dir() + "/core/flotillad", "--config", d_->config_path(), "--check-config"});
   EXPECT_EQ(check.exit_code, 2) << check.output;
-  for (const auto &w : want) EXPECT_NE(check.output.find(w), std::string::npos) << w << "\n" << check.output;
+  for (const auto &w : want)
+    EXPECT_NE(check.output.find(w), std::string::npos) << w << "\n" << check.output;
   EXPECT_FALSE(d_->start());
-  for (const auto &w : want) EXPECT_NE(d_->log().find(w), std::string::npos) << w << "\n" << d_->log();
+  for (const auto &w : want)
+    EXPECT_NE(d_->log().find(w), std::string::npos) << w << "\n" << d_->log();
 }
 
 }  // namespace

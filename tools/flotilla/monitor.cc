@@ -4,7 +4,8 @@
 // change without polling, and prints what changed: placement, image pulls,
 // each allocation of the new version reaching running (or failing) and,
 // when its tasks registered services with discovery, those services passing
-// their checks (or going critical: a failure), the old ones going. Exit codes (docs/ci-cd.md) are what a pipeline relies on.
+// their checks (or going critical: a failure), the old ones going. Exit
+// codes (docs/ci-cd.md) are what a pipeline relies on.
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -44,7 +45,7 @@ std::string task_line(const std::string &alloc, const std::string &task, const j
 // them); the job view carries the registry's records per allocation
 // ("services"). Running is enough for a task without registered services.
 struct ServiceHealth {
-  int waiting = 0;       // registered, not passing yet (starting, or no record yet)
+  int waiting = 0;  // registered, not passing yet (starting, or no record yet)
   int passing = 0;
   std::string critical;  // the first service past its failures_before_critical
   std::vector<std::pair<std::string, std::string>> lines;  // key, line
@@ -60,9 +61,9 @@ ServiceHealth service_health(const std::string &id, const json &alloc, const jso
     if (!t.is_object()) continue;
     std::string unregistered = t.value("services_unregistered", "");
     if (!unregistered.empty())
-      h.lines.emplace_back(id + "/" + task + "/services",
-                           "  " + id + " " + task + ": services not health-checked — " +
-                               unregistered);
+      h.lines.emplace_back(
+          id + "/" + task + "/services",
+          "  " + id + " " + task + ": services not health-checked — " + unregistered);
     if (!t.contains("services") || !t["services"].is_array()) continue;
     for (const json &name : t["services"]) {
       if (!name.is_string()) continue;
@@ -72,16 +73,16 @@ ServiceHealth service_health(const std::string &id, const json &alloc, const jso
           health = r["health"].is_string() ? r["health"].get<std::string>() : "unknown";
           output = r.value("output", "");
         }
-      std::string line = "  " + id + " " + task + ": service " + name.get<std::string>() + " " +
-                         health;
+      std::string line =
+          "  " + id + " " + task + ": service " + name.get<std::string>() + " " + health;
       if (!output.empty() && health != "passing") line += " — " + output;
       h.lines.emplace_back(id + "/" + task + "/service/" + name.get<std::string>(), line);
       if (health == "passing") {
         ++h.passing;
       } else if (health == "critical") {
         if (h.critical.empty())
-          h.critical = "task " + task + ": service " + name.get<std::string>() +
-                       " is critical" + (output.empty() ? "" : ": " + output);
+          h.critical = "task " + task + ": service " + name.get<std::string>() + " is critical" +
+                       (output.empty() ? "" : ": " + output);
       } else {
         ++h.waiting;
       }
@@ -218,8 +219,8 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
             shown[key] = line;
           }
         if (!h.critical.empty()) {
-          std::fprintf(stderr, "Error: allocation %s of job \"%s\" is unhealthy: %s\n",
-                       id.c_str(), name.c_str(), h.critical.c_str());
+          std::fprintf(stderr, "Error: allocation %s of job \"%s\" is unhealthy: %s\n", id.c_str(),
+                       name.c_str(), h.critical.c_str());
           return finish(kExitDeployFailed);
         }
         if (h.waiting > 0) continue;

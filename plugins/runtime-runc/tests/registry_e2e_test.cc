@@ -256,8 +256,7 @@ class RegistryPull : public ::testing::Test {
     bool ok =
         plain.layout(app1.dir(), "team/app", "1") && plain.layout(app2.dir(), "team/app", "2") &&
         plain.layout(multi.dir(), "team/multi", "1") && plain.layout(big.dir(), "team/big", "1") &&
-        plain.layout(six.dir(), "team/six", "1") &&
-        mirror.layout(app1.dir(), "team/app", "1");
+        plain.layout(six.dir(), "team/six", "1") && mirror.layout(app1.dir(), "team/app", "1");
     if (!ok) fail_ = "pushing the test images failed: " + plain.error + mirror.error;
   }
 

@@ -449,8 +449,7 @@ class FaultProxy {
       gate_cv_.wait_for(g, std::chrono::milliseconds(50));
       pollfd p{client, POLLIN, 0};
       char c;
-      if (::poll(&p, 1, 0) > 0 && ::recv(client, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0)
-        return false;
+      if (::poll(&p, 1, 0) > 0 && ::recv(client, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) return false;
     }
     return true;
   }

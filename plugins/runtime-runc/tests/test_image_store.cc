@@ -201,8 +201,8 @@ TEST_F(ImageStoreTest, PicksTheHostPlatformFromAManifestList) {
   LayoutBuilder layout(tree_ / "layout");
   // The host's (from uname) and a foreign one, listed first.
   json mine = layout.add_image({make_layer(TarBuilder().file("arch", host_arch()))});
-  json theirs = layout.add_image({make_layer(TarBuilder().file("arch", foreign_arch()))}, {},
-                                 false, foreign_arch());
+  json theirs = layout.add_image({make_layer(TarBuilder().file("arch", foreign_arch()))}, {}, false,
+                                 foreign_arch());
   json attestation = theirs;
   attestation["platform"] = {{"os", "unknown"}, {"architecture", "unknown"}};
   json list = {{"schemaVersion", 2},
@@ -226,8 +226,7 @@ TEST_F(ImageStoreTest, SaysClearlyWhenNoManifestMatchesTheHost) {
   const std::string other = host_arch() == "s390x" ? "ppc64le" : "s390x";
   json a = layout.add_image({make_layer(TarBuilder().file("a", "b"))}, {}, false, foreign_arch());
   json b = layout.add_image({make_layer(TarBuilder().file("a", "c"))}, {}, false, other);
-  json index = {
-      {"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", {a, b}}};
+  json index = {{"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", {a, b}}};
   layout.write_index({layout.add_blob(index.dump(), std::string(media_type::kOciIndex))});
   expect_import_fails(
       layout.dir(), "multi:1", FLOTILLA_E_NOT_FOUND,
