@@ -46,6 +46,28 @@ json problems_json(const std::vector<JobSpecProblem> &problems) {
 
 void store_job(StatePtr s, std::string name, json job, Responder r, int attempt);
 
+// The discovery registry's records (/flotilla/services/<svc>/<alloc>, as
+// the discovery plugin writes them) by allocation: what the deploy monitor
+// waits on. [{"name", "health", "output", "node"}], by service name.
+std::map<std::string, json> service_health_by_alloc(const std::vector<KeyValue> &records) {
+  std::map<std::string, json> out;
+  for (const auto &kv : records) {
+    std::string rest = key_suffix(kv.key, kServices);
+    auto slash = rest.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == rest.size()) continue;
+    json rec = parse_record(kv.value);
+    if (!rec.is_object()) rec = json::object();
+    json one = {{"name", rest.substr(0, slash)},
+                {"health", rec.contains("health") ? rec["health"] : json("unknown")},
+                {"output", rec.value("output", json(""))},
+                {"node", rec.value("node", json(nullptr))}};
+    auto &list = out[rest.substr(slash + 1)];
+    if (list.is_null()) list = json::array();
+    list.push_back(std::move(one));
+  }
+  return out;
+}
+
 void post_job(const StatePtr &s, Request &req, const Params &, Responder &r) {
   std::string type = media_type(req.header("content-type"));
   bool toml = type == "application/toml" || type == "text/x-toml" || type == "text/plain";
@@ -228,19 +250,22 @@ void get_job(const StatePtr &s, Request &, const Params &p, Responder &r) {
   if (!s->store()) return r.send(no_store());
   std::string name = p[0];
   read_snapshot(
-      s, {{kJobs + name, true}, {kAllocs}, {kAllocStatus}, {kJobStatus + name, true}},
+      s, {{kJobs + name, true}, {kAllocs}, {kAllocStatus}, {kJobStatus + name, true}, {kServices}},
       [r, name](StoreResult res, std::vector<std::vector<KeyValue>> kvs, int64_t rev) mutable {
         guarded(r, [&] {
           if (!res.ok()) return r.send(store_failure(res, "reading job " + name));
           if (kvs[0].empty())
             return r.send(error_json(404, "not_found", "job \"" + name + "\" not found"));
           auto statuses = statuses_by_id(kvs[2]);
+          auto services = service_health_by_alloc(kvs[4]);
           json allocs = json::array();
           std::map<std::string, int> counts;
           for (const auto &kv : kvs[1]) {
             json a = alloc_view(kv, statuses);
             if (string_field(a, "job") != name) continue;
             counts[alloc_state(a["status"])]++;
+            auto it = services.find(string_field(a, "id"));
+            a["services"] = it == services.end() ? json::array() : it->second;
             allocs.push_back(std::move(a));
           }
           json job = parse_record(kvs[0][0].value);
@@ -353,7 +378,15 @@ void delete_job(const StatePtr &s, Request &req, const Params &p, Responder &r) 
 bool jobs_changed(const StoreEvent &e, const Request &, const Params &) {
   return under(e.kv.key, kJobs) || under(e.kv.key, kAllocs) || under(e.kv.key, kAllocStatus);
 }
+// A service record wakes the job's watchers when its allocation's id is
+// one of the job's (ids begin "<job>-"): a record of job "web-x" also
+// wakes those of "web", which only costs them a read.
 bool job_changed(const StoreEvent &e, const Request &, const Params &p) {
+  if (under(e.kv.key, kServices)) {
+    std::string rest = key_suffix(e.kv.key, kServices);
+    auto slash = rest.find('/');
+    return slash != std::string::npos && under(rest.substr(slash + 1), p[0] + "-");
+  }
   return e.kv.key == kJobs + p[0] || e.kv.key == kJobStatus + p[0] || alloc_of_job(e, p[0]);
 }
 

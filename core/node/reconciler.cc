@@ -47,6 +47,11 @@ struct Reconciler::Task {
   json pull;                   // the image pull's progress while it runs, else null
   uint64_t pull_report_ms = 0;  // loop time of the last status write for it
   std::string check_restart;    // why discovery asked for a restart; "" otherwise
+  // The names of the services registered with discovery for this task (the
+  // deploy monitor waits for their health), or why they could not be:
+  // "no discovery on this node" must not read as "not registered yet".
+  json services = json::array();
+  std::string services_unregistered;
 };
 
 struct Reconciler::Alloc {
@@ -677,14 +682,17 @@ void Reconciler::register_services(Alloc &a, Task &t) {
   if (!t.spec.contains("service") || t.spec["service"].empty()) return;
   void *self = nullptr;
   auto *disc = plugins_->find<flotilla_discovery_v1>(FLOTILLA_DISCOVERY_INTERFACE_ID, &self);
+  t.services = json::array();
   if (!disc) {
     log::warn("reconciler",
               "the task has services but no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID
               "; they are not registered",
               {{"alloc", a.id}, {"task", t.name}});
+    t.services_unregistered =
+        "no plugin provides " FLOTILLA_DISCOVERY_INTERFACE_ID " on node " + node_;
     return;
   }
-  json services = json::array();
+  json services = json::array(), names = json::array();
   for (const json &svc : t.spec["service"]) {
     json checks = json::array();
     for (const json &c : svc.value("check", json::array())) checks.push_back(c);
@@ -695,6 +703,7 @@ void Reconciler::register_services(Alloc &a, Task &t) {
                 {"task", t.name},
                 {"container", t.container}};  // exec checks run in it
     if (svc.contains("check_restart")) one["check_restart"] = svc["check_restart"];
+    names.push_back(one["name"]);
     services.push_back(std::move(one));
   }
   // The addresses: the network plugin's attachment when there is one; a
@@ -703,10 +712,41 @@ void Reconciler::register_services(Alloc &a, Task &t) {
   json doc = {{"network", t.spec.value("network", "bridge")},
               {"addresses", a.addresses},
               {"services", services}};
-  auto done = [](void *, flotilla_status) {};
-  if (disc->register_alloc(self, a.id.c_str(), doc.dump().c_str(), done, nullptr) != FLOTILLA_OK)
+  // The registration's answer comes later: a refusal then is recorded on
+  // the task, so the deploy monitor stops waiting for its health.
+  struct RegisterCtx {
+    Reconciler *self;
+    std::shared_ptr<bool> alive;
+    std::string alloc, task;
+    uint64_t attempt;
+  };
+  auto ctx = std::make_unique<RegisterCtx>(RegisterCtx{this, alive_, a.id, t.name, t.attempt});
+  auto done = [](void *user, flotilla_status st) {
+    std::unique_ptr<RegisterCtx> c(static_cast<RegisterCtx *>(user));
+    if (st == FLOTILLA_OK || !*c->alive) return;
+    Alloc *al = c->self->find_alloc(c->alloc);
+    if (!al) return;
+    for (auto &tt : al->tasks) {
+      if (tt.name != c->task || tt.attempt != c->attempt) continue;
+      tt.services = json::array();
+      tt.services_unregistered =
+          std::string("the discovery plugin refused them: ") + status_name(st);
+      log::warn("reconciler", "the discovery plugin refused the task's services",
+                {{"alloc", al->id}, {"task", tt.name}, {"error", status_name(st)}});
+      c->self->report(*al);
+    }
+  };
+  if (disc->register_alloc(self, a.id.c_str(), doc.dump().c_str(), done, ctx.get()) !=
+      FLOTILLA_OK) {
+    std::string why = PluginHost::last_error();
     log::warn("reconciler", "the discovery plugin refused the task's services",
-              {{"alloc", a.id}, {"task", t.name}, {"error", PluginHost::last_error()}});
+              {{"alloc", a.id}, {"task", t.name}, {"error", why}});
+    t.services_unregistered = "the discovery plugin refused them: " + why;
+    return;
+  }
+  ctx.release();  // the done callback owns it now
+  t.services = std::move(names);
+  t.services_unregistered.clear();
 }
 
 void Reconciler::deregister_services(Alloc &a) {
@@ -976,6 +1016,9 @@ void Reconciler::report(Alloc &a) {
                      {"finished_at", t.finished_at}, {"message", t.message},
                      {"container", t.container}};
     if (!t.pull.is_null()) tasks[t.name]["pull"] = t.pull;
+    if (!t.services.empty()) tasks[t.name]["services"] = t.services;
+    if (!t.services_unregistered.empty())
+      tasks[t.name]["services_unregistered"] = t.services_unregistered;
   }
   json status = {{"id", a.id},
                  {"node", node_},

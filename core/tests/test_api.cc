@@ -1065,6 +1065,40 @@ TEST_P(ApiWatchTest, ABlockingServiceQueryWaitsForAChangeOfThatService) {
   EXPECT_GT(s["revision"].get<int64_t>(), rev);
 }
 
+// The deploy monitor's view of health: each allocation of GET
+// /v1/jobs/{name} carries its discovery records, and a change of one
+// answers a blocking query on the job.
+TEST_P(ApiWatchTest, AJobsAllocationsCarryTheirServicesHealthAndItWakesTheJobsWatchers) {
+  ASSERT_EQ(submit(kWebToml).status, 201);
+  seed_allocs();
+  json j = body(call("GET", "/v1/jobs/web"));
+  ASSERT_FALSE(j["allocs"].empty()) << j.dump();
+  const std::string id = j["allocs"][0]["id"];
+  EXPECT_EQ(j["allocs"][0]["services"], json::array()) << j.dump();
+  const int64_t rev = j["revision"];
+  auto waiting = std::async(std::launch::async, [&] {
+    return call("GET", "/v1/jobs/web?index=" + std::to_string(rev) + "&wait=5m");
+  });
+  // Another job's service record does not answer it.
+  store_put("/flotilla/services/db/db-0", {{"health", "passing"}, {"node", "node-b"}});
+  EXPECT_FALSE(answered_within(waiting, 300)) << "another job's service answered it";
+  store_put("/flotilla/services/web/" + id, {{"service", "web"},
+                                             {"alloc", id},
+                                             {"node", "node-b"},
+                                             {"health", "critical"},
+                                             {"output", "HTTP 503"}});
+  ASSERT_TRUE(answered_within(waiting, 10000));
+  json after = body(waiting.get());
+  json services;
+  for (const json &a : after["allocs"])
+    if (a["id"] == id) services = a.value("services", json());
+  ASSERT_EQ(services.size(), 1u) << after.dump();
+  EXPECT_EQ(services[0]["name"], "web");
+  EXPECT_EQ(services[0]["health"], "critical");
+  EXPECT_EQ(services[0]["output"], "HTTP 503");
+  EXPECT_EQ(services[0]["node"], "node-b");
+}
+
 TEST_P(ApiWatchTest, ABlockingJobQueryWaitsForAChangeOfThatJob) {
   ASSERT_EQ(submit(kWebToml).status, 201);
   seed_allocs();

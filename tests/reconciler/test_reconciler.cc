@@ -303,6 +303,29 @@ TEST_F(ReconcilerTest, CreatesAndStartsInOneCallWhenTheRuntimeCan) {
   EXPECT_EQ(fake_.containers.at("a1.t").task["task"]["name"], "t");
 }
 
+// Issue 13's deploy monitor waits for the services a node registered; a
+// node without a discovery plugin registers none and must say so, or the
+// monitor could not tell "none here" from "not yet". (Registered ones are
+// listed as "services": tests/e2e/test_registry_jobs.cc, with the plugin.)
+TEST_F(ReconcilerTest, ATaskWithServicesSaysWhyNoneWereRegistered) {
+  start_reconciler();
+  json a = alloc("v1");
+  a["spec"]["task"][0]["service"] = json::array({{{"name", "web"}, {"port", 8080}}});
+  put("/flotilla/allocs/v1", a);
+  put("/flotilla/allocs/v2", alloc("v2"));
+  ASSERT_TRUE(wait_status("v1", "running")) << status_of("v1");
+  ASSERT_TRUE(wait_status("v2", "running")) << status_of("v2");
+  json t = (*get("/flotilla/alloc-status/v1"))["tasks"]["t"];
+  EXPECT_EQ(t.value("services_unregistered", ""),
+            "no plugin provides flotilla.discovery/1 on node n1")
+      << t.dump();
+  EXPECT_FALSE(t.contains("services")) << t.dump();
+  // A task without services carries neither key.
+  json plain = (*get("/flotilla/alloc-status/v2"))["tasks"]["t"];
+  EXPECT_FALSE(plain.contains("services_unregistered")) << plain.dump();
+  EXPECT_FALSE(plain.contains("services")) << plain.dump();
+}
+
 TEST_F(ReconcilerTest, StartsSeparatelyWhenTheRuntimeOnlyCreates) {
   fake_.honours_start = false;
   start_reconciler();

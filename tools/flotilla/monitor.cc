@@ -2,12 +2,17 @@
 // `flotilla job status JOB --watch`. It reads the job through the API's
 // blocking queries (GET /v1/jobs/{name}?index=N&wait=...), so it sees every
 // change without polling, and prints what changed: placement, image pulls,
-// each allocation of the new version reaching running (or failing), the old
-// ones going. Exit codes (docs/ci-cd.md) are what a pipeline relies on.
+// each allocation of the new version reaching running (or failing) and,
+// when its tasks registered services with discovery, those services passing
+// their checks (or going critical: a failure), the old ones going. Exit
+// codes (docs/ci-cd.md) are what a pipeline relies on.
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "cli.h"
 
@@ -31,6 +36,59 @@ std::string task_line(const std::string &alloc, const std::string &task, const j
   std::string msg = t.value("message", "");
   if (!msg.empty()) line += " — " + msg;
   return line;
+}
+
+// The health of an allocation's services, as far as the deploy monitor
+// cares: each task's status lists the services its node registered with
+// discovery ("services"), or says why it registered none
+// ("services_unregistered": no discovery plugin there, or it refused
+// them); the job view carries the registry's records per allocation
+// ("services"). Running is enough for a task without registered services.
+struct ServiceHealth {
+  int waiting = 0;  // registered, not passing yet (starting, or no record yet)
+  int passing = 0;
+  std::string critical;  // the first service past its failures_before_critical
+  std::vector<std::pair<std::string, std::string>> lines;  // key, line
+};
+
+ServiceHealth service_health(const std::string &id, const json &alloc, const json &st) {
+  ServiceHealth h;
+  if (!st.is_object() || !st.contains("tasks") || !st["tasks"].is_object()) return h;
+  const json records = alloc.contains("services") && alloc["services"].is_array()
+                           ? alloc["services"]
+                           : json::array();
+  for (const auto &[task, t] : st["tasks"].items()) {
+    if (!t.is_object()) continue;
+    std::string unregistered = t.value("services_unregistered", "");
+    if (!unregistered.empty())
+      h.lines.emplace_back(
+          id + "/" + task + "/services",
+          "  " + id + " " + task + ": services not health-checked — " + unregistered);
+    if (!t.contains("services") || !t["services"].is_array()) continue;
+    for (const json &name : t["services"]) {
+      if (!name.is_string()) continue;
+      std::string health = "registering", output;
+      for (const json &r : records)
+        if (r.is_object() && r.value("name", "") == name.get<std::string>()) {
+          health = r["health"].is_string() ? r["health"].get<std::string>() : "unknown";
+          output = r.value("output", "");
+        }
+      std::string line =
+          "  " + id + " " + task + ": service " + name.get<std::string>() + " " + health;
+      if (!output.empty() && health != "passing") line += " — " + output;
+      h.lines.emplace_back(id + "/" + task + "/service/" + name.get<std::string>(), line);
+      if (health == "passing") {
+        ++h.passing;
+      } else if (health == "critical") {
+        if (h.critical.empty())
+          h.critical = "task " + task + ": service " + name.get<std::string>() + " is critical" +
+                       (output.empty() ? "" : ": " + output);
+      } else {
+        ++h.waiting;
+      }
+    }
+  }
+  return h;
 }
 
 }  // namespace
@@ -111,6 +169,7 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
     bool batch = job.value("type", "service") == "batch";
     int64_t want = job.value("count", int64_t{1});
     int64_t ready = 0, old_running = 0;
+    bool health_checked = false;  // some allocation waited for passing services
     for (const json &a : j["allocs"]) {
       const std::string id = a.value("id", "");
       const json &st = a.contains("status") && a["status"].is_object() ? a["status"] : json();
@@ -152,12 +211,30 @@ int follow_deployment(Cli &cli, const std::string &name, int64_t version, int64_
                      name.c_str(), why.empty() ? "" : ": ", why.c_str());
         return finish(kExitDeployFailed);
       }
-      if (status == "running" || (batch && status == "complete")) ++ready;
+      if (status == "running") {
+        ServiceHealth h = service_health(id, a, st);
+        for (const auto &[key, line] : h.lines)
+          if (shown[key] != line) {
+            say(line);
+            shown[key] = line;
+          }
+        if (!h.critical.empty()) {
+          std::fprintf(stderr, "Error: allocation %s of job \"%s\" is unhealthy: %s\n", id.c_str(),
+                       name.c_str(), h.critical.c_str());
+          return finish(kExitDeployFailed);
+        }
+        if (h.waiting > 0) continue;
+        health_checked = health_checked || h.passing > 0;
+        ++ready;
+      } else if (batch && status == "complete") {
+        ++ready;
+      }
     }
     if (ready >= want && old_running == 0) {
       say("Deployment of job \"" + name + "\" version " + std::to_string(version) +
           " done: " + std::to_string(ready) + " of " + std::to_string(want) + " allocation" +
-          (want == 1 ? "" : "s") + (batch ? " complete or running" : " running"));
+          (want == 1 ? "" : "s") + (batch ? " complete or running" : " running") +
+          (health_checked ? " and healthy" : ""));
       return finish(kExitOk);
     }
   }

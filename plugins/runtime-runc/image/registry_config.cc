@@ -123,6 +123,31 @@ const RegistryHostConfig *RegistryConfig::host(const std::string &name) const {
   return it == hosts.end() ? nullptr : &it->second;
 }
 
+std::string RegistryConfig::realm_ca_file(const std::string &realm,
+                                          const std::string &endpoint_host,
+                                          const std::string &endpoint_ca) const {
+  // The URL's authority, without user info, lower-cased.
+  size_t start = realm.find("://");
+  start = start == std::string::npos ? 0 : start + 3;
+  size_t end = realm.find_first_of("/?#", start);
+  std::string authority = realm.substr(start, end == std::string::npos ? end : end - start);
+  if (size_t at = authority.rfind('@'); at != std::string::npos) authority.erase(0, at + 1);
+  std::transform(authority.begin(), authority.end(), authority.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  // "host" and "host:443" are one host for https.
+  std::vector<std::string> names = {authority};
+  const bool https = realm.rfind("https://", 0) == 0;
+  if (https && authority.size() > 4 && authority.compare(authority.size() - 4, 4, ":443") == 0)
+    names.push_back(authority.substr(0, authority.size() - 4));
+  else if (https && authority.find(':') == std::string::npos)
+    names.push_back(authority + ":443");
+  for (const auto &n : names)
+    if (const RegistryHostConfig *hc = host(n); hc && !hc->ca_file.empty()) return hc->ca_file;
+  for (const auto &n : names)
+    if (n == endpoint_host) return endpoint_ca;
+  return {};
+}
+
 RegistryConfig parse_registry_config(const json &table,
                                      std::vector<RegistryConfigProblem> &problems) {
   RegistryConfig c;

@@ -30,6 +30,15 @@ struct RegistryConfig {
 
   bool is_insecure(const std::string &host) const;
   const RegistryHostConfig *host(const std::string &name) const;
+
+  // The CA bundle for a Bearer token realm (a URL; often another host than
+  // the registry, e.g. auth.docker.io for registry-1.docker.io): the
+  // ca_file of the realm's own host[:port] when one is configured; the
+  // registry endpoint's (endpoint_ca) when the realm is on that same host;
+  // otherwise "" (the system's CAs). A registry's private CA is never
+  // trusted for a host it was not configured for.
+  std::string realm_ca_file(const std::string &realm, const std::string &endpoint_host,
+                            const std::string &endpoint_ca) const;
 };
 
 struct RegistryConfigProblem : std::runtime_error {

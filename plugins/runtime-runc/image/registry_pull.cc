@@ -408,7 +408,7 @@ void RegistryPull::answer_challenge(size_t ep, const HttpResponse &r,
   req.url = realm + sep + "service=" + url_escape(service) + "&scope=" + url_escape(scope);
   if (cred)
     req.headers.push_back("Authorization: Basic " + base64(cred->username + ":" + cred->password));
-  req.ca_file = e.ca_file;
+  req.ca_file = ctx_.config->realm_ca_file(realm, e.host, e.ca_file);
   req.max_body = 1 << 20;
   auto id = std::make_shared<uint64_t>(0);
   *id = ctx_.http->start(std::move(req), [this, ep, key, realm, where, then, id](HttpResponse t) {

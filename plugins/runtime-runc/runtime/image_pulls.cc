@@ -263,6 +263,7 @@ void ImagePulls::finish(const std::string &key, flotilla_status st, const std::s
     if (st != FLOTILLA_OK) host_->set_error(host_->host_ctx, error.c_str());
     w.cb(w.user, st, st == FLOTILLA_OK ? text.c_str() : "null");
   }
+  if (st == FLOTILLA_OK && on_pulled_) on_pulled_();
 }
 
 }  // namespace flotilla::runc

@@ -57,6 +57,10 @@ class ImagePulls {
 
   // Called once the store is open (recovery done).
   void set_store(std::shared_ptr<ImageStore> store) { store_ = std::move(store); }
+  // Called on the loop after each pull that stored an image, once its
+  // callers have their answer: the runtime checks the store's size bound
+  // then, not only at its next GC tick.
+  void set_on_pulled(std::function<void()> f) { on_pulled_ = std::move(f); }
 
   // options_json: {"policy": "always" | "if_not_present"} (default
   // "always"; a reference by digest is never fetched again once present).
@@ -89,6 +93,7 @@ class ImagePulls {
 
   const flotilla_host *host_;
   Queue queue_;
+  std::function<void()> on_pulled_;
   RegistryConfig config_;
   std::filesystem::path pulls_dir_;
   std::shared_ptr<ImageStore> store_;

@@ -1298,8 +1298,13 @@ void RuncRuntime::start_image_gc() {
 
 void RuncRuntime::on_image_gc(void *user) {
   auto *rt = static_cast<RuncRuntime *>(user);
-  if (rt->image_gc_running_ || !rt->images_) return;
+  if (!rt->images_) return;
+  if (rt->image_gc_running_) {  // asked again meanwhile (a pull): once more after this one
+    rt->image_gc_again_ = true;
+    return;
+  }
   rt->image_gc_running_ = true;
+  rt->image_gc_again_ = false;
   std::shared_ptr<ImageStore> images = rt->images_;
   auto out = std::make_shared<ImageGcResult>();
   auto after = std::chrono::seconds(rt->config_.image_unused_after_s);
@@ -1310,11 +1315,12 @@ void RuncRuntime::on_image_gc(void *user) {
               if (st != FLOTILLA_OK) {
                 rt->host_->log(rt->host_->host_ctx, FLOTILLA_LOG_WARN,
                                ("image garbage collection failed: " + msg).c_str());
-                return;
+              } else {
+                for (const auto &name : out->removed)
+                  rt->host_->log(rt->host_->host_ctx, FLOTILLA_LOG_INFO,
+                                 ("image garbage collection removed " + name).c_str());
               }
-              for (const auto &name : out->removed)
-                rt->host_->log(rt->host_->host_ctx, FLOTILLA_LOG_INFO,
-                               ("image garbage collection removed " + name).c_str());
+              if (rt->image_gc_again_) on_image_gc(rt);
             });
 }
 
@@ -1373,6 +1379,10 @@ void RuncRuntime::recover() {
         if (st == FLOTILLA_OK) {
           images_ = out->images;
           pulls_->set_store(images_);
+          // A pull grows the store: past image_max_size_mb, collect now.
+          pulls_->set_on_pulled([this] {
+            if (config_.image_max_size_mb > 0) on_image_gc(this);
+          });
           start_image_gc();
           for (Found &f : out->found) adopt(f);
           // Namespaces pinned for allocations none of whose containers is

@@ -149,6 +149,7 @@ class RuncRuntime {
   std::unique_ptr<ExecRuns> execs_;
   flotilla_handle image_gc_timer_ = 0;
   bool image_gc_running_ = false;
+  bool image_gc_again_ = false;  // asked for while one ran: run once more after it
   std::map<std::string, std::unique_ptr<Container>> containers_;
 
   bool ready_ = false;

@@ -9,6 +9,7 @@
 #include <locale.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/utsname.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -55,6 +56,24 @@ class TempTree {
  private:
   fs::path path_;
 };
+
+// The host's architecture as OCI (Go) spells it, from uname(2), not from
+// the code under test: images the tests make are for it, and an index
+// must resolve to it, on amd64 and arm64 alike.
+inline std::string host_arch() {
+  utsname u{};
+  if (uname(&u) != 0) return "unknown";
+  std::string m = u.machine;
+  if (m == "x86_64") return "amd64";
+  if (m == "aarch64" || m == "arm64") return "arm64";
+  if (m.rfind("armv", 0) == 0) return "arm";
+  if (m == "i386" || m == "i686") return "386";
+  return m;  // ppc64le, s390x, riscv64: the same in both
+}
+// An architecture that is not the host's.
+inline std::string foreign_arch() {
+  return host_arch() == "arm64" ? "amd64" : "arm64";
+}
 
 inline void write_file(const fs::path &p, const std::string &content) {
   fs::create_directories(p.parent_path());
@@ -279,7 +298,7 @@ class LayoutBuilder {
   // Writes config and manifest; returns the manifest's descriptor (with a
   // platform) for an index.
   json add_image(const std::vector<BuiltLayer> &layers, json config_section = json::object(),
-                 bool docker = false, const std::string &arch = "amd64",
+                 bool docker = false, const std::string &arch = host_arch(),
                  std::vector<std::string> diff_ids = {}) {
     json layer_descs = json::array();
     if (diff_ids.empty()) {

@@ -29,6 +29,7 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <tuple>
 
 #include "child_test.h"
 #include "image_store.h"
@@ -41,6 +42,8 @@ namespace {
 
 using flotilla::PluginHost;
 using flotilla::PluginSettings;
+using flotilla::runc::testing::foreign_arch;
+using flotilla::runc::testing::host_arch;
 using flotilla::runc::testing::LayoutBuilder;
 using flotilla::runc::testing::make_layer;
 using flotilla::runc::testing::progress_cb;
@@ -118,6 +121,7 @@ class RegistryPull : public ::testing::Test {
   static inline std::unique_ptr<regtest::TokenServer> tokens_;
   static inline std::string ca_;
   static inline std::string app1_digest_, app2_digest_, big_layer_digest_, app1_layer2_;
+  static inline std::string multi_host_digest_;
 
   static void SetUpTestSuite() {
     if (geteuid() != 0) {
@@ -215,16 +219,18 @@ class RegistryPull : public ::testing::Test {
     json m2 = app2.add_image({L1, make_layer(l3)}, {{"Cmd", {"cat", "/etc/greeting"}}});
     app2.write_index({m2});
     app2_digest_ = m2["digest"];
-    // team/multi:1 — an index for amd64 and arm64.
+    // team/multi:1 — an index for a foreign architecture and the host's
+    // (from uname: amd64 and arm64 hosts alike), the foreign one first.
     LayoutBuilder multi(dir_ / "multi");
     TarBuilder la, lb;
-    la.file("arch", "amd64\n");
-    lb.file("arch", "arm64\n");
-    json ma = multi.add_image({make_layer(la)}, {}, false, "amd64");
-    json mb = multi.add_image({make_layer(lb)}, {}, false, "arm64");
+    la.file("arch", host_arch() + "\n");
+    lb.file("arch", foreign_arch() + "\n");
+    json ma = multi.add_image({make_layer(la)}, {}, false, host_arch());
+    json mb = multi.add_image({make_layer(lb)}, {}, false, foreign_arch());
+    multi_host_digest_ = ma["digest"];
     json index = {{"schemaVersion", 2},
                   {"mediaType", flotilla::runc::media_type::kOciIndex},
-                  {"manifests", {ma, mb}}};
+                  {"manifests", {mb, ma}}};
     json idesc = multi.add_blob(index.dump(), std::string(flotilla::runc::media_type::kOciIndex));
     multi.write_index({idesc});
     // team/big:1 — 3 MiB that does not compress, to cut in the middle.
@@ -235,12 +241,22 @@ class RegistryPull : public ::testing::Test {
     big_layer_digest_ = flotilla::runc::sha256_of(LB.bytes);
     big.write_index({big.add_image({LB})});
 
+    // team/six:1 — six layers, to count the downloads in flight.
+    LayoutBuilder six(dir_ / "six");
+    std::vector<flotilla::runc::testing::BuiltLayer> six_layers;
+    for (unsigned i = 0; i < 6; ++i) {
+      TarBuilder t;
+      t.file("layer-" + std::to_string(i), random_bytes(256 << 10, 100 + i));
+      six_layers.push_back(make_layer(t, LayerCompression::none));
+    }
+    six.write_index({six.add_image(six_layers)});
+
     regtest::Pusher plain{plain_->url(), {}};
     regtest::Pusher mirror{mirror_->url(), {}};
     bool ok =
         plain.layout(app1.dir(), "team/app", "1") && plain.layout(app2.dir(), "team/app", "2") &&
         plain.layout(multi.dir(), "team/multi", "1") && plain.layout(big.dir(), "team/big", "1") &&
-        mirror.layout(app1.dir(), "team/app", "1");
+        plain.layout(six.dir(), "team/six", "1") && mirror.layout(app1.dir(), "team/app", "1");
     if (!ok) fail_ = "pushing the test images failed: " + plain.error + mirror.error;
   }
 
@@ -419,11 +435,16 @@ TEST_F(RegistryPull, IndexResolvesToTheHostPlatform) {
   Result r = d.pull(plain_->host() + "/team/multi:1");
   ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
   json rec = json::parse(r.text);
-  EXPECT_EQ(rec["platform"], "linux/amd64");
+  EXPECT_EQ(rec["platform"], "linux/" + host_arch());
+  EXPECT_EQ(rec["digest"], multi_host_digest_);
   EXPECT_FALSE(rec["index_digest"].get<std::string>().empty());
   EXPECT_EQ(rec["layers"].size(), 1u);
-  // Only the amd64 manifest's blobs came: config + 1 layer.
+  // Only the host manifest's blobs came: config + 1 layer.
   EXPECT_EQ(rec["pull"]["blobs_downloaded"], 2);
+  daemon_.reset();
+  flotilla::runc::ImageStore store(node_ / "images");
+  EXPECT_EQ(regtest::slurp(store.resolve(plain_->host() + "/team/multi:1").lower_dirs[0] / "arch"),
+            host_arch() + "\n");
 }
 
 TEST_F(RegistryPull, TwoPullsAtOnceDownloadOnce) {
@@ -443,6 +464,57 @@ TEST_F(RegistryPull, TwoPullsAtOnceDownloadOnce) {
   std::lock_guard<std::mutex> g(proxy_->mu);
   EXPECT_EQ(proxy_->blob_gets.size(), 3u);
   for (const auto &[digest, n] : proxy_->blob_gets) EXPECT_EQ(n, 1) << digest;
+}
+
+// Issue 13: "Layers download concurrently (configurable, default 3)". The
+// proxy counts blob GETs in flight. concurrency = 1: never two at once.
+// The default: the proxy holds every blob GET until three are in flight
+// together, so the pull only completes if the plugin asks three at once;
+// and never more than three.
+TEST_F(RegistryPull, DownloadsAtMostConcurrencyBlobsAtOnceDefaultThree) {
+  const std::string ref = proxy_->host() + "/team/six:1";
+  struct Reset {  // whatever happens, no later test meets the gate
+    regtest::FaultProxy &p;
+    ~Reset() {
+      std::lock_guard<std::mutex> g(p.mu);
+      p.gate_at = 0;
+      p.gate_opened = false;
+    }
+  } reset{*proxy_};
+  auto arm = [&](int gate_at) {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    proxy_->blob_gets.clear();
+    proxy_->max_in_flight = 0;
+    proxy_->gate_at = gate_at;
+    proxy_->gate_opened = false;
+  };
+  auto seen = [&] {
+    std::lock_guard<std::mutex> g(proxy_->mu);
+    return std::make_tuple(proxy_->max_in_flight, proxy_->blob_gets.size(), proxy_->gate_opened);
+  };
+  // The held GETs send nothing: no low-speed timeout while they wait.
+  {
+    arm(0);
+    Daemon &d = daemon(registry_config({{"concurrency", 1}, {"low_speed_timeout_s", 600}}));
+    Result r = d.pull(ref);
+    ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+    auto [most, blobs, opened] = seen();
+    EXPECT_EQ(blobs, 7u) << "config + 6 layers";
+    EXPECT_EQ(most, 1) << "concurrency = 1, yet " << most << " blobs were downloaded at once";
+    daemon_.reset();
+    fs::remove_all(node_ / "images");
+    fs::remove_all(node_ / "data");
+  }
+  {
+    arm(3);
+    Daemon &d = daemon(registry_config({{"low_speed_timeout_s", 600}}));  // concurrency: default
+    Result r = d.pull(ref);
+    ASSERT_EQ(r.status, FLOTILLA_OK) << r.error;
+    auto [most, blobs, opened] = seen();
+    EXPECT_TRUE(opened) << "three blob downloads were never in flight together";
+    EXPECT_EQ(blobs, 7u);
+    EXPECT_EQ(most, 3) << "the default is 3 at once, " << most << " were";
+  }
 }
 
 TEST_F(RegistryPull, CorruptBlobIsRefusedNamingIt) {

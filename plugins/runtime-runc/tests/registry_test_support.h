@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -411,12 +412,62 @@ class FaultProxy {
   int stalls = 0;                        // connections held stalled so far
   std::map<std::string, int> blob_gets;  // digest -> GET count
   std::vector<std::string> ranges;       // Range headers seen
+  // Blob GETs in flight at once (from the request to the end of the
+  // reply), the most seen. With gate_at > 0 every blob GET waits before it
+  // goes upstream until gate_at of them are in flight together; then the
+  // gate stays open (gate_opened). So a pull through a gate of N can only
+  // finish if it asks N blobs at once: no timing involved.
+  int in_flight = 0, max_in_flight = 0;
+  int gate_at = 0;
+  bool gate_opened = false;
 
  private:
+  // Counts one blob GET in flight for as long as it lives.
+  // Ended just before the reply's last bytes go out: the client cannot
+  // start its next download before that, so two are never counted for one.
+  struct InFlight {
+    FaultProxy *p;
+    void end() {
+      if (!p) return;
+      std::lock_guard<std::mutex> g(p->mu);
+      --p->in_flight;
+      p = nullptr;
+    }
+    ~InFlight() { end(); }
+  };
+  // Waits at the gate; false when the client went away meanwhile (then it
+  // no longer counts as in flight), or after a minute (against hangs).
+  bool pass_gate(int client) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    std::unique_lock<std::mutex> g(mu);
+    if (gate_at > 0 && in_flight >= gate_at) {
+      gate_opened = true;
+      gate_cv_.notify_all();
+    }
+    while (gate_at > 0 && !gate_opened) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      gate_cv_.wait_for(g, std::chrono::milliseconds(50));
+      pollfd p{client, POLLIN, 0};
+      char c;
+      if (::poll(&p, 1, 0) > 0 && ::recv(client, &c, 1, MSG_PEEK | MSG_DONTWAIT) <= 0) return false;
+    }
+    return true;
+  }
+
   void handle(const TinyServer::Request &r, int client) {
     std::string digest;
     if (auto p = r.target.find("/blobs/sha256:"); p != std::string::npos)
       digest = r.target.substr(p + 7);
+    InFlight counted{nullptr};
+    if (!digest.empty() && r.method == "GET") {
+      {
+        std::lock_guard<std::mutex> g(mu);
+        ++in_flight;
+        max_in_flight = std::max(max_in_flight, in_flight);
+      }
+      counted.p = this;
+      if (!pass_gate(client)) return;
+    }
     bool flip = false, cut = false, stall = false;
     size_t stall_after = 0;
     {
@@ -495,10 +546,12 @@ class FaultProxy {
         continue;
       }
       if (!flip && !cut) {
+        if (resp.size() >= body_at + content_length) counted.end();
         TinyServer::send_all(client, resp.substr(sent));
         sent = resp.size();
       }
     }
+    counted.end();
     TinyServer::send_all(client, resp.substr(sent));
     ::close(up);
   }
@@ -524,6 +577,7 @@ class FaultProxy {
   }
 
   int upstream_;
+  std::condition_variable gate_cv_;
   TinyServer server_;
 };
 

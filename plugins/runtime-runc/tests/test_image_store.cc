@@ -24,6 +24,8 @@ namespace {
 
 using nlohmann::json;
 using testing::BuiltLayer;
+using testing::foreign_arch;
+using testing::host_arch;
 using testing::LayoutBuilder;
 using testing::make_layer;
 using testing::read_file;
@@ -133,7 +135,7 @@ TEST_F(ImageStoreTest, ImportsALayoutAndResolvesItsLayersAndConfig) {
   ImportResult res = store.import_image(layout.dir());
   EXPECT_EQ(res.record.name, "web:1");
   EXPECT_EQ(res.record.digest, manifest["digest"]);
-  EXPECT_EQ(res.record.platform, "linux/amd64");
+  EXPECT_EQ(res.record.platform, "linux/" + host_arch());
   EXPECT_EQ(res.record.created, "2024-01-02T03:04:05Z");
   EXPECT_EQ(res.record.layers.size(), 2u);
   EXPECT_EQ(res.layers_unpacked, 2u);
@@ -197,44 +199,47 @@ TEST_F(ImageStoreTest, ImportsDockerSchema2MediaTypes) {
 
 TEST_F(ImageStoreTest, PicksTheHostPlatformFromAManifestList) {
   LayoutBuilder layout(tree_ / "layout");
-  json amd64 = layout.add_image({make_layer(TarBuilder().file("arch", "amd64"))});
-  json arm64 =
-      layout.add_image({make_layer(TarBuilder().file("arch", "arm64"))}, {}, false, "arm64");
-  json attestation = arm64;
+  // The host's (from uname) and a foreign one, listed first.
+  json mine = layout.add_image({make_layer(TarBuilder().file("arch", host_arch()))});
+  json theirs = layout.add_image({make_layer(TarBuilder().file("arch", foreign_arch()))}, {}, false,
+                                 foreign_arch());
+  json attestation = theirs;
   attestation["platform"] = {{"os", "unknown"}, {"architecture", "unknown"}};
   json list = {{"schemaVersion", 2},
                {"mediaType", media_type::kDockerManifestList},
-               {"manifests", {arm64, attestation, amd64}}};
+               {"manifests", {theirs, attestation, mine}}};
   json list_desc = layout.add_blob(list.dump(), std::string(media_type::kDockerManifestList));
   layout.write_index({list_desc}, {"multi:1"});
 
   ImageStore store(data());
   ImportResult r = store.import_image(layout.dir());
-  EXPECT_EQ(r.record.digest, amd64["digest"]);
+  EXPECT_EQ(r.record.digest, mine["digest"]);
+  EXPECT_EQ(r.record.platform, "linux/" + host_arch());
   EXPECT_EQ(r.record.index_digest, list_desc["digest"]);
-  EXPECT_EQ(read_file(store.resolve("multi:1").lower_dirs[0] / "arch"), "amd64");
-  // The arm64 layer was never copied.
+  EXPECT_EQ(read_file(store.resolve("multi:1").lower_dirs[0] / "arch"), host_arch());
+  // The foreign layer was never copied.
   EXPECT_EQ(count_entries(data() / "blobs" / "sha256"), 4u);  // index, manifest, config, layer
 }
 
 TEST_F(ImageStoreTest, SaysClearlyWhenNoManifestMatchesTheHost) {
   LayoutBuilder layout(tree_ / "layout");
-  json arm64 = layout.add_image({make_layer(TarBuilder().file("a", "b"))}, {}, false, "arm64");
-  json s390x = layout.add_image({make_layer(TarBuilder().file("a", "c"))}, {}, false, "s390x");
-  json index = {
-      {"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", {arm64, s390x}}};
+  const std::string other = host_arch() == "s390x" ? "ppc64le" : "s390x";
+  json a = layout.add_image({make_layer(TarBuilder().file("a", "b"))}, {}, false, foreign_arch());
+  json b = layout.add_image({make_layer(TarBuilder().file("a", "c"))}, {}, false, other);
+  json index = {{"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", {a, b}}};
   layout.write_index({layout.add_blob(index.dump(), std::string(media_type::kOciIndex))});
-  expect_import_fails(layout.dir(), "multi:1", FLOTILLA_E_NOT_FOUND,
-                      {"no image for linux/amd64", "linux/arm64", "linux/s390x"});
+  expect_import_fails(
+      layout.dir(), "multi:1", FLOTILLA_E_NOT_FOUND,
+      {"no image for linux/" + host_arch(), "linux/" + foreign_arch(), "linux/" + other});
   expect_store_empty();
 }
 
 TEST_F(ImageStoreTest, RefusesAnImageForAnotherArchitecture) {
   LayoutBuilder layout(tree_ / "layout");
   layout.write_index(
-      {layout.add_image({make_layer(TarBuilder().file("a", "b"))}, {}, false, "arm64")});
+      {layout.add_image({make_layer(TarBuilder().file("a", "b"))}, {}, false, foreign_arch())});
   expect_import_fails(layout.dir(), "arm:1", FLOTILLA_E_UNSUPPORTED,
-                      {"is for linux/arm64", "this host runs linux/amd64"});
+                      {"is for linux/" + foreign_arch(), "this host runs linux/" + host_arch()});
   expect_store_empty();
 }
 
@@ -303,7 +308,7 @@ TEST_F(ImageStoreTest, RefusesALayerWhoseDiffIdDoesNotMatch) {
   LayoutBuilder layout(tree_ / "layout");
   std::vector<BuiltLayer> layers = two_layers(false);
   std::string wrong = sha256_of("not the layer");
-  json m = layout.add_image(layers, {}, false, "amd64", {layers[0].diff_id, wrong});
+  json m = layout.add_image(layers, {}, false, host_arch(), {layers[0].diff_id, wrong});
   layout.write_index({m}, {"diffid:1"});
   expect_import_fails(layout.dir(), "", FLOTILLA_E_INVALID,
                       {"layer 2/2", "uncompressed layer has digest " + layers[1].diff_id,

@@ -178,6 +178,35 @@ TEST(RegistryConfigTable, EveryProblemIsReportedAtOnce) {
   EXPECT_EQ(problems[0].key, "hosts.localhost.ca_file");
 }
 
+// The token realm's CA: its own host's ca_file, the registry's when the
+// realm is on the registry's host, else the system's (""), never the
+// registry's private CA for another host.
+TEST(RegistryConfigTable, TokenRealmCaIsTheRealmHostsOwn) {
+  std::vector<RegistryConfigProblem> problems;
+  RegistryConfig c = parse_registry_config(
+      json{{"hosts",
+            {{"registry.example:5000", {{"ca_file", "/etc/flotilla/registry-ca.pem"}}},
+             {"auth.example", {{"ca_file", "/etc/flotilla/auth-ca.pem"}}}}}},
+      problems);
+  ASSERT_TRUE(problems.empty());
+  const std::string reg = "registry.example:5000", reg_ca = "/etc/flotilla/registry-ca.pem";
+  // Another host without a ca_file: the system's CAs.
+  EXPECT_EQ(c.realm_ca_file("https://tokens.example/token", reg, reg_ca), "");
+  EXPECT_EQ(c.realm_ca_file("https://registry.example:5001/token", reg, reg_ca), "");
+  // Another host with its own ca_file: that one, with or without :443.
+  EXPECT_EQ(c.realm_ca_file("https://auth.example/token?x=1", reg, reg_ca),
+            "/etc/flotilla/auth-ca.pem");
+  EXPECT_EQ(c.realm_ca_file("https://Auth.Example:443/token", reg, reg_ca),
+            "/etc/flotilla/auth-ca.pem");
+  // The registry's own host: its CA (configured under its short name too).
+  EXPECT_EQ(c.realm_ca_file("https://registry.example:5000/auth", reg, reg_ca), reg_ca);
+  EXPECT_EQ(c.realm_ca_file("https://u@registry.example:5000/auth", reg, "/short-name-ca.pem"),
+            reg_ca);
+  RegistryConfig bare;
+  EXPECT_EQ(bare.realm_ca_file("https://registry.example:5000/auth", reg, "/short.pem"),
+            "/short.pem");
+}
+
 TEST(RegistryAuthsFile, DockerConfigJsonForms) {
   // "ci:s3cret" and "bot:pa:ss" in base64; Docker Hub's legacy key.
   RegistryAuths a = RegistryAuths::parse(R"({"auths": {
