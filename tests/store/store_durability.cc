@@ -176,6 +176,15 @@ class StoreDurability : public ::testing::Test {
     return out;
   }
 
+  // The kill -9 may have torn the writer's last record: the segment is cut
+  // back to its intact frames.
+  static void cut_torn_tail(const std::string &segment) {
+    std::ifstream in(segment, std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    fs::resize_file(segment,
+                    store_local::scan_frames(content, [](std::string_view, size_t) {}, nullptr));
+  }
+
   static void append(const std::string &path, const std::string &bytes) {
     std::ofstream out(path, std::ios::binary | std::ios::app);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -288,13 +297,9 @@ TEST_F(StoreDurability, WholeUnacknowledgedRecordIsReplayed) {
   crash_writer("/u/", "{}", 50);
   const std::string seg = last_segment();
   const auto [seq, rev] = last_record(seg);
-  // The kill may have torn the writer's last record; a whole record goes
-  // after the intact prefix, where the next write would have gone.
-  {
-    std::ifstream in(seg, std::ios::binary);
-    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    fs::resize_file(seg, store_local::scan_frames(content, [](std::string_view, size_t) {}, nullptr));
-  }
+  // A whole record goes after the intact prefix, where the next write
+  // would have gone.
+  cut_torn_tail(seg);
   store_local::Record next;
   next.type = store_local::Record::Type::changes;
   next.revision = rev + 1;
@@ -319,6 +324,10 @@ TEST_F(StoreDurability, MissingRecordsRefuseToStart) {
   later.changes.push_back(store_local::Change{false, "/gap", "x", 0});
   std::string frame;
   store_local::append_frame(frame, seq + 3, later);  // seq + 1 and + 2 are missing
+  // After a torn tail, recovery would drop the appended record with it as
+  // one interrupted write (it did, now and then): the hole must follow the
+  // intact prefix.
+  cut_torn_tail(seg);
   append(seg, frame);
   try {
     LoadedStore store(loop_, store_local_settings(), data_dir());
