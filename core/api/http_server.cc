@@ -17,6 +17,7 @@
 
 #include "error.h"
 #include "log.h"
+#include "openssl_errors.h"
 
 namespace flotilla::http {
 
@@ -38,17 +39,7 @@ constexpr std::string_view kLog = "api";
 // reading from that client until it is consumed.
 constexpr size_t kMaxPendingInput = 256 * 1024;
 
-// Every queued OpenSSL error as one line, then the queue is empty.
-std::string ssl_errors() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown TLS error" : out;
-}
+using tls::openssl_errors;
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -559,7 +550,7 @@ void Connection::start(bool use_tls, SSL_CTX *ctx) {
     if (!ssl || !rbio || !wbio) {
       BIO_free(rbio);
       BIO_free(wbio);
-      log::error(kLog, "cannot set up TLS for a connection: " + ssl_errors());
+      log::error(kLog, "cannot set up TLS for a connection: " + openssl_errors());
       close();
       return;
     }
@@ -625,7 +616,7 @@ void Connection::on_tls_data(const char *data, size_t len) {
         flush_tls();
         return;
       }
-      std::string why = ssl_errors();
+      std::string why = openssl_errors();
       long verify = SSL_get_verify_result(ssl.get());
       if (verify != X509_V_OK) why += std::string("; ") + X509_verify_cert_error_string(verify);
       log::info(kLog, "TLS handshake refused: " + why, {{"peer", peer}});
@@ -657,7 +648,7 @@ void Connection::on_tls_data(const char *data, size_t len) {
       on_eof();
       return;
     }
-    log::info(kLog, "TLS error: " + ssl_errors(), {{"peer", peer}});
+    log::info(kLog, "TLS error: " + openssl_errors(), {{"peer", peer}});
     close();
     return;
   }
@@ -845,7 +836,7 @@ void Connection::write_plain(std::string data, std::function<void(bool)> done) {
   }
   ERR_clear_error();
   if (SSL_write(ssl.get(), data.data(), static_cast<int>(data.size())) <= 0) {
-    log::info(kLog, "TLS write failed: " + ssl_errors(), {{"peer", peer}});
+    log::info(kLog, "TLS write failed: " + openssl_errors(), {{"peer", peer}});
     close();
     return;
   }
@@ -1254,25 +1245,25 @@ void Server::listen_tls(const TlsListenOptions &o) {
                     "only serves clients with a certificate signed by that CA");
   ERR_clear_error();
   SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
-  if (!ctx) throw Error(FLOTILLA_E_INTERNAL, "cannot create a TLS context: " + ssl_errors());
+  if (!ctx) throw Error(FLOTILLA_E_INTERNAL, "cannot create a TLS context: " + openssl_errors());
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
   SSL_CTX_set_options(
       ctx.get(), SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), o.cert_file.c_str()) != 1)
-    throw Error(FLOTILLA_E_INVALID, "api.tls_cert " + o.cert_file + ": " + ssl_errors());
+    throw Error(FLOTILLA_E_INVALID, "api.tls_cert " + o.cert_file + ": " + openssl_errors());
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), o.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
     if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
       ERR_clear_error();
       throw Error(FLOTILLA_E_INVALID,
                   "api.tls_key " + o.key_file + " does not belong to api.tls_cert " + o.cert_file);
     }
-    throw Error(FLOTILLA_E_INVALID, "api.tls_key " + o.key_file + ": " + ssl_errors());
+    throw Error(FLOTILLA_E_INVALID, "api.tls_key " + o.key_file + ": " + openssl_errors());
   }
   if (SSL_CTX_check_private_key(ctx.get()) != 1)
     throw Error(FLOTILLA_E_INVALID,
                 "api.tls_key " + o.key_file + " does not belong to api.tls_cert " + o.cert_file);
   if (SSL_CTX_load_verify_locations(ctx.get(), o.client_ca_file.c_str(), nullptr) != 1)
-    throw Error(FLOTILLA_E_INVALID, "api.tls_client_ca " + o.client_ca_file + ": " + ssl_errors());
+    throw Error(FLOTILLA_E_INVALID, "api.tls_client_ca " + o.client_ca_file + ": " + openssl_errors());
   if (STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o.client_ca_file.c_str()))
     SSL_CTX_set_client_CA_list(ctx.get(), names);  // takes ownership
   SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);

@@ -3,24 +3,11 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "openssl_errors.h"
+
 namespace flotilla::discovery {
 
-namespace {
-
-// Every error OpenSSL queued on this thread, oldest first, and the queue
-// left empty.
-std::string openssl_errors() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "no detail from OpenSSL" : out;
-}
-
-}  // namespace
+using tls::openssl_errors;
 
 std::shared_ptr<TlsContext> TlsContext::make(const TlsOptions &options, std::string &error) {
   ERR_clear_error();
