@@ -56,6 +56,7 @@
 #include "alloc_status.h"
 #include "container_daemon.h"
 #include "daemon_harness.h"
+#include "host_arch.h"
 #include "registry_test_support.h"
 
 // Built without the discovery plugin: the test that needs it skips.
@@ -74,18 +75,8 @@ std::string cli() {
   return e2e::build_dir() + "/tools/flotilla/flotilla";
 }
 
-// The host's architecture as OCI (Go) spells it, from uname(2): what the
-// pull must pick from an index, on amd64 and arm64 alike.
-std::string host_arch() {
-  utsname u{};
-  if (uname(&u) != 0) return "unknown";
-  std::string m = u.machine;
-  if (m == "x86_64") return "amd64";
-  if (m == "aarch64" || m == "arm64") return "arm64";
-  if (m.rfind("armv", 0) == 0) return "arm";
-  if (m == "i386" || m == "i686") return "386";
-  return m;  // ppc64le, s390x, riscv64: the same in both
-}
+using flotilla::testing::foreign_arch;
+using flotilla::testing::host_arch;
 
 class RegistryJobs : public ::testing::Test {
  protected:
@@ -605,7 +596,7 @@ TEST_F(RegistryJobs, AWhiteoutMadeByUmociDeletesTheFileInTheContainer) {
 // buildx` or `manifest-tool` would make); `skopeo copy --all` pushes it as
 // OCI, and `skopeo copy --all --format v2s2` as a Docker manifest list.
 TEST_F(RegistryJobs, AnIndexAndADockerManifestListResolveToTheHostPlatform) {
-  const std::string host = host_arch(), other = host == "amd64" ? "arm64" : "amd64";
+  const std::string host = host_arch(), other = foreign_arch();
   const std::string mine = d_->dir() + "/multi-host", theirs = d_->dir() + "/multi-other",
                     multi = d_->dir() + "/multi";
   umoci_layer(base(), mine, [&](const std::string &rootfs) {
