@@ -149,7 +149,12 @@ class TarBuilder {
     } else {
       archive_write_set_format_pax(a.get());
     }
-    if (compression == LayerCompression::gzip) archive_write_add_filter_gzip(a.get());
+    if (compression == LayerCompression::gzip) {
+      archive_write_add_filter_gzip(a.get());
+      // No time in the gzip header: the same entries give the same blob
+      // (and digest) whenever they are built, also across a second.
+      archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr);
+    }
     if (compression == LayerCompression::zstd) archive_write_add_filter_zstd(a.get());
     archive_write_set_bytes_in_last_block(a.get(), 1);
     auto write_cb = [](struct archive *, void *client, const void *buf, size_t len) -> la_ssize_t {
