@@ -37,6 +37,7 @@
 #include "nft.h"
 #include "plugin_host.h"
 #include "store_client.h"
+#include "test_certs.h"
 
 extern char **environ;
 
@@ -517,24 +518,9 @@ TEST_F(DiscoveryPlugin, GrpcChecksFollowARealServersHealthStatus) {
 // server certificate it signed for the name check.test and the address
 // 127.0.0.1. Returns "" or why they could not be made.
 std::string make_certs(const std::string &dir) {
-  const std::string ext = dir + "/san.ext";
-  {
-    FILE *f = fopen(ext.c_str(), "w");
-    if (!f) return "cannot write " + ext;
-    fputs("subjectAltName=DNS:check.test,IP:127.0.0.1\n", f);
-    fclose(f);
-  }
-  const std::string o = "openssl";
-  const std::vector<std::string> steps = {
-      o + " req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=flotilla-test-ca -keyout " + dir +
-          "/ca.key -out " + dir + "/ca.pem",
-      o + " req -newkey rsa:2048 -nodes -subj /CN=check.test -keyout " + dir + "/srv.key -out " +
-          dir + "/srv.csr",
-      o + " x509 -req -in " + dir + "/srv.csr -CA " + dir + "/ca.pem -CAkey " + dir +
-          "/ca.key -CAcreateserial -days 2 -extfile " + ext + " -out " + dir + "/srv.pem"};
-  for (const auto &cmd : steps)
-    if (std::system((cmd + " >/dev/null 2>&1").c_str()) != 0) return "failed: " + cmd;
-  return "";
+  const std::string cmd =
+      flotilla::testing::ca_and_server_cert_command(dir, "DNS:check.test,IP:127.0.0.1");
+  return std::system(cmd.c_str()) == 0 ? "" : "failed: " + cmd;
 }
 
 std::string slurp(const std::string &path) {

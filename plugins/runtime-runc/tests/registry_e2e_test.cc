@@ -37,6 +37,7 @@
 #include "plugin_host.h"
 #include "registry_test_support.h"
 #include "runtime_test_daemon.h"
+#include "test_certs.h"
 
 namespace {
 
@@ -145,14 +146,7 @@ class RegistryPull : public ::testing::Test {
     std::string d = dir_.string();
     // A CA and a certificate for 127.0.0.1 signed by it; a key for tokens.
     std::string ssl =
-        "cd " + d +
-        " && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 "
-        "-subj /CN=flotilla-test-ca 2>/dev/null"
-        " && openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr "
-        "-subj /CN=127.0.0.1 2>/dev/null"
-        " && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext"
-        " && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
-        "-out srv.pem -days 1 -extfile san.ext 2>/dev/null"
+        flotilla::testing::ca_and_server_cert_command(d, "IP:127.0.0.1", 1) + " && cd " + d +
         " && openssl req -x509 -newkey rsa:2048 -nodes -keyout tok.key -out tok.pem -days 1 "
         "-subj /CN=flotilla-test-token 2>/dev/null";
     if (regtest::run(ssl) != 0) {
